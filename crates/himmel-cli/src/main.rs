@@ -1,0 +1,46 @@
+//! `himmel`: Himmel's command line. It parses arguments, wires the library crates together,
+//! and prints one clear error (exit code 1) when something goes wrong.
+
+mod convert;
+mod info;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Himmel: local-first video generation.
+#[derive(Parser)]
+#[command(name = "himmel", version, about, long_about = None)]
+struct Cli {
+    /// Print no progress.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a video or image between formats, optionally trimming, resizing and retiming it.
+    Convert(convert::ConvertArgs),
+    /// Print a video's frame count, size, frame rate and duration.
+    Info(info::InfoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let progress = progress::TerminalProgress::new(cli.quiet);
+    let result = match cli.command {
+        Command::Convert(args) => convert::run(&args, &progress),
+        Command::Info(args) => info::run(&args, &progress),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
