@@ -1,6 +1,7 @@
 //! `himmel`: Himmel's command line. It parses arguments, wires the library crates together,
 //! and prints one clear error (exit code 1) when something goes wrong.
 
+mod bench;
 mod convert;
 mod info;
 mod progress;
@@ -27,6 +28,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Print a video's frame count, size, frame rate and duration.
     Info(info::InfoArgs),
+    /// Time a named workload (e.g. `media`: encode and decode speed of every format).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Convert(args) => convert::run(&args, &progress),
         Command::Info(args) => info::run(&args, &progress),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -179,3 +179,50 @@ fn stills_and_png_folders_take_the_input_frame_rate() {
             .contains("r_frame_rate=10/1\nnb_read_frames=5")
     );
 }
+
+#[test]
+fn quality_options_trade_size_for_fidelity() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source(dir.path());
+    let reference = ffmpeg_rgb(&source);
+    let mut measured = Vec::new();
+    for (name, option, value) in [
+        ("fine.mp4", "--crf", "12"),
+        ("coarse.mp4", "--crf", "36"),
+        ("low.mp4", "--bitrate", "100"),
+    ] {
+        let out = dir.path().join(name);
+        himmel_ok(&[
+            "convert",
+            source.to_str().unwrap(),
+            out.to_str().unwrap(),
+            option,
+            value,
+        ]);
+        measured.push((
+            std::fs::metadata(&out).unwrap().len(),
+            psnr(&reference, &ffmpeg_rgb(&out)),
+        ));
+    }
+    let [
+        (fine_size, fine_psnr),
+        (coarse_size, coarse_psnr),
+        (low_size, _),
+    ] = measured[..]
+    else {
+        unreachable!()
+    };
+    assert!(
+        fine_size > 2 * coarse_size,
+        "--crf 12 gave {fine_size} bytes, --crf 36 {coarse_size}"
+    );
+    assert!(
+        fine_psnr > coarse_psnr + 3.0,
+        "--crf 12 {fine_psnr:.1} dB vs --crf 36 {coarse_psnr:.1} dB"
+    );
+    let target = 100_000 / 8 * 2; // 100 kbit/s for 2 seconds
+    assert!(
+        low_size < target * 2,
+        "--bitrate 100 gave {low_size} bytes for a {target}-byte budget"
+    );
+}

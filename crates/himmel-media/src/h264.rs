@@ -59,6 +59,9 @@ pub(crate) struct H264Encoder {
     height: usize,
 }
 
+/// Bitrate target for constant-quality encoding: high enough never to bind.
+const UNCAPPED_BPS: u32 = 100_000_000;
+
 /// A key frame at least every this many seconds, so players can seek.
 const KEY_FRAME_SECONDS: f64 = 2.0;
 
@@ -74,15 +77,19 @@ impl H264Encoder {
             .intra_frame_period(IntraFramePeriod::from_num_frames(key_interval))
             .vui(VuiConfig::bt601());
         let config = match quality {
+            // With rate control off OpenH264 ignores the QP range (it uses a fixed QP of 26),
+            // so quality mode with a one-value QP range is what holds the quantiser constant.
             Quality::Constant(qp) => config
-                .rate_control_mode(RateControlMode::Off)
+                .rate_control_mode(RateControlMode::Quality)
+                .bitrate(BitRate::from_bps(UNCAPPED_BPS))
                 .qp(QpRange::new(qp, qp)),
             Quality::Bitrate(kbps) => config
                 .rate_control_mode(RateControlMode::Bitrate)
                 .bitrate(BitRate::from_bps(kbps.saturating_mul(1000))),
         };
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| e.to_string())?;
+        silence_encoder_log(&mut encoder);
         Ok(Self {
             encoder,
             width,
@@ -101,6 +108,20 @@ impl H264Encoder {
             return Err("the encoder produced an empty frame".into());
         }
         Ok(EncodedFrame { annex_b, is_key })
+    }
+}
+
+/// Quiets OpenH264's log before its first initialisation, which otherwise prints parameter
+/// warnings to stderr (the `openh264` crate lowers the level only after initialising).
+fn silence_encoder_log(encoder: &mut Encoder) {
+    let mut level = openh264_sys2::WELS_LOG_QUIET as std::ffi::c_int;
+    // SAFETY: TRACE_LEVEL takes a pointer to an int that lives for the duration of the call;
+    // setting it is valid on a created encoder before initialisation.
+    unsafe {
+        encoder.raw_api().set_option(
+            openh264_sys2::ENCODER_OPTION_TRACE_LEVEL,
+            (&raw mut level).cast(),
+        );
     }
 }
 
