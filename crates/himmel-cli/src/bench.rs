@@ -1,5 +1,5 @@
 //! `himmel bench`: named workloads timed end to end. `media` measures encode and decode speed
-//! of every video format.
+//! of every video format; `world` the procedural world's clip rate.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use himmel_core::{Silent, Video};
 use himmel_media::{ReadOptions, WriteOptions, read_video, resize, write_video};
+use himmel_world::{RenderSettings, sample_clip};
 
 /// Arguments of `himmel bench`.
 #[derive(Args)]
@@ -20,6 +21,25 @@ pub struct BenchArgs {
 enum Workload {
     /// Encode and decode speed (frames per second) of MP4, GIF, PNG and safetensors.
     Media(MediaArgs),
+    /// Procedural world clips (sample, simulate, render, caption) per second on one thread.
+    World(WorldArgs),
+}
+
+/// Arguments of `himmel bench world`.
+#[derive(Args)]
+struct WorldArgs {
+    /// Frame width.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    width: u32,
+    /// Frame height.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    height: u32,
+    /// Frames per clip.
+    #[arg(long, default_value_t = 17, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    frames: u32,
+    /// Number of clips to make.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    clips: u64,
 }
 
 /// Arguments of `himmel bench media`.
@@ -47,6 +67,7 @@ struct MediaArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.workload {
         Workload::Media(media) => run_media(media),
+        Workload::World(world) => run_world(world),
     }
 }
 
@@ -98,6 +119,32 @@ fn run_media(args: &MediaArgs) -> Result<()> {
             size_on_disk(&path) / 1024
         );
     }
+    Ok(())
+}
+
+fn run_world(args: &WorldArgs) -> Result<()> {
+    let settings = RenderSettings {
+        width: args.width as usize,
+        height: args.height as usize,
+        frames: args.frames as usize,
+        fps: 16.0,
+    };
+    let start = Instant::now();
+    let mut pixels = 0u64;
+    for index in 0..args.clips {
+        let (clip, _record) = sample_clip(0, index, &settings)?;
+        pixels += clip.video.frames().elem_count() as u64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "world: {} clips of {}x{}x{} in {seconds:.2}s on one thread: {:.0} clips/s ({:.1} Mpixel/s)",
+        args.clips,
+        args.width,
+        args.height,
+        args.frames,
+        args.clips as f64 / seconds,
+        pixels as f64 / 3.0 / seconds / 1e6
+    );
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod bench;
 mod convert;
 mod info;
 mod progress;
+mod world;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Print a video's frame count, size, frame rate and duration.
     Info(info::InfoArgs),
+    /// The procedural physics world: sample captioned training clips.
+    World(world::WorldArgs),
     /// Time a named workload (e.g. `media`: encode and decode speed of every format).
     Bench(bench::BenchArgs),
 }
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(&args, &progress),
         Command::Info(args) => info::run(&args, &progress),
         Command::Bench(args) => bench::run(&args),
+        Command::World(args) => world::run(&args, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,7 +65,8 @@ impl View {
         (column, row)
     }
 
-    /// Whether a disc of `radius` at (`x`, `y`) overlaps the view.
+    /// Whether a disc of `radius` at (`x`, `y`) overlaps the view; a negative radius asks
+    /// for the centre to lie that far inside.
     pub fn sees_disc(&self, x: f32, y: f32, radius: f32) -> bool {
         let half_width = self.width as f32 / 2.0 * self.units_per_pixel;
         let half_height = self.height as f32 / 2.0 * self.units_per_pixel;

@@ -4,10 +4,14 @@
 #![deny(missing_docs)]
 
 pub mod camera;
+pub mod caption;
+pub mod lexicon;
 pub mod physics;
 pub mod render;
+pub mod sample;
 pub mod spec;
 pub mod vocab;
 
 pub use render::{Clip, RenderSettings, render};
+pub use sample::{ClipRecord, sample_clip};
 pub use spec::{ObjectSpec, SceneSpec, SpecError};

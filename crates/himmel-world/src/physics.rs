@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn resting_objects_stay_at_rest() {
-        let spec = scene(vec![object(Motion::Rest, None, [2.0, 0.26], 0.0)], false);
+        let spec = scene(vec![object(Motion::Rest, None, [2.0, 0.32], 0.0)], false);
         let times: Vec<f64> = (0..50).map(|i| f64::from(i) * 0.1).collect();
         let trajectory = simulate(&spec, &times);
         for states in &trajectory.frames {
@@ -524,7 +524,7 @@ mod tests {
                 states[0],
                 BodyState {
                     x: 2.0,
-                    y: 0.26,
+                    y: 0.32,
                     angle: 0.0
                 }
             );
@@ -579,7 +579,7 @@ mod tests {
             vec![object(
                 Motion::Slide,
                 Some(Direction::Left),
-                [0.8, 0.26],
+                [0.8, 0.32],
                 2.5,
             )],
             true,
@@ -597,14 +597,14 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Event::Stopped { object: 0, .. }))
         );
-        assert!(trajectory.frames[0][0].x >= 0.26);
+        assert!(trajectory.frames[0][0].x >= 0.32);
     }
 
     #[test]
     fn motion_does_not_depend_on_the_frame_rate() {
         let spec = scene(
             vec![
-                object(Motion::Throw, Some(Direction::Right), [0.5, 0.26], 1.5),
+                object(Motion::Throw, Some(Direction::Right), [0.5, 0.32], 1.5),
                 object(Motion::Bounce, Some(Direction::Left), [3.0, 1.5], 0.7),
             ],
             true,

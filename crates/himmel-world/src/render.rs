@@ -28,8 +28,22 @@ pub struct Clip {
     pub video: Video,
     /// Where every object was in every frame, and what happened.
     pub trajectory: Trajectory,
-    /// `visible[frame][object]`: in view and not hidden behind a nearer object.
-    pub visible: Vec<Vec<bool>>,
+    /// `visibility[frame][object]`.
+    pub visibility: Vec<Vec<Visibility>>,
+}
+
+/// Whether an object can be seen in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// In view and not covered.
+    Visible,
+    /// Outside the camera's view.
+    OutOfView,
+    /// In view but covered by the nearer object `by`.
+    Hidden {
+        /// Index of the covering object.
+        by: usize,
+    },
 }
 
 /// Simulates and draws `spec`.
@@ -50,7 +64,7 @@ pub fn render(
 
     let mut canvas = vec![0f32; width * height * 3];
     let mut rgb = Vec::with_capacity(frames * width * height * 3);
-    let mut visible = Vec::with_capacity(frames);
+    let mut visibility = Vec::with_capacity(frames);
     for (frame, states) in trajectory.frames.iter().enumerate() {
         let view = View::at(spec.camera, times[frame] as f32, width, height);
         draw_background(&mut canvas, spec.background, &view);
@@ -75,28 +89,35 @@ pub fn render(
                 .iter()
                 .map(|&v| (v.clamp(0.0, 1.0) * 255.0 + 0.5) as u8),
         );
-        visible.push(visibility(spec, &view, states));
+        visibility.push(visibility_in(spec, &view, states));
     }
     let video = Video::from_rgb8(rgb, frames, (width, height), fps)?;
     Ok(Clip {
         video,
         trajectory,
-        visible,
+        visibility,
     })
 }
 
-/// Which objects are in view and not covered by a nearer one.
-fn visibility(spec: &SceneSpec, view: &View, states: &[BodyState]) -> Vec<bool> {
+/// Which objects are in view, and which of those a nearer one covers.
+fn visibility_in(spec: &SceneSpec, view: &View, states: &[BodyState]) -> Vec<Visibility> {
     spec.objects
         .iter()
         .zip(states)
         .map(|(object, state)| {
             let radius = object.size.radius();
-            let covered = spec.objects.iter().zip(states).any(|(other, other_state)| {
-                let distance = (other_state.x - state.x).hypot(other_state.y - state.y);
-                other.depth > object.depth && distance + radius <= 0.9 * other.size.radius()
-            });
-            view.sees_disc(state.x, state.y, radius * 0.5) && !covered
+            if !view.sees_disc(state.x, state.y, -0.5 * radius) {
+                return Visibility::OutOfView;
+            }
+            let cover = spec
+                .objects
+                .iter()
+                .zip(states)
+                .position(|(other, other_state)| {
+                    let distance = (other_state.x - state.x).hypot(other_state.y - state.y);
+                    other.depth > object.depth && distance + 0.7 * radius <= other.size.radius()
+                });
+            cover.map_or(Visibility::Visible, |by| Visibility::Hidden { by })
         })
         .collect()
 }

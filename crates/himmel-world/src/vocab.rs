@@ -1,5 +1,5 @@
 //! The world's vocabulary: colours, shapes, sizes, backgrounds, motions, directions and camera
-//! moves, each with its English and German words.
+//! moves, with their physical properties. Their words live in [`crate::lexicon`].
 
 use serde::{Deserialize, Serialize};
 
@@ -78,56 +78,6 @@ impl Color {
             Self::Brown => [0.50, 0.30, 0.12],
         }
     }
-
-    /// English word.
-    pub fn english(self) -> &'static str {
-        match self {
-            Self::Red => "red",
-            Self::Orange => "orange",
-            Self::Yellow => "yellow",
-            Self::Green => "green",
-            Self::Cyan => "cyan",
-            Self::Blue => "blue",
-            Self::Purple => "purple",
-            Self::Pink => "pink",
-            Self::White => "white",
-            Self::Gray => "gray",
-            Self::Black => "black",
-            Self::Brown => "brown",
-        }
-    }
-
-    /// German adjective stem ("rot" takes endings; "lila" and "rosa" do not).
-    pub fn german_stem(self) -> &'static str {
-        match self {
-            Self::Red => "rot",
-            Self::Orange => "orangefarben",
-            Self::Yellow => "gelb",
-            Self::Green => "grün",
-            Self::Cyan => "türkis",
-            Self::Blue => "blau",
-            Self::Purple => "lila",
-            Self::Pink => "rosa",
-            Self::White => "weiß",
-            Self::Gray => "grau",
-            Self::Black => "schwarz",
-            Self::Brown => "braun",
-        }
-    }
-
-    /// The German adjective after an indefinite article in the nominative.
-    pub fn german_after_indefinite(self, gender: Gender) -> String {
-        let stem = self.german_stem();
-        if matches!(self, Self::Purple | Self::Pink) {
-            return stem.to_string();
-        }
-        let ending = match gender {
-            Gender::Masculine => "er",
-            Gender::Feminine => "e",
-            Gender::Neuter => "es",
-        };
-        format!("{stem}{ending}")
-    }
 }
 
 /// An object's shape.
@@ -158,44 +108,6 @@ impl Shape {
         Self::Ring,
         Self::Capsule,
     ];
-
-    /// English noun.
-    pub fn english(self) -> &'static str {
-        match self {
-            Self::Ball => "ball",
-            Self::Cube => "cube",
-            Self::Triangle => "triangle",
-            Self::Star => "star",
-            Self::Ring => "ring",
-            Self::Capsule => "capsule",
-        }
-    }
-
-    /// English plural.
-    pub fn english_plural(self) -> String {
-        format!("{}s", self.english())
-    }
-
-    /// German noun.
-    pub fn german(self) -> &'static str {
-        match self {
-            Self::Ball => "Ball",
-            Self::Cube => "Würfel",
-            Self::Triangle => "Dreieck",
-            Self::Star => "Stern",
-            Self::Ring => "Ring",
-            Self::Capsule => "Kapsel",
-        }
-    }
-
-    /// German grammatical gender.
-    pub fn gender(self) -> Gender {
-        match self {
-            Self::Triangle => Gender::Neuter,
-            Self::Capsule => Gender::Feminine,
-            _ => Gender::Masculine,
-        }
-    }
 
     /// Distance from the centre to the lowest point when upright, as a fraction of the size's
     /// radius: how high the centre rests above the ground.
@@ -231,11 +143,11 @@ impl Shape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Size {
-    /// Radius 0.16 world units.
+    /// Radius 0.22 world units.
     Small,
-    /// Radius 0.26 world units.
+    /// Radius 0.32 world units.
     Medium,
-    /// Radius 0.38 world units.
+    /// Radius 0.45 world units.
     Large,
 }
 
@@ -246,27 +158,9 @@ impl Size {
     /// Collision radius in world units (the view is 4 units wide).
     pub fn radius(self) -> f32 {
         match self {
-            Self::Small => 0.16,
-            Self::Medium => 0.26,
-            Self::Large => 0.38,
-        }
-    }
-
-    /// English word.
-    pub fn english(self) -> &'static str {
-        match self {
-            Self::Small => "small",
-            Self::Medium => "medium-sized",
-            Self::Large => "large",
-        }
-    }
-
-    /// German adjective stem.
-    pub fn german_stem(self) -> &'static str {
-        match self {
-            Self::Small => "klein",
-            Self::Medium => "mittelgroß",
-            Self::Large => "groß",
+            Self::Small => 0.22,
+            Self::Medium => 0.32,
+            Self::Large => 0.45,
         }
     }
 }
@@ -302,35 +196,6 @@ impl Background {
         Self::Room,
         Self::Plain(Color::White),
     ];
-
-    /// English phrase used after a motion ("on the grass").
-    pub fn english(self) -> String {
-        match self {
-            Self::Sky => "against a blue sky".into(),
-            Self::Grass => "on a green meadow".into(),
-            Self::Sand => "on a sandy beach".into(),
-            Self::Water => "above calm water".into(),
-            Self::Night => "under a starry night sky".into(),
-            Self::Room => "in an indoor room with a wooden floor".into(),
-            Self::Plain(color) => format!("in front of a plain {} background", color.english()),
-        }
-    }
-
-    /// German phrase used after a motion ("über die Wiese").
-    pub fn german(self) -> String {
-        match self {
-            Self::Sky => "vor blauem Himmel".into(),
-            Self::Grass => "auf der Wiese".into(),
-            Self::Sand => "am Sandstrand".into(),
-            Self::Water => "über dem Wasser".into(),
-            Self::Night => "unter dem Sternenhimmel".into(),
-            Self::Room => "in einem Zimmer".into(),
-            Self::Plain(color) => format!(
-                "vor einem einfarbigen {}en Hintergrund",
-                color.german_stem()
-            ),
-        }
-    }
 }
 
 /// What an object does.
@@ -383,36 +248,6 @@ impl Motion {
             Self::Bounce | Self::Roll | Self::Slide | Self::Throw | Self::Drift | Self::Orbit
         )
     }
-
-    /// English verb, third person ("bounces").
-    pub fn english(self) -> &'static str {
-        match self {
-            Self::Rest => "rests",
-            Self::Bounce => "bounces",
-            Self::Roll => "rolls",
-            Self::Slide => "slides",
-            Self::Throw => "is thrown in an arc",
-            Self::Fall => "falls",
-            Self::Orbit => "circles",
-            Self::Drift => "floats",
-            Self::Spin => "spins",
-        }
-    }
-
-    /// German verb, third person ("springt").
-    pub fn german(self) -> &'static str {
-        match self {
-            Self::Rest => "liegt still",
-            Self::Bounce => "springt",
-            Self::Roll => "rollt",
-            Self::Slide => "gleitet",
-            Self::Throw => "fliegt im Bogen",
-            Self::Fall => "fällt",
-            Self::Orbit => "kreist",
-            Self::Drift => "schwebt",
-            Self::Spin => "dreht sich",
-        }
-    }
 }
 
 /// A direction of travel (for orbits: left is counter-clockwise, right clockwise).
@@ -431,22 +266,6 @@ impl Direction {
         match self {
             Self::Left => -1.0,
             Self::Right => 1.0,
-        }
-    }
-
-    /// English phrase ("to the left").
-    pub fn english(self) -> &'static str {
-        match self {
-            Self::Left => "to the left",
-            Self::Right => "to the right",
-        }
-    }
-
-    /// German phrase ("nach links").
-    pub fn german(self) -> &'static str {
-        match self {
-            Self::Left => "nach links",
-            Self::Right => "nach rechts",
         }
     }
 }
@@ -482,30 +301,4 @@ impl CameraMotion {
         Self::ZoomIn,
         Self::ZoomOut,
     ];
-
-    /// English phrase.
-    pub fn english(self) -> &'static str {
-        match self {
-            Self::Static => "The camera is static.",
-            Self::PanLeft => "The camera pans slowly to the left.",
-            Self::PanRight => "The camera pans slowly to the right.",
-            Self::PanUp => "The camera tilts slowly upwards.",
-            Self::PanDown => "The camera tilts slowly downwards.",
-            Self::ZoomIn => "The camera slowly zooms in.",
-            Self::ZoomOut => "The camera slowly zooms out.",
-        }
-    }
-
-    /// German phrase.
-    pub fn german(self) -> &'static str {
-        match self {
-            Self::Static => "Die Kamera steht still.",
-            Self::PanLeft => "Die Kamera schwenkt langsam nach links.",
-            Self::PanRight => "Die Kamera schwenkt langsam nach rechts.",
-            Self::PanUp => "Die Kamera schwenkt langsam nach oben.",
-            Self::PanDown => "Die Kamera schwenkt langsam nach unten.",
-            Self::ZoomIn => "Die Kamera zoomt langsam heran.",
-            Self::ZoomOut => "Die Kamera zoomt langsam heraus.",
-        }
-    }
 }
