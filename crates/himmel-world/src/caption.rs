@@ -36,6 +36,10 @@ fn pick<'a, T>(rng: &mut impl Rng, options: &'a [T]) -> &'a T {
     options.choose(rng).expect("every lexicon entry has words")
 }
 
+fn word(rng: &mut impl Rng, options: &[&'static str]) -> &'static str {
+    *pick(rng, options)
+}
+
 /// "the small red ball"-style name, distinct within a scene (colours are distinct).
 fn english_name(object: &ObjectSpec) -> String {
     format!(
@@ -290,22 +294,22 @@ fn groups(spec: &SceneSpec) -> Vec<Vec<&ObjectSpec>> {
 
 fn english_clause(rng: &mut impl Rng, group: &[&ObjectSpec], with_size: bool) -> String {
     let first = group[0];
-    let noun = *pick(rng, shape_english(first.shape));
+    let noun = word(rng, shape_english(first.shape));
     let verb = pick(rng, motion_english(first.motion));
     let direction = first
         .direction
         .filter(|_| {
             first.motion.has_direction() && first.motion != Motion::Orbit && rng.random_bool(0.6)
         })
-        .map(|d| format!(" {}", pick(rng, direction_english(d))))
+        .map(|d| format!(" {}", word(rng, direction_english(d))))
         .unwrap_or_default();
     if group.len() == 1 {
         let size = if with_size {
-            format!("{} ", pick(rng, size_english(first.size)))
+            format!("{} ", word(rng, size_english(first.size)))
         } else {
             String::new()
         };
-        let words = format!("{size}{} {noun}", pick(rng, color_english(first.color)));
+        let words = format!("{size}{} {noun}", word(rng, color_english(first.color)));
         format!(
             "{} {}{direction}",
             with_article(&words).to_lowercase(),
@@ -314,7 +318,7 @@ fn english_clause(rng: &mut impl Rng, group: &[&ObjectSpec], with_size: bool) ->
     } else {
         let colors: Vec<&str> = group
             .iter()
-            .map(|o| *pick(rng, color_english(o.color)))
+            .map(|o| word(rng, color_english(o.color)))
             .collect();
         let count = NUMBERS_ENGLISH[group.len()];
         format!(
@@ -335,18 +339,18 @@ fn german_clause(rng: &mut impl Rng, group: &[&ObjectSpec], with_size: bool) -> 
         .filter(|_| {
             first.motion.has_direction() && first.motion != Motion::Orbit && rng.random_bool(0.6)
         })
-        .map(|d| format!(" {}", pick(rng, direction_german(d))))
+        .map(|d| format!(" {}", word(rng, direction_german(d))))
         .unwrap_or_default();
     if group.len() == 1 {
         let size = if with_size {
             format!(
                 "{} ",
-                german_adjective(*pick(rng, size_german(first.size)), noun.gender)
+                german_adjective(word(rng, size_german(first.size)), noun.gender)
             )
         } else {
             String::new()
         };
-        let color = german_adjective(*pick(rng, color_german(first.color)), noun.gender);
+        let color = german_adjective(word(rng, color_german(first.color)), noun.gender);
         format!(
             "{} {size}{color} {} {}{direction}",
             german_article(noun.gender),
@@ -357,7 +361,7 @@ fn german_clause(rng: &mut impl Rng, group: &[&ObjectSpec], with_size: bool) -> 
         let colors: Vec<String> = group
             .iter()
             .map(|o| {
-                let stem = *pick(rng, color_german(o.color));
+                let stem = word(rng, color_german(o.color));
                 if german_indeclinable(stem) {
                     stem.to_string()
                 } else {
@@ -403,11 +407,7 @@ pub fn short_prompts(
         let mut text = format!(
             "{} {}",
             clauses.join(", "),
-            fill_color(
-                *pick(rng, background_english(spec.background)),
-                color,
-                false
-            )
+            fill_color(word(rng, background_english(spec.background)), color, false)
         );
         if let Some(camera) = camera_english(spec.camera).choose(rng) {
             text += &format!(", {camera}");
@@ -426,7 +426,7 @@ pub fn short_prompts(
         let mut text = format!(
             "{} {}",
             clauses.join(", "),
-            fill_color(*pick(rng, background_german(spec.background)), color, true)
+            fill_color(word(rng, background_german(spec.background)), color, true)
         );
         if let Some(camera) = camera_german(spec.camera).choose(rng) {
             text += &format!(", {camera}");
