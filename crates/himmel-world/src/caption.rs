@@ -37,7 +37,10 @@ fn pick<'a, T>(rng: &mut impl Rng, options: &'a [T]) -> &'a T {
 }
 
 fn word(rng: &mut impl Rng, options: &[&'static str]) -> &'static str {
-    *pick(rng, options)
+    options
+        .choose(rng)
+        .copied()
+        .expect("every lexicon entry has words")
 }
 
 /// "the small red ball"-style name, distinct within a scene (colours are distinct).
