@@ -29,7 +29,7 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Print a video's frame count, size, frame rate and duration.
     Info(info::InfoArgs),
-    /// The procedural physics world: sample captioned training clips.
+    /// The procedural physics world: sample captioned clips, expand prompts.
     World(world::WorldArgs),
     /// Time a named workload (e.g. `media`: encode and decode speed of every format).
     Bench(bench::BenchArgs),

@@ -7,7 +7,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use himmel_core::{Progress, ProgressEvent, Silent};
 use himmel_media::{WriteOptions, write_video};
-use himmel_world::{RenderSettings, sample_clip};
+use himmel_world::caption::detailed_caption;
+use himmel_world::expand::expand;
+use himmel_world::{RenderSettings, render, sample_clip};
+use rand::SeedableRng;
 
 /// Arguments of `himmel world`.
 #[derive(Args)]
@@ -21,6 +24,52 @@ enum WorldCommand {
     /// Render N random captioned clips: DIR/000000.mp4 (or another format) and DIR/000000.json
     /// (spec, detailed caption, short prompts).
     Sample(SampleArgs),
+    /// Expand a short prompt (English or German) into a scene spec and a detailed caption,
+    /// printed as JSON; words it does not understand are reported.
+    Expand(ExpandArgs),
+}
+
+/// Arguments of `himmel world expand`.
+#[derive(Args)]
+struct ExpandArgs {
+    /// The prompt, e.g. "a red ball bounces on the grass".
+    prompt: String,
+    /// Seed for what the prompt leaves open.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    clip: ClipSize,
+}
+
+/// Size, length and rate of rendered clips.
+#[derive(Args)]
+struct ClipSize {
+    /// Frame width.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    width: u32,
+    /// Frame height.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    height: u32,
+    /// Frames per clip.
+    #[arg(long, default_value_t = 17, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    frames: u32,
+    /// Frames per second.
+    #[arg(long, default_value_t = 16.0)]
+    fps: f64,
+}
+
+impl ClipSize {
+    fn settings(&self) -> Result<RenderSettings> {
+        if !(self.fps.is_finite() && self.fps > 0.0 && self.fps <= 240.0) {
+            bail!("--fps must be between 0 and 240, got {}", self.fps);
+        }
+        Ok(RenderSettings {
+            width: self.width as usize,
+            height: self.height as usize,
+            frames: self.frames as usize,
+            fps: self.fps,
+        })
+    }
 }
 
 /// File format of sampled clips.
@@ -55,18 +104,8 @@ struct SampleArgs {
     /// Seed of the run; clip i of a seed is always the same clip.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Frame width.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
-    width: u32,
-    /// Frame height.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
-    height: u32,
-    /// Frames per clip.
-    #[arg(long, default_value_t = 17, value_parser = clap::value_parser!(u32).range(1..=2000))]
-    frames: u32,
-    /// Frames per second.
-    #[arg(long, default_value_t = 16.0)]
-    fps: f64,
+    #[command(flatten)]
+    clip: ClipSize,
     /// File format of the clips.
     #[arg(long, value_enum, default_value_t = ClipFormat::Mp4)]
     format: ClipFormat,
@@ -76,19 +115,12 @@ struct SampleArgs {
 pub fn run(args: &WorldArgs, progress: &dyn Progress) -> Result<()> {
     match &args.command {
         WorldCommand::Sample(sample) => run_sample(sample, progress),
+        WorldCommand::Expand(expand) => run_expand(expand),
     }
 }
 
 fn run_sample(args: &SampleArgs, progress: &dyn Progress) -> Result<()> {
-    if !(args.fps.is_finite() && args.fps > 0.0 && args.fps <= 240.0) {
-        bail!("--fps must be between 0 and 240, got {}", args.fps);
-    }
-    let settings = RenderSettings {
-        width: args.width as usize,
-        height: args.height as usize,
-        frames: args.frames as usize,
-        fps: args.fps,
-    };
+    let settings = args.clip.settings()?;
     fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     progress.event(ProgressEvent::StageStarted {
@@ -108,5 +140,32 @@ fn run_sample(args: &SampleArgs, progress: &dyn Progress) -> Result<()> {
         progress.event(ProgressEvent::Step { done: index + 1 });
     }
     progress.event(ProgressEvent::StageFinished);
+    Ok(())
+}
+
+fn run_expand(args: &ExpandArgs) -> Result<()> {
+    let settings = args.clip.settings()?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let expansion = expand(&args.prompt, &mut rng)?;
+    let clip = render(&expansion.spec, &settings)?;
+    let caption = detailed_caption(&expansion.spec, &clip);
+    if !expansion.unknown_words.is_empty() {
+        eprintln!(
+            "warning: did not understand: {}",
+            expansion.unknown_words.join(", ")
+        );
+    }
+    for conflict in &expansion.conflicts {
+        eprintln!("warning: {conflict}");
+    }
+    let output = serde_json::json!({
+        "prompt": args.prompt,
+        "seed": args.seed,
+        "spec": expansion.spec,
+        "caption": caption,
+        "unknown_words": expansion.unknown_words,
+        "conflicts": expansion.conflicts,
+    });
+    println!("{}", serde_json::to_string_pretty(&output)?);
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod camera;
 pub mod caption;
+pub mod expand;
 pub mod lexicon;
 pub mod physics;
 pub mod render;

@@ -108,11 +108,7 @@ impl SceneSpec {
     /// A random scene: 1 to 4 objects of distinct colours that stand out from the backdrop.
     pub fn sample(rng: &mut impl Rng) -> Self {
         let background = sample_background(rng);
-        let camera = if rng.random_bool(0.5) {
-            CameraMotion::Static
-        } else {
-            *CameraMotion::ALL.choose(rng).expect("non-empty")
-        };
+        let camera = sample_camera(rng);
         let count = *[1, 1, 2, 2, 3, 4].choose(rng).expect("non-empty");
         let mut colors: Vec<Color> = Color::ALL
             .into_iter()
@@ -124,43 +120,62 @@ impl SceneSpec {
             .take(count)
             .enumerate()
             .map(|(depth, color)| {
-                let shape = *Shape::ALL.choose(rng).expect("non-empty");
-                let size = *Size::ALL.choose(rng).expect("non-empty");
-                let motion = *Motion::ALL.choose(rng).expect("non-empty");
-                ObjectSpec::sample(rng, shape, color, size, motion, depth as i32)
+                let traits = ObjectTraits {
+                    shape: *Shape::ALL.choose(rng).expect("non-empty"),
+                    color,
+                    size: *Size::ALL.choose(rng).expect("non-empty"),
+                    motion: *Motion::ALL.choose(rng).expect("non-empty"),
+                    direction: None,
+                };
+                ObjectSpec::sample(rng, traits, depth as i32)
             })
             .collect();
         Self {
             background,
             camera,
-            walls: rng.random_bool(0.25),
+            walls: sample_walls(rng),
             objects,
         }
     }
 }
 
+/// What an object is and does, before its start and speed are chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObjectTraits {
+    /// Its shape.
+    pub shape: Shape,
+    /// Its colour.
+    pub color: Color,
+    /// Its size class.
+    pub size: Size,
+    /// What it does.
+    pub motion: Motion,
+    /// Its direction; sampled when `None` and the motion has one.
+    pub direction: Option<Direction>,
+}
+
 impl ObjectSpec {
-    /// An object doing `motion` from a typical random start; rolling needs a round shape, so a
+    /// An object with `traits` from a typical random start; rolling needs a round shape, so a
     /// cube asked to roll slides.
-    pub fn sample(
-        rng: &mut impl Rng,
-        shape: Shape,
-        color: Color,
-        size: Size,
-        motion: Motion,
-        depth: i32,
-    ) -> Self {
+    pub fn sample(rng: &mut impl Rng, traits: ObjectTraits, depth: i32) -> Self {
+        let ObjectTraits {
+            shape,
+            color,
+            size,
+            motion,
+            direction,
+        } = traits;
         let motion = if motion == Motion::Roll && !shape.is_round() {
             Motion::Slide
         } else {
             motion
         };
         let radius = size.radius() * shape.support();
-        let direction = if rng.random_bool(0.5) {
+        let direction = direction.unwrap_or(if rng.random_bool(0.5) {
             Direction::Left
         } else {
             Direction::Right
-        };
+        });
         // x measured from the side the object starts on.
         let from_side = |rng: &mut dyn rand::RngCore, near: f32, far: f32| {
             let offset = rng.random_range(near..far);
@@ -221,7 +236,22 @@ impl ObjectSpec {
     }
 }
 
-fn sample_background(rng: &mut impl Rng) -> Background {
+/// A camera move: static half the time.
+pub fn sample_camera(rng: &mut impl Rng) -> CameraMotion {
+    if rng.random_bool(0.5) {
+        CameraMotion::Static
+    } else {
+        *CameraMotion::ALL.choose(rng).expect("non-empty")
+    }
+}
+
+/// Whether a scene has walls: a quarter of the time.
+pub fn sample_walls(rng: &mut impl Rng) -> bool {
+    rng.random_bool(0.25)
+}
+
+/// A backdrop (plain ones in a light colour).
+pub fn sample_background(rng: &mut impl Rng) -> Background {
     match *Background::KINDS.choose(rng).expect("non-empty") {
         Background::Plain(_) => {
             let light = [
