@@ -5,11 +5,13 @@
 
 pub mod camera;
 pub mod caption;
+pub mod detect;
 pub mod expand;
 pub mod lexicon;
 pub mod physics;
 pub mod render;
 pub mod sample;
+pub mod score;
 pub mod spec;
 pub mod vocab;
 

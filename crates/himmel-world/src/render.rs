@@ -352,11 +352,11 @@ fn draw_shape(
                     let (nx, ny) = (dx / radius, dy / radius);
                     let nz = (1.0 - nx * nx - ny * ny).max(0.0).sqrt();
                     let stripe = if local_y.abs() < 0.12 * radius {
-                        0.86
+                        0.9
                     } else {
                         1.0
                     };
-                    (0.8 + 0.25 * (-0.5 * nx + 0.6 * ny + 0.62 * nz)).min(1.05) * stripe
+                    (0.86 + 0.16 * (-0.5 * nx + 0.6 * ny + 0.62 * nz)).min(1.0) * stripe
                 }
                 _ => 0.92 + 0.1 * dy / radius,
             };

@@ -271,9 +271,10 @@ pub fn sample_background(rng: &mut impl Rng) -> Background {
 pub fn clashes_with(color: Color, background: Background) -> bool {
     use Color::*;
     match background {
-        Background::Sky => matches!(color, Blue | Cyan),
-        Background::Grass => matches!(color, Green),
-        Background::Sand => matches!(color, Yellow | Orange | Brown),
+        // The sky is blue and its hills green; meadows, beaches and water sit under that sky.
+        Background::Sky => matches!(color, Blue | Cyan | Green),
+        Background::Grass => matches!(color, Green | Blue | Cyan),
+        Background::Sand => matches!(color, Yellow | Orange | Brown | Blue | Cyan),
         Background::Water => matches!(color, Blue | Cyan),
         Background::Night => matches!(color, Black | Blue),
         Background::Room => matches!(color, Brown | Orange | White),
