@@ -1,15 +1,16 @@
 //! `himmel world`: the procedural physics world from the command line.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use himmel_core::{Progress, ProgressEvent, Silent};
-use himmel_media::{WriteOptions, write_video};
+use himmel_media::{Format, ReadOptions, WriteOptions, read_video, write_video};
 use himmel_world::caption::detailed_caption;
 use himmel_world::expand::expand;
-use himmel_world::{RenderSettings, render, sample_clip};
+use himmel_world::score::{aggregate, score};
+use himmel_world::{RenderSettings, SceneSpec, render, sample_clip};
 use rand::SeedableRng;
 
 /// Arguments of `himmel world`.
@@ -27,6 +28,26 @@ enum WorldCommand {
     /// Expand a short prompt (English or German) into a scene spec and a detailed caption,
     /// printed as JSON; words it does not understand are reported.
     Expand(ExpandArgs),
+    /// Score a video against a spec (--spec or --prompt) and print the JSON report; or score
+    /// every clip in a folder against its own JSON, write NAME.report.json beside each and print
+    /// the aggregate.
+    Score(ScoreArgs),
+}
+
+/// Arguments of `himmel world score`.
+#[derive(Args)]
+struct ScoreArgs {
+    /// A video file, or a folder of clips each with a NAME.json beside it.
+    input: PathBuf,
+    /// The spec to score against: a spec JSON, a `world sample` clip JSON or `world expand` output.
+    #[arg(long, conflicts_with = "prompt")]
+    spec: Option<PathBuf>,
+    /// A prompt to score against (expanded as `himmel world expand` does).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Seed for what the prompt leaves open.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// Arguments of `himmel world expand`.
@@ -116,6 +137,7 @@ pub fn run(args: &WorldArgs, progress: &dyn Progress) -> Result<()> {
     match &args.command {
         WorldCommand::Sample(sample) => run_sample(sample, progress),
         WorldCommand::Expand(expand) => run_expand(expand),
+        WorldCommand::Score(score) => run_score(score, progress),
     }
 }
 
@@ -167,5 +189,105 @@ fn run_expand(args: &ExpandArgs) -> Result<()> {
         "conflicts": expansion.conflicts,
     });
     println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+/// Reads a spec from a spec JSON, a sampled clip's JSON or `world expand` output.
+fn read_spec(path: &Path) -> Result<SceneSpec> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let value = value.get("spec").cloned().unwrap_or(value);
+    let spec: SceneSpec = serde_json::from_value(value)
+        .with_context(|| format!("{} does not hold a valid scene spec", path.display()))?;
+    spec.validate()
+        .with_context(|| format!("{} holds an invalid scene spec", path.display()))?;
+    Ok(spec)
+}
+
+fn run_score(args: &ScoreArgs, progress: &dyn Progress) -> Result<()> {
+    if args.input.is_dir() && args.spec.is_none() && args.prompt.is_none() {
+        return score_folder(&args.input, progress);
+    }
+    let spec = match (&args.spec, &args.prompt) {
+        (Some(path), _) => read_spec(path)?,
+        (None, Some(prompt)) => {
+            let expansion = expand(
+                prompt,
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(args.seed),
+            )?;
+            if !expansion.unknown_words.is_empty() {
+                eprintln!(
+                    "warning: did not understand: {}",
+                    expansion.unknown_words.join(", ")
+                );
+            }
+            expansion.spec
+        }
+        (None, None) => {
+            bail!("give --spec SPEC.json or --prompt \"...\" to score a single video against")
+        }
+    };
+    let video = read_video(&args.input, &ReadOptions::default(), progress)?;
+    let report = score(&video, &spec)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Scores every video in `folder` that has a NAME.json beside it.
+fn score_folder(folder: &Path, progress: &dyn Progress) -> Result<()> {
+    let mut clips: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for entry in
+        fs::read_dir(folder).with_context(|| format!("cannot read {}", folder.display()))?
+    {
+        let path = entry?.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        if is_json || stem.ends_with(".report") || Format::of_input(&path).is_err() {
+            continue;
+        }
+        let json = folder.join(format!("{stem}.json"));
+        if json.is_file() {
+            clips.push((path, json));
+        } else {
+            eprintln!(
+                "warning: {} has no {stem}.json beside it; skipped",
+                path.display()
+            );
+        }
+    }
+    clips.sort();
+    if clips.is_empty() {
+        bail!(
+            "{} holds no clips with a NAME.json beside them",
+            folder.display()
+        );
+    }
+    let mut reports = Vec::with_capacity(clips.len());
+    progress.event(ProgressEvent::StageStarted {
+        stage: "score",
+        total: clips.len() as u64,
+    });
+    for (done, (video_path, json_path)) in clips.iter().enumerate() {
+        let spec = read_spec(json_path)?;
+        let video = read_video(video_path, &ReadOptions::default(), &Silent)?;
+        let report = score(&video, &spec)?;
+        let stem = json_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("clip");
+        let report_path = folder.join(format!("{stem}.report.json"));
+        fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write {}", report_path.display()))?;
+        reports.push(report);
+        progress.event(ProgressEvent::Step {
+            done: done as u64 + 1,
+        });
+    }
+    progress.event(ProgressEvent::StageFinished);
+    println!("{}", serde_json::to_string_pretty(&aggregate(&reports))?);
     Ok(())
 }
