@@ -377,12 +377,25 @@ mod tests {
     fn rendering_is_deterministic_at_any_size_and_rate() {
         let spec = SceneSpec::sample(&mut clip_rng(21, 4));
         for settings in [
-            RenderSettings { width: 48, height: 80, frames: 5, fps: 10.0 },
-            RenderSettings { width: 97, height: 33, frames: 9, fps: 30.0 },
+            RenderSettings {
+                width: 48,
+                height: 80,
+                frames: 5,
+                fps: 10.0,
+            },
+            RenderSettings {
+                width: 97,
+                height: 33,
+                frames: 9,
+                fps: 30.0,
+            },
         ] {
             let first = render(&spec, &settings).unwrap().video.to_rgb8().unwrap();
             let second = render(&spec, &settings).unwrap().video.to_rgb8().unwrap();
-            assert_eq!(first.len(), settings.width * settings.height * settings.frames * 3);
+            assert_eq!(
+                first.len(),
+                settings.width * settings.height * settings.frames * 3
+            );
             assert!(first == second, "two renders of one spec differ");
         }
     }
