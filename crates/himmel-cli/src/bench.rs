@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use himmel_core::{Silent, Video};
 use himmel_media::{ReadOptions, WriteOptions, read_video, resize, write_video};
-use himmel_world::{RenderSettings, sample_clip};
+use himmel_world::sample_clip;
+
+use crate::world::ClipSize;
 
 /// Arguments of `himmel bench`.
 #[derive(Args)]
@@ -28,15 +30,8 @@ enum Workload {
 /// Arguments of `himmel bench world`.
 #[derive(Args)]
 struct WorldArgs {
-    /// Frame width.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
-    width: u32,
-    /// Frame height.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
-    height: u32,
-    /// Frames per clip.
-    #[arg(long, default_value_t = 17, value_parser = clap::value_parser!(u32).range(1..=2000))]
-    frames: u32,
+    #[command(flatten)]
+    clip: ClipSize,
     /// Number of clips to make.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     clips: u64,
@@ -123,12 +118,7 @@ fn run_media(args: &MediaArgs) -> Result<()> {
 }
 
 fn run_world(args: &WorldArgs) -> Result<()> {
-    let settings = RenderSettings {
-        width: args.width as usize,
-        height: args.height as usize,
-        frames: args.frames as usize,
-        fps: 16.0,
-    };
+    let settings = args.clip.settings()?;
     let start = Instant::now();
     let mut pixels = 0u64;
     for index in 0..args.clips {
@@ -139,9 +129,9 @@ fn run_world(args: &WorldArgs) -> Result<()> {
     println!(
         "world: {} clips of {}x{}x{} in {seconds:.2}s on one thread: {:.0} clips/s ({:.1} Mpixel/s)",
         args.clips,
-        args.width,
-        args.height,
-        args.frames,
+        settings.width,
+        settings.height,
+        settings.frames,
         args.clips as f64 / seconds,
         pixels as f64 / 3.0 / seconds / 1e6
     );

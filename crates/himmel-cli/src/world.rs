@@ -64,7 +64,7 @@ struct ExpandArgs {
 
 /// Size, length and rate of rendered clips.
 #[derive(Args)]
-struct ClipSize {
+pub struct ClipSize {
     /// Frame width.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=4096))]
     width: u32,
@@ -80,7 +80,8 @@ struct ClipSize {
 }
 
 impl ClipSize {
-    fn settings(&self) -> Result<RenderSettings> {
+    /// The render settings these options ask for.
+    pub fn settings(&self) -> Result<RenderSettings> {
         if !(self.fps.is_finite() && self.fps > 0.0 && self.fps <= 240.0) {
             bail!("--fps must be between 0 and 240, got {}", self.fps);
         }

@@ -398,46 +398,42 @@ pub fn short_prompts(
     english: usize,
     german: usize,
 ) -> Vec<Prompt> {
-    let groups = groups(spec);
-    let color = plain_color(spec.background);
-    let mut prompts = Vec::with_capacity(english + german);
-    for _ in 0..english {
-        let with_size = rng.random_bool(0.4);
-        let clauses: Vec<String> = groups
-            .iter()
-            .map(|g| english_clause(rng, g, with_size))
-            .collect();
-        let mut text = format!(
-            "{} {}",
-            clauses.join(", "),
-            fill_color(word(rng, background_english(spec.background)), color, false)
-        );
-        if let Some(camera) = camera_english(spec.camera).choose(rng) {
-            text += &format!(", {camera}");
-        }
-        prompts.push(Prompt {
-            language: Language::En,
-            text,
-        });
+    let languages =
+        std::iter::repeat_n(Language::En, english).chain(std::iter::repeat_n(Language::De, german));
+    languages
+        .map(|language| short_prompt(spec, rng, language))
+        .collect()
+}
+
+/// One short prompt: a clause per group of alike objects, the backdrop, the camera move.
+fn short_prompt(spec: &SceneSpec, rng: &mut impl Rng, language: Language) -> Prompt {
+    let with_size = rng.random_bool(0.4);
+    let german = language == Language::De;
+    let clauses: Vec<String> = groups(spec)
+        .iter()
+        .map(|group| {
+            if german {
+                german_clause(rng, group, with_size)
+            } else {
+                english_clause(rng, group, with_size)
+            }
+        })
+        .collect();
+    let (backdrops, cameras) = if german {
+        (
+            background_german(spec.background),
+            camera_german(spec.camera),
+        )
+    } else {
+        (
+            background_english(spec.background),
+            camera_english(spec.camera),
+        )
+    };
+    let backdrop = fill_color(word(rng, backdrops), plain_color(spec.background), german);
+    let mut text = format!("{} {backdrop}", clauses.join(", "));
+    if let Some(camera) = cameras.choose(rng) {
+        text += &format!(", {camera}");
     }
-    for _ in 0..german {
-        let with_size = rng.random_bool(0.4);
-        let clauses: Vec<String> = groups
-            .iter()
-            .map(|g| german_clause(rng, g, with_size))
-            .collect();
-        let mut text = format!(
-            "{} {}",
-            clauses.join(", "),
-            fill_color(word(rng, background_german(spec.background)), color, true)
-        );
-        if let Some(camera) = camera_german(spec.camera).choose(rng) {
-            text += &format!(", {camera}");
-        }
-        prompts.push(Prompt {
-            language: Language::De,
-            text,
-        });
-    }
-    prompts
+    Prompt { language, text }
 }
