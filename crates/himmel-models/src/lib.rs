@@ -1,0 +1,5 @@
+//! Model architectures, one folder per family. Models load through candle `VarBuilder`s whose
+//! keys spell the checkpoint's names, and know nothing of files other than their weights.
+#![deny(missing_docs)]
+
+pub mod wan;

@@ -1,0 +1,11 @@
+//! Wan 2.1 (Wan-AI, 2025: "Wan: Open and Advanced Large-Scale Video Generative Models"), as
+//! diffusers implements it: `WanTransformer3DModel`. Weights: `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`
+//! style folders (`transformer/`). Parity with diffusers is tested on tiny random models
+//! (`tools/reference/wan_transformer.py`).
+
+pub mod config;
+pub mod rope;
+pub mod transformer;
+
+pub use config::WanTransformerConfig;
+pub use transformer::WanTransformer;

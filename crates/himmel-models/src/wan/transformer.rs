@@ -1,0 +1,327 @@
+//! [`WanTransformer`]: Wan's diffusion transformer (diffusers `WanTransformer3DModel`). Latents
+//! are cut into spacetime patches, conditioned on the timestep (adaptive LayerNorm with a
+//! per-block modulation table) and on text (cross-attention), and put back together.
+
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
+
+use super::config::WanTransformerConfig;
+use super::rope::Rotary;
+
+/// LayerNorm without learned parameters over the last dimension, computed in f32.
+fn plain_layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred.broadcast_div(&(variance + eps)?.sqrt()?)
+}
+
+/// LayerNorm with weight and bias, computed in f32.
+struct AffineLayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl AffineLayerNorm {
+    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        plain_layer_norm(x, self.eps)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// RMSNorm over all heads' channels together, with a learned weight.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+/// Scaled dot-product attention over `[B, L, heads, head_dim]` inputs, returning `[B, L, D]`.
+fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
+    let (batch, tokens, heads, head_dim) = query.dims4()?;
+    let query = query.transpose(1, 2)?.contiguous()?;
+    let key = key.transpose(1, 2)?.contiguous()?;
+    let value = value.transpose(1, 2)?.contiguous()?;
+    let scores = (query.matmul(&key.t()?)? / (head_dim as f64).sqrt())?;
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    weights
+        .matmul(&value)?
+        .transpose(1, 2)?
+        .reshape((batch, tokens, heads * head_dim))
+}
+
+/// Self- or cross-attention with RMS-normed queries and keys.
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let dim = config.inner_dim();
+        Ok(Self {
+            to_q: linear(dim, dim, vb.pp("to_q"))?,
+            to_k: linear(dim, dim, vb.pp("to_k"))?,
+            to_v: linear(dim, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            norm_q: RmsNorm::new(dim, config.eps, vb.pp("norm_q"))?,
+            norm_k: RmsNorm::new(dim, config.eps, vb.pp("norm_k"))?,
+            heads: config.num_attention_heads,
+        })
+    }
+
+    /// Attends from `x` to `context` (itself for self-attention), rotating queries and keys
+    /// when `rotary` is given.
+    fn forward(&self, x: &Tensor, context: &Tensor, rotary: Option<&Rotary>) -> Result<Tensor> {
+        let split = |t: Tensor| -> Result<Tensor> {
+            let (batch, tokens, dim) = t.dims3()?;
+            t.reshape((batch, tokens, self.heads, dim / self.heads))
+        };
+        let mut query = split(self.norm_q.forward(&self.to_q.forward(x)?)?)?;
+        let mut key = split(self.norm_k.forward(&self.to_k.forward(context)?)?)?;
+        let value = split(self.to_v.forward(context)?)?;
+        if let Some(rotary) = rotary {
+            query = rotary.apply(&query)?;
+            key = rotary.apply(&key)?;
+        }
+        self.to_out.forward(&attention(&query, &key, &value)?)
+    }
+}
+
+/// Feed-forward: Linear, tanh-approximated GELU, Linear.
+struct FeedForward {
+    up: Linear,
+    down: Linear,
+}
+
+impl FeedForward {
+    fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (dim, hidden) = (config.inner_dim(), config.ffn_dim);
+        Ok(Self {
+            up: linear(dim, hidden, vb.pp("net.0.proj"))?,
+            down: linear(hidden, dim, vb.pp("net.2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down.forward(&self.up.forward(x)?.gelu()?)
+    }
+}
+
+/// One transformer block: modulated self-attention, cross-attention to the text, modulated
+/// feed-forward.
+struct Block {
+    attn1: Attention,
+    attn2: Attention,
+    norm2: Option<AffineLayerNorm>,
+    ffn: FeedForward,
+    /// `[1, 6, D]`: shift, scale and gate for self-attention, then for the feed-forward.
+    scale_shift_table: Tensor,
+    eps: f64,
+}
+
+impl Block {
+    fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let dim = config.inner_dim();
+        let norm2 = config
+            .cross_attn_norm
+            .then(|| AffineLayerNorm::new(dim, config.eps, vb.pp("norm2")))
+            .transpose()?;
+        Ok(Self {
+            attn1: Attention::new(config, vb.pp("attn1"))?,
+            attn2: Attention::new(config, vb.pp("attn2"))?,
+            norm2,
+            ffn: FeedForward::new(config, vb.pp("ffn"))?,
+            scale_shift_table: vb
+                .get((1, 6, dim), "scale_shift_table")?
+                .to_dtype(DType::F32)?,
+            eps: config.eps,
+        })
+    }
+
+    /// `x` `[B, L, D]`, `text` `[B, Lt, D]`, `modulation` `[B, 6, D]` (f32).
+    fn forward(
+        &self,
+        x: &Tensor,
+        text: &Tensor,
+        modulation: &Tensor,
+        rotary: &Rotary,
+    ) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let parts = self.scale_shift_table.broadcast_add(modulation)?;
+        let part = |i: usize| parts.narrow(1, i, 1);
+        let (shift, scale, gate) = (part(0)?, part(1)?, part(2)?);
+        let (ff_shift, ff_scale, ff_gate) = (part(3)?, part(4)?, part(5)?);
+
+        let modulate = |x: &Tensor, shift: &Tensor, scale: &Tensor| -> Result<Tensor> {
+            plain_layer_norm(x, self.eps)?
+                .broadcast_mul(&(scale + 1.0)?)?
+                .broadcast_add(shift)?
+                .to_dtype(dtype)
+        };
+        let normed = modulate(x, &shift, &scale)?;
+        let attended = self.attn1.forward(&normed, &normed, Some(rotary))?;
+        let x = (x.to_dtype(DType::F32)? + attended.to_dtype(DType::F32)?.broadcast_mul(&gate)?)?
+            .to_dtype(dtype)?;
+
+        let normed = match &self.norm2 {
+            Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
+            None => x.clone(),
+        };
+        let x = (&x + self.attn2.forward(&normed, text, None)?)?;
+
+        let fed = self.ffn.forward(&modulate(&x, &ff_shift, &ff_scale)?)?;
+        (x.to_dtype(DType::F32)? + fed.to_dtype(DType::F32)?.broadcast_mul(&ff_gate)?)?
+            .to_dtype(dtype)
+    }
+}
+
+/// The sinusoidal timestep embedding: `[cos(t f_i), sin(t f_i)]`, f_i = 10000^(-i/half).
+fn timestep_sinusoid(timestep: &Tensor, channels: usize) -> Result<Tensor> {
+    let half = channels / 2;
+    let frequencies: Vec<f32> = (0..half)
+        .map(|i| (-(10_000f64.ln()) * i as f64 / half as f64).exp() as f32)
+        .collect();
+    let frequencies = Tensor::from_vec(frequencies, (1, half), timestep.device())?;
+    let angles = timestep
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&frequencies)?;
+    Tensor::cat(&[angles.cos()?, angles.sin()?], 1)
+}
+
+/// Wan's diffusion transformer.
+pub struct WanTransformer {
+    config: WanTransformerConfig,
+    patch_embedding: Linear,
+    time_embedder: (Linear, Linear),
+    time_proj: Linear,
+    text_embedder: (Linear, Linear),
+    blocks: Vec<Block>,
+    /// `[1, 2, D]`: shift and scale of the output norm, added to the time embedding.
+    scale_shift_table: Tensor,
+    proj_out: Linear,
+}
+
+impl WanTransformer {
+    /// Loads the transformer from diffusers-named weights.
+    pub fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let dim = config.inner_dim();
+        let [pt, ph, pw] = config.patch_size;
+        let patch_inputs = config.in_channels * pt * ph * pw;
+        let patch_weight = vb.get(
+            (dim, config.in_channels, pt, ph, pw),
+            "patch_embedding.weight",
+        )?;
+        let patch_embedding = Linear::new(
+            patch_weight.reshape((dim, patch_inputs))?,
+            Some(vb.get(dim, "patch_embedding.bias")?),
+        );
+        let condition = vb.pp("condition_embedder");
+        let time = condition.pp("time_embedder");
+        let text = condition.pp("text_embedder");
+        let blocks = (0..config.num_layers)
+            .map(|i| Block::new(config, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<_>>()?;
+        let outputs = config.out_channels * pt * ph * pw;
+        Ok(Self {
+            config: config.clone(),
+            patch_embedding,
+            time_embedder: (
+                linear(config.freq_dim, dim, time.pp("linear_1"))?,
+                linear(dim, dim, time.pp("linear_2"))?,
+            ),
+            time_proj: linear(dim, 6 * dim, condition.pp("time_proj"))?,
+            text_embedder: (
+                linear(config.text_dim, dim, text.pp("linear_1"))?,
+                linear(dim, dim, text.pp("linear_2"))?,
+            ),
+            blocks,
+            scale_shift_table: vb
+                .get((1, 2, dim), "scale_shift_table")?
+                .to_dtype(DType::F32)?,
+            proj_out: linear(dim, outputs, vb.pp("proj_out"))?,
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &WanTransformerConfig {
+        &self.config
+    }
+
+    /// Predicts the flow for `latents` `[B, C, F, H, W]` at `timestep` `[B]` given the text
+    /// encoder's embeddings `text` `[B, Lt, text_dim]`; returns `[B, C_out, F, H, W]`.
+    pub fn forward(&self, latents: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let (batch, channels, frames, height, width) = latents.dims5()?;
+        let [pt, ph, pw] = self.config.patch_size;
+        let grid = (frames / pt, height / ph, width / pw);
+        let dim = self.config.inner_dim();
+        let dtype = text.dtype();
+
+        // Patches in row-major (frame, row, column) order, each flattened (channel, t, h, w).
+        let patches = latents
+            .reshape(&[batch, channels, grid.0, pt, grid.1, ph, grid.2, pw][..])?
+            .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
+            .reshape((batch, grid.0 * grid.1 * grid.2, channels * pt * ph * pw))?
+            .to_dtype(dtype)?;
+        let mut x = self.patch_embedding.forward(&patches)?;
+
+        let sinusoid = timestep_sinusoid(timestep, self.config.freq_dim)?;
+        let (time_1, time_2) = &self.time_embedder;
+        let temb = time_2.forward(&time_1.forward(&sinusoid.to_dtype(dtype)?)?.silu()?)?;
+        let modulation = self
+            .time_proj
+            .forward(&temb.silu()?)?
+            .reshape((batch, 6, dim))?
+            .to_dtype(DType::F32)?;
+        let (text_1, text_2) = &self.text_embedder;
+        let text = text_2.forward(&text_1.forward(text)?.gelu()?)?;
+
+        let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
+        for block in &self.blocks {
+            x = block.forward(&x, &text, &modulation, &rotary)?;
+        }
+
+        let head = self
+            .scale_shift_table
+            .broadcast_add(&temb.to_dtype(DType::F32)?.unsqueeze(1)?)?;
+        let (shift, scale) = (head.narrow(1, 0, 1)?, head.narrow(1, 1, 1)?);
+        let x = plain_layer_norm(&x, self.config.eps)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?;
+        let x = self.proj_out.forward(&x.to_dtype(dtype)?)?;
+
+        let out = self.config.out_channels;
+        x.reshape(&[batch, grid.0, grid.1, grid.2, pt, ph, pw, out][..])?
+            .permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?
+            .reshape((batch, out, frames, height, width))
+    }
+}
