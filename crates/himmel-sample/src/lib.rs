@@ -1,0 +1,28 @@
+//! Sampling in three small parts: the schedule (sigmas and the timesteps the model sees, with
+//! the flow shift), the solver (a state machine that turns one prediction into the next
+//! sample: [`UniPc`], [`FlowEuler`]) and the guidance ([`guide`]). The model is not known here.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod euler;
+pub mod schedule;
+pub mod unipc;
+
+pub use config::{SchedulerConfig, SchedulerError};
+pub use euler::FlowEuler;
+pub use unipc::UniPc;
+
+use candle_core::{Result, Tensor};
+
+/// A solver that walks a flow-matching sample from noise (sigma 1) to data (sigma 0).
+pub trait Solver {
+    /// The timesteps to show the model, one per step, in order.
+    fn timesteps(&self) -> &[f64];
+    /// Takes the model's flow prediction for the current sample and returns the next sample.
+    fn step(&mut self, prediction: &Tensor, sample: &Tensor) -> Result<Tensor>;
+}
+
+/// Classifier-free guidance: `unconditional + scale * (conditional - unconditional)`.
+pub fn guide(conditional: &Tensor, unconditional: &Tensor, scale: f64) -> Result<Tensor> {
+    unconditional + ((conditional - unconditional)? * scale)?
+}
