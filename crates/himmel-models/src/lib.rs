@@ -2,4 +2,5 @@
 //! keys spell the checkpoint's names, and know nothing of files other than their weights.
 #![deny(missing_docs)]
 
+pub mod umt5;
 pub mod wan;

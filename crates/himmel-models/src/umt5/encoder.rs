@@ -1,0 +1,242 @@
+//! [`Umt5Encoder`]: token embeddings, then per layer an RMS-normed self-attention with its own
+//! relative position bias (no 1/sqrt(d) scaling) and an RMS-normed gated-GELU feed-forward,
+//! then a final RMS norm.
+
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder, linear_no_bias};
+
+use super::config::Umt5Config;
+
+/// T5's norm: scale by the root mean square (no mean subtraction, no bias), in f32.
+struct T5Norm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl T5Norm {
+    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x
+            .broadcast_div(&(variance + self.eps)?.sqrt()?)?
+            .to_dtype(self.weight.dtype())?;
+        normed.broadcast_mul(&self.weight)?.to_dtype(dtype)
+    }
+}
+
+/// Bucket of a relative position (key minus query) for a bidirectional encoder: half the
+/// buckets per sign, exact for small distances, logarithmic up to `max_distance`.
+fn relative_bucket(relative: i64, buckets: usize, max_distance: usize) -> usize {
+    let half = buckets / 2;
+    let offset = if relative > 0 { half } else { 0 };
+    let distance = relative.unsigned_abs() as usize;
+    let exact = half / 2;
+    if distance < exact {
+        return offset + distance;
+    }
+    let ratio = (distance as f32 / exact as f32).ln() / (max_distance as f32 / exact as f32).ln();
+    let large = exact + (ratio * (half - exact) as f32) as usize;
+    offset + large.min(half - 1)
+}
+
+struct SelfAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    relative_bias: Embedding,
+    heads: usize,
+    head_dim: usize,
+    buckets: usize,
+    max_distance: usize,
+}
+
+impl SelfAttention {
+    fn new(config: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+        let inner = config.num_heads * config.d_kv;
+        let bias = vb.get(
+            (config.relative_attention_num_buckets, config.num_heads),
+            "relative_attention_bias.weight",
+        )?;
+        Ok(Self {
+            q: linear_no_bias(config.d_model, inner, vb.pp("q"))?,
+            k: linear_no_bias(config.d_model, inner, vb.pp("k"))?,
+            v: linear_no_bias(config.d_model, inner, vb.pp("v"))?,
+            o: linear_no_bias(inner, config.d_model, vb.pp("o"))?,
+            relative_bias: Embedding::new(bias, config.num_heads),
+            heads: config.num_heads,
+            head_dim: config.d_kv,
+            buckets: config.relative_attention_num_buckets,
+            max_distance: config.relative_attention_max_distance,
+        })
+    }
+
+    /// Position bias `[1, heads, L, L]`.
+    fn position_bias(&self, length: usize, device: &Device) -> Result<Tensor> {
+        let buckets: Vec<u32> = (0..length as i64)
+            .flat_map(|query| {
+                (0..length as i64).map(move |key| {
+                    relative_bucket(key - query, self.buckets, self.max_distance) as u32
+                })
+            })
+            .collect();
+        let buckets = Tensor::from_vec(buckets, (length, length), device)?;
+        self.relative_bias
+            .forward(&buckets)?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)
+    }
+
+    /// `x` `[B, L, d_model]`, `mask_bias` `[B, 1, 1, L]` (0 or a large negative).
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+        let (batch, length, _) = x.dims3()?;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            t.reshape((batch, length, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let query = heads(self.q.forward(x)?)?;
+        let key = heads(self.k.forward(x)?)?;
+        let value = heads(self.v.forward(x)?)?;
+        let bias = self
+            .position_bias(length, x.device())?
+            .to_dtype(DType::F32)?;
+        let scores = query
+            .to_dtype(DType::F32)?
+            .matmul(&key.to_dtype(DType::F32)?.t()?)?;
+        let scores = scores.broadcast_add(&bias)?.broadcast_add(mask_bias)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(value.dtype())?;
+        let attended = weights.matmul(&value)?.transpose(1, 2)?.reshape((
+            batch,
+            length,
+            self.heads * self.head_dim,
+        ))?;
+        self.o.forward(&attended)
+    }
+}
+
+struct GatedGelu {
+    wi_0: Linear,
+    wi_1: Linear,
+    wo: Linear,
+}
+
+impl GatedGelu {
+    fn new(config: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            wi_0: linear_no_bias(config.d_model, config.d_ff, vb.pp("wi_0"))?,
+            wi_1: linear_no_bias(config.d_model, config.d_ff, vb.pp("wi_1"))?,
+            wo: linear_no_bias(config.d_ff, config.d_model, vb.pp("wo"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.wo
+            .forward(&(self.wi_0.forward(x)?.gelu()? * self.wi_1.forward(x)?)?)
+    }
+}
+
+struct Layer {
+    attention_norm: T5Norm,
+    attention: SelfAttention,
+    feed_forward_norm: T5Norm,
+    feed_forward: GatedGelu,
+}
+
+impl Layer {
+    fn new(config: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+        let eps = config.layer_norm_epsilon;
+        Ok(Self {
+            attention_norm: T5Norm::new(config.d_model, eps, vb.pp("layer.0.layer_norm"))?,
+            attention: SelfAttention::new(config, vb.pp("layer.0.SelfAttention"))?,
+            feed_forward_norm: T5Norm::new(config.d_model, eps, vb.pp("layer.1.layer_norm"))?,
+            feed_forward: GatedGelu::new(config, vb.pp("layer.1.DenseReluDense"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+        let x = (x + self
+            .attention
+            .forward(&self.attention_norm.forward(x)?, mask_bias)?)?;
+        &x + self
+            .feed_forward
+            .forward(&self.feed_forward_norm.forward(&x)?)?
+    }
+}
+
+/// The UMT5 encoder.
+pub struct Umt5Encoder {
+    embeddings: Embedding,
+    layers: Vec<Layer>,
+    final_norm: T5Norm,
+}
+
+impl Umt5Encoder {
+    /// Loads the encoder from transformers-named weights (`shared.weight`, `encoder.*`).
+    pub fn new(config: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+        if config.feed_forward_proj != "gated-gelu" {
+            candle_core::bail!(
+                "UMT5 feed_forward_proj {:?} is not supported; expected gated-gelu",
+                config.feed_forward_proj
+            );
+        }
+        let shape = (config.vocab_size, config.d_model);
+        let table = if vb.contains_tensor("shared.weight") {
+            vb.get(shape, "shared.weight")?
+        } else {
+            vb.get(shape, "encoder.embed_tokens.weight")?
+        };
+        let encoder = vb.pp("encoder");
+        let layers = (0..config.num_layers)
+            .map(|i| Layer::new(config, encoder.pp(format!("block.{i}"))))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embeddings: Embedding::new(table, config.d_model),
+            layers,
+            final_norm: T5Norm::new(
+                config.d_model,
+                config.layer_norm_epsilon,
+                encoder.pp("final_layer_norm"),
+            )?,
+        })
+    }
+
+    /// Encodes token ids `[B, L]` (u32) with `attention_mask` `[B, L]` (1 for tokens, 0 for
+    /// padding) into hidden states `[B, L, d_model]`.
+    pub fn forward(&self, ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let (batch, length) = ids.dims2()?;
+        let keep = attention_mask.to_dtype(DType::F32)?;
+        // Padded keys get the most negative f32, as transformers does.
+        let mask_bias = ((1.0 - keep)? * f64::from(f32::MIN))?.reshape((batch, 1, 1, length))?;
+        let mut x = self.embeddings.forward(ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask_bias)?;
+        }
+        self.final_norm.forward(&x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_t5() {
+        // Exact below 8, logarithmic to 128, positive distances in the upper half.
+        assert_eq!(relative_bucket(0, 32, 128), 0);
+        assert_eq!(relative_bucket(-3, 32, 128), 3);
+        assert_eq!(relative_bucket(3, 32, 128), 19);
+        assert_eq!(relative_bucket(-8, 32, 128), 8);
+        assert_eq!(relative_bucket(-127, 32, 128), 15);
+        assert_eq!(relative_bucket(-500, 32, 128), 15);
+        assert_eq!(relative_bucket(500, 32, 128), 31);
+    }
+}
