@@ -6,6 +6,8 @@
 pub mod config;
 pub mod rope;
 pub mod transformer;
+pub mod vae;
 
 pub use config::WanTransformerConfig;
 pub use transformer::WanTransformer;
+pub use vae::{WanVae, WanVaeConfig};

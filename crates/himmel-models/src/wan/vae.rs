@@ -1,0 +1,697 @@
+//! [`WanVae`]: Wan 2.1's causal video autoencoder (diffusers `AutoencoderKLWan`): 8x spatial and
+//! 4x temporal compression, causal 3-D convolutions run in time chunks (one frame, then four at
+//! a time when encoding; one latent frame at a time when decoding) with a per-layer cache of
+//! the frames each convolution last saw, exactly as the reference does. Memory grows with the
+//! chunk, not the clip.
+
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use serde::Deserialize;
+
+/// Configuration of the Wan VAE, as in a diffusers `vae/config.json` (defaults: Wan 2.1).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct WanVaeConfig {
+    /// Channels of the first stage; default 96.
+    #[serde(default = "default_base_dim")]
+    pub base_dim: usize,
+    /// Latent channels; default 16.
+    #[serde(default = "default_z_dim")]
+    pub z_dim: usize,
+    /// Channel multiplier per stage; default `[1, 2, 4, 4]`.
+    #[serde(default = "default_dim_mult")]
+    pub dim_mult: Vec<usize>,
+    /// Residual blocks per encoder stage (decoder stages have one more); default 2.
+    #[serde(default = "default_res_blocks")]
+    pub num_res_blocks: usize,
+    /// Whether each encoder downsampling also halves time; default `[false, true, true]`.
+    #[serde(default = "default_temporal")]
+    pub temperal_downsample: Vec<bool>,
+    /// Per-channel latent means; default Wan 2.1's.
+    #[serde(default = "default_mean")]
+    pub latents_mean: Vec<f64>,
+    /// Per-channel latent standard deviations; default Wan 2.1's.
+    #[serde(default = "default_std")]
+    pub latents_std: Vec<f64>,
+    /// Attention at these scales outside the middle blocks; default none (the only supported).
+    #[serde(default)]
+    pub attn_scales: Vec<f64>,
+    /// Wan 2.2's residual variant; default false (the only supported).
+    #[serde(default)]
+    pub is_residual: bool,
+}
+
+fn default_base_dim() -> usize {
+    96
+}
+fn default_z_dim() -> usize {
+    16
+}
+fn default_dim_mult() -> Vec<usize> {
+    vec![1, 2, 4, 4]
+}
+fn default_res_blocks() -> usize {
+    2
+}
+fn default_temporal() -> Vec<bool> {
+    vec![false, true, true]
+}
+fn default_mean() -> Vec<f64> {
+    vec![
+        -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
+        0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    ]
+}
+fn default_std() -> Vec<f64> {
+    vec![
+        2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
+        1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    ]
+}
+
+/// What a cache slot holds between chunks.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// Nothing yet (first chunk).
+    Empty,
+    /// An upsampler that has seen its first chunk (which it passes through unchanged).
+    Repeat,
+    /// The last input frames the layer saw.
+    Frames(Tensor),
+}
+
+/// The per-layer caches of one encode or decode, handed out in call order.
+struct TimeCache {
+    slots: Vec<Slot>,
+    cursor: usize,
+}
+
+impl TimeCache {
+    fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    /// Starts a new chunk: layers take their slots from the first again.
+    fn rewind(&mut self) {
+        self.cursor = 0;
+    }
+
+    fn next(&mut self) -> &mut Slot {
+        if self.cursor == self.slots.len() {
+            self.slots.push(Slot::Empty);
+        }
+        self.cursor += 1;
+        &mut self.slots[self.cursor - 1]
+    }
+}
+
+/// The last `n` frames (time is dimension 2), or all if fewer.
+fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
+    let frames = x.dim(2)?;
+    x.narrow(2, frames.saturating_sub(n), frames.min(n))
+}
+
+/// Applies a 2-D op to every frame of `[B, C, T, H, W]`.
+fn per_frame(x: &Tensor, op: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let (batch, channels, frames, height, width) = x.dims5()?;
+    let flat = x
+        .permute((0, 2, 1, 3, 4))?
+        .reshape((batch * frames, channels, height, width))?;
+    let out = op(&flat.contiguous()?)?;
+    let (_, out_channels, out_height, out_width) = out.dims4()?;
+    out.reshape((batch, frames, out_channels, out_height, out_width))?
+        .permute((0, 2, 1, 3, 4))?
+        .contiguous()
+}
+
+/// A 3-D convolution causal in time: `2 * pad_t` frames of zeros (or cached frames) in front.
+struct CausalConv3d {
+    /// One 2-D kernel per time tap: `[out, in, kh, kw]`.
+    taps: Vec<Tensor>,
+    bias: Tensor,
+    front: usize,
+    spatial_padding: usize,
+    time_stride: usize,
+}
+
+impl CausalConv3d {
+    fn new(
+        (inputs, outputs): (usize, usize),
+        (kt, ks): (usize, usize),
+        (pad_t, pad_s): (usize, usize),
+        time_stride: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((outputs, inputs, kt, ks, ks), "weight")?;
+        let taps = (0..kt)
+            .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            taps,
+            bias: vb.get(outputs, "bias")?,
+            front: 2 * pad_t,
+            spatial_padding: pad_s,
+            time_stride,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = x.clone();
+        let mut front = self.front;
+        if let Some(cached) = cache.filter(|_| self.front > 0) {
+            front -= cached.dim(2)?;
+            x = Tensor::cat(&[cached, &x], 2)?;
+        }
+        let x = x.pad_with_zeros(2, front, 0)?;
+        let frames = x.dim(2)?;
+        let outputs = (frames - self.taps.len()) / self.time_stride + 1;
+        let config = Conv2dConfig {
+            padding: self.spatial_padding,
+            ..Default::default()
+        };
+        let mut sum: Option<Tensor> = None;
+        for (k, tap) in self.taps.iter().enumerate() {
+            let indices: Vec<u32> = (0..outputs)
+                .map(|t| (t * self.time_stride + k) as u32)
+                .collect();
+            let indices = Tensor::new(indices.as_slice(), x.device())?;
+            let window = x.index_select(&indices, 2)?;
+            let part = per_frame(&window, |frame| frame.conv2d(tap, config.padding, 1, 1, 1))?;
+            sum = Some(match sum {
+                Some(total) => (total + part)?,
+                None => part,
+            });
+        }
+        let sum = sum.expect("kernels have at least one tap");
+        sum.broadcast_add(&self.bias.reshape((1, (), 1, 1, 1))?)
+    }
+
+    /// Runs with the layer's cache slot: the cache holds the last two input frames.
+    fn forward_cached(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        let slot = cache.next();
+        let previous = match slot {
+            Slot::Frames(frames) => Some(frames.clone()),
+            _ => None,
+        };
+        let mut keep = last_frames(x, 2)?;
+        if keep.dim(2)? < 2
+            && let Some(previous) = &previous
+        {
+            keep = Tensor::cat(&[&last_frames(previous, 1)?, &keep], 2)?;
+        }
+        let out = self.forward(x, previous.as_ref())?;
+        *slot = Slot::Frames(keep);
+        Ok(out)
+    }
+}
+
+/// L2 normalisation over channels times sqrt(C) and a learned gain (`WanRMS_norm`).
+struct ChannelRmsNorm {
+    gain: Tensor,
+}
+
+impl ChannelRmsNorm {
+    /// `dims` is the gain's trailing singleton count: 3 for video, 2 for frames.
+    fn new(channels: usize, trailing: usize, vb: VarBuilder) -> Result<Self> {
+        let mut shape = vec![channels];
+        shape.extend(std::iter::repeat_n(1, trailing));
+        let gain = (vb.get(shape.as_slice(), "gamma")? * (channels as f64).sqrt())?;
+        Ok(Self {
+            gain: gain.unsqueeze(0)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+        x.broadcast_div(&norm)?
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.gain)
+    }
+}
+
+struct ResidualBlock {
+    norm1: ChannelRmsNorm,
+    conv1: CausalConv3d,
+    norm2: ChannelRmsNorm,
+    conv2: CausalConv3d,
+    shortcut: Option<CausalConv3d>,
+}
+
+impl ResidualBlock {
+    fn new(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
+        let shortcut = (inputs != outputs)
+            .then(|| {
+                CausalConv3d::new((inputs, outputs), (1, 1), (0, 0), 1, vb.pp("conv_shortcut"))
+            })
+            .transpose()?;
+        Ok(Self {
+            norm1: ChannelRmsNorm::new(inputs, 3, vb.pp("norm1"))?,
+            conv1: CausalConv3d::new((inputs, outputs), (3, 3), (1, 1), 1, vb.pp("conv1"))?,
+            norm2: ChannelRmsNorm::new(outputs, 3, vb.pp("norm2"))?,
+            conv2: CausalConv3d::new((outputs, outputs), (3, 3), (1, 1), 1, vb.pp("conv2"))?,
+            shortcut,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        let skip = match &self.shortcut {
+            Some(conv) => conv.forward(x, None)?,
+            None => x.clone(),
+        };
+        let h = self
+            .conv1
+            .forward_cached(&self.norm1.forward(x)?.silu()?, cache)?;
+        let h = self
+            .conv2
+            .forward_cached(&self.norm2.forward(&h)?.silu()?, cache)?;
+        h + skip
+    }
+}
+
+/// Single-head self-attention over each frame's pixels.
+struct FrameAttention {
+    norm: ChannelRmsNorm,
+    to_qkv: Conv2d,
+    proj: Conv2d,
+}
+
+impl FrameAttention {
+    fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        let conv = |inputs, outputs, name| {
+            candle_nn::conv2d(inputs, outputs, 1, Conv2dConfig::default(), vb.pp(name))
+        };
+        Ok(Self {
+            norm: ChannelRmsNorm::new(channels, 2, vb.pp("norm"))?,
+            to_qkv: conv(channels, 3 * channels, "to_qkv")?,
+            proj: conv(channels, channels, "proj")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let attended = per_frame(x, |frames| {
+            let (count, channels, height, width) = frames.dims4()?;
+            let qkv = self.to_qkv.forward(&self.norm.forward(frames)?)?;
+            let tokens = qkv
+                .reshape((count, 3 * channels, height * width))?
+                .transpose(1, 2)?;
+            let part = |i: usize| tokens.narrow(2, i * channels, channels)?.contiguous();
+            let (query, key, value) = (part(0)?, part(1)?, part(2)?);
+            let scores = (query.matmul(&key.t()?)? / (channels as f64).sqrt())?;
+            let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&value)?;
+            let out = out
+                .transpose(1, 2)?
+                .reshape((count, channels, height, width))?;
+            self.proj.forward(&out)
+        })?;
+        attended + x
+    }
+}
+
+/// Residual, attention, residual.
+struct MidBlock {
+    first: ResidualBlock,
+    attention: FrameAttention,
+    second: ResidualBlock,
+}
+
+impl MidBlock {
+    fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            first: ResidualBlock::new(channels, channels, vb.pp("resnets.0"))?,
+            attention: FrameAttention::new(channels, vb.pp("attentions.0"))?,
+            second: ResidualBlock::new(channels, channels, vb.pp("resnets.1"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        let x = self.first.forward(x, cache)?;
+        let x = self.attention.forward(&x)?;
+        self.second.forward(&x, cache)
+    }
+}
+
+/// Halves height and width (and, with `time_conv`, time after the first frame).
+struct Downsample {
+    spatial: Conv2d,
+    time_conv: Option<CausalConv3d>,
+}
+
+impl Downsample {
+    fn new(channels: usize, temporal: bool, vb: VarBuilder) -> Result<Self> {
+        let config = Conv2dConfig {
+            stride: 2,
+            ..Default::default()
+        };
+        let time_conv = temporal
+            .then(|| CausalConv3d::new((channels, channels), (3, 1), (0, 0), 2, vb.pp("time_conv")))
+            .transpose()?;
+        Ok(Self {
+            spatial: candle_nn::conv2d(channels, channels, 3, config, vb.pp("resample.1"))?,
+            time_conv,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        let x = per_frame(x, |frames| {
+            let padded = frames
+                .pad_with_zeros(D::Minus1, 0, 1)?
+                .pad_with_zeros(D::Minus2, 0, 1)?;
+            self.spatial.forward(&padded)
+        })?;
+        let Some(time_conv) = &self.time_conv else {
+            return Ok(x);
+        };
+        let slot = cache.next();
+        match slot {
+            Slot::Frames(previous) => {
+                let joined = Tensor::cat(&[&last_frames(previous, 1)?, &x], 2)?;
+                *slot = Slot::Frames(last_frames(&x, 1)?);
+                time_conv.forward(&joined, None)
+            }
+            _ => {
+                // The first chunk passes through; it is kept for the next one.
+                *slot = Slot::Frames(x.clone());
+                Ok(x)
+            }
+        }
+    }
+}
+
+/// Doubles height and width (and, with `time_conv`, time after the first frame).
+struct Upsample {
+    spatial: Conv2d,
+    time_conv: Option<CausalConv3d>,
+}
+
+impl Upsample {
+    fn new(channels: usize, temporal: bool, vb: VarBuilder) -> Result<Self> {
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let time_conv = temporal
+            .then(|| {
+                CausalConv3d::new(
+                    (channels, 2 * channels),
+                    (3, 1),
+                    (1, 0),
+                    1,
+                    vb.pp("time_conv"),
+                )
+            })
+            .transpose()?;
+        Ok(Self {
+            spatial: candle_nn::conv2d(channels, channels / 2, 3, config, vb.pp("resample.1"))?,
+            time_conv,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        let mut x = x.clone();
+        if let Some(time_conv) = &self.time_conv {
+            let slot = cache.next();
+            match slot.clone() {
+                Slot::Empty => *slot = Slot::Repeat,
+                previous => {
+                    let mut keep = last_frames(&x, 2)?;
+                    if keep.dim(2)? < 2 {
+                        let before = match &previous {
+                            Slot::Frames(frames) => last_frames(frames, 1)?,
+                            _ => keep.zeros_like()?,
+                        };
+                        keep = Tensor::cat(&[&before, &keep], 2)?;
+                    }
+                    let cached = match &previous {
+                        Slot::Frames(frames) => Some(frames),
+                        _ => None,
+                    };
+                    let doubled = time_conv.forward(&x, cached)?;
+                    *slot = Slot::Frames(keep);
+                    // Channels [0, C) are the earlier frame of each pair, [C, 2C) the later.
+                    let (batch, channels, frames, height, width) = x.dims5()?;
+                    x = doubled
+                        .reshape((batch, 2, channels, frames, height, width))?
+                        .permute((0, 2, 3, 1, 4, 5))?
+                        .reshape((batch, channels, 2 * frames, height, width))?;
+                }
+            }
+        }
+        per_frame(&x, |frames| {
+            let (_, _, height, width) = frames.dims4()?;
+            let upsampled = frames
+                .to_dtype(DType::F32)?
+                .upsample_nearest2d(2 * height, 2 * width)?
+                .to_dtype(frames.dtype())?;
+            self.spatial.forward(&upsampled)
+        })
+    }
+}
+
+/// One step of the encoder or a decoder stage.
+enum Layer {
+    Residual(ResidualBlock),
+    Down(Downsample),
+    Up(Upsample),
+}
+
+impl Layer {
+    fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        match self {
+            Self::Residual(block) => block.forward(x, cache),
+            Self::Down(down) => down.forward(x, cache),
+            Self::Up(up) => up.forward(x, cache),
+        }
+    }
+}
+
+/// conv_in, layers, mid block, norm, SiLU, conv_out: the shape shared by encoder and decoder.
+struct Coder {
+    conv_in: CausalConv3d,
+    mid: MidBlock,
+    layers: Vec<Layer>,
+    mid_first: bool,
+    norm_out: ChannelRmsNorm,
+    conv_out: CausalConv3d,
+}
+
+impl Coder {
+    fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+        cache.rewind();
+        let mut x = self.conv_in.forward_cached(x, cache)?;
+        if self.mid_first {
+            x = self.mid.forward(&x, cache)?;
+        }
+        for layer in &self.layers {
+            x = layer.forward(&x, cache)?;
+        }
+        if !self.mid_first {
+            x = self.mid.forward(&x, cache)?;
+        }
+        self.conv_out
+            .forward_cached(&self.norm_out.forward(&x)?.silu()?, cache)
+    }
+}
+
+/// Wan's video autoencoder.
+pub struct WanVae {
+    config: WanVaeConfig,
+    encoder: Coder,
+    decoder: Coder,
+    quant_conv: CausalConv3d,
+    post_quant_conv: CausalConv3d,
+}
+
+impl WanVae {
+    /// Loads the autoencoder from diffusers-named weights.
+    pub fn new(config: &WanVaeConfig, vb: VarBuilder) -> Result<Self> {
+        if config.is_residual || !config.attn_scales.is_empty() {
+            candle_core::bail!(
+                "only the Wan 2.1 VAE (is_residual false, no attn_scales) is supported"
+            );
+        }
+        if config.latents_mean.len() != config.z_dim || config.latents_std.len() != config.z_dim {
+            candle_core::bail!(
+                "latents_mean and latents_std need {} entries each",
+                config.z_dim
+            );
+        }
+        let z = config.z_dim;
+        Ok(Self {
+            encoder: Self::encoder(config, vb.pp("encoder"))?,
+            decoder: Self::decoder(config, vb.pp("decoder"))?,
+            quant_conv: CausalConv3d::new((2 * z, 2 * z), (1, 1), (0, 0), 1, vb.pp("quant_conv"))?,
+            post_quant_conv: CausalConv3d::new(
+                (z, z),
+                (1, 1),
+                (0, 0),
+                1,
+                vb.pp("post_quant_conv"),
+            )?,
+            config: config.clone(),
+        })
+    }
+
+    fn encoder(config: &WanVaeConfig, vb: VarBuilder) -> Result<Coder> {
+        let base = config.base_dim;
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(config.dim_mult.iter().copied())
+            .map(|m| base * m)
+            .collect();
+        let blocks = vb.pp("down_blocks");
+        let mut layers = Vec::new();
+        let stages = config.dim_mult.len();
+        for stage in 0..stages {
+            let mut inputs = dims[stage];
+            for _ in 0..config.num_res_blocks {
+                layers.push(Layer::Residual(ResidualBlock::new(
+                    inputs,
+                    dims[stage + 1],
+                    blocks.pp(layers.len()),
+                )?));
+                inputs = dims[stage + 1];
+            }
+            if stage + 1 != stages {
+                let temporal = config
+                    .temperal_downsample
+                    .get(stage)
+                    .copied()
+                    .unwrap_or(false);
+                layers.push(Layer::Down(Downsample::new(
+                    dims[stage + 1],
+                    temporal,
+                    blocks.pp(layers.len()),
+                )?));
+            }
+        }
+        let top = dims[stages];
+        Ok(Coder {
+            conv_in: CausalConv3d::new((3, base), (3, 3), (1, 1), 1, vb.pp("conv_in"))?,
+            mid: MidBlock::new(top, vb.pp("mid_block"))?,
+            layers,
+            mid_first: false,
+            norm_out: ChannelRmsNorm::new(top, 3, vb.pp("norm_out"))?,
+            conv_out: CausalConv3d::new(
+                (top, 2 * config.z_dim),
+                (3, 3),
+                (1, 1),
+                1,
+                vb.pp("conv_out"),
+            )?,
+        })
+    }
+
+    fn decoder(config: &WanVaeConfig, vb: VarBuilder) -> Result<Coder> {
+        let base = config.base_dim;
+        let last = *config.dim_mult.last().unwrap_or(&1);
+        let dims: Vec<usize> = std::iter::once(last)
+            .chain(config.dim_mult.iter().rev().copied())
+            .map(|m| base * m)
+            .collect();
+        let stages = config.dim_mult.len();
+        let upsample_time: Vec<bool> = config.temperal_downsample.iter().rev().copied().collect();
+        let mut layers = Vec::new();
+        for stage in 0..stages {
+            let block = vb.pp(format!("up_blocks.{stage}"));
+            let mut inputs = if stage > 0 {
+                dims[stage] / 2
+            } else {
+                dims[stage]
+            };
+            for j in 0..=config.num_res_blocks {
+                layers.push(Layer::Residual(ResidualBlock::new(
+                    inputs,
+                    dims[stage + 1],
+                    block.pp(format!("resnets.{j}")),
+                )?));
+                inputs = dims[stage + 1];
+            }
+            if stage + 1 != stages {
+                let temporal = upsample_time.get(stage).copied().unwrap_or(false);
+                layers.push(Layer::Up(Upsample::new(
+                    dims[stage + 1],
+                    temporal,
+                    block.pp("upsamplers.0"),
+                )?));
+            }
+        }
+        let bottom = dims[stages];
+        Ok(Coder {
+            conv_in: CausalConv3d::new(
+                (config.z_dim, dims[0]),
+                (3, 3),
+                (1, 1),
+                1,
+                vb.pp("conv_in"),
+            )?,
+            mid: MidBlock::new(dims[0], vb.pp("mid_block"))?,
+            layers,
+            mid_first: true,
+            norm_out: ChannelRmsNorm::new(bottom, 3, vb.pp("norm_out"))?,
+            conv_out: CausalConv3d::new((bottom, 3), (3, 3), (1, 1), 1, vb.pp("conv_out"))?,
+        })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &WanVaeConfig {
+        &self.config
+    }
+
+    /// Encodes video `[B, 3, 1 + 4k, H, W]` in -1..=1 to the latent mean `[B, z, 1 + k, H/8, W/8]`
+    /// (not normalised; see [`WanVae::normalize`]).
+    pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
+        let frames = video.dim(2)?;
+        let mut cache = TimeCache::new();
+        let mut chunks = vec![self.encoder.forward(&video.narrow(2, 0, 1)?, &mut cache)?];
+        let mut start = 1;
+        while start < frames {
+            let length = 4.min(frames - start);
+            chunks.push(
+                self.encoder
+                    .forward(&video.narrow(2, start, length)?, &mut cache)?,
+            );
+            start += length;
+        }
+        let moments = self.quant_conv.forward(&Tensor::cat(&chunks, 2)?, None)?;
+        moments.narrow(1, 0, self.config.z_dim)
+    }
+
+    /// Decodes latents `[B, z, F, h, w]` (not normalised) to video `[B, 3, 1 + 4(F-1), 8h, 8w]`
+    /// in -1..=1, one latent frame at a time.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let x = self.post_quant_conv.forward(latents, None)?;
+        let mut cache = TimeCache::new();
+        let frames = (0..x.dim(2)?)
+            .map(|i| self.decoder.forward(&x.narrow(2, i, 1)?, &mut cache))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&frames, 2)?.clamp(-1f32, 1f32)
+    }
+
+    /// `(mean, std)` as `[1, z, 1, 1, 1]` tensors on `device`.
+    fn statistics(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
+        let shape = (1, self.config.z_dim, 1, 1, 1);
+        let to_tensor = |values: &[f64]| -> Result<Tensor> {
+            let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            Tensor::from_vec(values, shape, like.device())?.to_dtype(like.dtype())
+        };
+        Ok((
+            to_tensor(&self.config.latents_mean)?,
+            to_tensor(&self.config.latents_std)?,
+        ))
+    }
+
+    /// Latents as the denoiser sees them: `(mean_latent - latents_mean) / latents_std`.
+    pub fn normalize(&self, latents: &Tensor) -> Result<Tensor> {
+        let (mean, std) = self.statistics(latents)?;
+        latents.broadcast_sub(&mean)?.broadcast_div(&std)
+    }
+
+    /// The inverse of [`WanVae::normalize`].
+    pub fn denormalize(&self, latents: &Tensor) -> Result<Tensor> {
+        let (mean, std) = self.statistics(latents)?;
+        latents.broadcast_mul(&std)?.broadcast_add(&mean)
+    }
+}

@@ -1,0 +1,61 @@
+//! The Wan VAE against diffusers 0.42.1 on a tiny random model
+//! (fixture made by `tools/reference/wan_vae.py`).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use himmel_models::wan::{WanVae, WanVaeConfig};
+
+fn load() -> (WanVae, std::collections::HashMap<String, Tensor>) {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan");
+    let dir = fixtures.join("vae_tiny");
+    let config: WanVaeConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let weights = [dir.join("diffusion_pytorch_model.safetensors")];
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &Device::Cpu) }.unwrap();
+    let io = candle_core::safetensors::load(fixtures.join("vae_tiny_io.safetensors"), &Device::Cpu)
+        .unwrap();
+    (WanVae::new(&config, vb).unwrap(), io)
+}
+
+fn max_abs_difference(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn encode_matches_diffusers() {
+    let (vae, io) = load();
+    let mean = vae.encode(&io["video"]).unwrap();
+    assert_eq!(mean.dims(), io["mean"].dims());
+    let error = max_abs_difference(&mean, &io["mean"]);
+    println!("encode max abs error {error}");
+    assert!(error <= 1e-4, "max abs error {error}");
+}
+
+#[test]
+fn decode_matches_diffusers() {
+    let (vae, io) = load();
+    let decoded = vae.decode(&io["latents"]).unwrap();
+    assert_eq!(decoded.dims(), io["decoded"].dims());
+    let error = max_abs_difference(&decoded, &io["decoded"]);
+    println!("decode max abs error {error}");
+    assert!(error <= 1e-4, "max abs error {error}");
+}
+
+#[test]
+fn normalisation_round_trips() {
+    let (vae, io) = load();
+    let back = vae
+        .denormalize(&vae.normalize(&io["latents"]).unwrap())
+        .unwrap();
+    assert!(max_abs_difference(&back, &io["latents"]) < 1e-5);
+}
