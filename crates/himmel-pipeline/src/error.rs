@@ -1,0 +1,40 @@
+//! [`PipelineError`]: why a generation could not run.
+
+use std::path::PathBuf;
+
+use crate::request::ValidationError;
+
+/// Why a model could not be loaded or a generation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The request breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A model file or folder is missing or malformed.
+    #[error("{path}: {reason}")]
+    Load {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The scheduler configuration cannot be used.
+    #[error(transparent)]
+    Scheduler(#[from] himmel_sample::SchedulerError),
+    /// The decoded frames do not form a video.
+    #[error(transparent)]
+    Video(#[from] himmel_core::VideoError),
+    /// A tensor operation failed (shapes, dtypes, memory).
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl PipelineError {
+    /// A load error on `path`.
+    pub(crate) fn load(path: impl Into<PathBuf>, reason: impl ToString) -> Self {
+        Self::Load {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! From a generation request to a video: validation (one error per rule, naming the field, the
+//! limit and the value), loading a model from the files users have, prompt encoding, the
+//! denoising loop with guidance, and decoding.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod layout;
+pub mod prompt;
+pub mod request;
+pub mod wan;
+
+pub use error::PipelineError;
+pub use request::{GenerationRequest, ValidRequest, ValidationError};
+pub use wan::{Precision, WanPipeline};

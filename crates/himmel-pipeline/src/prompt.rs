@@ -1,0 +1,102 @@
+//! Prompts to text embeddings: the reference's cleaning (HTML entities unescaped twice,
+//! whitespace collapsed), the model's tokenizer (`tokenizer.json`) with truncation and padding
+//! to a fixed length, the UMT5 encoder, and the tail past each prompt's tokens zeroed.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use himmel_models::umt5::{Umt5Config, Umt5Encoder};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::PipelineError;
+use crate::layout::{read_json, weight_files};
+
+/// The reference's prompt cleaning (without ftfy's mojibake repair).
+pub fn clean_prompt(text: &str) -> String {
+    let once = htmlize::unescape(text.trim());
+    let twice = htmlize::unescape(once.as_ref());
+    twice.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A tokenizer and UMT5 encoder that turn prompts into `[B, max_length, d_model]` embeddings.
+pub struct PromptEncoder {
+    tokenizer: Tokenizer,
+    encoder: Umt5Encoder,
+    max_length: usize,
+}
+
+impl PromptEncoder {
+    /// Loads `tokenizer/tokenizer.json` and the `text_encoder/` weights from a model folder.
+    pub fn load(
+        root: &Path,
+        max_length: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        let tokenizer_path = root.join("tokenizer").join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| PipelineError::load(&tokenizer_path, e))?;
+        let pad_id = tokenizer.token_to_id("<pad>").unwrap_or(0);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                ..Default::default()
+            }))
+            .map_err(|e| PipelineError::load(&tokenizer_path, e))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(max_length),
+            pad_id,
+            pad_token: "<pad>".into(),
+            ..Default::default()
+        }));
+        let encoder_dir = root.join("text_encoder");
+        let config: Umt5Config = read_json(&encoder_dir.join("config.json"))?;
+        let files = weight_files(&encoder_dir)?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+            .map_err(|e| PipelineError::load(&encoder_dir, e))?;
+        let encoder =
+            Umt5Encoder::new(&config, vb).map_err(|e| PipelineError::load(&encoder_dir, e))?;
+        Ok(Self {
+            tokenizer,
+            encoder,
+            max_length,
+        })
+    }
+
+    /// Embeddings of `prompts` (cleaned first), zero past each prompt's last token.
+    pub fn encode(&self, prompts: &[&str], device: &Device) -> Result<Tensor, PipelineError> {
+        let cleaned: Vec<String> = prompts.iter().map(|p| clean_prompt(p)).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(cleaned, true)
+            .map_err(|e| PipelineError::load("tokenizer", e))?;
+        let batch = encodings.len();
+        let ids: Vec<u32> = encodings
+            .iter()
+            .flat_map(|e| e.get_ids().to_vec())
+            .collect();
+        let mask: Vec<u32> = encodings
+            .iter()
+            .flat_map(|e| e.get_attention_mask().to_vec())
+            .collect();
+        let ids = Tensor::from_vec(ids, (batch, self.max_length), device)?;
+        let mask = Tensor::from_vec(mask, (batch, self.max_length), device)?;
+        let hidden = self.encoder.forward(&ids, &mask)?;
+        let keep = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+        Ok(hidden.broadcast_mul(&keep)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_like_the_reference() {
+        assert_eq!(
+            clean_prompt("a \t red\n ball &amp;amp; &lt;sky&gt;  "),
+            "a red ball & <sky>"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! [`GenerationRequest`] and its validation into a [`ValidRequest`].
+
+use candle_core::Tensor;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// What the video should show.
+    pub prompt: String,
+    /// What it should not show (used for classifier-free guidance).
+    pub negative_prompt: String,
+    /// Frame width in pixels.
+    pub width: usize,
+    /// Frame height in pixels.
+    pub height: usize,
+    /// Number of frames.
+    pub frames: usize,
+    /// Frames per second of the output.
+    pub fps: f64,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale (1 or less turns guidance off).
+    pub guidance: f64,
+    /// Flow shift overriding the model's scheduler configuration.
+    pub shift: Option<f64>,
+    /// Seed of the initial noise.
+    pub seed: u64,
+    /// Initial noise to use instead of seeded noise, `[1, C, F', H', W']`.
+    pub initial_latents: Option<Tensor>,
+}
+
+/// Why a request cannot run; each names the field, the rule and the value.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ValidationError {
+    /// Frame counts must be 1 + 4k.
+    #[error("frames must be 1 + 4k for this model; got {given}, nearest valid: {lower} or {upper}")]
+    Frames {
+        /// The value given.
+        given: usize,
+        /// The nearest valid value below.
+        lower: usize,
+        /// The nearest valid value above.
+        upper: usize,
+    },
+    /// Width and height must be positive multiples of the model's factor.
+    #[error(
+        "{field} must be a positive multiple of {multiple}; got {given}, nearest valid: {suggestion}"
+    )]
+    Size {
+        /// "width" or "height".
+        field: &'static str,
+        /// The value given.
+        given: usize,
+        /// The required multiple.
+        multiple: usize,
+        /// The nearest valid value.
+        suggestion: usize,
+    },
+    /// A number is outside its range.
+    #[error("{field} must be {rule}; got {given}")]
+    Range {
+        /// The field.
+        field: &'static str,
+        /// The rule, in words.
+        rule: &'static str,
+        /// The value given.
+        given: String,
+    },
+    /// Given initial latents do not have the shape the request needs.
+    #[error("initial latents must have shape {expected:?} for this request; got {given:?}")]
+    LatentShape {
+        /// The shape needed.
+        expected: Vec<usize>,
+        /// The shape given.
+        given: Vec<usize>,
+    },
+}
+
+/// A request that passed validation for a model.
+#[derive(Debug, Clone)]
+pub struct ValidRequest(GenerationRequest);
+
+impl ValidRequest {
+    /// The request.
+    pub fn get(&self) -> &GenerationRequest {
+        &self.0
+    }
+}
+
+/// The limits a model puts on requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelLimits {
+    /// Frames must be 1 + `temporal_factor` * k.
+    pub temporal_factor: usize,
+    /// Width and height must be multiples of this.
+    pub size_multiple: usize,
+    /// Latent channels.
+    pub latent_channels: usize,
+    /// Pixels per latent cell.
+    pub spatial_factor: usize,
+    /// Largest side in pixels accepted.
+    pub max_side: usize,
+    /// Most frames accepted.
+    pub max_frames: usize,
+}
+
+impl ModelLimits {
+    /// Latent shape `[1, C, F', H', W']` for a request of this size.
+    pub fn latent_shape(&self, request: &GenerationRequest) -> Vec<usize> {
+        vec![
+            1,
+            self.latent_channels,
+            (request.frames - 1) / self.temporal_factor + 1,
+            request.height / self.spatial_factor,
+            request.width / self.spatial_factor,
+        ]
+    }
+
+    /// Checks `request` against these limits.
+    pub fn validate(&self, request: GenerationRequest) -> Result<ValidRequest, ValidationError> {
+        let range = |field, rule, given: String| ValidationError::Range { field, rule, given };
+        let factor = self.temporal_factor;
+        if request.frames == 0 || request.frames > self.max_frames {
+            return Err(range(
+                "frames",
+                "between 1 and the model's maximum (1601)",
+                request.frames.to_string(),
+            ));
+        }
+        if !(request.frames - 1).is_multiple_of(factor) {
+            let lower = (request.frames - 1) / factor * factor + 1;
+            return Err(ValidationError::Frames {
+                given: request.frames,
+                lower,
+                upper: lower + factor,
+            });
+        }
+        for (field, given) in [("width", request.width), ("height", request.height)] {
+            let multiple = self.size_multiple;
+            if given == 0 || given % multiple != 0 {
+                let suggestion =
+                    ((given as f64 / multiple as f64).round() as usize).max(1) * multiple;
+                return Err(ValidationError::Size {
+                    field,
+                    given,
+                    multiple,
+                    suggestion,
+                });
+            }
+            if given > self.max_side {
+                return Err(range(field, "at most 4096 pixels", given.to_string()));
+            }
+        }
+        if request.steps == 0 || request.steps > 1000 {
+            return Err(range(
+                "steps",
+                "between 1 and 1000",
+                request.steps.to_string(),
+            ));
+        }
+        if !(request.guidance.is_finite() && request.guidance >= 0.0) {
+            return Err(range(
+                "guidance",
+                "a number of at least 0",
+                request.guidance.to_string(),
+            ));
+        }
+        if let Some(shift) = request.shift
+            && !(shift.is_finite() && shift > 0.0)
+        {
+            return Err(range("shift", "a positive number", shift.to_string()));
+        }
+        if !(request.fps.is_finite() && request.fps > 0.0 && request.fps <= 240.0) {
+            return Err(range("fps", "between 0 and 240", request.fps.to_string()));
+        }
+        if let Some(latents) = &request.initial_latents {
+            let expected = self.latent_shape(&request);
+            if latents.dims() != expected.as_slice() {
+                return Err(ValidationError::LatentShape {
+                    expected,
+                    given: latents.dims().to_vec(),
+                });
+            }
+        }
+        Ok(ValidRequest(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAN: ModelLimits = ModelLimits {
+        temporal_factor: 4,
+        size_multiple: 16,
+        latent_channels: 16,
+        spatial_factor: 8,
+        max_side: 4096,
+        max_frames: 1601,
+    };
+
+    fn request() -> GenerationRequest {
+        GenerationRequest {
+            prompt: "a ball".into(),
+            negative_prompt: String::new(),
+            width: 832,
+            height: 480,
+            frames: 81,
+            fps: 16.0,
+            steps: 50,
+            guidance: 5.0,
+            shift: None,
+            seed: 0,
+            initial_latents: None,
+        }
+    }
+
+    #[test]
+    fn suggests_the_nearest_valid_values() {
+        assert!(WAN.validate(request()).is_ok());
+        let frames = WAN
+            .validate(GenerationRequest {
+                frames: 80,
+                ..request()
+            })
+            .unwrap_err();
+        assert_eq!(
+            frames,
+            ValidationError::Frames {
+                given: 80,
+                lower: 77,
+                upper: 81
+            }
+        );
+        assert!(frames.to_string().contains("77 or 81"));
+        let width = WAN
+            .validate(GenerationRequest {
+                width: 830,
+                ..request()
+            })
+            .unwrap_err();
+        assert_eq!(
+            width,
+            ValidationError::Size {
+                field: "width",
+                given: 830,
+                multiple: 16,
+                suggestion: 832
+            }
+        );
+        let steps = WAN
+            .validate(GenerationRequest {
+                steps: 0,
+                ..request()
+            })
+            .unwrap_err();
+        assert!(
+            steps
+                .to_string()
+                .contains("steps must be between 1 and 1000; got 0")
+        );
+        assert_eq!(WAN.latent_shape(&request()), [1, 16, 21, 60, 104]);
+    }
+}

@@ -1,0 +1,203 @@
+//! [`WanPipeline`]: Wan 2.1 text to video from a diffusers folder, as diffusers' `WanPipeline`
+//! runs it: prompt and negative prompt through UMT5, noise, the solver loop with
+//! classifier-free guidance, and the VAE decode one latent frame at a time.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use himmel_core::{Progress, ProgressEvent, Video};
+use himmel_models::wan::{WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
+use himmel_sample::{SchedulerConfig, guide};
+
+use crate::PipelineError;
+use crate::layout::{pipeline_class, read_json, weight_files};
+use crate::prompt::PromptEncoder;
+use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
+
+/// The precision the transformer and text encoder compute in (the VAE always runs in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit floats: exact comparison with the reference.
+    F32,
+    /// bfloat16: half the memory, the precision Wan was trained in.
+    Bf16,
+    /// float16.
+    F16,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+}
+
+/// Prompts are padded or truncated to this many tokens, as Wan was trained.
+pub const MAX_SEQUENCE_LENGTH: usize = 512;
+
+/// A loaded Wan 2.1 text-to-video model.
+pub struct WanPipeline {
+    root: PathBuf,
+    transformer: WanTransformer,
+    vae: WanVae,
+    scheduler: SchedulerConfig,
+    precision: Precision,
+    device: Device,
+    max_sequence_length: usize,
+}
+
+fn load_component<T>(
+    root: &Path,
+    name: &str,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+) -> Result<T, PipelineError> {
+    let dir = root.join(name);
+    let files = weight_files(&dir)?;
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+        .map_err(|e| PipelineError::load(&dir, e))?;
+    build(vb).map_err(|e| PipelineError::load(&dir, e))
+}
+
+impl WanPipeline {
+    /// Loads the transformer, VAE and scheduler of the diffusers folder `root` (the text
+    /// encoder is loaded per generation and dropped after encoding).
+    pub fn load(root: &Path, precision: Precision, device: &Device) -> Result<Self, PipelineError> {
+        let class = pipeline_class(root)?;
+        if class != "WanPipeline" {
+            return Err(PipelineError::load(
+                root,
+                format!(
+                    "pipeline class {class:?} is not supported; Himmel runs WanPipeline (Wan 2.1 text to video)"
+                ),
+            ));
+        }
+        let transformer_config: WanTransformerConfig =
+            read_json(&root.join("transformer/config.json"))?;
+        let vae_config: WanVaeConfig = read_json(&root.join("vae/config.json"))?;
+        let scheduler: SchedulerConfig = read_json(&root.join("scheduler/scheduler_config.json"))?;
+        let transformer = load_component(root, "transformer", precision.dtype(), device, |vb| {
+            WanTransformer::new(&transformer_config, vb)
+        })?;
+        let vae = load_component(root, "vae", DType::F32, device, |vb| {
+            WanVae::new(&vae_config, vb)
+        })?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            transformer,
+            vae,
+            scheduler,
+            precision,
+            device: device.clone(),
+            max_sequence_length: MAX_SEQUENCE_LENGTH,
+        })
+    }
+
+    /// Uses `length` prompt tokens instead of 512 (for tiny test models).
+    pub fn with_max_sequence_length(mut self, length: usize) -> Self {
+        self.max_sequence_length = length;
+        self
+    }
+
+    /// What this model accepts.
+    pub fn limits(&self) -> ModelLimits {
+        ModelLimits {
+            temporal_factor: 4,
+            size_multiple: 16,
+            latent_channels: self.transformer.config().in_channels,
+            spatial_factor: 8,
+            max_side: 4096,
+            max_frames: 1601,
+        }
+    }
+
+    /// Checks a request against this model's limits.
+    pub fn validate(&self, request: GenerationRequest) -> Result<ValidRequest, ValidationError> {
+        self.limits().validate(request)
+    }
+
+    /// Generates the video a valid request asks for.
+    pub fn generate(
+        &self,
+        request: &ValidRequest,
+        progress: &dyn Progress,
+    ) -> Result<Video, PipelineError> {
+        let request = request.get();
+        let dtype = self.precision.dtype();
+        let guided = request.guidance > 1.0;
+
+        progress.event(ProgressEvent::StageStarted {
+            stage: "encode prompt",
+            total: 0,
+        });
+        let (text, negative) = {
+            let encoder =
+                PromptEncoder::load(&self.root, self.max_sequence_length, dtype, &self.device)?;
+            let prompts: Vec<&str> = if guided {
+                vec![&request.prompt, &request.negative_prompt]
+            } else {
+                vec![&request.prompt]
+            };
+            let embeddings = encoder.encode(&prompts, &self.device)?;
+            let negative = if guided {
+                Some(embeddings.narrow(0, 1, 1)?)
+            } else {
+                None
+            };
+            (embeddings.narrow(0, 0, 1)?, negative)
+            // The encoder (UMT5-XXL is 11 GB in bf16) is dropped here.
+        };
+        progress.event(ProgressEvent::StageFinished);
+
+        let mut solver = self.scheduler.solver(request.steps, request.shift)?;
+        let shape = self.limits().latent_shape(request);
+        let mut latents = match &request.initial_latents {
+            Some(latents) => latents.to_device(&self.device)?.to_dtype(DType::F32)?,
+            None => {
+                self.device.set_seed(request.seed)?;
+                Tensor::randn(0f32, 1f32, shape.as_slice(), &self.device)?
+            }
+        };
+        let timesteps = solver.timesteps().to_vec();
+        progress.event(ProgressEvent::StageStarted {
+            stage: "denoise",
+            total: timesteps.len() as u64,
+        });
+        for (index, &timestep) in timesteps.iter().enumerate() {
+            let input = latents.to_dtype(dtype)?;
+            let time = Tensor::new(&[timestep as f32], &self.device)?;
+            let conditional = self.transformer.forward(&input, &time, &text)?;
+            let prediction = match &negative {
+                Some(negative) => {
+                    let unconditional = self.transformer.forward(&input, &time, negative)?;
+                    guide(&conditional, &unconditional, request.guidance)?
+                }
+                None => conditional,
+            };
+            latents = solver.step(&prediction, &latents)?;
+            progress.event(ProgressEvent::Step {
+                done: index as u64 + 1,
+            });
+        }
+        progress.event(ProgressEvent::StageFinished);
+
+        progress.event(ProgressEvent::StageStarted {
+            stage: "decode",
+            total: 0,
+        });
+        let latents = self.vae.denormalize(&latents.to_dtype(DType::F32)?)?;
+        let video = self.vae.decode(&latents)?;
+        let frames = ((video / 2.0)? + 0.5)?
+            .clamp(0f32, 1f32)?
+            .squeeze(0)?
+            .permute((1, 2, 3, 0))?
+            .contiguous()?;
+        progress.event(ProgressEvent::StageFinished);
+        Ok(Video::new(frames, request.fps)?)
+    }
+}
