@@ -3,6 +3,7 @@
 
 mod bench;
 mod convert;
+mod generate;
 mod info;
 mod progress;
 mod world;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a video from a text prompt with a Wan 2.1 model.
+    Generate(generate::GenerateArgs),
     /// Convert a video or image between formats, optionally trimming, resizing and retiming it.
     Convert(convert::ConvertArgs),
     /// Print a video's frame count, size, frame rate and duration.
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let progress = progress::TerminalProgress::new(cli.quiet);
     let result = match cli.command {
+        Command::Generate(args) => generate::run(&args, &progress),
         Command::Convert(args) => convert::run(&args, &progress),
         Command::Info(args) => info::run(&args, &progress),
         Command::Bench(args) => bench::run(&args),

@@ -25,7 +25,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Video(#[from] himmel_core::VideoError),
     /// A tensor operation failed (shapes, dtypes, memory).
-    #[error(transparent)]
+    #[error("{}", candle_message(.0))]
     Tensor(#[from] candle_core::Error),
 }
 
@@ -36,5 +36,24 @@ impl PipelineError {
             path: path.into(),
             reason: reason.to_string(),
         }
+    }
+
+    /// A load error on `path` caused by a tensor library error.
+    pub(crate) fn load_tensor(path: impl Into<PathBuf>, error: candle_core::Error) -> Self {
+        Self::Load {
+            path: path.into(),
+            reason: candle_message(&error),
+        }
+    }
+}
+
+/// A candle error's message without the backtrace candle may attach.
+pub fn candle_message(error: &candle_core::Error) -> String {
+    use candle_core::Error;
+    match error {
+        Error::WithBacktrace { inner, .. } => candle_message(inner),
+        Error::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        Error::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        other => other.to_string(),
     }
 }

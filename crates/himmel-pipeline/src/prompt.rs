@@ -54,9 +54,9 @@ impl PromptEncoder {
         let config: Umt5Config = read_json(&encoder_dir.join("config.json"))?;
         let files = weight_files(&encoder_dir)?;
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-            .map_err(|e| PipelineError::load(&encoder_dir, e))?;
-        let encoder =
-            Umt5Encoder::new(&config, vb).map_err(|e| PipelineError::load(&encoder_dir, e))?;
+            .map_err(|e| PipelineError::load_tensor(&encoder_dir, e))?;
+        let encoder = Umt5Encoder::new(&config, vb)
+            .map_err(|e| PipelineError::load_tensor(&encoder_dir, e))?;
         Ok(Self {
             tokenizer,
             encoder,

@@ -39,6 +39,17 @@ impl Precision {
 /// Prompts are padded or truncated to this many tokens, as Wan was trained.
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
 
+/// Standard normal noise of `shape` from `seed` (ChaCha8), the same on every machine.
+fn seeded_noise(shape: &[usize], seed: u64, device: &Device) -> candle_core::Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let count = shape.iter().product();
+    let values: Vec<f32> = (0..count)
+        .map(|_| rng.sample(rand_distr::StandardNormal))
+        .collect();
+    Tensor::from_vec(values, shape, device)
+}
+
 /// A loaded Wan 2.1 text-to-video model.
 pub struct WanPipeline {
     root: PathBuf,
@@ -60,8 +71,8 @@ fn load_component<T>(
     let dir = root.join(name);
     let files = weight_files(&dir)?;
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-        .map_err(|e| PipelineError::load(&dir, e))?;
-    build(vb).map_err(|e| PipelineError::load(&dir, e))
+        .map_err(|e| PipelineError::load_tensor(&dir, e))?;
+    build(vb).map_err(|e| PipelineError::load_tensor(&dir, e))
 }
 
 impl WanPipeline {
@@ -158,10 +169,7 @@ impl WanPipeline {
         let shape = self.limits().latent_shape(request);
         let mut latents = match &request.initial_latents {
             Some(latents) => latents.to_device(&self.device)?.to_dtype(DType::F32)?,
-            None => {
-                self.device.set_seed(request.seed)?;
-                Tensor::randn(0f32, 1f32, shape.as_slice(), &self.device)?
-            }
+            None => seeded_noise(&shape, request.seed, &self.device)?,
         };
         let timesteps = solver.timesteps().to_vec();
         progress.event(ProgressEvent::StageStarted {
