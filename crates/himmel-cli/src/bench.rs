@@ -25,6 +25,29 @@ enum Workload {
     Media(MediaArgs),
     /// Procedural world clips (sample, simulate, render, caption) per second on one thread.
     World(WorldArgs),
+    /// Wan 2.1 1.3B: one transformer forward and the VAE decode at a given size, with random
+    /// weights (timing does not depend on their values).
+    Wan(WanArgs),
+}
+
+/// Arguments of `himmel bench wan`.
+#[derive(Args)]
+struct WanArgs {
+    /// Frame width.
+    #[arg(long, default_value_t = 256)]
+    width: usize,
+    /// Frame height.
+    #[arg(long, default_value_t = 256)]
+    height: usize,
+    /// Frames (1 + 4k).
+    #[arg(long, default_value_t = 17)]
+    frames: usize,
+    /// Transformer precision: f32 or bf16.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Skip the VAE decode.
+    #[arg(long)]
+    no_vae: bool,
 }
 
 /// Arguments of `himmel bench world`.
@@ -63,6 +86,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.workload {
         Workload::Media(media) => run_media(media),
         Workload::World(world) => run_world(world),
+        Workload::Wan(wan) => run_wan(wan),
     }
 }
 
@@ -134,6 +158,99 @@ fn run_world(args: &WorldArgs) -> Result<()> {
         settings.frames,
         args.clips as f64 / seconds,
         pixels as f64 / 3.0 / seconds / 1e6
+    );
+    Ok(())
+}
+
+/// Weights drawn from N(0, 0.02) on request: every byte is real, so memory figures are too.
+struct RandomWeights;
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        _name: &str,
+        _hints: candle_nn::Init,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        candle_core::Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _: candle_core::DType,
+        _: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        candle_core::bail!("random weights need a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+fn random_weights(dtype: candle_core::DType) -> candle_nn::VarBuilder<'static> {
+    candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dtype, candle_core::Device::Cpu)
+}
+
+fn run_wan(args: &WanArgs) -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+    use himmel_models::wan::{WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
+
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => anyhow::bail!("--dtype must be f32 or bf16, got {other}"),
+    };
+    if args.width % 16 != 0 || args.height % 16 != 0 || args.frames % 4 != 1 {
+        anyhow::bail!("width and height must be multiples of 16 and frames 1 + 4k");
+    }
+    let device = Device::Cpu;
+    let config = WanTransformerConfig::t2v_1_3b();
+    let latent_frames = (args.frames - 1) / 4 + 1;
+    let (h, w) = (args.height / 8, args.width / 8);
+    let tokens = latent_frames * (h / 2) * (w / 2);
+    // Multiply-adds per forward: projections and feed-forward per token, attention over tokens.
+    let d = config.inner_dim() as f64;
+    let (l, text) = (tokens as f64, 512.0);
+    let per_block = l * (4.0 * d * d)
+        + l * d * d * 2.0
+        + text * d * d * 2.0
+        + 2.0 * l * l * d
+        + 2.0 * l * text * d
+        + l * 2.0 * d * config.ffn_dim as f64;
+    let flops = 2.0 * per_block * config.num_layers as f64;
+    println!(
+        "wan 1.3B: {}x{}x{} ({tokens} tokens), transformer in {}",
+        args.width, args.height, args.frames, args.dtype
+    );
+
+    let start = Instant::now();
+    let transformer = WanTransformer::new(&config, random_weights(dtype))?;
+    let latents = Tensor::randn(0f32, 1.0, (1, 16, latent_frames, h, w), &device)?;
+    let timestep = Tensor::new(&[999f32], &device)?;
+    let prompt = Tensor::randn(0f32, 1.0, (1, 512, config.text_dim), &device)?.to_dtype(dtype)?;
+    println!("  build {:.1}s", start.elapsed().as_secs_f64());
+    let start = Instant::now();
+    transformer.forward(&latents, &timestep, &prompt)?;
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "  transformer forward {seconds:.2}s ({:.0} GFLOP/s); a guided step is two forwards: {:.2}s",
+        flops / seconds / 1e9,
+        2.0 * seconds
+    );
+    drop(transformer);
+    if !args.no_vae {
+        let vae = WanVae::new(&WanVaeConfig::default_wan21(), random_weights(DType::F32))?;
+        let start = Instant::now();
+        vae.decode(&latents)?;
+        println!("  VAE decode (f32) {:.2}s", start.elapsed().as_secs_f64());
+    }
+    println!(
+        "  peak memory {}",
+        crate::generate::peak_memory().unwrap_or_else(|| "unknown".into())
     );
     Ok(())
 }

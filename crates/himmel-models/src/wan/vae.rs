@@ -68,6 +68,23 @@ fn default_std() -> Vec<f64> {
     ]
 }
 
+impl WanVaeConfig {
+    /// Wan 2.1's VAE (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers/vae`).
+    pub fn default_wan21() -> Self {
+        Self {
+            base_dim: default_base_dim(),
+            z_dim: default_z_dim(),
+            dim_mult: default_dim_mult(),
+            num_res_blocks: default_res_blocks(),
+            temperal_downsample: default_temporal(),
+            latents_mean: default_mean(),
+            latents_std: default_std(),
+            attn_scales: Vec::new(),
+            is_residual: false,
+        }
+    }
+}
+
 /// What a cache slot holds between chunks.
 #[derive(Debug, Clone)]
 enum Slot {

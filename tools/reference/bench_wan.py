@@ -1,0 +1,30 @@
+"""diffusers' side of `himmel bench wan`: one Wan 2.1 1.3B transformer forward (random weights,
+bf16 and f32) and the VAE decode (f32) at 256x256x17 on this machine, for BENCHMARKS.md.
+
+    /tmp/ref/bin/python tools/reference/bench_wan.py
+"""
+
+import resource
+import time
+
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+torch.manual_seed(0)
+latents = torch.randn(1, 16, 5, 32, 32)
+prompt = torch.randn(1, 512, 4096)
+timestep = torch.tensor([999])
+model = WanTransformer3DModel(num_attention_heads=12, ffn_dim=8960, num_layers=30).eval()
+for dtype in (torch.bfloat16, torch.float32):
+    model = model.to(dtype)
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(latents.to(dtype), timestep, prompt.to(dtype), return_dict=False)
+        print(f"transformer forward {dtype}: {time.perf_counter() - start:.2f}s", flush=True)
+del model
+vae = AutoencoderKLWan().eval()
+with torch.no_grad():
+    start = time.perf_counter()
+    vae.decode(latents, return_dict=False)
+    print(f"VAE decode f32: {time.perf_counter() - start:.2f}s", flush=True)
+print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024:.2f} GiB")
