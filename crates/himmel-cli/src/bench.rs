@@ -204,7 +204,7 @@ fn run_wan(args: &WanArgs) -> Result<()> {
         "bf16" => DType::BF16,
         other => anyhow::bail!("--dtype must be f32 or bf16, got {other}"),
     };
-    if args.width % 16 != 0 || args.height % 16 != 0 || args.frames % 4 != 1 {
+    if !args.width.is_multiple_of(16) || !args.height.is_multiple_of(16) || args.frames % 4 != 1 {
         anyhow::bail!("width and height must be multiples of 16 and frames 1 + 4k");
     }
     let device = Device::Cpu;
