@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::{Args, ValueEnum};
 use himmel_core::Progress;
 use himmel_media::{Format, WriteOptions, check_output_path, write_video};
-use himmel_pipeline::{GenerationRequest, Precision, WanPipeline};
+use himmel_pipeline::{GenerationRequest, ModelSource, Precision, SingleFiles, WanPipeline};
 
 /// Compute precision of the transformer and text encoder.
 #[derive(Clone, Copy, ValueEnum)]
@@ -26,9 +26,19 @@ pub struct GenerateArgs {
     /// Output file: .mp4, .gif, .png (a folder of frames) or .safetensors (raw f32 frames).
     #[arg(short, long)]
     output: PathBuf,
-    /// Model: a Wan 2.1 diffusers folder (with model_index.json).
+    /// Model: a Wan 2.1 diffusers folder (with model_index.json), or a single transformer file
+    /// (original Wan or ComfyUI names) with --vae, --text-encoder and --tokenizer.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// With a single-file model: the VAE file (safetensors, or the original Wan2.1_VAE.pth).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// With a single-file model: the UMT5 text encoder file (safetensors or the original .pth).
+    #[arg(long)]
+    text_encoder: Option<PathBuf>,
+    /// With a single-file model: the UMT5 tokenizer's tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// What the video should not show.
     #[arg(long, default_value = "")]
     negative_prompt: String,
@@ -118,7 +128,22 @@ pub fn run(args: &GenerateArgs, progress: &dyn Progress) -> Result<()> {
     };
 
     let started = Instant::now();
-    let pipeline = WanPipeline::load(model, precision, &Device::Cpu)?
+    let source = if model.is_file() {
+        let needed = |value: &Option<PathBuf>, flag: &str| {
+            value
+                .clone()
+                .with_context(|| format!("{} is a single file: also pass {flag}", model.display()))
+        };
+        ModelSource::Files(SingleFiles {
+            transformer: model.clone(),
+            vae: needed(&args.vae, "--vae FILE")?,
+            text_encoder: needed(&args.text_encoder, "--text-encoder FILE")?,
+            tokenizer: needed(&args.tokenizer, "--tokenizer tokenizer.json")?,
+        })
+    } else {
+        ModelSource::Folder(model.clone())
+    };
+    let pipeline = WanPipeline::load(&source, precision, &Device::Cpu)?
         .with_max_sequence_length(args.max_sequence_length);
     let request = pipeline.validate(GenerationRequest {
         prompt: args.prompt.clone(),

@@ -3,6 +3,7 @@
 //! denoising loop with guidance, and decoding.
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod error;
 pub mod layout;
 pub mod prompt;
@@ -11,4 +12,4 @@ pub mod wan;
 
 pub use error::PipelineError;
 pub use request::{GenerationRequest, ValidRequest, ValidationError};
-pub use wan::{Precision, WanPipeline};
+pub use wan::{ModelSource, Precision, SingleFiles, WanPipeline};

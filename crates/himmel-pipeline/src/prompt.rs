@@ -5,18 +5,28 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use himmel_models::umt5::{Umt5Config, Umt5Encoder};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::PipelineError;
-use crate::layout::{read_json, weight_files};
+use crate::checkpoint::Checkpoint;
+use himmel_models::umt5::checkpoint::original_umt5_name;
 
 /// The reference's prompt cleaning (without ftfy's mojibake repair).
 pub fn clean_prompt(text: &str) -> String {
     let once = htmlize::unescape(text.trim());
     let twice = htmlize::unescape(once.as_ref());
     twice.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Where a text encoder's weights are, and its configuration if a `config.json` gave one (it is
+/// read from tensor shapes otherwise).
+#[derive(Debug, Clone)]
+pub struct TextEncoderWeights {
+    /// Safetensors shards or one `.pth` file.
+    pub files: Vec<std::path::PathBuf>,
+    /// The configuration, when known.
+    pub config: Option<Umt5Config>,
 }
 
 /// A tokenizer and UMT5 encoder that turn prompts into `[B, max_length, d_model]` embeddings.
@@ -27,36 +37,38 @@ pub struct PromptEncoder {
 }
 
 impl PromptEncoder {
-    /// Loads `tokenizer/tokenizer.json` and the `text_encoder/` weights from a model folder.
+    /// Loads the tokenizer from `tokenizer.json` and the encoder from its weights.
     pub fn load(
-        root: &Path,
+        tokenizer_path: &Path,
+        weights: &TextEncoderWeights,
         max_length: usize,
         dtype: DType,
         device: &Device,
     ) -> Result<Self, PipelineError> {
-        let tokenizer_path = root.join("tokenizer").join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| PipelineError::load(&tokenizer_path, e))?;
+        let mut tokenizer = Tokenizer::from_file(tokenizer_path)
+            .map_err(|e| PipelineError::load(tokenizer_path, e))?;
         let pad_id = tokenizer.token_to_id("<pad>").unwrap_or(0);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length,
                 ..Default::default()
             }))
-            .map_err(|e| PipelineError::load(&tokenizer_path, e))?;
+            .map_err(|e| PipelineError::load(tokenizer_path, e))?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_length),
             pad_id,
             pad_token: "<pad>".into(),
             ..Default::default()
         }));
-        let encoder_dir = root.join("text_encoder");
-        let config: Umt5Config = read_json(&encoder_dir.join("config.json"))?;
-        let files = weight_files(&encoder_dir)?;
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-            .map_err(|e| PipelineError::load_tensor(&encoder_dir, e))?;
+        let checkpoint = Checkpoint::open(&weights.files)?;
+        let layout = checkpoint.umt5_layout()?;
+        let config = match &weights.config {
+            Some(config) => config.clone(),
+            None => checkpoint.umt5_config(&layout)?,
+        };
+        let vb = checkpoint.var_builder(&layout, original_umt5_name, dtype, device)?;
         let encoder = Umt5Encoder::new(&config, vb)
-            .map_err(|e| PipelineError::load_tensor(&encoder_dir, e))?;
+            .map_err(|e| PipelineError::load_tensor(&weights.files[0], e))?;
         Ok(Self {
             tokenizer,
             encoder,

@@ -2,17 +2,18 @@
 //! runs it: prompt and negative prompt through UMT5, noise, the solver loop with
 //! classifier-free guidance, and the VAE decode one latent frame at a time.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use himmel_core::{Progress, ProgressEvent, Video};
+use himmel_models::wan::checkpoint::{original_transformer_name, original_vae_name};
 use himmel_models::wan::{WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
 use himmel_sample::{SchedulerConfig, guide};
 
 use crate::PipelineError;
+use crate::checkpoint::Checkpoint;
 use crate::layout::{pipeline_class, read_json, weight_files};
-use crate::prompt::PromptEncoder;
+use crate::prompt::{PromptEncoder, TextEncoderWeights};
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
 
 /// The precision the transformer and text encoder compute in (the VAE always runs in f32).
@@ -50,9 +51,36 @@ fn seeded_noise(shape: &[usize], seed: u64, device: &Device) -> candle_core::Res
     Tensor::from_vec(values, shape, device)
 }
 
+/// Where a Wan model's parts are.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A diffusers folder (`model_index.json`, one subfolder per part).
+    Folder(PathBuf),
+    /// Single files, as the original release and ComfyUI ship them.
+    Files(SingleFiles),
+}
+
+/// The single files of a Wan model.
+#[derive(Debug, Clone)]
+pub struct SingleFiles {
+    /// The transformer (original, ComfyUI or diffusers names).
+    pub transformer: PathBuf,
+    /// The VAE (safetensors or the original `.pth`).
+    pub vae: PathBuf,
+    /// The UMT5 text encoder (safetensors or the original `.pth`).
+    pub text_encoder: PathBuf,
+    /// The tokenizer's `tokenizer.json`.
+    pub tokenizer: PathBuf,
+}
+
+/// Wan 2.1's scheduler when a single-file model brings none: UniPC, flow shift 3 (480p).
+const DEFAULT_SCHEDULER: &str = r#"{"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0,
+    "use_flow_sigmas": true, "prediction_type": "flow_prediction", "solver_order": 2}"#;
+
 /// A loaded Wan 2.1 text-to-video model.
 pub struct WanPipeline {
-    root: PathBuf,
+    tokenizer: PathBuf,
+    text_encoder: TextEncoderWeights,
     transformer: WanTransformer,
     vae: WanVae,
     scheduler: SchedulerConfig,
@@ -61,45 +89,107 @@ pub struct WanPipeline {
     max_sequence_length: usize,
 }
 
-fn load_component<T>(
-    root: &Path,
-    name: &str,
+/// Loads a transformer from `files` in whatever layout they use; `config` is read from the
+/// tensor shapes when not given.
+pub fn load_transformer(
+    files: &[PathBuf],
+    config: Option<WanTransformerConfig>,
     dtype: DType,
     device: &Device,
-    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
-) -> Result<T, PipelineError> {
-    let dir = root.join(name);
-    let files = weight_files(&dir)?;
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-        .map_err(|e| PipelineError::load_tensor(&dir, e))?;
-    build(vb).map_err(|e| PipelineError::load_tensor(&dir, e))
+) -> Result<WanTransformer, PipelineError> {
+    let checkpoint = Checkpoint::open(files)?;
+    let layout = checkpoint.transformer_layout()?;
+    let config = match config {
+        Some(config) => config,
+        None => checkpoint.transformer_config(&layout)?,
+    };
+    let vb = checkpoint.var_builder(&layout, original_transformer_name, dtype, device)?;
+    WanTransformer::new(&config, vb).map_err(|e| PipelineError::load_tensor(&files[0], e))
+}
+
+/// Loads a VAE from `files` in whatever layout they use.
+pub fn load_vae(
+    files: &[PathBuf],
+    config: WanVaeConfig,
+    device: &Device,
+) -> Result<WanVae, PipelineError> {
+    let checkpoint = Checkpoint::open(files)?;
+    let layout = checkpoint.vae_layout()?;
+    let blocks = config.num_res_blocks;
+    let vb = checkpoint.var_builder(
+        &layout,
+        move |name| original_vae_name(name, blocks),
+        DType::F32,
+        device,
+    )?;
+    WanVae::new(&config, vb).map_err(|e| PipelineError::load_tensor(&files[0], e))
 }
 
 impl WanPipeline {
-    /// Loads the transformer, VAE and scheduler of the diffusers folder `root` (the text
-    /// encoder is loaded per generation and dropped after encoding).
-    pub fn load(root: &Path, precision: Precision, device: &Device) -> Result<Self, PipelineError> {
-        let class = pipeline_class(root)?;
-        if class != "WanPipeline" {
-            return Err(PipelineError::load(
-                root,
-                format!(
-                    "pipeline class {class:?} is not supported; Himmel runs WanPipeline (Wan 2.1 text to video)"
-                ),
-            ));
-        }
-        let transformer_config: WanTransformerConfig =
-            read_json(&root.join("transformer/config.json"))?;
-        let vae_config: WanVaeConfig = read_json(&root.join("vae/config.json"))?;
-        let scheduler: SchedulerConfig = read_json(&root.join("scheduler/scheduler_config.json"))?;
-        let transformer = load_component(root, "transformer", precision.dtype(), device, |vb| {
-            WanTransformer::new(&transformer_config, vb)
-        })?;
-        let vae = load_component(root, "vae", DType::F32, device, |vb| {
-            WanVae::new(&vae_config, vb)
-        })?;
+    /// Loads the transformer, VAE and scheduler (the text encoder is loaded per generation and
+    /// dropped after encoding).
+    pub fn load(
+        source: &ModelSource,
+        precision: Precision,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        let dtype = precision.dtype();
+        let (tokenizer, text_encoder, transformer, vae, scheduler) = match source {
+            ModelSource::Folder(root) => {
+                let class = pipeline_class(root)?;
+                if class != "WanPipeline" {
+                    let reason = format!(
+                        "pipeline class {class:?} is not supported; Himmel runs WanPipeline (Wan 2.1 text to video)"
+                    );
+                    return Err(PipelineError::load(root, reason));
+                }
+                let transformer_config: WanTransformerConfig =
+                    read_json(&root.join("transformer/config.json"))?;
+                let vae_config: WanVaeConfig = read_json(&root.join("vae/config.json"))?;
+                let text_encoder = TextEncoderWeights {
+                    files: weight_files(&root.join("text_encoder"))?,
+                    config: Some(read_json(&root.join("text_encoder/config.json"))?),
+                };
+                (
+                    root.join("tokenizer/tokenizer.json"),
+                    text_encoder,
+                    load_transformer(
+                        &weight_files(&root.join("transformer"))?,
+                        Some(transformer_config),
+                        dtype,
+                        device,
+                    )?,
+                    load_vae(&weight_files(&root.join("vae"))?, vae_config, device)?,
+                    read_json(&root.join("scheduler/scheduler_config.json"))?,
+                )
+            }
+            ModelSource::Files(files) => {
+                let scheduler = serde_json::from_str(DEFAULT_SCHEDULER)
+                    .map_err(|e| PipelineError::load("scheduler", e))?;
+                (
+                    files.tokenizer.clone(),
+                    TextEncoderWeights {
+                        files: vec![files.text_encoder.clone()],
+                        config: None,
+                    },
+                    load_transformer(
+                        std::slice::from_ref(&files.transformer),
+                        None,
+                        dtype,
+                        device,
+                    )?,
+                    load_vae(
+                        std::slice::from_ref(&files.vae),
+                        WanVaeConfig::default_wan21(),
+                        device,
+                    )?,
+                    scheduler,
+                )
+            }
+        };
         Ok(Self {
-            root: root.to_path_buf(),
+            tokenizer,
+            text_encoder,
             transformer,
             vae,
             scheduler,
@@ -147,8 +237,13 @@ impl WanPipeline {
             total: 0,
         });
         let (text, negative) = {
-            let encoder =
-                PromptEncoder::load(&self.root, self.max_sequence_length, dtype, &self.device)?;
+            let encoder = PromptEncoder::load(
+                &self.tokenizer,
+                &self.text_encoder,
+                self.max_sequence_length,
+                dtype,
+                &self.device,
+            )?;
             let prompts: Vec<&str> = if guided {
                 vec![&request.prompt, &request.negative_prompt]
             } else {

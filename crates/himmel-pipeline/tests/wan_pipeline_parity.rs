@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use himmel_core::Silent;
-use himmel_pipeline::{GenerationRequest, Precision, WanPipeline};
+use himmel_pipeline::{GenerationRequest, ModelSource, Precision, WanPipeline};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan")
@@ -14,13 +14,10 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn frames_match_diffusers_from_the_same_latents() {
-    let pipeline = WanPipeline::load(
-        &fixtures().join("pipeline_tiny"),
-        Precision::F32,
-        &Device::Cpu,
-    )
-    .unwrap()
-    .with_max_sequence_length(16);
+    let source = ModelSource::Folder(fixtures().join("pipeline_tiny"));
+    let pipeline = WanPipeline::load(&source, Precision::F32, &Device::Cpu)
+        .unwrap()
+        .with_max_sequence_length(16);
     let io = candle_core::safetensors::load(
         fixtures().join("pipeline_tiny_io.safetensors"),
         &Device::Cpu,

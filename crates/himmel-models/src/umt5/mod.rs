@@ -3,6 +3,7 @@
 //! encoder (UMT5-XXL, `text_encoder/` of a diffusers Wan folder). Parity with transformers is
 //! tested on a tiny random model (`tools/reference/umt5.py`).
 
+pub mod checkpoint;
 mod config;
 mod encoder;
 

@@ -3,6 +3,7 @@
 //! style folders (`transformer/`). Parity with diffusers is tested on tiny random models
 //! (`tools/reference/wan_transformer.py`).
 
+pub mod checkpoint;
 pub mod config;
 pub mod rope;
 pub mod transformer;
