@@ -175,3 +175,26 @@ fn unknown_layouts_are_named() {
         "{message}"
     );
 }
+
+#[test]
+fn the_original_pth_vae_loads_without_pickle_code() {
+    let wan = fixtures().join("wan");
+    let vae_config: WanVaeConfig = config(&wan.join("vae_tiny/config.json"));
+    let io =
+        candle_core::safetensors::load(wan.join("vae_tiny_io.safetensors"), &Device::Cpu).unwrap();
+    let pth = wan.join("vae_tiny_original.pth");
+    assert_eq!(
+        Checkpoint::open(std::slice::from_ref(&pth))
+            .unwrap()
+            .vae_layout()
+            .unwrap(),
+        KeyLayout::Original {
+            prefix: String::new()
+        }
+    );
+    let decoded = load_vae(&[pth], vae_config, &Device::Cpu)
+        .unwrap()
+        .decode(&io["latents"])
+        .unwrap();
+    assert!(max_abs_difference(&decoded, &io["decoded"]) <= 1e-4);
+}
