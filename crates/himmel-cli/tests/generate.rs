@@ -4,10 +4,11 @@
 
 mod common;
 
+use himmel_core::compare::max_abs_difference;
 use std::fs;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use common::*;
 
 fn fixtures() -> PathBuf {
@@ -71,14 +72,7 @@ fn generates_what_diffusers_generates() {
         himmel_ok(&args);
         let written = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
         let expected = &io[&format!("{name}_frames")];
-        let error = (written["video"].to_dtype(DType::F32).unwrap() - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let error = max_abs_difference(&written["video"], expected).unwrap();
         assert!(error <= 2e-3, "{name}: max abs error {error}");
     }
     // The same model also writes an MP4 from seeded noise.

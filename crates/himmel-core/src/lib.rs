@@ -2,6 +2,7 @@
 //! speaks, and the [`Progress`] events that long work reports.
 #![deny(missing_docs)]
 
+pub mod compare;
 pub mod progress;
 pub mod video;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use himmel_core::compare::max_abs_difference;
 use himmel_models::wan::{WanTransformer, WanTransformerConfig};
 
 fn fixtures() -> PathBuf {
@@ -26,17 +27,6 @@ fn load(dtype: DType) -> (WanTransformer, std::collections::HashMap<String, Tens
     (model, io)
 }
 
-fn max_abs_difference(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn forward_matches_diffusers_in_f32() {
     let (model, io) = load(DType::F32);
@@ -44,7 +34,7 @@ fn forward_matches_diffusers_in_f32() {
         .forward(&io["latents"], &io["timestep"], &io["text"])
         .unwrap();
     assert_eq!(output.dims(), io["output"].dims());
-    let error = max_abs_difference(&output, &io["output"]);
+    let error = max_abs_difference(&output, &io["output"]).unwrap();
     println!("max abs error {error}");
     assert!(error <= 1e-4, "max abs error {error}");
 }
@@ -63,7 +53,7 @@ fn forward_in_bf16_stays_close() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let error = max_abs_difference(&output, &io["output"]);
+    let error = max_abs_difference(&output, &io["output"]).unwrap();
     println!("max abs error {error}");
     // bf16 keeps 8 bits of mantissa; two blocks of this tiny model stay within 5% of the range.
     assert!(

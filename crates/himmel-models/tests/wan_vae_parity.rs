@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use himmel_core::compare::max_abs_difference;
 use himmel_models::wan::{WanVae, WanVaeConfig};
 
 fn load() -> (WanVae, std::collections::HashMap<String, Tensor>) {
@@ -20,23 +21,12 @@ fn load() -> (WanVae, std::collections::HashMap<String, Tensor>) {
     (WanVae::new(&config, vb).unwrap(), io)
 }
 
-fn max_abs_difference(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn encode_matches_diffusers() {
     let (vae, io) = load();
     let mean = vae.encode(&io["video"]).unwrap();
     assert_eq!(mean.dims(), io["mean"].dims());
-    let error = max_abs_difference(&mean, &io["mean"]);
+    let error = max_abs_difference(&mean, &io["mean"]).unwrap();
     println!("encode max abs error {error}");
     assert!(error <= 1e-4, "max abs error {error}");
 }
@@ -46,7 +36,7 @@ fn decode_matches_diffusers() {
     let (vae, io) = load();
     let decoded = vae.decode(&io["latents"]).unwrap();
     assert_eq!(decoded.dims(), io["decoded"].dims());
-    let error = max_abs_difference(&decoded, &io["decoded"]);
+    let error = max_abs_difference(&decoded, &io["decoded"]).unwrap();
     println!("decode max abs error {error}");
     assert!(error <= 1e-4, "max abs error {error}");
 }
@@ -57,5 +47,5 @@ fn normalisation_round_trips() {
     let back = vae
         .denormalize(&vae.normalize(&io["latents"]).unwrap())
         .unwrap();
-    assert!(max_abs_difference(&back, &io["latents"]) < 1e-5);
+    assert!(max_abs_difference(&back, &io["latents"]).unwrap() < 1e-5);
 }

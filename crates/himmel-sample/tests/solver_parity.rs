@@ -1,9 +1,10 @@
 //! UniPC and flow Euler against diffusers 0.42.1: schedules and a sequence of steps
 //! (fixture made by `tools/reference/schedulers.py`).
 
+use himmel_core::compare::max_abs_difference;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use himmel_sample::{FlowEuler, Solver, UniPc};
 
 fn fixture() -> std::collections::HashMap<String, Tensor> {
@@ -35,14 +36,7 @@ fn check(name: &str, solver: &mut dyn Solver, sigmas: &[f64]) {
         let prediction = io["outputs"].get(step).unwrap();
         sample = solver.step(&prediction, &sample).unwrap();
         let expected = io[&format!("{name}_trajectory")].get(step).unwrap();
-        let error = (sample.to_dtype(DType::F32).unwrap() - &expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let error = max_abs_difference(&sample, &expected).unwrap();
         assert!(error <= 1e-5, "{name} step {step}: max abs error {error}");
     }
 }
