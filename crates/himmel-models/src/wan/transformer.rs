@@ -59,16 +59,32 @@ impl RmsNorm {
     }
 }
 
+/// Most score-matrix elements attention holds at once (256 MiB in f32): longer sequences are
+/// processed in blocks of queries, so memory stays bounded at any video size.
+const SCORE_BUDGET: usize = 64 << 20;
+
 /// Scaled dot-product attention over `[B, L, heads, head_dim]` inputs, returning `[B, L, D]`.
 fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
+    attention_within(query, key, value, SCORE_BUDGET)
+}
+
+/// [`attention`] holding at most `budget` score elements at once.
+fn attention_within(query: &Tensor, key: &Tensor, value: &Tensor, budget: usize) -> Result<Tensor> {
     let (batch, tokens, heads, head_dim) = query.dims4()?;
+    let keys = key.dim(1)?;
     let query = query.transpose(1, 2)?.contiguous()?;
-    let key = key.transpose(1, 2)?.contiguous()?;
+    let key_t = key.transpose(1, 2)?.contiguous()?.t()?;
     let value = value.transpose(1, 2)?.contiguous()?;
-    let scores = (query.matmul(&key.t()?)? / (head_dim as f64).sqrt())?;
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-    weights
-        .matmul(&value)?
+    let block = (budget / (batch * heads * keys).max(1)).clamp(1, tokens);
+    let outputs = (0..tokens)
+        .step_by(block)
+        .map(|start| {
+            let rows = query.narrow(2, start, block.min(tokens - start))?;
+            let scores = (rows.matmul(&key_t)? / (head_dim as f64).sqrt())?;
+            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&value)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&outputs, 2)?
         .transpose(1, 2)?
         .reshape((batch, tokens, heads * head_dim))
 }
@@ -323,5 +339,30 @@ impl WanTransformer {
         x.reshape(&[batch, grid.0, grid.1, grid.2, pt, ph, pw, out][..])?
             .permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?
             .reshape((batch, out, frames, height, width))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn attention_in_query_blocks_equals_attention_at_once() {
+        let device = Device::Cpu;
+        let query = Tensor::randn(0f32, 1.0, (2, 37, 3, 8), &device).unwrap();
+        let key = Tensor::randn(0f32, 1.0, (2, 11, 3, 8), &device).unwrap();
+        let value = Tensor::randn(0f32, 1.0, (2, 11, 3, 8), &device).unwrap();
+        let whole = attention_within(&query, &key, &value, usize::MAX).unwrap();
+        let blocks = attention_within(&query, &key, &value, 2 * 3 * 11 * 5).unwrap();
+        let gap = (whole - blocks)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(gap < 1e-6, "{gap}");
     }
 }
