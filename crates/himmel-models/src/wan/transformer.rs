@@ -346,6 +346,7 @@ impl WanTransformer {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use himmel_core::compare::max_abs_difference;
 
     #[test]
     fn attention_in_query_blocks_equals_attention_at_once() {
@@ -355,14 +356,7 @@ mod tests {
         let value = Tensor::randn(0f32, 1.0, (2, 11, 3, 8), &device).unwrap();
         let whole = attention_within(&query, &key, &value, usize::MAX).unwrap();
         let blocks = attention_within(&query, &key, &value, 2 * 3 * 11 * 5).unwrap();
-        let gap = (whole - blocks)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let gap = max_abs_difference(&whole, &blocks).unwrap();
         assert!(gap < 1e-6, "{gap}");
     }
 }
