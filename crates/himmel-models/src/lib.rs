@@ -2,5 +2,7 @@
 //! keys spell the checkpoint's names, and know nothing of files other than their weights.
 #![deny(missing_docs)]
 
+pub mod mini;
+pub mod ops;
 pub mod umt5;
 pub mod wan;

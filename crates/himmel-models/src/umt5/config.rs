@@ -1,9 +1,9 @@
 //! [`Umt5Config`]: the text encoder's `config.json`, with transformers' field names.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Configuration of a UMT5 encoder (defaults: UMT5-XXL as Wan ships it).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Umt5Config {
     /// Vocabulary size; default 256384.
     #[serde(default = "default_vocab")]
@@ -66,4 +66,22 @@ fn default_eps() -> f64 {
 }
 fn default_ff() -> String {
     "gated-gelu".into()
+}
+
+impl Default for Umt5Config {
+    /// UMT5-XXL, as Wan ships it.
+    fn default() -> Self {
+        Self {
+            vocab_size: default_vocab(),
+            d_model: default_d_model(),
+            d_kv: default_d_kv(),
+            d_ff: default_d_ff(),
+            num_layers: default_layers(),
+            num_heads: default_heads(),
+            relative_attention_num_buckets: default_buckets(),
+            relative_attention_max_distance: default_max_distance(),
+            layer_norm_epsilon: default_eps(),
+            feed_forward_proj: default_ff(),
+        }
+    }
 }

@@ -113,7 +113,7 @@ impl SelfAttention {
             .to_dtype(DType::F32)?
             .matmul(&key.to_dtype(DType::F32)?.t()?)?;
         let scores = scores.broadcast_add(&bias)?.broadcast_add(mask_bias)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(value.dtype())?;
+        let weights = crate::ops::softmax_last_dim(&scores)?.to_dtype(value.dtype())?;
         let attended = weights.matmul(&value)?.transpose(1, 2)?.reshape((
             batch,
             length,

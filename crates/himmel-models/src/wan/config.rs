@@ -1,10 +1,10 @@
 //! [`WanTransformerConfig`]: the transformer's `config.json`, with diffusers' field names.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Configuration of the Wan diffusion transformer, as in a diffusers `transformer/config.json`.
 /// Defaults are diffusers' class defaults (the 14B text-to-video model).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WanTransformerConfig {
     /// Patch size over (frames, height, width); default `[1, 2, 2]`.
     #[serde(default = "default_patch_size")]

@@ -55,7 +55,7 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+        crate::ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -81,7 +81,7 @@ fn attention_within(query: &Tensor, key: &Tensor, value: &Tensor, budget: usize)
         .map(|start| {
             let rows = query.narrow(2, start, block.min(tokens - start))?;
             let scores = (rows.matmul(&key_t)? / (head_dim as f64).sqrt())?;
-            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&value)
+            crate::ops::softmax_last_dim(&scores)?.matmul(&value)
         })
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&outputs, 2)?

@@ -6,10 +6,10 @@
 
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Configuration of the Wan VAE, as in a diffusers `vae/config.json` (defaults: Wan 2.1).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WanVaeConfig {
     /// Channels of the first stage; default 96.
     #[serde(default = "default_base_dim")]
@@ -181,7 +181,7 @@ impl CausalConv3d {
             front -= cached.dim(2)?;
             x = Tensor::cat(&[cached, &x], 2)?;
         }
-        let x = x.pad_with_zeros(2, front, 0)?;
+        let x = x.pad_with_zeros(2, front, 0)?.contiguous()?;
         let frames = x.dim(2)?;
         let outputs = (frames - self.taps.len()) / self.time_stride + 1;
         let config = Conv2dConfig {
@@ -243,7 +243,8 @@ impl ChannelRmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
-        let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+        // max(norm, 1e-12) as the reference has it, written so its gradient stays finite at 0.
+        let norm = (x.sqr()?.sum_keepdim(1)? + 1e-24)?.sqrt()?;
         x.broadcast_div(&norm)?
             .to_dtype(dtype)?
             .broadcast_mul(&self.gain)
@@ -318,7 +319,7 @@ impl FrameAttention {
             let part = |i: usize| tokens.narrow(2, i * channels, channels)?.contiguous();
             let (query, key, value) = (part(0)?, part(1)?, part(2)?);
             let scores = (query.matmul(&key.t()?)? / (channels as f64).sqrt())?;
-            let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&value)?;
+            let out = crate::ops::softmax_last_dim(&scores)?.matmul(&value)?;
             let out = out
                 .transpose(1, 2)?
                 .reshape((count, channels, height, width))?;
@@ -660,6 +661,11 @@ impl WanVae {
     /// Encodes video `[B, 3, 1 + 4k, H, W]` in -1..=1 to the latent mean `[B, z, 1 + k, H/8, W/8]`
     /// (not normalised; see [`WanVae::normalize`]).
     pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
+        Ok(self.encode_moments(video)?.0)
+    }
+
+    /// Encodes like [`WanVae::encode`] and returns the latent distribution: `(mean, log_var)`.
+    pub fn encode_moments(&self, video: &Tensor) -> Result<(Tensor, Tensor)> {
         let frames = video.dim(2)?;
         let mut cache = TimeCache::new();
         let mut chunks = vec![self.encoder.forward(&video.narrow(2, 0, 1)?, &mut cache)?];
@@ -673,18 +679,24 @@ impl WanVae {
             start += length;
         }
         let moments = self.quant_conv.forward(&Tensor::cat(&chunks, 2)?, None)?;
-        moments.narrow(1, 0, self.config.z_dim)
+        let z = self.config.z_dim;
+        Ok((moments.narrow(1, 0, z)?, moments.narrow(1, z, z)?))
     }
 
     /// Decodes latents `[B, z, F, h, w]` (not normalised) to video `[B, 3, 1 + 4(F-1), 8h, 8w]`
     /// in -1..=1, one latent frame at a time.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode_unclamped(latents)?.clamp(-1f32, 1f32)
+    }
+
+    /// [`WanVae::decode`] without the final clamp (training needs gradients everywhere).
+    pub fn decode_unclamped(&self, latents: &Tensor) -> Result<Tensor> {
         let x = self.post_quant_conv.forward(latents, None)?;
         let mut cache = TimeCache::new();
         let frames = (0..x.dim(2)?)
             .map(|i| self.decoder.forward(&x.narrow(2, i, 1)?, &mut cache))
             .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&frames, 2)?.clamp(-1f32, 1f32)
+        Tensor::cat(&frames, 2)
     }
 
     /// `(mean, std)` as `[1, z, 1, 1, 1]` tensors on `device`.

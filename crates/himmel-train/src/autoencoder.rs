@@ -1,0 +1,213 @@
+//! The autoencoder stage: Wan's causal VAE with a small config learns to reconstruct crops of
+//! world clips (L1 loss plus a weighted KL term). Its convolutions see crops exactly as they
+//! would see whole clips, so training on crops is cheap and transfers to full frames.
+//!
+//! Exports `autoencoder.json` (the config) and `autoencoder.safetensors` (averaged weights).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use himmel_models::wan::{WanVae, WanVaeConfig};
+use rand::Rng;
+
+use crate::checkpoint::{read_safetensors, write_safetensors};
+use crate::config::AutoencoderRecipe;
+use crate::data::WorldClips;
+use crate::error::TrainError;
+use crate::init::initialize;
+use crate::random::{Purpose, gaussian, step_rng};
+use crate::trainer::Stage;
+
+/// File name of the exported weights.
+pub const WEIGHTS: &str = "autoencoder.safetensors";
+/// File name of the exported config.
+pub const CONFIG: &str = "autoencoder.json";
+
+/// Training state of the autoencoder stage.
+pub struct AutoencoderStage {
+    recipe: AutoencoderRecipe,
+    config: WanVaeConfig,
+    autoencoder: WanVae,
+    vars: Vec<(String, Var)>,
+    clips: WorldClips,
+    device: Device,
+}
+
+/// The variables of `varmap`, sorted by name.
+pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap
+        .data()
+        .lock()
+        .expect("no thread panicked holding the var map");
+    let mut vars: Vec<(String, Var)> = data
+        .iter()
+        .map(|(name, var)| (name.clone(), var.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+fn setting(name: &'static str, value: impl ToString, reason: &str) -> TrainError {
+    TrainError::Setting {
+        name,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks that the crop fits the clips and the autoencoder's factors.
+fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
+    let crop = recipe.crop;
+    let video = recipe.video;
+    if !crop.width.is_multiple_of(8) || crop.width == 0 || crop.width > video.width {
+        return Err(setting(
+            "crop.width",
+            crop.width,
+            "must be a multiple of 8 within the clip",
+        ));
+    }
+    if !crop.height.is_multiple_of(8) || crop.height == 0 || crop.height > video.height {
+        return Err(setting(
+            "crop.height",
+            crop.height,
+            "must be a multiple of 8 within the clip",
+        ));
+    }
+    if crop.frames % 4 != 1 || crop.frames > video.frames {
+        return Err(setting(
+            "crop.frames",
+            crop.frames,
+            "must be 1 + 4k and within the clip",
+        ));
+    }
+    if recipe.run.batch_size == 0 {
+        return Err(setting("loop.batch_size", 0, "must be at least 1"));
+    }
+    Ok(())
+}
+
+impl AutoencoderStage {
+    /// Builds the stage with freshly initialised weights on `device`.
+    pub fn new(recipe: &AutoencoderRecipe, device: &Device) -> Result<Self, TrainError> {
+        check(recipe)?;
+        let mut config = recipe.autoencoder.clone();
+        config.latents_mean = vec![0.0; config.z_dim];
+        config.latents_std = vec![1.0; config.z_dim];
+        let varmap = VarMap::new();
+        let autoencoder = WanVae::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, device),
+        )?;
+        let vars = sorted_vars(&varmap);
+        initialize(&vars, recipe.run.seed)?;
+        Ok(Self {
+            recipe: recipe.clone(),
+            config,
+            autoencoder,
+            vars,
+            clips: WorldClips::new(recipe.video, recipe.run.seed),
+            device: device.clone(),
+        })
+    }
+
+    /// Crops of the step's clips: `[B, 3, frames, height, width]`.
+    fn crops(&self, step: u64) -> Result<Tensor, TrainError> {
+        let batch = self.recipe.run.batch_size as u64;
+        let clips = self
+            .clips
+            .batch(step * batch..(step + 1) * batch, &self.device)?;
+        let mut rng = step_rng(self.recipe.run.seed, Purpose::Choices, step);
+        let (crop, video) = (self.recipe.crop, self.recipe.video);
+        let crops = (0..batch as usize)
+            .map(|i| {
+                let start = rng.random_range(0..=video.frames - crop.frames);
+                let top = rng.random_range(0..=video.height - crop.height);
+                let left = rng.random_range(0..=video.width - crop.width);
+                clips
+                    .video
+                    .get(i)?
+                    .narrow(1, start, crop.frames)?
+                    .narrow(2, top, crop.height)?
+                    .narrow(3, left, crop.width)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&crops, 0)?)
+    }
+}
+
+impl Stage for AutoencoderStage {
+    fn name(&self) -> &'static str {
+        "autoencoder"
+    }
+
+    fn variables(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn loss(&self, step: u64) -> Result<Tensor, TrainError> {
+        let video = self.crops(step)?;
+        let (mean, log_var) = self.autoencoder.encode_moments(&video)?;
+        let log_var = log_var.clamp(-30f32, 20f32)?;
+        let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
+        let noise = gaussian(mean.shape(), &mut rng, &self.device)?;
+        let latents = (&mean + ((&log_var * 0.5)?.exp()? * noise)?)?;
+        let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
+        let l1 = (reconstruction - &video)?.abs()?.mean_all()?;
+        let kl = (((mean.sqr()? + log_var.exp()?)? - 1.0)? - &log_var)?
+            .sum(1)?
+            .mean_all()?
+            .affine(0.5, 0.0)?;
+        Ok((l1 + (kl * self.recipe.kl_weight)?)?)
+    }
+
+    fn export(&self, averages: &[(String, Tensor)], dir: &Path) -> Result<(), TrainError> {
+        let tensors: HashMap<String, Tensor> = averages.iter().cloned().collect();
+        write_safetensors(&dir.join(WEIGHTS), &tensors, HashMap::new())?;
+        let json = serde_json::to_string_pretty(&self.config).expect("configs serialise");
+        std::fs::write(dir.join(CONFIG), json).map_err(|source| TrainError::Io {
+            path: dir.join(CONFIG),
+            source,
+        })
+    }
+}
+
+/// A trained autoencoder read back from a stage's folder: its config and weights.
+pub struct TrainedAutoencoder {
+    /// The config (latent statistics still zero and one).
+    pub config: WanVaeConfig,
+    /// The weights, named as [`WanVae`] names them.
+    pub weights: HashMap<String, Tensor>,
+}
+
+/// Reads the export of an autoencoder run from `dir`.
+pub fn read_trained(dir: &Path) -> Result<TrainedAutoencoder, TrainError> {
+    let config_path = dir.join(CONFIG);
+    let text = std::fs::read_to_string(&config_path).map_err(|source| TrainError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let config = serde_json::from_str(&text).map_err(|error| TrainError::Checkpoint {
+        path: config_path,
+        message: error.to_string(),
+    })?;
+    let (weights, _) = read_safetensors(&dir.join(WEIGHTS))?;
+    Ok(TrainedAutoencoder { config, weights })
+}
+
+/// Per-channel mean and standard deviation of latents `[B, z, F, h, w]`.
+pub fn channel_statistics(latents: &Tensor) -> candle_core::Result<(Vec<f64>, Vec<f64>)> {
+    let channels = latents.dim(1)?;
+    let flat = latents.transpose(0, 1)?.reshape((channels, ()))?;
+    let mean = flat.mean_keepdim(D::Minus1)?;
+    let std = flat.broadcast_sub(&mean)?.sqr()?.mean(D::Minus1)?.sqrt()?;
+    let to_vec = |t: Tensor| -> candle_core::Result<Vec<f64>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect())
+    };
+    Ok((to_vec(mean)?, to_vec(std)?))
+}

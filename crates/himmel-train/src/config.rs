@@ -1,0 +1,139 @@
+//! Training recipes, read from TOML files under `configs/`: one per stage.
+
+use std::path::Path;
+
+use himmel_models::mini::{SamplingDefaults, VideoShape};
+use himmel_models::umt5::Umt5Config;
+use himmel_models::wan::{WanTransformerConfig, WanVaeConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// AdamW with linear warm-up, cosine decay, gradient clipping and an EMA of the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Steps of linear warm-up from 0 to the peak.
+    pub warmup_steps: u64,
+    /// The rate the cosine decay ends at, as a fraction of the peak.
+    pub final_learning_rate_ratio: f64,
+    /// Decoupled weight decay of matrices (not of biases, norms or gains).
+    pub weight_decay: f64,
+    /// Adam's moment decays.
+    pub betas: (f64, f64),
+    /// Adam's epsilon.
+    pub epsilon: f64,
+    /// Largest global gradient norm; larger gradients are scaled down to it.
+    pub gradient_clip: f64,
+    /// Decay of the exponential moving average of the weights that is exported.
+    pub ema_decay: f64,
+}
+
+/// The parts of every stage's recipe that drive the loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopConfig {
+    /// Seed of initial weights, data and noise: a run is a function of its config.
+    pub seed: u64,
+    /// Total optimizer steps.
+    pub steps: u64,
+    /// Steps between checkpoints (and exports and plots).
+    pub checkpoint_every: u64,
+    /// Clips per step.
+    pub batch_size: usize,
+}
+
+/// A part of each clip that the autoencoder trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crop {
+    /// Width in pixels (a multiple of 8).
+    pub width: usize,
+    /// Height in pixels (a multiple of 8).
+    pub height: usize,
+    /// Frames (`1 + 4k`).
+    pub frames: usize,
+}
+
+/// The autoencoder stage: reconstruct crops of world clips through the latent bottleneck.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoencoderRecipe {
+    /// Loop settings.
+    #[serde(rename = "loop")]
+    pub run: LoopConfig,
+    /// Weight of the KL term against the L1 reconstruction loss.
+    pub kl_weight: f64,
+    /// The clips the world renders.
+    pub video: VideoShape,
+    /// The crops trained on.
+    pub crop: Crop,
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// The architecture (`latents_mean`/`latents_std` are measured later, by the denoiser stage).
+    pub autoencoder: WanVaeConfig,
+}
+
+/// How often each pattern of known latent frames is trained on; the rest is text only.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRates {
+    /// The first latent frame (image to video).
+    pub first_frame: f64,
+    /// The first half of the clip (extension forwards).
+    pub first_half: f64,
+    /// The last half of the clip (extension backwards).
+    pub last_half: f64,
+    /// The first and the last latent frame (loops and connections).
+    pub both_ends: f64,
+}
+
+/// The denoiser stage: flow matching on the frozen autoencoder's latents, with the text encoder
+/// trained alongside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenoiserRecipe {
+    /// Loop settings.
+    #[serde(rename = "loop")]
+    pub run: LoopConfig,
+    /// Fraction of clips trained with an empty prompt (for classifier-free guidance).
+    pub caption_dropout: f64,
+    /// Fraction of clips trained on a short prompt instead of the detailed caption.
+    pub short_prompt_rate: f64,
+    /// Clips whose captions and prompts make the vocabulary.
+    pub vocabulary_clips: u64,
+    /// Clips whose latents give the per-channel normalisation.
+    pub statistics_clips: u64,
+    /// Encoded clips kept to draw batches from (encoding costs more than a denoiser step).
+    pub pool_clips: u64,
+    /// Clips of the pool replaced by new ones at every step.
+    pub pool_refresh: u64,
+    /// Longest prompt in words.
+    pub max_prompt_tokens: usize,
+    /// The clips the world renders (the model's size).
+    pub video: VideoShape,
+    /// Known-frame patterns.
+    pub masks: MaskRates,
+    /// Defaults written into the model for sampling.
+    pub sampling: SamplingDefaults,
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// The transformer (`in_channels`, `out_channels` and `text_dim` are derived).
+    pub denoiser: WanTransformerConfig,
+    /// The text encoder (`vocab_size` is derived).
+    pub text_encoder: Umt5Config,
+}
+
+/// Reads a recipe from a TOML file; the error names the file and the problem.
+pub fn read_recipe<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|error| TrainError::Recipe {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })
+}

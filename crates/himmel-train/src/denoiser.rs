@@ -1,0 +1,347 @@
+//! The denoiser stage: flow matching (rectified flow, velocity target `noise - latents`) on the
+//! frozen autoencoder's latents, with the text encoder trained alongside on detailed captions
+//! (recaptioning), some short prompts, and empty prompts for classifier-free guidance. Known
+//! latent frames (first frame, first or last part, both ends) are given as extra channels, so
+//! the model learns image to video, extension, loops and connections.
+//!
+//! Exports a complete model to `model/` (`config.json`, `model.safetensors`).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder, VarMap};
+use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
+use himmel_models::wan::WanVae;
+use himmel_world::sample::ClipRecord;
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::autoencoder::{TrainedAutoencoder, channel_statistics, sorted_vars};
+use crate::checkpoint::write_safetensors;
+use crate::config::{DenoiserRecipe, MaskRates};
+use crate::data::WorldClips;
+use crate::error::TrainError;
+use crate::init::initialize;
+use crate::random::{Purpose, gaussian, step_rng};
+use crate::trainer::Stage;
+
+/// Folder of the exported model inside the run's folder.
+pub const MODEL_DIR: &str = "model";
+/// The exported model's config file.
+pub const MODEL_CONFIG: &str = "config.json";
+/// The exported model's weights.
+pub const MODEL_WEIGHTS: &str = "model.safetensors";
+/// Prefix of the autoencoder's weights in a model file.
+const AUTOENCODER: &str = "autoencoder";
+/// Clips encoded at once when filling the pool.
+const ENCODE_BATCH: u64 = 8;
+
+/// Weights for the model's builder: the autoencoder's fixed, everything else trained.
+struct FrozenAndTrained {
+    frozen: HashMap<String, Tensor>,
+    trained: VarMap,
+}
+
+impl SimpleBackend for FrozenAndTrained {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.frozen.get(name) {
+            Some(tensor) if tensor.shape() == &shape => tensor.to_dtype(dtype)?.to_device(device),
+            Some(tensor) => candle_core::bail!(
+                "autoencoder weight {name} has shape {:?}, the config needs {shape:?}",
+                tensor.dims()
+            ),
+            None => self.trained.get(shape, name, init, dtype, device),
+        }
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.frozen.get(name) {
+            Some(tensor) => tensor.to_dtype(dtype)?.to_device(device),
+            None => candle_core::bail!("no tensor {name}"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.frozen.contains_key(name)
+            || self
+                .trained
+                .data()
+                .lock()
+                .is_ok_and(|d| d.contains_key(name))
+    }
+}
+
+/// An encoded clip of the pool.
+struct PoolEntry {
+    /// Normalised latents `[z, F, h, w]`.
+    latents: Tensor,
+    record: ClipRecord,
+}
+
+/// The clips batches are drawn from: at step `s`, clips `s * refresh .. s * refresh + size`.
+struct LatentPool {
+    first: u64,
+    entries: VecDeque<PoolEntry>,
+}
+
+/// Training state of the denoiser stage.
+pub struct DenoiserStage {
+    recipe: DenoiserRecipe,
+    config: MiniConfig,
+    model: HimmelMini,
+    frozen: HashMap<String, Tensor>,
+    vars: Vec<(String, Var)>,
+    clips: WorldClips,
+    pool: RefCell<LatentPool>,
+    device: Device,
+}
+
+/// The latent frames a mask pattern gives, for `frames` latent frames.
+fn known_frames(rates: &MaskRates, frames: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let draw: f64 = rng.random();
+    let split = if frames > 1 {
+        rng.random_range(1..frames)
+    } else {
+        1
+    };
+    let mut edge = rates.first_frame;
+    if draw < edge {
+        return vec![0];
+    }
+    edge += rates.first_half;
+    if draw < edge {
+        return (0..split).collect();
+    }
+    edge += rates.last_half;
+    if draw < edge {
+        return (split..frames).collect();
+    }
+    edge += rates.both_ends;
+    if draw < edge {
+        return vec![0, frames - 1];
+    }
+    Vec::new()
+}
+
+impl DenoiserStage {
+    /// Builds the stage on a trained autoencoder: the vocabulary from the first clips' captions
+    /// and prompts, the latent normalisation from the first clips' latents, fresh weights for
+    /// the denoiser and the text encoder.
+    pub fn new(
+        recipe: &DenoiserRecipe,
+        autoencoder: TrainedAutoencoder,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let clips = WorldClips::new(recipe.video, recipe.run.seed);
+        let records = clips.records(0..recipe.vocabulary_clips)?;
+        let texts = records.iter().flat_map(|record| {
+            std::iter::once(record.caption.as_str())
+                .chain(record.prompts.iter().map(|prompt| prompt.text.as_str()))
+        });
+        let tokenizer = WordTokenizer::from_texts(texts);
+
+        let mut autoencoder_config = autoencoder.config;
+        let weights = autoencoder.weights;
+        let vae = WanVae::new(
+            &autoencoder_config,
+            VarBuilder::from_tensors(weights.clone(), DType::F32, device),
+        )?;
+        let mut latents = Vec::new();
+        for start in (0..recipe.statistics_clips).step_by(ENCODE_BATCH as usize) {
+            let end = (start + ENCODE_BATCH).min(recipe.statistics_clips);
+            latents.push(vae.encode(&clips.batch(start..end, device)?.video)?);
+        }
+        let (mean, std) = channel_statistics(&Tensor::cat(&latents, 0)?)?;
+        autoencoder_config.latents_mean = mean;
+        autoencoder_config.latents_std = std;
+
+        let z = autoencoder_config.z_dim;
+        let mut denoiser = recipe.denoiser.clone();
+        denoiser.in_channels = 2 * z + 1;
+        denoiser.out_channels = z;
+        denoiser.text_dim = recipe.text_encoder.d_model;
+        let mut text_encoder = recipe.text_encoder.clone();
+        text_encoder.vocab_size = tokenizer.size();
+        let config = MiniConfig {
+            autoencoder: autoencoder_config,
+            denoiser,
+            text_encoder,
+            vocabulary: tokenizer.vocabulary().to_vec(),
+            max_prompt_tokens: recipe.max_prompt_tokens,
+            video: recipe.video,
+            sampling: recipe.sampling,
+        };
+
+        let frozen: HashMap<String, Tensor> = weights
+            .into_iter()
+            .map(|(name, tensor)| (format!("{AUTOENCODER}.{name}"), tensor))
+            .collect();
+        let trained = VarMap::new();
+        let backend = FrozenAndTrained {
+            frozen: frozen.clone(),
+            trained: trained.clone(),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let model = HimmelMini::new(&config, vb)?;
+        let vars = sorted_vars(&trained);
+        initialize(&vars, recipe.run.seed)?;
+        Ok(Self {
+            recipe: recipe.clone(),
+            config,
+            model,
+            frozen,
+            vars,
+            clips,
+            pool: RefCell::new(LatentPool {
+                first: 0,
+                entries: VecDeque::new(),
+            }),
+            device: device.clone(),
+        })
+    }
+
+    /// The model's config (vocabulary and latent statistics included).
+    pub fn config(&self) -> &MiniConfig {
+        &self.config
+    }
+
+    /// Moves the pool to the clips of `step`, encoding the ones it lacks.
+    fn advance_pool(&self, pool: &mut LatentPool, step: u64) -> Result<(), TrainError> {
+        let first = step * self.recipe.pool_refresh;
+        let end = first + self.recipe.pool_clips;
+        while pool.first < first && !pool.entries.is_empty() {
+            pool.entries.pop_front();
+            pool.first += 1;
+        }
+        if pool.entries.is_empty() {
+            pool.first = first;
+        }
+        let mut next = pool.first + pool.entries.len() as u64;
+        while next < end {
+            let stop = (next + ENCODE_BATCH).min(end);
+            let batch = self.clips.batch(next..stop, &self.device)?;
+            let latents = self.model.autoencoder.encode(&batch.video)?;
+            let latents = self.model.autoencoder.normalize(&latents)?;
+            for (i, record) in batch.records.into_iter().enumerate() {
+                pool.entries.push_back(PoolEntry {
+                    latents: latents.get(i)?,
+                    record,
+                });
+            }
+            next = stop;
+        }
+        Ok(())
+    }
+
+    /// The prompt a clip is trained with: its caption, a short prompt, or nothing.
+    fn prompt<'a>(&self, record: &'a ClipRecord, rng: &mut impl Rng) -> &'a str {
+        let draw: f64 = rng.random();
+        if draw < self.recipe.caption_dropout {
+            ""
+        } else if draw < self.recipe.caption_dropout + self.recipe.short_prompt_rate {
+            record
+                .prompts
+                .choose(rng)
+                .map_or(record.caption.as_str(), |prompt| prompt.text.as_str())
+        } else {
+            record.caption.as_str()
+        }
+    }
+}
+
+impl Stage for DenoiserStage {
+    fn name(&self) -> &'static str {
+        "denoiser"
+    }
+
+    fn variables(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn loss(&self, step: u64) -> Result<Tensor, TrainError> {
+        let mut pool = self.pool.borrow_mut();
+        self.advance_pool(&mut pool, step)?;
+        let mut rng = step_rng(self.recipe.run.seed, Purpose::Choices, step);
+        let batch = self.recipe.run.batch_size;
+        let mut latents = Vec::with_capacity(batch);
+        let mut prompts = Vec::with_capacity(batch);
+        let mut sigmas = Vec::with_capacity(batch);
+        let mut masks = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let entry = &pool.entries[rng.random_range(0..pool.entries.len())];
+            let frames = entry.latents.dim(1)?;
+            latents.push(entry.latents.clone());
+            prompts.push(self.prompt(&entry.record, &mut rng));
+            let logit: f64 = StandardNormal.sample(&mut rng);
+            sigmas.push((1.0 / (1.0 + (-logit).exp())) as f32);
+            let known = known_frames(&self.recipe.masks, frames, &mut rng);
+            let mask: Vec<f32> = (0..frames)
+                .map(|f| if known.contains(&f) { 1.0 } else { 0.0 })
+                .collect();
+            masks.push(mask);
+        }
+        let clean = Tensor::stack(&latents, 0)?;
+        let (_, channels, frames, height, width) = clean.dims5()?;
+        let mask = Tensor::new(masks, &self.device)?
+            .reshape((batch, 1, frames, 1, 1))?
+            .broadcast_as((batch, 1, frames, height, width))?
+            .contiguous()?;
+        let sigma = Tensor::new(sigmas.as_slice(), &self.device)?;
+        let noise = gaussian(
+            clean.shape(),
+            &mut step_rng(self.recipe.run.seed, Purpose::Noise, step),
+            &self.device,
+        )?;
+        let sigma_5d = sigma.reshape((batch, 1, 1, 1, 1))?;
+        let noisy =
+            (clean.broadcast_mul(&(1.0 - &sigma_5d)?)? + noise.broadcast_mul(&sigma_5d)?)?;
+        let target = (&noise - &clean)?;
+        let conditioning = Conditioning {
+            known: clean.broadcast_mul(&mask)?,
+            mask: mask.clone(),
+        };
+        let text = self.model.encode_text(&prompts, DType::F32)?;
+        let prediction =
+            self.model
+                .denoise(&noisy, &(sigma * 1000.0)?, &text.hidden, &conditioning)?;
+        let weight = (1.0 - mask)?;
+        let squared = (prediction - target)?
+            .sqr()?
+            .broadcast_mul(&weight)?
+            .sum_all()?;
+        let count = (weight.sum_all()? * channels as f64)?.maximum(1f32)?;
+        Ok(squared.div(&count)?)
+    }
+
+    fn export(&self, averages: &[(String, Tensor)], dir: &Path) -> Result<(), TrainError> {
+        let model_dir = dir.join(MODEL_DIR);
+        std::fs::create_dir_all(&model_dir).map_err(|source| TrainError::Io {
+            path: model_dir.clone(),
+            source,
+        })?;
+        let mut tensors = self.frozen.clone();
+        tensors.extend(averages.iter().cloned());
+        write_safetensors(&model_dir.join(MODEL_WEIGHTS), &tensors, HashMap::new())?;
+        let json = serde_json::to_string_pretty(&self.config).expect("configs serialise");
+        std::fs::write(model_dir.join(MODEL_CONFIG), json).map_err(|source| TrainError::Io {
+            path: model_dir.join(MODEL_CONFIG),
+            source,
+        })
+    }
+}

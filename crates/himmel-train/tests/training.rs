@@ -1,0 +1,206 @@
+//! Training on tiny configs: losses fall, resumed runs repeat uninterrupted ones exactly, and
+//! broken checkpoints are named.
+
+use std::path::Path;
+
+use candle_core::Device;
+use himmel_models::mini::{SamplingDefaults, VideoShape};
+use himmel_models::umt5::Umt5Config;
+use himmel_models::wan::{WanTransformerConfig, WanVaeConfig};
+use himmel_train::TrainError;
+use himmel_train::autoencoder::{AutoencoderStage, read_trained};
+use himmel_train::config::{
+    AutoencoderRecipe, Crop, DenoiserRecipe, LoopConfig, MaskRates, OptimizerConfig,
+};
+use himmel_train::denoiser::DenoiserStage;
+use himmel_train::log::LogRow;
+use himmel_train::trainer::{RunOptions, RunSummary, Stage, run};
+
+const VIDEO: VideoShape = VideoShape {
+    width: 16,
+    height: 16,
+    frames: 5,
+    fps: 8.0,
+};
+
+fn optimizer(learning_rate: f64) -> OptimizerConfig {
+    OptimizerConfig {
+        learning_rate,
+        warmup_steps: 3,
+        final_learning_rate_ratio: 0.1,
+        weight_decay: 0.01,
+        betas: (0.9, 0.99),
+        epsilon: 1e-8,
+        gradient_clip: 1.0,
+        ema_decay: 0.9,
+    }
+}
+
+fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
+    AutoencoderRecipe {
+        run: LoopConfig {
+            seed: 7,
+            steps,
+            checkpoint_every: 10,
+            batch_size: 2,
+        },
+        kl_weight: 1e-4,
+        video: VIDEO,
+        crop: Crop {
+            width: 16,
+            height: 16,
+            frames: 5,
+        },
+        optimizer: optimizer(1e-2),
+        autoencoder: WanVaeConfig {
+            base_dim: 4,
+            z_dim: 4,
+            dim_mult: vec![1, 1, 1, 1],
+            num_res_blocks: 1,
+            ..WanVaeConfig::default_wan21()
+        },
+    }
+}
+
+fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
+    DenoiserRecipe {
+        run: LoopConfig {
+            seed: 9,
+            steps,
+            checkpoint_every: 10,
+            batch_size: 4,
+        },
+        caption_dropout: 0.1,
+        short_prompt_rate: 0.1,
+        vocabulary_clips: 20,
+        statistics_clips: 4,
+        pool_clips: 8,
+        pool_refresh: 2,
+        max_prompt_tokens: 32,
+        video: VIDEO,
+        masks: MaskRates {
+            first_frame: 0.2,
+            first_half: 0.1,
+            last_half: 0.1,
+            both_ends: 0.1,
+        },
+        sampling: SamplingDefaults {
+            steps: 4,
+            guidance: 3.0,
+            shift: 2.0,
+        },
+        optimizer: optimizer(3e-3),
+        denoiser: WanTransformerConfig {
+            patch_size: [1, 1, 1],
+            num_attention_heads: 2,
+            attention_head_dim: 12,
+            freq_dim: 16,
+            ffn_dim: 48,
+            num_layers: 2,
+            ..WanTransformerConfig::default()
+        },
+        text_encoder: Umt5Config {
+            d_model: 16,
+            d_kv: 8,
+            d_ff: 32,
+            num_layers: 1,
+            num_heads: 2,
+            relative_attention_num_buckets: 8,
+            relative_attention_max_distance: 16,
+            ..Umt5Config::default()
+        },
+    }
+}
+
+fn options(dir: &Path, total_steps: u64, stop_after: Option<u64>, resume: bool) -> RunOptions {
+    RunOptions {
+        dir: dir.to_path_buf(),
+        total_steps,
+        stop_after,
+        checkpoint_every: 3,
+        resume,
+        optimizer: optimizer(1e-2),
+    }
+}
+
+fn train(stage: &dyn Stage, options: &RunOptions) -> RunSummary {
+    run(stage, options, &mut |_: &LogRow| {}).expect("training runs")
+}
+
+fn mean_loss(rows: &[LogRow]) -> f64 {
+    rows.iter().map(|row| row.loss).sum::<f64>() / rows.len() as f64
+}
+
+fn assert_falls(rows: &[LogRow]) {
+    let early = mean_loss(&rows[..5]);
+    let late = mean_loss(&rows[rows.len() - 5..]);
+    assert!(late < 0.85 * early, "loss went from {early} to {late}");
+}
+
+#[test]
+fn the_autoencoder_learns_and_resumes_exactly() {
+    let device = Device::Cpu;
+    let recipe = autoencoder_recipe(30);
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::new(&recipe, &device).expect("stage");
+    let whole = train(&stage, &options(dir.path(), 30, None, false));
+    assert_eq!(whole.rows.len(), 30);
+    assert_falls(&whole.rows);
+    assert!(dir.path().join("loss.png").exists());
+    assert!(read_trained(dir.path()).is_ok());
+
+    let split = tempfile::tempdir().expect("temporary folder");
+    let first = AutoencoderStage::new(&recipe, &device).expect("stage");
+    let head = train(&first, &options(split.path(), 30, Some(4), false));
+    assert_eq!(head.last_step, 4);
+    let second = AutoencoderStage::new(&recipe, &device).expect("stage");
+    let tail = train(&second, &options(split.path(), 30, Some(8), true));
+    assert_eq!(tail.first_step, 4);
+    let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
+    let uninterrupted: Vec<f64> = whole.rows[4..8].iter().map(|row| row.loss).collect();
+    assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn the_denoiser_learns_and_resumes_exactly() {
+    let device = Device::Cpu;
+    let autoencoder_dir = tempfile::tempdir().expect("temporary folder");
+    let autoencoder = AutoencoderStage::new(&autoencoder_recipe(3), &device).expect("stage");
+    train(
+        &autoencoder,
+        &options(autoencoder_dir.path(), 3, None, false),
+    );
+
+    let recipe = denoiser_recipe(40);
+    let stage = || {
+        let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+        DenoiserStage::new(&recipe, trained, &device).expect("stage")
+    };
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let whole = train(&stage(), &options(dir.path(), 40, None, false));
+    assert_falls(&whole.rows);
+    assert!(dir.path().join("model/config.json").exists());
+
+    let split = tempfile::tempdir().expect("temporary folder");
+    train(&stage(), &options(split.path(), 40, Some(5), false));
+    let tail = train(&stage(), &options(split.path(), 40, Some(9), true));
+    let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
+    let uninterrupted: Vec<f64> = whole.rows[5..9].iter().map(|row| row.loss).collect();
+    assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_named() {
+    let device = Device::Cpu;
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("checkpoint-0000003.safetensors");
+    std::fs::write(&path, b"not a checkpoint").expect("write");
+    let stage = AutoencoderStage::new(&autoencoder_recipe(6), &device).expect("stage");
+    let error = run(&stage, &options(dir.path(), 6, None, true), &mut |_| {})
+        .expect_err("a corrupt checkpoint stops the run");
+    assert!(matches!(error, TrainError::Checkpoint { .. }), "{error}");
+    assert!(
+        error.to_string().contains("checkpoint-0000003.safetensors"),
+        "{error}"
+    );
+}
