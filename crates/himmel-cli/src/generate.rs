@@ -1,14 +1,19 @@
-//! `himmel generate "PROMPT" -o OUT`: text to video with a Wan 2.1 model.
+//! `himmel generate "PROMPT" -o OUT`: text to video with the built-in himmel-mini (the default)
+//! or a Wan 2.1 model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use himmel_core::Progress;
+use himmel_core::{Progress, Video};
 use himmel_media::{Format, WriteOptions, check_output_path, write_video};
-use himmel_pipeline::{GenerationRequest, ModelSource, Precision, SingleFiles, WanPipeline};
+use himmel_pipeline::mini::{self, BUILTIN_NAME};
+use himmel_pipeline::{
+    GenerationRequest, MiniPipeline, ModelSource, Precision, SingleFiles, WanPipeline,
+};
+use himmel_world::render::RenderSettings;
 
 /// Compute precision of the transformer and text encoder.
 #[derive(Clone, Copy, ValueEnum)]
@@ -26,8 +31,9 @@ pub struct GenerateArgs {
     /// Output file: .mp4, .gif, .png (a folder of frames) or .safetensors (raw f32 frames).
     #[arg(short, long)]
     output: PathBuf,
-    /// Model: a Wan 2.1 diffusers folder (with model_index.json), or a single transformer file
-    /// (original Wan or ComfyUI names) with --vae, --text-encoder and --tokenizer.
+    /// Model: `himmel-mini` (the built-in default), a himmel-mini folder, a Wan 2.1 diffusers
+    /// folder (with model_index.json), or a single Wan transformer file (original Wan or
+    /// ComfyUI names) with --vae, --text-encoder and --tokenizer.
     #[arg(long)]
     model: Option<PathBuf>,
     /// With a single-file model: the VAE file (safetensors, or the original Wan2.1_VAE.pth).
@@ -42,27 +48,27 @@ pub struct GenerateArgs {
     /// What the video should not show.
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Frame width in pixels (a multiple of 16 for Wan).
-    #[arg(long, default_value_t = 832)]
-    width: usize,
-    /// Frame height in pixels (a multiple of 16 for Wan).
-    #[arg(long, default_value_t = 480)]
-    height: usize,
-    /// Number of frames (1 + 4k for Wan).
-    #[arg(long, default_value_t = 81, conflicts_with = "seconds")]
-    frames: usize,
+    /// Frame width in pixels, a multiple of 16 [default: the model's; Wan 832].
+    #[arg(long)]
+    width: Option<usize>,
+    /// Frame height in pixels, a multiple of 16 [default: the model's; Wan 480].
+    #[arg(long)]
+    height: Option<usize>,
+    /// Number of frames, 1 + 4k [default: the model's; Wan 81].
+    #[arg(long, conflicts_with = "seconds")]
+    frames: Option<usize>,
     /// Duration in seconds instead of --frames (rounded up to a valid frame count).
     #[arg(long)]
     seconds: Option<f64>,
-    /// Frames per second of the output.
-    #[arg(long, default_value_t = 16.0)]
-    fps: f64,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Classifier-free guidance scale (1 turns guidance off).
-    #[arg(long, default_value_t = 5.0)]
-    guidance: f64,
+    /// Frames per second of the output [default: the model's; Wan 16].
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Denoising steps [default: the model's; Wan 50].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale, 1 turns guidance off [default: the model's; Wan 5].
+    #[arg(long)]
+    guidance: Option<f64>,
     /// Flow shift, overriding the model's scheduler configuration (Wan: 3 for 480p, 5 for 720p).
     #[arg(long)]
     shift: Option<f64>,
@@ -90,75 +96,177 @@ fn frames_for(seconds: f64, fps: f64) -> usize {
     (wanted.saturating_sub(1)).div_ceil(4) * 4 + 1
 }
 
-/// Loads the model, generates and writes the video.
-pub fn run(args: &GenerateArgs, progress: &dyn Progress) -> Result<()> {
-    Format::of_output(&args.output)?;
-    check_output_path(&args.output)?;
-    let Some(model) = &args.model else {
-        bail!(
-            "no built-in model yet: pass --model PATH to a Wan 2.1 diffusers folder (the built-in himmel-mini is planned)"
-        );
+/// What a model uses for the options left out.
+struct Defaults {
+    width: usize,
+    height: usize,
+    frames: usize,
+    fps: f64,
+    steps: usize,
+    guidance: f64,
+}
+
+/// Wan 2.1's recommended settings (480p, 5 seconds).
+const WAN_DEFAULTS: Defaults = Defaults {
+    width: 832,
+    height: 480,
+    frames: 81,
+    fps: 16.0,
+    steps: 50,
+    guidance: 5.0,
+};
+
+/// The model a command line names.
+enum ModelChoice {
+    Mini(PathBuf),
+    Wan(ModelSource),
+}
+
+fn choose_model(args: &GenerateArgs) -> Result<ModelChoice> {
+    let model = match &args.model {
+        Some(model) if model.as_os_str() != BUILTIN_NAME || model.exists() => model,
+        _ => {
+            let dir = mini::builtin_dir();
+            if !mini::is_mini_dir(&dir) {
+                bail!(
+                    "the built-in model {BUILTIN_NAME} is not in {} (a checkout's models/{BUILTIN_NAME}); \
+                     set {} to the folder that holds it, or pass --model PATH",
+                    dir.display(),
+                    mini::MODELS_ENV
+                );
+            }
+            return Ok(ModelChoice::Mini(dir));
+        }
     };
+    if model.is_dir() && mini::is_mini_dir(model) {
+        return Ok(ModelChoice::Mini(model.clone()));
+    }
+    if model.is_file() {
+        let needed = |value: &Option<PathBuf>, flag: &str| {
+            value
+                .clone()
+                .with_context(|| format!("{} is a single file: also pass {flag}", model.display()))
+        };
+        return Ok(ModelChoice::Wan(ModelSource::Files(SingleFiles {
+            transformer: model.clone(),
+            vae: needed(&args.vae, "--vae FILE")?,
+            text_encoder: needed(&args.text_encoder, "--text-encoder FILE")?,
+            tokenizer: needed(&args.tokenizer, "--tokenizer tokenizer.json")?,
+        })));
+    }
+    Ok(ModelChoice::Wan(ModelSource::Folder(model.clone())))
+}
+
+/// The request the arguments make, with `defaults` for what they leave out.
+fn build_request(
+    args: &GenerateArgs,
+    defaults: &Defaults,
+    initial_latents: Option<candle_core::Tensor>,
+) -> Result<GenerationRequest> {
+    let fps = args.fps.unwrap_or(defaults.fps);
+    let frames = match args.seconds {
+        Some(seconds) if seconds.is_finite() && seconds > 0.0 => frames_for(seconds, fps),
+        Some(seconds) => bail!("--seconds must be a positive number, got {seconds}"),
+        None => args.frames.unwrap_or(defaults.frames),
+    };
+    Ok(GenerationRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        width: args.width.unwrap_or(defaults.width),
+        height: args.height.unwrap_or(defaults.height),
+        frames,
+        fps,
+        steps: args.steps.unwrap_or(defaults.steps),
+        guidance: args.guidance.unwrap_or(defaults.guidance),
+        shift: args.shift,
+        seed: args.seed,
+        initial_latents,
+    })
+}
+
+fn read_latents(args: &GenerateArgs) -> Result<Option<candle_core::Tensor>> {
+    let Some(path) = &args.latents else {
+        return Ok(None);
+    };
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("cannot read latents from {}", path.display()))?;
+    let latents = tensors
+        .get("latents")
+        .with_context(|| format!("{} has no tensor named `latents`", path.display()))?;
+    Ok(Some(latents.clone()))
+}
+
+fn generate_mini(
+    args: &GenerateArgs,
+    dir: &Path,
+    quiet: bool,
+    progress: &dyn Progress,
+) -> Result<Video> {
+    let pipeline = MiniPipeline::load(dir, &Device::Cpu)?;
+    let video = pipeline.config().video;
+    let sampling = pipeline.config().sampling;
+    let defaults = Defaults {
+        width: video.width,
+        height: video.height,
+        frames: video.frames,
+        fps: video.fps,
+        steps: sampling.steps,
+        guidance: sampling.guidance,
+    };
+    let request = pipeline.validate(build_request(args, &defaults, read_latents(args)?)?)?;
+    let settings = RenderSettings {
+        width: request.get().width,
+        height: request.get().height,
+        frames: request.get().frames,
+        fps: request.get().fps,
+    };
+    let recaption = pipeline.recaption(&args.prompt, &settings, args.seed)?;
+    if !recaption.unknown_words.is_empty() {
+        eprintln!(
+            "warning: not understood, left out: {}",
+            recaption.unknown_words.join(", ")
+        );
+    }
+    for conflict in &recaption.conflicts {
+        eprintln!("warning: cannot honour: {conflict}");
+    }
+    if !quiet {
+        eprintln!("caption: {}", recaption.caption);
+    }
+    Ok(pipeline.generate(&request, &recaption.caption, progress)?)
+}
+
+fn generate_wan(
+    args: &GenerateArgs,
+    source: &ModelSource,
+    progress: &dyn Progress,
+) -> Result<Video> {
     if !(1..=4096).contains(&args.max_sequence_length) {
         bail!(
             "--max-sequence-length must be between 1 and 4096, got {}",
             args.max_sequence_length
         );
     }
-    let frames = match args.seconds {
-        Some(seconds) if seconds.is_finite() && seconds > 0.0 => frames_for(seconds, args.fps),
-        Some(seconds) => bail!("--seconds must be a positive number, got {seconds}"),
-        None => args.frames,
-    };
-    let initial_latents = match &args.latents {
-        Some(path) => {
-            let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-                .with_context(|| format!("cannot read latents from {}", path.display()))?;
-            let latents = tensors
-                .get("latents")
-                .with_context(|| format!("{} has no tensor named `latents`", path.display()))?;
-            Some(latents.clone())
-        }
-        None => None,
-    };
     let precision = match args.dtype {
         DtypeArg::F32 => Precision::F32,
         DtypeArg::Bf16 => Precision::Bf16,
         DtypeArg::F16 => Precision::F16,
     };
-
-    let started = Instant::now();
-    let source = if model.is_file() {
-        let needed = |value: &Option<PathBuf>, flag: &str| {
-            value
-                .clone()
-                .with_context(|| format!("{} is a single file: also pass {flag}", model.display()))
-        };
-        ModelSource::Files(SingleFiles {
-            transformer: model.clone(),
-            vae: needed(&args.vae, "--vae FILE")?,
-            text_encoder: needed(&args.text_encoder, "--text-encoder FILE")?,
-            tokenizer: needed(&args.tokenizer, "--tokenizer tokenizer.json")?,
-        })
-    } else {
-        ModelSource::Folder(model.clone())
-    };
-    let pipeline = WanPipeline::load(&source, precision, &Device::Cpu)?
+    let pipeline = WanPipeline::load(source, precision, &Device::Cpu)?
         .with_max_sequence_length(args.max_sequence_length);
-    let request = pipeline.validate(GenerationRequest {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        width: args.width,
-        height: args.height,
-        frames,
-        fps: args.fps,
-        steps: args.steps,
-        guidance: args.guidance,
-        shift: args.shift,
-        seed: args.seed,
-        initial_latents,
-    })?;
-    let video = pipeline.generate(&request, progress)?;
+    let request = pipeline.validate(build_request(args, &WAN_DEFAULTS, read_latents(args)?)?)?;
+    Ok(pipeline.generate(&request, progress)?)
+}
+
+/// Loads the model, generates and writes the video.
+pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<()> {
+    Format::of_output(&args.output)?;
+    check_output_path(&args.output)?;
+    let started = Instant::now();
+    let video = match choose_model(args)? {
+        ModelChoice::Mini(dir) => generate_mini(args, &dir, quiet, progress)?,
+        ModelChoice::Wan(source) => generate_wan(args, &source, progress)?,
+    };
     let options = WriteOptions {
         quality: himmel_media::Quality::Constant(args.crf),
     };

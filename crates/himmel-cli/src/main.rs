@@ -3,9 +3,11 @@
 
 mod bench;
 mod convert;
+mod eval;
 mod generate;
 mod info;
 mod progress;
+mod train;
 mod world;
 
 use std::process::ExitCode;
@@ -26,14 +28,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate a video from a text prompt with a Wan 2.1 model.
-    Generate(generate::GenerateArgs),
+    /// Generate a video from a text prompt with the built-in himmel-mini or a Wan 2.1 model.
+    Generate(Box<generate::GenerateArgs>),
     /// Convert a video or image between formats, optionally trimming, resizing and retiming it.
     Convert(convert::ConvertArgs),
     /// Print a video's frame count, size, frame rate and duration.
     Info(info::InfoArgs),
     /// The procedural physics world: sample captioned clips, expand prompts.
     World(world::WorldArgs),
+    /// Score a himmel-mini model on held-out prompts with the world scorer.
+    Eval(eval::EvalArgs),
+    /// Train himmel-mini: the autoencoder, then the denoiser and its text encoder.
+    Train(train::TrainArgs),
     /// Time a named workload (e.g. `media`: encode and decode speed of every format).
     Bench(bench::BenchArgs),
 }
@@ -42,11 +48,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let progress = progress::TerminalProgress::new(cli.quiet);
     let result = match cli.command {
-        Command::Generate(args) => generate::run(&args, &progress),
+        Command::Generate(args) => generate::run(&args, cli.quiet, &progress),
         Command::Convert(args) => convert::run(&args, &progress),
         Command::Info(args) => info::run(&args, &progress),
         Command::Bench(args) => bench::run(&args),
         Command::World(args) => world::run(&args, &progress),
+        Command::Eval(args) => eval::run(&args, cli.quiet),
+        Command::Train(args) => train::run_command(&args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

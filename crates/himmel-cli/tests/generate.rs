@@ -142,7 +142,17 @@ fn bad_requests_and_models_get_clear_errors() {
         .contains("width must be a positive multiple of 16")
     );
     assert!(run(&[], dir.path().to_str().unwrap()).contains("no model_index.json"));
-    assert!(himmel_err(&["generate", "a ball", "-o", out_arg]).contains("pass --model"));
+    // Without --model the built-in model is used; where it cannot be found, the error says so.
+    let nowhere = std::process::Command::new(env!("CARGO_BIN_EXE_himmel"))
+        .args(["generate", "a ball", "-o", out_arg])
+        .env("HIMMEL_MODELS", dir.path())
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(
+        message.contains("built-in model himmel-mini is not in"),
+        "{message}"
+    );
 
     // A copy of the model with broken weights.
     let broken = dir.path().join("broken");

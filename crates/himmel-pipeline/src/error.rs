@@ -18,6 +18,12 @@ pub enum PipelineError {
         /// What is wrong.
         reason: String,
     },
+    /// The prompt cannot be understood at all.
+    #[error("prompt: {reason}")]
+    Prompt {
+        /// Why.
+        reason: String,
+    },
     /// The scheduler configuration cannot be used.
     #[error(transparent)]
     Scheduler(#[from] himmel_sample::SchedulerError),

@@ -6,10 +6,12 @@
 pub mod checkpoint;
 pub mod error;
 pub mod layout;
+pub mod mini;
 pub mod prompt;
 pub mod request;
 pub mod wan;
 
 pub use error::PipelineError;
+pub use mini::{MiniPipeline, Recaption};
 pub use request::{GenerationRequest, ValidRequest, ValidationError};
 pub use wan::{ModelSource, Precision, SingleFiles, WanPipeline};

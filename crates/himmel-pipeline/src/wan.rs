@@ -41,7 +41,11 @@ impl Precision {
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
 
 /// Standard normal noise of `shape` from `seed` (ChaCha8), the same on every machine.
-fn seeded_noise(shape: &[usize], seed: u64, device: &Device) -> candle_core::Result<Tensor> {
+pub(crate) fn seeded_noise(
+    shape: &[usize],
+    seed: u64,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let count = shape.iter().product();

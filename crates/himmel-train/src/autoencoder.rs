@@ -88,6 +88,29 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Log-variance the posterior starts with: its noise (std 0.02) leaves the latents readable from
+/// the first step; left at 0 the decoder would first wait thousands of steps for the encoder
+/// to shrink it.
+const INITIAL_LOG_VAR: f64 = -8.0;
+
+/// Sets the bias of the log-variance half of `quant_conv` to [`INITIAL_LOG_VAR`].
+fn start_nearly_deterministic(vars: &[(String, Var)], z_dim: usize) -> Result<(), TrainError> {
+    let Some((_, bias)) = vars.iter().find(|(name, _)| name == "quant_conv.bias") else {
+        return Ok(());
+    };
+    let values: Vec<f32> = (0..2 * z_dim)
+        .map(|i| {
+            if i < z_dim {
+                0.0
+            } else {
+                INITIAL_LOG_VAR as f32
+            }
+        })
+        .collect();
+    bias.set(&Tensor::from_vec(values, 2 * z_dim, bias.device())?)?;
+    Ok(())
+}
+
 impl AutoencoderStage {
     /// Builds the stage with freshly initialised weights on `device`.
     pub fn new(recipe: &AutoencoderRecipe, device: &Device) -> Result<Self, TrainError> {
@@ -102,6 +125,7 @@ impl AutoencoderStage {
         )?;
         let vars = sorted_vars(&varmap);
         initialize(&vars, recipe.run.seed)?;
+        start_nearly_deterministic(&vars, config.z_dim)?;
         Ok(Self {
             recipe: recipe.clone(),
             config,

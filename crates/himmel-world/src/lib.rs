@@ -18,3 +18,18 @@ pub mod vocab;
 pub use render::{Clip, RenderSettings, render};
 pub use sample::{ClipRecord, sample_clip};
 pub use spec::{ObjectSpec, SceneSpec, SpecError};
+
+/// Hand-written prompts with the attributes each asks for (`PROMPT => EXPECTATIONS` lines, `#`
+/// comments): the expansion test set, and held-out prompts for evaluating models trained on
+/// the world (no training run sees these phrasings).
+pub const HELD_OUT_PROMPTS: &str = include_str!("../prompts.txt");
+
+/// The prompts of [`HELD_OUT_PROMPTS`], without their expectations.
+pub fn held_out_prompts() -> Vec<&'static str> {
+    HELD_OUT_PROMPTS
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split("=>").next())
+        .map(str::trim)
+        .collect()
+}

@@ -143,9 +143,19 @@ fn per_frame(x: &Tensor, op: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tenso
         .contiguous()
 }
 
+/// The 2-D kernels of a 3-D kernel, one per time tap.
+fn cut_taps(weight: &Tensor) -> Result<Vec<Tensor>> {
+    (0..weight.dim(2)?)
+        .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
+        .collect()
+}
+
 /// A 3-D convolution causal in time: `2 * pad_t` frames of zeros (or cached frames) in front.
 struct CausalConv3d {
-    /// One 2-D kernel per time tap: `[out, in, kh, kw]`.
+    /// `[out, in, kt, kh, kw]`.
+    weight: Tensor,
+    /// One 2-D kernel per time tap, `[out, in, kh, kw]`, cut once from fixed weights; empty
+    /// when the weight is being trained (then cut at every call, so updates are seen).
     taps: Vec<Tensor>,
     bias: Tensor,
     front: usize,
@@ -162,10 +172,13 @@ impl CausalConv3d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get((outputs, inputs, kt, ks, ks), "weight")?;
-        let taps = (0..kt)
-            .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
-            .collect::<Result<_>>()?;
+        let taps = if weight.is_variable() {
+            Vec::new()
+        } else {
+            cut_taps(&weight)?
+        };
         Ok(Self {
+            weight,
             taps,
             bias: vb.get(outputs, "bias")?,
             front: 2 * pad_t,
@@ -183,13 +196,20 @@ impl CausalConv3d {
         }
         let x = x.pad_with_zeros(2, front, 0)?.contiguous()?;
         let frames = x.dim(2)?;
-        let outputs = (frames - self.taps.len()) / self.time_stride + 1;
+        let outputs = (frames - self.weight.dim(2)?) / self.time_stride + 1;
         let config = Conv2dConfig {
             padding: self.spatial_padding,
             ..Default::default()
         };
+        let fresh;
+        let taps = if self.taps.is_empty() {
+            fresh = cut_taps(&self.weight)?;
+            &fresh
+        } else {
+            &self.taps
+        };
         let mut sum: Option<Tensor> = None;
-        for (k, tap) in self.taps.iter().enumerate() {
+        for (k, tap) in taps.iter().enumerate() {
             let indices: Vec<u32> = (0..outputs)
                 .map(|t| (t * self.time_stride + k) as u32)
                 .collect();
@@ -226,7 +246,9 @@ impl CausalConv3d {
 
 /// L2 normalisation over channels times sqrt(C) and a learned gain (`WanRMS_norm`).
 struct ChannelRmsNorm {
-    gain: Tensor,
+    /// `[1, C, 1, ...]`.
+    gamma: Tensor,
+    scale: f64,
 }
 
 impl ChannelRmsNorm {
@@ -234,9 +256,9 @@ impl ChannelRmsNorm {
     fn new(channels: usize, trailing: usize, vb: VarBuilder) -> Result<Self> {
         let mut shape = vec![channels];
         shape.extend(std::iter::repeat_n(1, trailing));
-        let gain = (vb.get(shape.as_slice(), "gamma")? * (channels as f64).sqrt())?;
         Ok(Self {
-            gain: gain.unsqueeze(0)?,
+            gamma: vb.get(shape.as_slice(), "gamma")?.unsqueeze(0)?,
+            scale: (channels as f64).sqrt(),
         })
     }
 
@@ -247,7 +269,7 @@ impl ChannelRmsNorm {
         let norm = (x.sqr()?.sum_keepdim(1)? + 1e-24)?.sqrt()?;
         x.broadcast_div(&norm)?
             .to_dtype(dtype)?
-            .broadcast_mul(&self.gain)
+            .broadcast_mul(&(&self.gamma * self.scale)?)
     }
 }
 

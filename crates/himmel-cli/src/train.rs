@@ -1,0 +1,155 @@
+//! `himmel train`: the stages of himmel-mini's recipe, one command each.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand};
+use himmel_train::autoencoder::{AutoencoderStage, read_trained};
+use himmel_train::config::{
+    AutoencoderRecipe, DenoiserRecipe, LoopConfig, OptimizerConfig, read_recipe,
+};
+use himmel_train::denoiser::DenoiserStage;
+use himmel_train::log::LogRow;
+use himmel_train::trainer::{RunOptions, Stage, run};
+
+/// Arguments of `himmel train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    stage: TrainStage,
+}
+
+#[derive(Subcommand)]
+enum TrainStage {
+    /// Train the video autoencoder on crops of world clips.
+    Autoencoder {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Train the denoiser and text encoder on a trained autoencoder's latents.
+    Denoiser {
+        /// Folder of an autoencoder run (its `autoencoder.json` and `autoencoder.safetensors`).
+        #[arg(long)]
+        autoencoder: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// The recipe (TOML), e.g. `configs/mini-autoencoder.toml`.
+    #[arg(long)]
+    config: PathBuf,
+    /// The run's folder: checkpoints, `loss.csv`, `loss.png` and the exported weights.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from the newest checkpoint in the run's folder.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps in all (the schedule still spans the recipe's steps).
+    #[arg(long)]
+    until: Option<u64>,
+    /// Print a line every this many steps.
+    #[arg(long, default_value_t = 10)]
+    print_every: u64,
+}
+
+/// Runs the chosen stage.
+pub fn run_command(args: &TrainArgs, quiet: bool) -> Result<()> {
+    let device = Device::Cpu;
+    match &args.stage {
+        TrainStage::Autoencoder { common } => {
+            let recipe: AutoencoderRecipe = read_recipe(&common.config)?;
+            let stage = AutoencoderStage::new(&recipe, &device)?;
+            train(
+                &stage,
+                common,
+                options(common, &recipe.run, &recipe.optimizer),
+                quiet,
+            )
+        }
+        TrainStage::Denoiser {
+            autoencoder,
+            common,
+        } => {
+            let recipe: DenoiserRecipe = read_recipe(&common.config)?;
+            let trained = read_trained(autoencoder).with_context(|| {
+                format!(
+                    "reading the trained autoencoder in {}",
+                    autoencoder.display()
+                )
+            })?;
+            if !quiet {
+                eprintln!(
+                    "measuring latents of {} clips and the vocabulary of {} ...",
+                    recipe.statistics_clips, recipe.vocabulary_clips
+                );
+            }
+            let stage = DenoiserStage::new(&recipe, trained, &device)?;
+            train(
+                &stage,
+                common,
+                options(common, &recipe.run, &recipe.optimizer),
+                quiet,
+            )
+        }
+    }
+}
+
+fn options(common: &Common, run: &LoopConfig, optimizer: &OptimizerConfig) -> RunOptions {
+    RunOptions {
+        dir: common.out.clone(),
+        total_steps: run.steps,
+        stop_after: common.until,
+        checkpoint_every: run.checkpoint_every,
+        resume: common.resume,
+        optimizer: optimizer.clone(),
+    }
+}
+
+fn train(stage: &dyn Stage, common: &Common, options: RunOptions, quiet: bool) -> Result<()> {
+    std::fs::create_dir_all(&common.out)
+        .with_context(|| format!("creating {}", common.out.display()))?;
+    let recipe_copy = common.out.join("recipe.toml");
+    std::fs::copy(&common.config, &recipe_copy)
+        .with_context(|| format!("copying the recipe to {}", recipe_copy.display()))?;
+    let total_steps = options.total_steps;
+    let started = Instant::now();
+    let mut smoothed: Option<f64> = None;
+    let print_every = common.print_every.max(1);
+    let summary = run(stage, &options, &mut |row: &LogRow| {
+        let average = smoothed.map_or(row.loss, |s| 0.9 * s + 0.1 * row.loss);
+        smoothed = Some(average);
+        if !quiet && row.step.is_multiple_of(print_every) {
+            let elapsed = started.elapsed().as_secs_f64();
+            eprintln!(
+                "{} step {}/{}  loss {:.5} (avg {:.5})  lr {:.2e}  |grad| {:.3}  {:.2} s/step  {:.0} s",
+                stage.name(),
+                row.step,
+                total_steps,
+                row.loss,
+                average,
+                row.learning_rate,
+                row.gradient_norm,
+                row.seconds,
+                elapsed
+            );
+        }
+    })?;
+    if !quiet {
+        eprintln!(
+            "{}: steps {}..{} done; last checkpoint {}",
+            stage.name(),
+            summary.first_step,
+            summary.last_step,
+            summary
+                .checkpoint
+                .as_ref()
+                .map_or("none".into(), |path| path.display().to_string())
+        );
+    }
+    Ok(())
+}

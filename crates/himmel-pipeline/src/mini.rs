@@ -1,0 +1,207 @@
+//! Generation with himmel-mini, the built-in model: the prompt is expanded into a world scene,
+//! which is simulated and described in a detailed caption like those the model was trained on
+//! (recaptioning); the caption is encoded, latents are denoised with classifier-free guidance,
+//! and the autoencoder decodes them.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use himmel_core::{Progress, ProgressEvent, Video};
+use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig};
+use himmel_sample::{Solver, UniPc, guide};
+use himmel_world::SceneSpec;
+use himmel_world::caption::detailed_caption;
+use himmel_world::expand::expand;
+use himmel_world::render::{RenderSettings, render};
+
+use crate::error::PipelineError;
+use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
+use crate::wan::seeded_noise;
+
+/// The built-in model's name.
+pub const BUILTIN_NAME: &str = "himmel-mini";
+/// The model's config file in its folder.
+pub const CONFIG_FILE: &str = "config.json";
+/// The model's weights in its folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Environment variable naming a folder that holds `himmel-mini/` (overrides the search).
+pub const MODELS_ENV: &str = "HIMMEL_MODELS";
+
+/// Where the built-in model is: `$HIMMEL_MODELS/himmel-mini`, else `models/himmel-mini` of the
+/// checkout the binary was built from.
+pub fn builtin_dir() -> PathBuf {
+    match std::env::var_os(MODELS_ENV) {
+        Some(models) => PathBuf::from(models).join(BUILTIN_NAME),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models")
+            .join(BUILTIN_NAME),
+    }
+}
+
+/// Whether `dir` holds a himmel-mini model.
+pub fn is_mini_dir(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else {
+        return false;
+    };
+    serde_json::from_str::<MiniConfig>(&text).is_ok()
+}
+
+/// How the prompt was understood.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recaption {
+    /// The scene the prompt expanded to.
+    pub spec: SceneSpec,
+    /// The detailed caption the model is conditioned on.
+    pub caption: String,
+    /// Words of the prompt that were not understood.
+    pub unknown_words: Vec<String>,
+    /// Requests of the prompt that could not be honoured.
+    pub conflicts: Vec<String>,
+}
+
+/// A loaded himmel-mini model, ready to generate.
+pub struct MiniPipeline {
+    model: HimmelMini,
+    device: Device,
+}
+
+impl MiniPipeline {
+    /// Loads the model in `dir` (`config.json`, `model.safetensors`).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, PipelineError> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|error| PipelineError::load(&config_path, error))?;
+        let config: MiniConfig = serde_json::from_str(&text)
+            .map_err(|error| PipelineError::load(&config_path, error))?;
+        config
+            .check()
+            .map_err(|reason| PipelineError::load(&config_path, reason))?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights_path)
+            .map_err(|error| PipelineError::load(&weights_path, error))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|error| PipelineError::load_tensor(&weights_path, error))?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let model = HimmelMini::new(&config, vb)
+            .map_err(|error| PipelineError::load_tensor(&weights_path, error))?;
+        Ok(Self {
+            model,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &MiniConfig {
+        self.model.config()
+    }
+
+    /// What requests the model takes.
+    pub fn limits(&self) -> ModelLimits {
+        let patch = self.config().denoiser.patch_size;
+        ModelLimits {
+            temporal_factor: 4,
+            size_multiple: 8 * patch[1].max(patch[2]),
+            latent_channels: self.config().autoencoder.z_dim,
+            spatial_factor: 8,
+            max_side: 512,
+            max_frames: 257,
+        }
+    }
+
+    /// Checks a request against the model's limits.
+    pub fn validate(&self, request: GenerationRequest) -> Result<ValidRequest, ValidationError> {
+        self.limits().validate(request)
+    }
+
+    /// Expands `prompt` into a scene (choices it leaves open drawn from `seed`), simulates it
+    /// and describes it in a detailed caption.
+    pub fn recaption(
+        &self,
+        prompt: &str,
+        settings: &RenderSettings,
+        seed: u64,
+    ) -> Result<Recaption, PipelineError> {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let expansion = expand(prompt, &mut rng).map_err(|error| PipelineError::Prompt {
+            reason: error.to_string(),
+        })?;
+        let clip = render(&expansion.spec, settings)?;
+        Ok(Recaption {
+            caption: detailed_caption(&expansion.spec, &clip),
+            spec: expansion.spec,
+            unknown_words: expansion.unknown_words,
+            conflicts: expansion.conflicts,
+        })
+    }
+
+    /// Generates the video `request` asks for from the detailed `caption`.
+    pub fn generate(
+        &self,
+        request: &ValidRequest,
+        caption: &str,
+        progress: &dyn Progress,
+    ) -> Result<Video, PipelineError> {
+        let request = request.get();
+        let guided = request.guidance > 1.0;
+        progress.event(ProgressEvent::StageStarted {
+            stage: "encode prompt",
+            total: 0,
+        });
+        let prompts = [caption, request.negative_prompt.as_str()];
+        let text = self
+            .model
+            .encode_text(if guided { &prompts } else { &prompts[..1] }, DType::F32)?
+            .hidden;
+        progress.event(ProgressEvent::StageFinished);
+
+        let shape = self.limits().latent_shape(request);
+        let mut latents = match &request.initial_latents {
+            Some(latents) => latents.to_device(&self.device)?.to_dtype(DType::F32)?,
+            None => seeded_noise(&shape, request.seed, &self.device)?,
+        };
+        let shift = request.shift.unwrap_or(self.config().sampling.shift);
+        let mut solver = UniPc::new(request.steps, shift, 1000);
+        let timesteps = solver.timesteps().to_vec();
+        let batch = text.dim(0)?;
+        let conditioning = Conditioning::none(&Tensor::cat(&vec![&latents; batch], 0)?)?;
+        progress.event(ProgressEvent::StageStarted {
+            stage: "denoise",
+            total: timesteps.len() as u64,
+        });
+        for (index, &timestep) in timesteps.iter().enumerate() {
+            let input = Tensor::cat(&vec![&latents; batch], 0)?;
+            let time = Tensor::new(vec![timestep as f32; batch], &self.device)?;
+            let flows = self.model.denoise(&input, &time, &text, &conditioning)?;
+            let prediction = if guided {
+                guide(
+                    &flows.narrow(0, 0, 1)?,
+                    &flows.narrow(0, 1, 1)?,
+                    request.guidance,
+                )?
+            } else {
+                flows
+            };
+            latents = solver.step(&prediction, &latents)?;
+            progress.event(ProgressEvent::Step {
+                done: index as u64 + 1,
+            });
+        }
+        progress.event(ProgressEvent::StageFinished);
+
+        progress.event(ProgressEvent::StageStarted {
+            stage: "decode",
+            total: 0,
+        });
+        let autoencoder = &self.model.autoencoder;
+        let video = autoencoder.decode(&autoencoder.denormalize(&latents)?)?;
+        let frames = ((video / 2.0)? + 0.5)?
+            .clamp(0f32, 1f32)?
+            .squeeze(0)?
+            .permute((1, 2, 3, 0))?
+            .contiguous()?;
+        progress.event(ProgressEvent::StageFinished);
+        Ok(Video::new(frames, request.fps)?)
+    }
+}
