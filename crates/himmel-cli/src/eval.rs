@@ -17,7 +17,7 @@ use himmel_models::mini::VideoShape;
 use himmel_models::wan::WanVae;
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
 use himmel_pipeline::{GenerationRequest, MiniPipeline};
-use himmel_train::data::WorldClips;
+use himmel_train::data::ClipSource;
 use himmel_world::render::{RenderSettings, render};
 use himmel_world::score::{Aggregate, Report, aggregate, score};
 use serde::Serialize;
@@ -75,7 +75,7 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
         frames: 17,
         fps: 16.0,
     };
-    let clips = WorldClips::new(shape, HELD_OUT_SEED);
+    let clips = ClipSource::world(shape, HELD_OUT_SEED);
     let count = args.limit.unwrap_or(32) as u64;
     if let Some(examples) = &args.examples {
         std::fs::create_dir_all(examples)

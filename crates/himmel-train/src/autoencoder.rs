@@ -14,7 +14,8 @@ use rand::Rng;
 
 use crate::checkpoint::{read_safetensors, write_safetensors};
 use crate::config::AutoencoderRecipe;
-use crate::data::WorldClips;
+use crate::config::clip_source;
+use crate::data::ClipSource;
 use crate::error::TrainError;
 use crate::init::initialize;
 use crate::random::{Purpose, gaussian, step_rng};
@@ -31,7 +32,7 @@ pub struct AutoencoderStage {
     config: WanVaeConfig,
     autoencoder: WanVae,
     vars: Vec<(String, Var)>,
-    clips: WorldClips,
+    clips: ClipSource,
     device: Device,
 }
 
@@ -131,7 +132,7 @@ impl AutoencoderStage {
             config,
             autoencoder,
             vars,
-            clips: WorldClips::new(recipe.video, recipe.run.seed),
+            clips: clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?,
             device: device.clone(),
         })
     }

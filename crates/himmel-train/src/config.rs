@@ -1,6 +1,6 @@
 //! Training recipes, read from TOML files under `configs/`: one per stage.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use himmel_models::mini::{SamplingDefaults, VideoShape};
 use himmel_models::umt5::Umt5Config;
@@ -66,6 +66,9 @@ pub struct AutoencoderRecipe {
     pub run: LoopConfig,
     /// Weight of the KL term against the L1 reconstruction loss.
     pub kl_weight: f64,
+    /// Train on the captioned clips of this folder instead of the world.
+    #[serde(default)]
+    pub folder: Option<PathBuf>,
     /// The clips the world renders.
     pub video: VideoShape,
     /// The crops trained on.
@@ -98,6 +101,10 @@ pub struct DenoiserRecipe {
     /// Loop settings.
     #[serde(rename = "loop")]
     pub run: LoopConfig,
+    /// Train on the captioned clips of this folder (`NAME.mp4` with `NAME.json` as `himmel world
+    /// sample` writes, or `NAME.txt`) instead of the world.
+    #[serde(default)]
+    pub folder: Option<PathBuf>,
     /// Fraction of clips trained with an empty prompt (for classifier-free guidance).
     pub caption_dropout: f64,
     /// Fraction of clips trained on a short prompt instead of the detailed caption.
@@ -124,6 +131,18 @@ pub struct DenoiserRecipe {
     pub denoiser: WanTransformerConfig,
     /// The text encoder (`vocab_size` is derived).
     pub text_encoder: Umt5Config,
+}
+
+/// The clips a recipe trains on: its folder's, or the world's from its seed.
+pub fn clip_source(
+    folder: Option<&Path>,
+    video: VideoShape,
+    seed: u64,
+) -> Result<crate::data::ClipSource, TrainError> {
+    match folder {
+        Some(dir) => crate::data::ClipSource::folder(dir, video),
+        None => Ok(crate::data::ClipSource::world(video, seed)),
+    }
 }
 
 /// Reads a recipe from a TOML file; the error names the file and the problem.

@@ -1,34 +1,123 @@
-//! Training clips from the procedural world, rendered on the fly: clip `i` of a run is a
-//! function of the seed and `i` alone, so any step's batch can be made again (resuming).
+//! Training clips: rendered on the fly by the procedural world (clip `i` of a run is a function
+//! of the seed and `i` alone, so any step's batch can be made again when resuming), or read from
+//! a folder of captioned clips.
 
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use himmel_core::Video;
 use himmel_models::mini::VideoShape;
 use himmel_world::render::RenderSettings;
 use himmel_world::sample::{ClipRecord, sample_clip};
+use serde::Deserialize;
 
 use crate::error::TrainError;
 
-/// An endless, reproducible stream of captioned world clips.
-#[derive(Debug, Clone, Copy)]
-pub struct WorldClips {
-    settings: RenderSettings,
-    seed: u64,
+/// What a clip is trained with: its detailed caption and short user-style prompts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Captions {
+    /// The detailed caption.
+    pub detailed: String,
+    /// Short prompts (may be empty).
+    pub short: Vec<String>,
 }
 
-/// Clips stacked for a model: video `[B, 3, F, H, W]` in -1..=1 and their records.
+impl From<ClipRecord> for Captions {
+    fn from(record: ClipRecord) -> Self {
+        Self {
+            detailed: record.caption,
+            short: record
+                .prompts
+                .into_iter()
+                .map(|prompt| prompt.text)
+                .collect(),
+        }
+    }
+}
+
+/// Clips stacked for a model: video `[B, 3, F, H, W]` in -1..=1 and their captions.
 pub struct ClipBatch {
     /// The frames.
     pub video: Tensor,
-    /// Scene, caption and prompts of each clip.
-    pub records: Vec<ClipRecord>,
+    /// Captions of each clip.
+    pub captions: Vec<Captions>,
 }
 
-impl WorldClips {
+/// Where training clips come from.
+pub enum ClipSource {
+    /// The procedural world, rendering clip `i` of a seed.
+    World {
+        /// Size, length and rate of the clips.
+        settings: RenderSettings,
+        /// The world run's seed.
+        seed: u64,
+    },
+    /// A folder of clips with captions, cycled through in name order.
+    Folder(Vec<FolderClip>),
+}
+
+/// A clip of a folder and its captions.
+pub struct FolderClip {
+    /// The video file.
+    pub path: PathBuf,
+    /// Its captions.
+    pub captions: Captions,
+    shape: VideoShape,
+}
+
+/// The caption file `himmel world sample` writes beside each clip (`NAME.json`).
+#[derive(Deserialize)]
+struct CaptionFile {
+    caption: String,
+    #[serde(default)]
+    prompts: Vec<PromptEntry>,
+}
+
+#[derive(Deserialize)]
+struct PromptEntry {
+    text: String,
+}
+
+/// Video file extensions read from folders.
+const VIDEO_EXTENSIONS: [&str; 5] = ["mp4", "mov", "m4v", "gif", "safetensors"];
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The captions of `video`: `NAME.json` (a `caption` and optional `prompts`) or `NAME.txt`.
+fn read_captions(video: &Path) -> Result<Captions, TrainError> {
+    let json = video.with_extension("json");
+    if json.exists() {
+        let text = std::fs::read_to_string(&json).map_err(io(&json))?;
+        let file: CaptionFile = serde_json::from_str(&text).map_err(|error| TrainError::Data {
+            path: json.clone(),
+            message: format!("not a caption file ({error})"),
+        })?;
+        return Ok(Captions {
+            detailed: file.caption,
+            short: file.prompts.into_iter().map(|prompt| prompt.text).collect(),
+        });
+    }
+    let txt = video.with_extension("txt");
+    let text = std::fs::read_to_string(&txt).map_err(|_| TrainError::Data {
+        path: video.to_path_buf(),
+        message: "has no caption (NAME.json or NAME.txt beside it)".into(),
+    })?;
+    Ok(Captions {
+        detailed: text.trim().to_string(),
+        short: Vec::new(),
+    })
+}
+
+impl ClipSource {
     /// Clips of `shape` from the world run `seed`.
-    pub fn new(shape: VideoShape, seed: u64) -> Self {
-        Self {
+    pub fn world(shape: VideoShape, seed: u64) -> Self {
+        Self::World {
             settings: RenderSettings {
                 width: shape.width,
                 height: shape.height,
@@ -39,39 +128,116 @@ impl WorldClips {
         }
     }
 
-    /// Renders the clips with the given indices.
+    /// The captioned clips in `dir`, each resized to `shape` and cut to its first frames.
+    pub fn folder(dir: &Path, shape: VideoShape) -> Result<Self, TrainError> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| {
+                path.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_lowercase().as_str()))
+            })
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(TrainError::Data {
+                path: dir.to_path_buf(),
+                message: format!("holds no clips ({})", VIDEO_EXTENSIONS.join(", ")),
+            });
+        }
+        let clips = paths
+            .into_iter()
+            .map(|path| {
+                Ok(FolderClip {
+                    captions: read_captions(&path)?,
+                    path,
+                    shape,
+                })
+            })
+            .collect::<Result<_, TrainError>>()?;
+        Ok(Self::Folder(clips))
+    }
+
+    /// Reads or renders the clips with the given indices.
     pub fn batch(&self, indices: Range<u64>, device: &Device) -> Result<ClipBatch, TrainError> {
         let mut videos = Vec::new();
-        let mut records = Vec::new();
+        let mut captions = Vec::new();
         for index in indices {
-            let (clip, record) = self.record_and_clip(index)?;
-            let frames = clip.video.to_f32().map_err(|error| TrainError::World {
+            let (video, caption) = self.clip(index)?;
+            let frames = video.to_f32().map_err(|error| TrainError::World {
                 index,
                 message: error.to_string(),
             })?;
             videos.push(frames.permute((3, 0, 1, 2))?.affine(2.0, -1.0)?);
-            records.push(record);
+            captions.push(caption);
         }
         Ok(ClipBatch {
             video: Tensor::stack(&videos, 0)?.to_device(device)?,
-            records,
+            captions,
         })
     }
 
-    /// The records (scene, caption, prompts) of the clips with the given indices.
-    pub fn records(&self, indices: Range<u64>) -> Result<Vec<ClipRecord>, TrainError> {
-        indices
-            .map(|index| Ok(self.record_and_clip(index)?.1))
-            .collect()
+    /// The captions of the clips with the given indices.
+    pub fn captions(&self, indices: Range<u64>) -> Result<Vec<Captions>, TrainError> {
+        match self {
+            Self::World { .. } => indices.map(|index| Ok(self.clip(index)?.1)).collect(),
+            Self::Folder(clips) => Ok(indices
+                .map(|index| {
+                    clips[(index % clips.len() as u64) as usize]
+                        .captions
+                        .clone()
+                })
+                .collect()),
+        }
     }
 
-    fn record_and_clip(
-        &self,
-        index: u64,
-    ) -> Result<(himmel_world::render::Clip, ClipRecord), TrainError> {
-        sample_clip(self.seed, index, &self.settings).map_err(|error| TrainError::World {
-            index,
-            message: error.to_string(),
-        })
+    fn clip(&self, index: u64) -> Result<(Video, Captions), TrainError> {
+        match self {
+            Self::World { settings, seed } => {
+                let (clip, record) =
+                    sample_clip(*seed, index, settings).map_err(|error| TrainError::World {
+                        index,
+                        message: error.to_string(),
+                    })?;
+                Ok((clip.video, record.into()))
+            }
+            Self::Folder(clips) => {
+                let clip = &clips[(index % clips.len() as u64) as usize];
+                Ok((clip.read()?, clip.captions.clone()))
+            }
+        }
+    }
+}
+
+impl FolderClip {
+    /// The clip's first frames at the training size.
+    fn read(&self) -> Result<Video, TrainError> {
+        let data = |message: String| TrainError::Data {
+            path: self.path.clone(),
+            message,
+        };
+        let options = himmel_media::ReadOptions {
+            fps: self.shape.fps,
+        };
+        let video = himmel_media::read_video(&self.path, &options, &himmel_core::Silent)
+            .map_err(|error| data(error.to_string()))?;
+        if video.num_frames() < self.shape.frames {
+            return Err(data(format!(
+                "has {} frames; training needs {}",
+                video.num_frames(),
+                self.shape.frames
+            )));
+        }
+        let range = himmel_media::FrameRange {
+            start: 0,
+            end: Some(self.shape.frames),
+        };
+        let video = himmel_media::trim(&video, range).map_err(|error| data(error.to_string()))?;
+        if video.width() == self.shape.width && video.height() == self.shape.height {
+            return Ok(video);
+        }
+        himmel_media::resize(&video, self.shape.width, self.shape.height)
+            .map_err(|error| data(error.to_string()))
     }
 }

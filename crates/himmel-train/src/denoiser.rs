@@ -15,15 +15,15 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
 use himmel_models::wan::WanVae;
-use himmel_world::sample::ClipRecord;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::autoencoder::{TrainedAutoencoder, channel_statistics, sorted_vars};
 use crate::checkpoint::write_safetensors;
+use crate::config::clip_source;
 use crate::config::{DenoiserRecipe, MaskRates};
-use crate::data::WorldClips;
+use crate::data::{Captions, ClipSource};
 use crate::error::TrainError;
 use crate::init::initialize;
 use crate::random::{Purpose, gaussian, step_rng};
@@ -91,7 +91,7 @@ impl SimpleBackend for FrozenAndTrained {
 struct PoolEntry {
     /// Normalised latents `[z, F, h, w]`.
     latents: Tensor,
-    record: ClipRecord,
+    captions: Captions,
 }
 
 /// The clips batches are drawn from: at step `s`, clips `s * refresh .. s * refresh + size`.
@@ -107,7 +107,7 @@ pub struct DenoiserStage {
     model: HimmelMini,
     frozen: HashMap<String, Tensor>,
     vars: Vec<(String, Var)>,
-    clips: WorldClips,
+    clips: ClipSource,
     pool: RefCell<LatentPool>,
     device: Device,
 }
@@ -148,11 +148,11 @@ impl DenoiserStage {
         autoencoder: TrainedAutoencoder,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let clips = WorldClips::new(recipe.video, recipe.run.seed);
-        let records = clips.records(0..recipe.vocabulary_clips)?;
-        let texts = records.iter().flat_map(|record| {
-            std::iter::once(record.caption.as_str())
-                .chain(record.prompts.iter().map(|prompt| prompt.text.as_str()))
+        let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
+        let captions = clips.captions(0..recipe.vocabulary_clips)?;
+        let texts = captions.iter().flat_map(|captions| {
+            std::iter::once(captions.detailed.as_str())
+                .chain(captions.short.iter().map(String::as_str))
         });
         let tokenizer = WordTokenizer::from_texts(texts);
 
@@ -238,10 +238,10 @@ impl DenoiserStage {
             let batch = self.clips.batch(next..stop, &self.device)?;
             let latents = self.model.autoencoder.encode(&batch.video)?;
             let latents = self.model.autoencoder.normalize(&latents)?;
-            for (i, record) in batch.records.into_iter().enumerate() {
+            for (i, captions) in batch.captions.into_iter().enumerate() {
                 pool.entries.push_back(PoolEntry {
                     latents: latents.get(i)?,
-                    record,
+                    captions,
                 });
             }
             next = stop;
@@ -250,17 +250,17 @@ impl DenoiserStage {
     }
 
     /// The prompt a clip is trained with: its caption, a short prompt, or nothing.
-    fn prompt<'a>(&self, record: &'a ClipRecord, rng: &mut impl Rng) -> &'a str {
+    fn prompt<'a>(&self, captions: &'a Captions, rng: &mut impl Rng) -> &'a str {
         let draw: f64 = rng.random();
         if draw < self.recipe.caption_dropout {
             ""
         } else if draw < self.recipe.caption_dropout + self.recipe.short_prompt_rate {
-            record
-                .prompts
+            captions
+                .short
                 .choose(rng)
-                .map_or(record.caption.as_str(), |prompt| prompt.text.as_str())
+                .map_or(captions.detailed.as_str(), String::as_str)
         } else {
-            record.caption.as_str()
+            captions.detailed.as_str()
         }
     }
 }
@@ -287,7 +287,7 @@ impl Stage for DenoiserStage {
             let entry = &pool.entries[rng.random_range(0..pool.entries.len())];
             let frames = entry.latents.dim(1)?;
             latents.push(entry.latents.clone());
-            prompts.push(self.prompt(&entry.record, &mut rng));
+            prompts.push(self.prompt(&entry.captions, &mut rng));
             let logit: f64 = StandardNormal.sample(&mut rng);
             sigmas.push((1.0 / (1.0 + (-logit).exp())) as f32);
             let known = known_frames(&self.recipe.masks, frames, &mut rng);

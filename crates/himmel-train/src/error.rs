@@ -39,6 +39,14 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// A training clip or its caption cannot be used.
+    #[error("{path}: {message}")]
+    Data {
+        /// The clip or caption file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The world could not render a clip.
     #[error("rendering clip {index}: {message}")]
     World {

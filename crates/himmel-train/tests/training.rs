@@ -45,6 +45,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
             batch_size: 2,
         },
         kl_weight: 1e-4,
+        folder: None,
         video: VIDEO,
         crop: Crop {
             width: 16,
@@ -70,6 +71,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
             checkpoint_every: 10,
             batch_size: 4,
         },
+        folder: None,
         caption_dropout: 0.1,
         short_prompt_rate: 0.1,
         vocabulary_clips: 20,
@@ -203,4 +205,67 @@ fn a_corrupt_checkpoint_is_named() {
         error.to_string().contains("checkpoint-0000003.safetensors"),
         "{error}"
     );
+}
+
+#[test]
+fn a_folder_of_captioned_clips_trains_and_bad_folders_are_named() {
+    let device = Device::Cpu;
+    let clips = tempfile::tempdir().expect("temporary folder");
+    let settings = himmel_world::RenderSettings {
+        width: VIDEO.width,
+        height: VIDEO.height,
+        frames: VIDEO.frames + 2,
+        fps: VIDEO.fps,
+    };
+    for index in 0..3u64 {
+        let (clip, record) = himmel_world::sample_clip(5, index, &settings).expect("clip");
+        let path = clips.path().join(format!("{index:06}.safetensors"));
+        let options = himmel_media::WriteOptions::default();
+        himmel_media::write_video(&clip.video, &path, &options, &himmel_core::Silent)
+            .expect("write clip");
+        if index == 2 {
+            std::fs::write(path.with_extension("txt"), record.caption).expect("caption");
+        } else {
+            let json = serde_json::to_string(&record).expect("record");
+            std::fs::write(path.with_extension("json"), json).expect("caption");
+        }
+    }
+    let mut recipe = autoencoder_recipe(3);
+    recipe.folder = Some(clips.path().to_path_buf());
+    let autoencoder_dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::new(&recipe, &device).expect("stage");
+    train(&stage, &options(autoencoder_dir.path(), 3, None, false));
+
+    let mut recipe = denoiser_recipe(3);
+    recipe.folder = Some(clips.path().to_path_buf());
+    let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+    let stage = DenoiserStage::new(&recipe, trained, &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    assert_eq!(
+        train(&stage, &options(dir.path(), 3, None, false))
+            .rows
+            .len(),
+        3
+    );
+    assert!(
+        stage
+            .config()
+            .vocabulary
+            .iter()
+            .any(|word| word == "camera")
+    );
+
+    std::fs::remove_file(clips.path().join("000002.txt")).expect("remove caption");
+    let mut recipe = autoencoder_recipe(3);
+    recipe.folder = Some(clips.path().to_path_buf());
+    let Err(error) = AutoencoderStage::new(&recipe, &device) else {
+        panic!("a clip without caption is refused");
+    };
+    assert!(error.to_string().contains("000002.safetensors"), "{error}");
+    let empty = tempfile::tempdir().expect("temporary folder");
+    recipe.folder = Some(empty.path().to_path_buf());
+    let Err(error) = AutoencoderStage::new(&recipe, &device) else {
+        panic!("an empty folder is refused");
+    };
+    assert!(error.to_string().contains("holds no clips"), "{error}");
 }
