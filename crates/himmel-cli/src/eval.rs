@@ -41,12 +41,33 @@ pub struct EvalArgs {
     #[arg(long, default_value = "eval.json")]
     out: PathBuf,
     /// Evaluate the autoencoder of this `himmel train autoencoder` run instead: PSNR of
-    /// held-out 64x64x17 world clips through it.
+    /// held-out world clips through it.
     #[arg(long, conflicts_with = "model")]
     autoencoder: Option<PathBuf>,
     /// With --autoencoder: write the first clips beside their reconstructions as GIFs here.
     #[arg(long, requires = "autoencoder")]
     examples: Option<PathBuf>,
+    /// With --autoencoder: size of the held-out clips, WIDTHxHEIGHTxFRAMES.
+    #[arg(long, default_value = "64x64x17", requires = "autoencoder", value_parser = parse_clip_size)]
+    clip_size: (usize, usize, usize),
+}
+
+fn parse_clip_size(text: &str) -> Result<(usize, usize, usize), String> {
+    let numbers: Vec<usize> = text
+        .split('x')
+        .map(|part| {
+            part.parse()
+                .map_err(|_| format!("{text:?} is not WIDTHxHEIGHTxFRAMES"))
+        })
+        .collect::<Result<_, _>>()?;
+    match numbers.as_slice() {
+        &[width, height, frames] if width % 8 == 0 && height % 8 == 0 && frames % 4 == 1 => {
+            Ok((width, height, frames))
+        }
+        _ => Err(format!(
+            "{text:?}: width and height must be multiples of 8 and frames 1 + 4k"
+        )),
+    }
 }
 
 /// The world seed of held-out clips (training recipes use small seeds).
@@ -69,10 +90,11 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
         &trained.config,
         VarBuilder::from_tensors(trained.weights, DType::F32, &device),
     )?;
+    let (width, height, frames) = args.clip_size;
     let shape = VideoShape {
-        width: 64,
-        height: 64,
-        frames: 17,
+        width,
+        height,
+        frames,
         fps: 16.0,
     };
     let clips = ClipSource::world(shape, HELD_OUT_SEED);
@@ -112,7 +134,7 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
     }
     let mean = results.iter().map(|r| r.psnr).sum::<f64>() / results.len().max(1) as f64;
     println!(
-        "autoencoder {}: mean PSNR {mean:.2} dB over {count} held-out 64x64x17 clips",
+        "autoencoder {}: mean PSNR {mean:.2} dB over {count} held-out {width}x{height}x{frames} clips",
         dir.display()
     );
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)

@@ -105,7 +105,9 @@ impl MiniPipeline {
             latent_channels: self.config().autoencoder.z_dim,
             spatial_factor: 8,
             max_side: 512,
-            max_frames: 257,
+            // The autoencoder's chunk caches are trained on clips of this length; longer videos
+            // are made by extension.
+            max_frames: self.config().video.frames,
         }
     }
 
