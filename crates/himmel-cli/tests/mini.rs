@@ -166,3 +166,23 @@ fn training_resumes_and_refuses_bad_recipes() {
     ]);
     assert!(message.contains("bad.toml"), "{message}");
 }
+
+/// The acceptance of the built-in model: from a checkout, with no model named, a prompt gives a
+/// valid MP4 at the model's size.
+#[test]
+fn the_built_in_model_works_out_of_the_box() {
+    let dir = tempfile::tempdir().unwrap();
+    let mp4 = dir.path().join("ball.mp4");
+    himmel_ok(&[
+        "generate",
+        "a red ball bounces across the grass",
+        "-o",
+        mp4.to_str().unwrap(),
+    ]);
+    let probe = ffprobe(&mp4, "width,height,nb_read_frames");
+    assert!(
+        probe.contains("width=64") && probe.contains("height=64"),
+        "{probe}"
+    );
+    assert!(probe.contains("nb_read_frames=17"), "{probe}");
+}

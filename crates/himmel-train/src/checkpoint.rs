@@ -29,12 +29,13 @@ pub fn write_safetensors(
     metadata: HashMap<String, String>,
 ) -> Result<(), TrainError> {
     let partial = path.with_extension("partial");
-    safetensors::serialize_to_file(tensors, Some(metadata), &partial).map_err(|error| {
+    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|error| {
         TrainError::Checkpoint {
-            path: partial.clone(),
+            path: path.to_path_buf(),
             message: error.to_string(),
         }
     })?;
+    std::fs::write(&partial, bytes).map_err(io(&partial))?;
     std::fs::rename(&partial, path).map_err(io(path))
 }
 

@@ -4,7 +4,7 @@
 //! latent frames (first frame, first or last part, both ends) are given as extra channels, so
 //! the model learns image to video, extension, loops and connections.
 //!
-//! Exports a complete model to `model/` (`config.json`, `model.safetensors`).
+//! Exports a complete model to `model/` (`config.json`, `model.safetensors` in f16).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -335,8 +335,13 @@ impl Stage for DenoiserStage {
             path: model_dir.clone(),
             source,
         })?;
-        let mut tensors = self.frozen.clone();
-        tensors.extend(averages.iter().cloned());
+        // Half precision halves the shipped file; the model computes in f32.
+        let tensors = self
+            .frozen
+            .iter()
+            .chain(averages.iter().map(|(name, tensor)| (name, tensor)))
+            .map(|(name, tensor)| Ok((name.clone(), tensor.to_dtype(DType::F16)?)))
+            .collect::<candle_core::Result<HashMap<_, _>>>()?;
         write_safetensors(&model_dir.join(MODEL_WEIGHTS), &tensors, HashMap::new())?;
         let json = serde_json::to_string_pretty(&self.config).expect("configs serialise");
         std::fs::write(model_dir.join(MODEL_CONFIG), json).map_err(|source| TrainError::Io {
