@@ -17,7 +17,7 @@ use himmel_world::render::{RenderSettings, render};
 
 use crate::error::PipelineError;
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
-use crate::wan::seeded_noise;
+use crate::wan::{decode_to_video, seeded_noise};
 
 /// The built-in model's name.
 pub const BUILTIN_NAME: &str = "himmel-mini";
@@ -196,14 +196,8 @@ impl MiniPipeline {
             stage: "decode",
             total: 0,
         });
-        let autoencoder = &self.model.autoencoder;
-        let video = autoencoder.decode(&autoencoder.denormalize(&latents)?)?;
-        let frames = ((video / 2.0)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .squeeze(0)?
-            .permute((1, 2, 3, 0))?
-            .contiguous()?;
+        let video = decode_to_video(&self.model.autoencoder, &latents, request.fps)?;
         progress.event(ProgressEvent::StageFinished);
-        Ok(Video::new(frames, request.fps)?)
+        Ok(video)
     }
 }

@@ -55,6 +55,21 @@ pub(crate) fn seeded_noise(
     Tensor::from_vec(values, shape, device)
 }
 
+/// Decodes normalised latents `[1, z, F, h, w]` with `vae` into a video at `fps`.
+pub(crate) fn decode_to_video(
+    vae: &himmel_models::wan::WanVae,
+    latents: &Tensor,
+    fps: f64,
+) -> Result<Video, PipelineError> {
+    let video = vae.decode(&vae.denormalize(latents)?)?;
+    let frames = ((video / 2.0)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .squeeze(0)?
+        .permute((1, 2, 3, 0))?
+        .contiguous()?;
+    Ok(Video::new(frames, fps)?)
+}
+
 /// Where a Wan model's parts are.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
@@ -297,14 +312,8 @@ impl WanPipeline {
             stage: "decode",
             total: 0,
         });
-        let latents = self.vae.denormalize(&latents.to_dtype(DType::F32)?)?;
-        let video = self.vae.decode(&latents)?;
-        let frames = ((video / 2.0)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .squeeze(0)?
-            .permute((1, 2, 3, 0))?
-            .contiguous()?;
+        let video = decode_to_video(&self.vae, &latents.to_dtype(DType::F32)?, request.fps)?;
         progress.event(ProgressEvent::StageFinished);
-        Ok(Video::new(frames, request.fps)?)
+        Ok(video)
     }
 }
