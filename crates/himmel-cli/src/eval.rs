@@ -190,18 +190,12 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
     for (index, prompt) in prompts.iter().enumerate() {
         let seed = index as u64;
         let recaption = pipeline.recaption(prompt, &settings, seed)?;
+        let size = (settings.width, settings.height, settings.frames);
         let request = pipeline.validate(GenerationRequest {
-            prompt: prompt.to_string(),
-            negative_prompt: String::new(),
-            width: settings.width,
-            height: settings.height,
-            frames: settings.frames,
-            fps: settings.fps,
             steps: args.steps.unwrap_or(config.sampling.steps),
             guidance: args.guidance.unwrap_or(config.sampling.guidance),
-            shift: None,
             seed,
-            initial_latents: None,
+            ..GenerationRequest::new(prompt, size, settings.fps)
         })?;
         let video = pipeline.generate(&request, &recaption.caption, &Silent)?;
         let model = score(&video, &recaption.spec)?;

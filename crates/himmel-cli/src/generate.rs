@@ -181,6 +181,8 @@ fn build_request(
         shift: args.shift,
         seed: args.seed,
         initial_latents,
+        known: Vec::new(),
+        source: None,
     })
 }
 

@@ -27,6 +27,9 @@ pub enum PipelineError {
     /// The scheduler configuration cannot be used.
     #[error(transparent)]
     Scheduler(#[from] himmel_sample::SchedulerError),
+    /// A conditioning image or clip could not be prepared.
+    #[error(transparent)]
+    Media(#[from] himmel_media::MediaError),
     /// The decoded frames do not form a video.
     #[error(transparent)]
     Video(#[from] himmel_core::VideoError),

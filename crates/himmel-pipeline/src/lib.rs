@@ -4,6 +4,8 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod conditioning;
+mod denoise;
 pub mod error;
 pub mod layout;
 pub mod mini;
@@ -11,6 +13,7 @@ pub mod prompt;
 pub mod request;
 pub mod wan;
 
+pub use conditioning::{Anchor, KnownClip, SourceClip};
 pub use error::PipelineError;
 pub use mini::{MiniPipeline, Recaption};
 pub use request::{GenerationRequest, ValidRequest, ValidationError};

@@ -9,15 +9,16 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use himmel_core::{Progress, ProgressEvent, Video};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig};
-use himmel_sample::{Solver, UniPc, guide};
+use himmel_sample::{UniPc, guide};
 use himmel_world::SceneSpec;
 use himmel_world::caption::detailed_caption;
 use himmel_world::expand::expand;
 use himmel_world::render::{RenderSettings, render};
 
+use crate::denoise::{Inputs, denoise};
 use crate::error::PipelineError;
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
-use crate::wan::{decode_to_video, seeded_noise};
+use crate::wan::decode_to_video;
 
 /// The built-in model's name.
 pub const BUILTIN_NAME: &str = "himmel-mini";
@@ -159,38 +160,40 @@ impl MiniPipeline {
         progress.event(ProgressEvent::StageFinished);
 
         let shape = self.limits().latent_shape(request);
-        let mut latents = match &request.initial_latents {
-            Some(latents) => latents.to_device(&self.device)?.to_dtype(DType::F32)?,
-            None => seeded_noise(&shape, request.seed, &self.device)?,
-        };
+        let autoencoder = &self.model.autoencoder;
+        let inputs = Inputs::prepare(autoencoder, request, &shape, &self.device, progress)?;
         let shift = request.shift.unwrap_or(self.config().sampling.shift);
         let mut solver = UniPc::new(request.steps, shift, 1000);
-        let timesteps = solver.timesteps().to_vec();
         let batch = text.dim(0)?;
-        let conditioning = Conditioning::none(&Tensor::cat(&vec![&latents; batch], 0)?)?;
-        progress.event(ProgressEvent::StageStarted {
-            stage: "denoise",
-            total: timesteps.len() as u64,
-        });
-        for (index, &timestep) in timesteps.iter().enumerate() {
-            let input = Tensor::cat(&vec![&latents; batch], 0)?;
+        let batched = |tensor: &Tensor| Tensor::cat(&vec![tensor; batch], 0);
+        let conditioning = match inputs.known() {
+            Some(known) => Conditioning {
+                known: batched(known.latents())?,
+                mask: batched(known.mask())?,
+            },
+            None => {
+                let [_, channels, frames, height, width] = shape[..] else {
+                    unreachable!("latent shapes have five dimensions")
+                };
+                let dims = (batch, channels, frames, height, width);
+                Conditioning::none(&Tensor::zeros(dims, DType::F32, &self.device)?)?
+            }
+        };
+        let latents = denoise(&mut solver, &inputs, progress, |sample, timestep| {
             let time = Tensor::new(vec![timestep as f32; batch], &self.device)?;
-            let flows = self.model.denoise(&input, &time, &text, &conditioning)?;
-            let prediction = if guided {
+            let flows = self
+                .model
+                .denoise(&batched(sample)?, &time, &text, &conditioning)?;
+            if guided {
                 guide(
                     &flows.narrow(0, 0, 1)?,
                     &flows.narrow(0, 1, 1)?,
                     request.guidance,
-                )?
+                )
             } else {
-                flows
-            };
-            latents = solver.step(&prediction, &latents)?;
-            progress.event(ProgressEvent::Step {
-                done: index as u64 + 1,
-            });
-        }
-        progress.event(ProgressEvent::StageFinished);
+                Ok(flows)
+            }
+        })?;
 
         progress.event(ProgressEvent::StageStarted {
             stage: "decode",

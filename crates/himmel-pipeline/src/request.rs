@@ -2,6 +2,8 @@
 
 use candle_core::Tensor;
 
+use crate::conditioning::{KnownClip, SourceClip};
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerationRequest {
@@ -27,6 +29,31 @@ pub struct GenerationRequest {
     pub seed: u64,
     /// Initial noise to use instead of seeded noise, `[1, C, F', H', W']`.
     pub initial_latents: Option<Tensor>,
+    /// Frames known at the start or end of the output (image to video, extension, connection).
+    pub known: Vec<KnownClip>,
+    /// A clip to re-style (video to video).
+    pub source: Option<SourceClip>,
+}
+
+impl GenerationRequest {
+    /// Text to video of `prompt` with these settings and nothing known.
+    pub fn new(prompt: &str, (width, height, frames): (usize, usize, usize), fps: f64) -> Self {
+        Self {
+            prompt: prompt.to_owned(),
+            negative_prompt: String::new(),
+            width,
+            height,
+            frames,
+            fps,
+            steps: 50,
+            guidance: 5.0,
+            shift: None,
+            seed: 0,
+            initial_latents: None,
+            known: Vec::new(),
+            source: None,
+        }
+    }
 }
 
 /// Why a request cannot run; each names the field, the rule and the value.
@@ -73,6 +100,27 @@ pub enum ValidationError {
         expected: Vec<usize>,
         /// The shape given.
         given: Vec<usize>,
+    },
+    /// A clip has fewer frames than the request needs.
+    #[error("{what} has {given} frames; this request needs at least {needed}")]
+    ClipTooShort {
+        /// The clip, in words.
+        what: &'static str,
+        /// Its frames.
+        given: usize,
+        /// The frames needed.
+        needed: usize,
+    },
+    /// The known clips leave nothing to generate.
+    #[error(
+        "the known clips fill {known} of the output's {total} latent frames; \
+         ask for more frames or give shorter clips"
+    )]
+    KnownCoversOutput {
+        /// Latent frames the clips fill.
+        known: usize,
+        /// Latent frames of the output.
+        total: usize,
     },
 }
 
@@ -182,7 +230,34 @@ impl ModelLimits {
                 });
             }
         }
+        self.validate_conditioning(&request)?;
         Ok(ValidRequest(request))
+    }
+
+    /// Checks the known clips and the source clip against the request.
+    fn validate_conditioning(&self, request: &GenerationRequest) -> Result<(), ValidationError> {
+        if let Some(source) = &request.source {
+            if !(0.0..=1.0).contains(&source.strength) {
+                return Err(ValidationError::Range {
+                    field: "strength",
+                    rule: "between 0 and 1",
+                    given: source.strength.to_string(),
+                });
+            }
+            if source.video.num_frames() < request.frames {
+                return Err(ValidationError::ClipTooShort {
+                    what: "the source clip",
+                    given: source.video.num_frames(),
+                    needed: request.frames,
+                });
+            }
+        }
+        let total = (request.frames - 1) / self.temporal_factor + 1;
+        let known: usize = request.known.iter().map(KnownClip::latent_frames).sum();
+        if !request.known.is_empty() && known >= total {
+            return Err(ValidationError::KnownCoversOutput { known, total });
+        }
+        Ok(())
     }
 }
 
@@ -200,19 +275,7 @@ mod tests {
     };
 
     fn request() -> GenerationRequest {
-        GenerationRequest {
-            prompt: "a ball".into(),
-            negative_prompt: String::new(),
-            width: 832,
-            height: 480,
-            frames: 81,
-            fps: 16.0,
-            steps: 50,
-            guidance: 5.0,
-            shift: None,
-            seed: 0,
-            initial_latents: None,
-        }
+        GenerationRequest::new("a ball", (832, 480, 81), 16.0)
     }
 
     #[test]

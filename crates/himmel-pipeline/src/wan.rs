@@ -12,6 +12,7 @@ use himmel_sample::{SchedulerConfig, guide};
 
 use crate::PipelineError;
 use crate::checkpoint::Checkpoint;
+use crate::denoise::{Inputs, denoise};
 use crate::layout::{pipeline_class, read_json, weight_files};
 use crate::prompt::{PromptEncoder, TextEncoderWeights};
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
@@ -281,32 +282,19 @@ impl WanPipeline {
 
         let mut solver = self.scheduler.solver(request.steps, request.shift)?;
         let shape = self.limits().latent_shape(request);
-        let mut latents = match &request.initial_latents {
-            Some(latents) => latents.to_device(&self.device)?.to_dtype(DType::F32)?,
-            None => seeded_noise(&shape, request.seed, &self.device)?,
-        };
-        let timesteps = solver.timesteps().to_vec();
-        progress.event(ProgressEvent::StageStarted {
-            stage: "denoise",
-            total: timesteps.len() as u64,
-        });
-        for (index, &timestep) in timesteps.iter().enumerate() {
-            let input = latents.to_dtype(dtype)?;
+        let inputs = Inputs::prepare(&self.vae, request, &shape, &self.device, progress)?;
+        let latents = denoise(solver.as_mut(), &inputs, progress, |sample, timestep| {
+            let input = sample.to_dtype(dtype)?;
             let time = Tensor::new(&[timestep as f32], &self.device)?;
             let conditional = self.transformer.forward(&input, &time, &text)?;
-            let prediction = match &negative {
+            match &negative {
                 Some(negative) => {
                     let unconditional = self.transformer.forward(&input, &time, negative)?;
-                    guide(&conditional, &unconditional, request.guidance)?
+                    guide(&conditional, &unconditional, request.guidance)
                 }
-                None => conditional,
-            };
-            latents = solver.step(&prediction, &latents)?;
-            progress.event(ProgressEvent::Step {
-                done: index as u64 + 1,
-            });
-        }
-        progress.event(ProgressEvent::StageFinished);
+                None => Ok(conditional),
+            }
+        })?;
 
         progress.event(ProgressEvent::StageStarted {
             stage: "decode",

@@ -1,24 +1,32 @@
-//! The whole Wan text-to-video pipeline against diffusers' `WanPipeline` on a tiny random model
-//! saved with `save_pretrained` (fixture made by `tools/reference/wan_pipeline.py`): the same
-//! initial latents must give the same frames.
+//! The whole Wan pipeline against diffusers on a tiny random model saved with `save_pretrained`:
+//! text to video against `WanPipeline` (fixture made by `tools/reference/wan_pipeline.py`) and
+//! video to video against `WanVideoToVideoPipeline` (`tools/reference/wan_video_to_video.py`);
+//! the same initial latents must give the same frames.
 
 use himmel_core::compare::max_abs_difference;
 use std::path::PathBuf;
 
 use candle_core::Device;
 use himmel_core::Silent;
-use himmel_pipeline::{GenerationRequest, ModelSource, Precision, WanPipeline};
+use himmel_core::Video;
+use himmel_pipeline::{GenerationRequest, ModelSource, Precision, SourceClip, WanPipeline};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan")
 }
 
+const PROMPT: &str = "a red ball bounces  on the grass &amp; sky";
+
+fn tiny_pipeline() -> WanPipeline {
+    let source = ModelSource::Folder(fixtures().join("pipeline_tiny"));
+    WanPipeline::load(&source, Precision::F32, &Device::Cpu)
+        .unwrap()
+        .with_max_sequence_length(16)
+}
+
 #[test]
 fn frames_match_diffusers_from_the_same_latents() {
-    let source = ModelSource::Folder(fixtures().join("pipeline_tiny"));
-    let pipeline = WanPipeline::load(&source, Precision::F32, &Device::Cpu)
-        .unwrap()
-        .with_max_sequence_length(16);
+    let pipeline = tiny_pipeline();
     let io = candle_core::safetensors::load(
         fixtures().join("pipeline_tiny_io.safetensors"),
         &Device::Cpu,
@@ -26,17 +34,11 @@ fn frames_match_diffusers_from_the_same_latents() {
     .unwrap();
     for (name, height, width, frames, steps) in [("square", 32, 32, 5, 3), ("wide", 16, 48, 9, 4)] {
         let request = GenerationRequest {
-            prompt: "a red ball bounces  on the grass &amp; sky".into(),
             negative_prompt: "blurry".into(),
-            width,
-            height,
-            frames,
-            fps: 16.0,
             steps,
             guidance: 4.0,
-            shift: None,
-            seed: 0,
             initial_latents: Some(io[&format!("{name}_latents")].clone()),
+            ..GenerationRequest::new(PROMPT, (width, height, frames), 16.0)
         };
         let request = pipeline.validate(request).unwrap();
         let video = pipeline.generate(&request, &Silent).unwrap();
@@ -46,4 +48,31 @@ fn frames_match_diffusers_from_the_same_latents() {
         println!("{name}: max abs error {error}");
         assert!(error <= 2e-3, "{name}: max abs error {error}");
     }
+}
+
+#[test]
+fn video_to_video_matches_diffusers_from_the_same_noise() {
+    let pipeline = tiny_pipeline();
+    let io = candle_core::safetensors::load(
+        fixtures().join("video_to_video_tiny_io.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let clip = Video::new(io["video_clip"].clone(), 16.0).unwrap();
+    let request = GenerationRequest {
+        negative_prompt: "blurry".into(),
+        steps: 4,
+        guidance: 4.0,
+        initial_latents: Some(io["video_noise"].clone()),
+        source: Some(SourceClip {
+            video: clip,
+            strength: 0.5,
+        }),
+        ..GenerationRequest::new(PROMPT, (32, 32, 5), 16.0)
+    };
+    let request = pipeline.validate(request).unwrap();
+    let video = pipeline.generate(&request, &Silent).unwrap();
+    let error = max_abs_difference(video.frames(), &io["video_frames"]).unwrap();
+    println!("video to video: max abs error {error}");
+    assert!(error <= 2e-3, "max abs error {error}");
 }

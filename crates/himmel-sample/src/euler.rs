@@ -23,16 +23,19 @@ impl FlowEuler {
             step_index: 0,
         }
     }
-
-    /// Sigmas, one per step plus the final 0.
-    pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
 }
 
 impl Solver for FlowEuler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    fn start_at(&mut self, index: usize) {
+        self.step_index = index;
     }
 
     fn step(&mut self, prediction: &Tensor, sample: &Tensor) -> Result<Tensor> {

@@ -18,6 +18,11 @@ use candle_core::{Result, Tensor};
 pub trait Solver {
     /// The timesteps to show the model, one per step, in order.
     fn timesteps(&self) -> &[f64];
+    /// Sigmas, one per step plus the final 0.
+    fn sigmas(&self) -> &[f64];
+    /// Starts at step `index` instead of 0, with no history (video to video: the first sample
+    /// is already partly noised), as the reference does when its timesteps start later.
+    fn start_at(&mut self, index: usize);
     /// Takes the model's flow prediction for the current sample and returns the next sample.
     fn step(&mut self, prediction: &Tensor, sample: &Tensor) -> Result<Tensor>;
 }

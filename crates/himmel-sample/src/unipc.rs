@@ -41,11 +41,6 @@ impl UniPc {
         }
     }
 
-    /// Sigmas, one per step plus the final 0.
-    pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
-
     /// UniC: corrects the sample at step `i` using this step's data prediction `current`.
     fn correct(&self, current: &Tensor, previous_sample: &Tensor) -> Result<Tensor> {
         let i = self.step_index;
@@ -101,6 +96,17 @@ impl UniPc {
 impl Solver for UniPc {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    fn start_at(&mut self, index: usize) {
+        self.step_index = index;
+        self.history.clear();
+        self.last_sample = None;
+        self.last_order = 0;
     }
 
     fn step(&mut self, prediction: &Tensor, sample: &Tensor) -> Result<Tensor> {

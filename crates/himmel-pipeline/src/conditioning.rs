@@ -1,0 +1,272 @@
+//! Conditioning (ARCHITECTURE.md): clips known at the start or the end of the output, turned
+//! into known latents and a mask on the latent timeline, and a clip to re-style. The sampler
+//! re-imposes the known latents at every step, noised to the step's level; models trained with
+//! masks (himmel-mini) also see them as input.
+//!
+//! Placement on the latent timeline of a causal autoencoder, where latent frame 0 holds pixel
+//! frame 0 and latent frame `k` holds pixel frames `4k-3..=4k`:
+//! - a [`Anchor::Start`] clip of `n` frames uses its first `1 + 4⌊(n-1)/4⌋` frames, which fill
+//!   the first `1 + ⌊(n-1)/4⌋` latent frames exactly;
+//! - an [`Anchor::End`] clip uses its last `4⌊n/4⌋` frames (a clip shorter than 4 frames is
+//!   padded in front with copies of its first frame), encoded behind a copy of their first frame
+//!   as the causal context, which fill the last `⌊n/4⌋` latent frames.
+//!
+//! Clips of another size are scaled to cover the output (keeping their aspect ratio, Lanczos)
+//! and cropped to it around the centre.
+
+use candle_core::{DType, Device, Tensor};
+use himmel_core::Video;
+use himmel_models::wan::WanVae;
+
+use crate::PipelineError;
+
+/// Where a known clip sits on the output timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    /// The clip's first frame is the output's first frame.
+    Start,
+    /// The clip's last frame is the output's last frame.
+    End,
+}
+
+/// Frames the output must show at one of its ends.
+#[derive(Debug, Clone)]
+pub struct KnownClip {
+    /// The frames (any size; fitted to the output).
+    pub video: Video,
+    /// Which end they are placed at.
+    pub anchor: Anchor,
+}
+
+impl KnownClip {
+    /// Latent frames the clip fills.
+    pub fn latent_frames(&self) -> usize {
+        let frames = self.video.num_frames();
+        match self.anchor {
+            Anchor::Start => 1 + (frames - 1) / 4,
+            Anchor::End => (frames / 4).max(1),
+        }
+    }
+
+    /// Pixel frames of the output the clip fills.
+    pub fn output_frames(&self) -> usize {
+        match self.anchor {
+            Anchor::Start => 1 + 4 * (self.latent_frames() - 1),
+            Anchor::End => 4 * self.latent_frames(),
+        }
+    }
+}
+
+/// A clip to re-style under a new prompt (video to video).
+#[derive(Debug, Clone)]
+pub struct SourceClip {
+    /// The clip; its first frames are used, fitted to the output.
+    pub video: Video,
+    /// How much to change it: 0 returns it (through the autoencoder), 1 ignores it.
+    pub strength: f64,
+}
+
+/// Scales `video` to cover `width`x`height` (keeping its aspect ratio) and crops the centre.
+pub fn fit(video: &Video, width: usize, height: usize) -> Result<Video, PipelineError> {
+    let scale = f64::max(
+        width as f64 / video.width() as f64,
+        height as f64 / video.height() as f64,
+    );
+    let scaled_width = ((video.width() as f64 * scale).round() as usize).max(width);
+    let scaled_height = ((video.height() as f64 * scale).round() as usize).max(height);
+    let scaled = himmel_media::resize(video, scaled_width, scaled_height)?;
+    let frames = scaled
+        .frames()
+        .narrow(1, (scaled_height - height) / 2, height)?
+        .narrow(2, (scaled_width - width) / 2, width)?;
+    Ok(Video::new(frames.contiguous()?, video.fps())?)
+}
+
+/// `frames` of `video` (fitted to the size) as the autoencoder's input `[1, 3, F, H, W]` in -1..=1.
+fn autoencoder_input(
+    video: &Video,
+    frames: &[usize],
+    (width, height): (usize, usize),
+    device: &Device,
+) -> Result<Tensor, PipelineError> {
+    let fitted = fit(video, width, height)?.to_f32()?;
+    let indices = Tensor::new(
+        frames.iter().map(|&f| f as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )?;
+    let selected = fitted.index_select(&indices, 0)?;
+    Ok(
+        ((selected.permute((3, 0, 1, 2))?.unsqueeze(0)? * 2.0)? - 1.0)?
+            .contiguous()?
+            .to_device(device)?,
+    )
+}
+
+/// Encodes the first frames of `video` that fill `latent_frames` latent frames (`1 + 4(k-1)`
+/// frames) into normalised latents `[1, z, k, h, w]`, fitted to `width`x`height`.
+pub(crate) fn encode_start(
+    vae: &WanVae,
+    video: &Video,
+    latent_frames: usize,
+    size: (usize, usize),
+    device: &Device,
+) -> Result<Tensor, PipelineError> {
+    let frames: Vec<usize> = (0..1 + 4 * (latent_frames - 1)).collect();
+    let input = autoencoder_input(video, &frames, size, device)?;
+    Ok(vae.normalize(&vae.encode(&input)?)?)
+}
+
+/// Known latents `[1, z, F, h, w]` and their mask `[1, 1, F, h, w]`.
+pub(crate) struct KnownLatents {
+    latents: Tensor,
+    mask: Tensor,
+}
+
+impl KnownLatents {
+    /// Encodes `clips` with `vae` and places them on a latent timeline of `shape`
+    /// `[1, z, F, h, w]`; `None` when there are no clips.
+    pub(crate) fn encode(
+        vae: &WanVae,
+        clips: &[KnownClip],
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Option<Self>, PipelineError> {
+        if clips.is_empty() {
+            return Ok(None);
+        }
+        let [_, channels, frames, height, width] = shape[..] else {
+            unreachable!("latent shapes have five dimensions")
+        };
+        let size = (width * 8, height * 8);
+        let mut latents = Tensor::zeros(shape, DType::F32, device)?;
+        let mut mask = vec![0f32; frames];
+        for clip in clips {
+            let count = clip.latent_frames();
+            let (encoded, first) = match clip.anchor {
+                Anchor::Start => (encode_start(vae, &clip.video, count, size, device)?, 0),
+                Anchor::End => (
+                    encode_end(vae, &clip.video, count, size, device)?,
+                    frames - count,
+                ),
+            };
+            latents = latents.slice_assign(
+                &[0..1, 0..channels, first..first + count, 0..height, 0..width],
+                &encoded,
+            )?;
+            mask[first..first + count].fill(1.0);
+        }
+        let mask = Tensor::from_vec(mask, (1, 1, frames, 1, 1), device)?
+            .broadcast_as((1, 1, frames, height, width))?
+            .contiguous()?;
+        Ok(Some(Self { latents, mask }))
+    }
+
+    /// The known latents, zero elsewhere.
+    pub(crate) fn latents(&self) -> &Tensor {
+        &self.latents
+    }
+
+    /// 1 where a latent frame is known, else 0, `[1, 1, F, h, w]`.
+    pub(crate) fn mask(&self) -> &Tensor {
+        &self.mask
+    }
+
+    /// `sample` with the known latents put back, noised to `sigma` with `noise` as training
+    /// noised them: `(1 - sigma) * known + sigma * noise`.
+    pub(crate) fn impose(
+        &self,
+        sample: &Tensor,
+        noise: &Tensor,
+        sigma: f64,
+    ) -> candle_core::Result<Tensor> {
+        let noised = ((&self.latents * (1.0 - sigma))? + (noise * sigma)?)?;
+        let kept = sample.broadcast_mul(&(1.0 - &self.mask)?)?;
+        kept + noised.broadcast_mul(&self.mask)?
+    }
+}
+
+/// Encodes the last `4k` frames of `video` (padded in front to at least 4) behind a copy of
+/// their first frame into normalised latents `[1, z, k, h, w]`.
+fn encode_end(
+    vae: &WanVae,
+    video: &Video,
+    latent_frames: usize,
+    size: (usize, usize),
+    device: &Device,
+) -> Result<Tensor, PipelineError> {
+    let count = video.num_frames();
+    let used = 4 * latent_frames;
+    // Index of the first used frame; negative positions repeat frame 0.
+    let first = count as isize - used as isize;
+    let frame = |offset: isize| (first + offset).max(0) as usize;
+    let frames: Vec<usize> = std::iter::once(frame(0))
+        .chain((0..used as isize).map(frame))
+        .collect();
+    let input = autoencoder_input(video, &frames, size, device)?;
+    let encoded = vae.normalize(&vae.encode(&input)?)?;
+    Ok(encoded.narrow(2, 1, latent_frames)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clip(frames: usize, anchor: Anchor) -> KnownClip {
+        let rgb = vec![128u8; frames * 4 * 4 * 3];
+        KnownClip {
+            video: Video::from_rgb8(rgb, frames, (4, 4), 16.0).unwrap(),
+            anchor,
+        }
+    }
+
+    #[test]
+    fn clips_fill_whole_latent_frames() {
+        let counts = |anchor| {
+            [1, 4, 5, 8, 9]
+                .map(|n| {
+                    let clip = clip(n, anchor);
+                    (clip.latent_frames(), clip.output_frames())
+                })
+                .to_vec()
+        };
+        assert_eq!(
+            counts(Anchor::Start),
+            [(1, 1), (1, 1), (2, 5), (2, 5), (3, 9)]
+        );
+        assert_eq!(
+            counts(Anchor::End),
+            [(1, 4), (1, 4), (1, 4), (2, 8), (2, 8)]
+        );
+    }
+
+    #[test]
+    fn fitting_covers_and_crops_the_centre() {
+        // A 4x2 clip whose left half is black and right half white, fitted to 2x2: the centre
+        // columns straddle the edge.
+        let rgb: Vec<u8> = (0..2)
+            .flat_map(|_| [0u8, 0, 255, 255])
+            .flat_map(|v| [v; 3])
+            .collect();
+        let video = Video::from_rgb8(rgb, 1, (4, 2), 16.0).unwrap();
+        let fitted = fit(&video, 2, 2).unwrap();
+        assert_eq!((fitted.width(), fitted.height()), (2, 2));
+        let values = fitted.to_rgb8().unwrap();
+        assert!(values[0] < 40 && values[3] > 215, "{values:?}");
+        // A 2x2 clip fitted to 4x2 is scaled up to 4x4 and keeps its middle rows.
+        let wide = fit(&fitted, 4, 2).unwrap();
+        assert_eq!((wide.width(), wide.height()), (4, 2));
+    }
+
+    #[test]
+    fn imposing_keeps_the_unknown_frames_and_noises_the_known() {
+        let device = Device::Cpu;
+        let latents = Tensor::from_vec(vec![1f32, 1.0, 1.0], (1, 1, 3, 1, 1), &device).unwrap();
+        let mask = Tensor::from_vec(vec![1f32, 0.0, 1.0], (1, 1, 3, 1, 1), &device).unwrap();
+        let known = KnownLatents { latents, mask };
+        let sample = Tensor::full(5f32, (1, 1, 3, 1, 1), &device).unwrap();
+        let noise = Tensor::full(-1f32, (1, 1, 3, 1, 1), &device).unwrap();
+        let imposed = known.impose(&sample, &noise, 0.25).unwrap();
+        let values = imposed.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values, [0.5, 5.0, 0.5]);
+    }
+}
