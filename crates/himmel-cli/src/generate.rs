@@ -1,5 +1,6 @@
 //! `himmel generate "PROMPT" -o OUT`: text to video with the built-in himmel-mini (the default)
-//! or a Wan 2.1 model.
+//! or a Wan 2.1 model, and the editing tasks: image to video, video to video, extension,
+//! connection, loops and long videos.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,10 +9,12 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use himmel_core::{Progress, Video};
-use himmel_media::{Format, WriteOptions, check_output_path, write_video};
+use himmel_media::{Format, ReadOptions, WriteOptions, check_output_path, read_video, write_video};
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
+use himmel_pipeline::tasks::{self, Direction, Task, Windows};
 use himmel_pipeline::{
-    GenerationRequest, MiniPipeline, ModelSource, Precision, SingleFiles, WanPipeline,
+    Anchor, GenerationRequest, KnownClip, MiniPipeline, ModelSource, PipelineError, Precision,
+    SingleFiles, SourceClip, WanPipeline,
 };
 use himmel_world::render::RenderSettings;
 
@@ -54,12 +57,33 @@ pub struct GenerateArgs {
     /// Frame height in pixels, a multiple of 16 [default: the model's; Wan 480].
     #[arg(long)]
     height: Option<usize>,
-    /// Number of frames, 1 + 4k [default: the model's; Wan 81].
+    /// Number of frames, 1 + 4k [default: the model's; Wan 81]; longer than the model's
+    /// window (himmel-mini 17, Wan 81) is made by extension.
     #[arg(long, conflicts_with = "seconds")]
     frames: Option<usize>,
-    /// Duration in seconds instead of --frames (rounded up to a valid frame count).
+    /// Duration in seconds instead of --frames (rounded up to a valid frame count, at most
+    /// 120); with --extend or --connect, the seconds to add.
     #[arg(long)]
     seconds: Option<f64>,
+    /// Image to video: this image (or a clip's first frame) is the first frame, scaled to cover
+    /// the output size and cropped around the centre.
+    #[arg(long, conflicts_with_all = ["video", "connect"])]
+    image: Option<PathBuf>,
+    /// A clip to re-style under the prompt (with --strength) or to extend (with --extend).
+    #[arg(long, conflicts_with = "connect")]
+    video: Option<PathBuf>,
+    /// Video to video: how much to change the clip, 0 (keep it) to 1 (ignore it).
+    #[arg(long, requires = "video", conflicts_with = "extend")]
+    strength: Option<f64>,
+    /// Extend the --video clip forwards or backwards in time by --seconds (default 1).
+    #[arg(long, value_enum, requires = "video")]
+    extend: Option<ExtendArg>,
+    /// A seamless loop: the last frame flows into the first.
+    #[arg(long = "loop", conflicts_with_all = ["video", "connect"])]
+    seamless_loop: bool,
+    /// Connect two clips: a transition of --seconds (default 1) from A's last frame to B's first.
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    connect: Option<Vec<PathBuf>>,
     /// Frames per second of the output [default: the model's; Wan 16].
     #[arg(long)]
     fps: Option<f64>,
@@ -88,6 +112,111 @@ pub struct GenerateArgs {
     /// MP4 quality as a constant quantiser, 0 (best) to 51.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=51))]
     crf: u8,
+}
+
+/// Which way `--extend` grows the clip.
+#[derive(Clone, Copy, ValueEnum)]
+enum ExtendArg {
+    Forward,
+    Backward,
+}
+
+/// Latent frames consecutive himmel-mini windows share (5 frames known at a window's start).
+const MINI_OVERLAP: usize = 2;
+
+/// Latent frames consecutive Wan windows share (13 frames known at a window's start).
+const WAN_OVERLAP: usize = 4;
+
+/// Strength of video to video when --strength is left out.
+const DEFAULT_STRENGTH: f64 = 0.7;
+
+/// The images and clips the arguments name, read before any model is loaded so that
+/// unreadable inputs fail first.
+struct Inputs {
+    /// The first frame (image to video).
+    image: Option<Video>,
+    /// The clip to re-style or extend.
+    clip: Option<Video>,
+    /// The two clips to connect.
+    connect: Option<(Video, Video)>,
+}
+
+fn read_clip(path: &Path, progress: &dyn Progress) -> Result<Video> {
+    read_video(path, &ReadOptions::default(), progress)
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn read_inputs(args: &GenerateArgs, progress: &dyn Progress) -> Result<Inputs> {
+    if let Some(strength) = args.strength
+        && !(0.0..=1.0).contains(&strength)
+    {
+        bail!("--strength must be between 0 and 1, got {strength}");
+    }
+    let image = match &args.image {
+        Some(path) => {
+            let video = read_clip(path, progress)?;
+            Some(Video::new(video.frames().narrow(0, 0, 1)?, video.fps())?)
+        }
+        None => None,
+    };
+    let clip = args
+        .video
+        .as_deref()
+        .map(|path| read_clip(path, progress))
+        .transpose()?;
+    let connect = match args.connect.as_deref() {
+        Some([from, to]) => Some((read_clip(from, progress)?, read_clip(to, progress)?)),
+        _ => None,
+    };
+    Ok(Inputs {
+        image,
+        clip,
+        connect,
+    })
+}
+
+/// Seconds of new frames for --extend and --connect, as frames at `fps`.
+fn added_frames(args: &GenerateArgs, fps: f64) -> Result<usize> {
+    match args.seconds {
+        Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Ok((seconds * fps).ceil() as usize)
+        }
+        Some(seconds) => bail!("--seconds must be a positive number, got {seconds}"),
+        None => Ok(fps.ceil() as usize),
+    }
+}
+
+/// The task the arguments ask for, and the clip to re-style if any, at `fps`.
+fn make_task(args: &GenerateArgs, inputs: &Inputs, fps: f64) -> Result<(Task, Option<SourceClip>)> {
+    Ok(match (&inputs.clip, args.extend, &inputs.connect) {
+        (Some(clip), Some(direction), _) => {
+            let direction = match direction {
+                ExtendArg::Forward => Direction::Forward,
+                ExtendArg::Backward => Direction::Backward,
+            };
+            let task = Task::Extend {
+                clip: clip.clone(),
+                direction,
+                new_frames: added_frames(args, fps)?,
+            };
+            (task, None)
+        }
+        (Some(clip), None, _) => {
+            let video = himmel_media::resample(clip, fps)?;
+            let strength = args.strength.unwrap_or(DEFAULT_STRENGTH);
+            (Task::Create, Some(SourceClip { video, strength }))
+        }
+        (None, _, Some((from, to))) => {
+            let task = Task::Connect {
+                from: from.clone(),
+                to: to.clone(),
+                new_frames: added_frames(args, fps)?,
+            };
+            (task, None)
+        }
+        (None, _, None) if args.seamless_loop => (Task::Loop, None),
+        (None, _, None) => (Task::Create, None),
+    })
 }
 
 /// Frames of `seconds` at `fps`, rounded up to 1 + 4k.
@@ -162,14 +291,22 @@ fn build_request(
     args: &GenerateArgs,
     defaults: &Defaults,
     initial_latents: Option<candle_core::Tensor>,
-) -> Result<GenerationRequest> {
+    inputs: &Inputs,
+) -> Result<(Task, GenerationRequest)> {
     let fps = args.fps.unwrap_or(defaults.fps);
-    let frames = match args.seconds {
-        Some(seconds) if seconds.is_finite() && seconds > 0.0 => frames_for(seconds, fps),
-        Some(seconds) => bail!("--seconds must be a positive number, got {seconds}"),
-        None => args.frames.unwrap_or(defaults.frames),
+    let (task, source) = make_task(args, inputs, fps)?;
+    let frames = match (args.seconds, &task, &source) {
+        (_, Task::Extend { .. } | Task::Connect { .. }, _) => defaults.frames,
+        (Some(seconds), ..) if seconds.is_finite() && seconds > 0.0 => frames_for(seconds, fps),
+        (Some(seconds), ..) => bail!("--seconds must be a positive number, got {seconds}"),
+        // Video to video re-styles as much of the clip as one window holds.
+        (None, _, Some(source)) => args.frames.unwrap_or_else(|| {
+            let whole = (source.video.num_frames() - 1) / 4 * 4 + 1;
+            whole.min(defaults.frames)
+        }),
+        (None, ..) => args.frames.unwrap_or(defaults.frames),
     };
-    Ok(GenerationRequest {
+    let request = GenerationRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
         width: args.width.unwrap_or(defaults.width),
@@ -181,9 +318,17 @@ fn build_request(
         shift: args.shift,
         seed: args.seed,
         initial_latents,
-        known: Vec::new(),
-        source: None,
-    })
+        known: inputs
+            .image
+            .iter()
+            .map(|image| KnownClip {
+                video: image.clone(),
+                anchor: Anchor::Start,
+            })
+            .collect(),
+        source,
+    };
+    Ok((task, request))
 }
 
 fn read_latents(args: &GenerateArgs) -> Result<Option<candle_core::Tensor>> {
@@ -198,8 +343,17 @@ fn read_latents(args: &GenerateArgs) -> Result<Option<candle_core::Tensor>> {
     Ok(Some(latents.clone()))
 }
 
+/// The first window of `request`: what the model itself must accept.
+fn first_window(request: &GenerationRequest, windows: Windows) -> GenerationRequest {
+    GenerationRequest {
+        frames: request.frames.min(windows.frames),
+        ..request.clone()
+    }
+}
+
 fn generate_mini(
     args: &GenerateArgs,
+    inputs: &Inputs,
     dir: &Path,
     quiet: bool,
     progress: &dyn Progress,
@@ -215,12 +369,17 @@ fn generate_mini(
         steps: sampling.steps,
         guidance: sampling.guidance,
     };
-    let request = pipeline.validate(build_request(args, &defaults, read_latents(args)?)?)?;
+    let windows = Windows {
+        frames: pipeline.limits().max_frames,
+        overlap: MINI_OVERLAP,
+    };
+    let (task, request) = build_request(args, &defaults, read_latents(args)?, inputs)?;
+    let first = pipeline.validate(first_window(&request, windows))?;
     let settings = RenderSettings {
-        width: request.get().width,
-        height: request.get().height,
-        frames: request.get().frames,
-        fps: request.get().fps,
+        width: first.get().width,
+        height: first.get().height,
+        frames: first.get().frames,
+        fps: first.get().fps,
     };
     let recaption = pipeline.recaption(&args.prompt, &settings, args.seed)?;
     if !recaption.unknown_words.is_empty() {
@@ -235,11 +394,16 @@ fn generate_mini(
     if !quiet {
         eprintln!("caption: {}", recaption.caption);
     }
-    Ok(pipeline.generate(&request, &recaption.caption, progress)?)
+    let mut generate = |request| -> Result<Video, PipelineError> {
+        let request = pipeline.validate(request)?;
+        pipeline.generate(&request, &recaption.caption, progress)
+    };
+    Ok(tasks::run(&task, &mut generate, &request, windows)?)
 }
 
 fn generate_wan(
     args: &GenerateArgs,
+    inputs: &Inputs,
     source: &ModelSource,
     progress: &dyn Progress,
 ) -> Result<Video> {
@@ -256,8 +420,17 @@ fn generate_wan(
     };
     let pipeline = WanPipeline::load(source, precision, &Device::Cpu)?
         .with_max_sequence_length(args.max_sequence_length);
-    let request = pipeline.validate(build_request(args, &WAN_DEFAULTS, read_latents(args)?)?)?;
-    Ok(pipeline.generate(&request, progress)?)
+    let (task, request) = build_request(args, &WAN_DEFAULTS, read_latents(args)?, inputs)?;
+    let windows = Windows {
+        frames: WAN_DEFAULTS.frames,
+        overlap: WAN_OVERLAP,
+    };
+    pipeline.validate(first_window(&request, windows))?;
+    let mut generate = |request| -> Result<Video, PipelineError> {
+        let request = pipeline.validate(request)?;
+        pipeline.generate(&request, progress)
+    };
+    Ok(tasks::run(&task, &mut generate, &request, windows)?)
 }
 
 /// Loads the model, generates and writes the video.
@@ -265,9 +438,11 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
     Format::of_output(&args.output)?;
     check_output_path(&args.output)?;
     let started = Instant::now();
-    let video = match choose_model(args)? {
-        ModelChoice::Mini(dir) => generate_mini(args, &dir, quiet, progress)?,
-        ModelChoice::Wan(source) => generate_wan(args, &source, progress)?,
+    let model = choose_model(args)?;
+    let inputs = read_inputs(args, progress)?;
+    let video = match model {
+        ModelChoice::Mini(dir) => generate_mini(args, &inputs, &dir, quiet, progress)?,
+        ModelChoice::Wan(source) => generate_wan(args, &inputs, &source, progress)?,
     };
     let options = WriteOptions {
         quality: himmel_media::Quality::Constant(args.crf),

@@ -30,6 +30,9 @@ pub enum PipelineError {
     /// A conditioning image or clip could not be prepared.
     #[error(transparent)]
     Media(#[from] himmel_media::MediaError),
+    /// A task (extension, connection, loop) cannot run as asked.
+    #[error(transparent)]
+    Task(#[from] crate::tasks::TaskError),
     /// The decoded frames do not form a video.
     #[error(transparent)]
     Video(#[from] himmel_core::VideoError),

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod mini;
 pub mod prompt;
 pub mod request;
+pub mod tasks;
 pub mod wan;
 
 pub use conditioning::{Anchor, KnownClip, SourceClip};

@@ -1,0 +1,702 @@
+//! Sora's editing tasks as thin layers over one generation with known clips: extending a clip
+//! forwards or backwards, long videos, connecting two clips and loops. Each runs the model in
+//! windows of at most [`Windows::frames`] frames; consecutive windows share the frames of
+//! [`Windows::overlap`] latent frames, which the later window is given as known and which are
+//! cross-faded from the old frames to the new across the overlap.
+
+use candle_core::{DType, Tensor};
+use himmel_core::Video;
+
+use crate::PipelineError;
+use crate::conditioning::{Anchor, KnownClip};
+use crate::request::GenerationRequest;
+
+/// Generates one window: validates the request for the model and runs it.
+pub type Generate<'a> = dyn FnMut(GenerationRequest) -> Result<Video, PipelineError> + 'a;
+
+/// How a task cuts its work into windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// Frames per window, `1 + 4k` (the model's longest clip or its usual length).
+    pub frames: usize,
+    /// Latent frames a window shares with the one before: `1 + 4(o - 1)` pixel frames when
+    /// known at its start, `4o` at its end.
+    pub overlap: usize,
+}
+
+/// Which way an extension grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// New frames after the clip.
+    Forward,
+    /// New frames before the clip.
+    Backward,
+}
+
+/// Longest video a task makes, in seconds.
+pub const MAX_SECONDS: f64 = 120.0;
+
+/// What to make; the base request carries the prompt, settings and, for video to video and
+/// image to video, the source clip or the known first frame.
+#[derive(Debug, Clone)]
+pub enum Task {
+    /// A new video of the base request's length (longer than a window: by extension).
+    Create,
+    /// `clip` (fitted to the base size and resampled to its rate) and `new_frames` more.
+    Extend {
+        /// The clip to extend.
+        clip: Video,
+        /// Which way.
+        direction: Direction,
+        /// Frames to add.
+        new_frames: usize,
+    },
+    /// A transition of `new_frames` frames from the end of `from` to the start of `to`.
+    Connect {
+        /// The clip the transition starts from.
+        from: Video,
+        /// The clip it arrives at.
+        to: Video,
+        /// Frames between them.
+        new_frames: usize,
+    },
+    /// A video of the base request's length whose last frame flows into its first.
+    Loop,
+}
+
+/// Runs `task` with `generate`, cutting it into `windows`.
+pub fn run(
+    task: &Task,
+    generate: &mut Generate,
+    base: &GenerationRequest,
+    windows: Windows,
+) -> Result<Video, PipelineError> {
+    let frames = match task {
+        Task::Create | Task::Loop => base.frames,
+        Task::Extend {
+            clip, new_frames, ..
+        } => clip.num_frames() + new_frames,
+        Task::Connect { new_frames, .. } => new_frames + 2,
+    };
+    let most = (MAX_SECONDS * base.fps).floor() as usize;
+    if frames > most {
+        return Err(TaskError::TooLong { frames, most }.into());
+    }
+    let prepare = |clip: &Video| -> Result<Video, PipelineError> {
+        let resampled = himmel_media::resample(clip, base.fps)?;
+        crate::conditioning::fit(&resampled, base.width, base.height)
+    };
+    match task {
+        Task::Create => long_video(generate, base, windows),
+        Task::Loop => seamless_loop(generate, base, windows),
+        Task::Extend {
+            clip,
+            direction,
+            new_frames,
+        } => extend(
+            generate,
+            base,
+            &prepare(clip)?,
+            *direction,
+            *new_frames,
+            windows,
+        ),
+        Task::Connect {
+            from,
+            to,
+            new_frames,
+        } => connect(
+            generate,
+            base,
+            &prepare(from)?,
+            &prepare(to)?,
+            *new_frames,
+            windows,
+        ),
+    }
+}
+
+/// Why a task cannot run, found before any work starts.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TaskError {
+    /// The windows do not fit together.
+    #[error(
+        "windows of {frames} frames cannot share {overlap} latent frames; use windows of 1 + 4k frames and an overlap of at least 1 latent frame that leaves room for new frames"
+    )]
+    Windows {
+        /// Frames per window.
+        frames: usize,
+        /// Overlap in latent frames.
+        overlap: usize,
+    },
+    /// A clip is shorter than the overlap it must provide.
+    #[error("{what} has {given} frames; it needs at least {needed} to overlap the new frames")]
+    ClipTooShort {
+        /// The clip, in words.
+        what: &'static str,
+        /// Its frames.
+        given: usize,
+        /// Frames needed.
+        needed: usize,
+    },
+    /// The result would be too long.
+    #[error(
+        "the video would have {frames} frames; at most {most} ({MAX_SECONDS} seconds) are made"
+    )]
+    TooLong {
+        /// Frames asked for.
+        frames: usize,
+        /// Most frames allowed at the request's rate.
+        most: usize,
+    },
+    /// Nothing to generate.
+    #[error("{what} must be at least {least} frames; got {given}")]
+    TooFew {
+        /// What was asked for, in words.
+        what: &'static str,
+        /// The smallest sensible value.
+        least: usize,
+        /// The value given.
+        given: usize,
+    },
+}
+
+impl Windows {
+    /// Pixel frames shared with the window before, known at the start of a window.
+    fn start_overlap(&self) -> usize {
+        1 + 4 * (self.overlap - 1)
+    }
+
+    /// Pixel frames shared with the window after, known at the end of a window.
+    fn end_overlap(&self) -> usize {
+        4 * self.overlap
+    }
+
+    /// Checks that windows fit together: `1 + 4k` frames with room for new frames after the
+    /// overlaps of both ends.
+    pub fn check(&self) -> Result<(), TaskError> {
+        let fits = self.frames % 4 == 1
+            && self.overlap >= 1
+            && self.start_overlap() + self.end_overlap() < self.frames;
+        if fits {
+            Ok(())
+        } else {
+            Err(TaskError::Windows {
+                frames: self.frames,
+                overlap: self.overlap,
+            })
+        }
+    }
+}
+
+/// Frames built up window by window, kept as RGB bytes so long videos stay small.
+struct Timeline {
+    rgb: Vec<u8>,
+    frames: usize,
+    width: usize,
+    height: usize,
+    fps: f64,
+}
+
+impl Timeline {
+    fn new(video: &Video) -> Result<Self, PipelineError> {
+        Ok(Self {
+            rgb: video.to_rgb8()?,
+            frames: video.num_frames(),
+            width: video.width(),
+            height: video.height(),
+            fps: video.fps(),
+        })
+    }
+
+    fn frame_bytes(&self) -> usize {
+        self.width * self.height * 3
+    }
+
+    /// Frames `start..start + count` as a video.
+    fn range(&self, start: usize, count: usize) -> Result<Video, PipelineError> {
+        let bytes = self.frame_bytes();
+        let rgb = self.rgb[start * bytes..(start + count) * bytes].to_vec();
+        Ok(Video::from_rgb8(
+            rgb,
+            count,
+            (self.width, self.height),
+            self.fps,
+        )?)
+    }
+
+    fn tail(&self, count: usize) -> Result<Video, PipelineError> {
+        self.range(self.frames - count, count)
+    }
+
+    fn head(&self, count: usize) -> Result<Video, PipelineError> {
+        self.range(0, count)
+    }
+
+    /// Appends `window`, whose first `overlap` frames show the last `overlap` frames again:
+    /// those are cross-faded from old to new, then only `keep` new frames are added.
+    fn append(&mut self, window: &Video, overlap: usize, keep: usize) -> Result<(), PipelineError> {
+        let old = self.tail(overlap)?;
+        let new = window.to_f32()?;
+        let blended = cross_fade(&old.to_f32()?, &new.narrow(0, 0, overlap)?)?;
+        let added = new.narrow(0, overlap, keep)?;
+        let bytes = self.frame_bytes();
+        self.rgb.truncate((self.frames - overlap) * bytes);
+        self.rgb.extend(rgb8(&Tensor::cat(&[blended, added], 0)?)?);
+        self.frames += keep;
+        Ok(())
+    }
+
+    /// Prepends the last `keep` of `window`'s first frames; `window` ends with `overlap`
+    /// frames showing the first `overlap` frames again, cross-faded from new to old.
+    fn prepend(
+        &mut self,
+        window: &Video,
+        overlap: usize,
+        keep: usize,
+    ) -> Result<(), PipelineError> {
+        let new = window.to_f32()?;
+        let fresh = window.num_frames() - overlap;
+        let old = self.head(overlap)?;
+        let blended = cross_fade(&new.narrow(0, fresh, overlap)?, &old.to_f32()?)?;
+        let added = new.narrow(0, fresh - keep, keep)?;
+        let bytes = self.frame_bytes();
+        let mut rgb = rgb8(&Tensor::cat(&[added, blended], 0)?)?;
+        rgb.extend_from_slice(&self.rgb[overlap * bytes..]);
+        self.rgb = rgb;
+        self.frames += keep;
+        Ok(())
+    }
+
+    fn into_video(self) -> Result<Video, PipelineError> {
+        Ok(Video::from_rgb8(
+            self.rgb,
+            self.frames,
+            (self.width, self.height),
+            self.fps,
+        )?)
+    }
+}
+
+/// Blends frames `from` into `to` (`[n, H, W, 3]` f32): frame `i` takes `(i + 1) / (n + 1)`
+/// of `to`.
+fn cross_fade(from: &Tensor, to: &Tensor) -> candle_core::Result<Tensor> {
+    let count = from.dims()[0];
+    let weights: Vec<f32> = (0..count)
+        .map(|i| (i + 1) as f32 / (count + 1) as f32)
+        .collect();
+    let weights = Tensor::from_vec(weights, (count, 1, 1, 1), from.device())?;
+    from.broadcast_mul(&(1.0 - &weights)?)? + to.broadcast_mul(&weights)?
+}
+
+/// `[n, H, W, 3]` f32 frames in 0..=1 as RGB bytes.
+fn rgb8(frames: &Tensor) -> candle_core::Result<Vec<u8>> {
+    (frames.clamp(0f32, 1f32)? * 255.0)?
+        .round()?
+        .to_dtype(DType::U8)?
+        .flatten_all()?
+        .to_vec1()
+}
+
+/// One window of `frames` frames from `base` with `known` clips and seed `base.seed + index`.
+fn window(
+    generate: &mut Generate,
+    base: &GenerationRequest,
+    frames: usize,
+    known: Vec<KnownClip>,
+    index: usize,
+) -> Result<Video, PipelineError> {
+    generate(GenerationRequest {
+        frames,
+        known,
+        seed: base.seed.wrapping_add(index as u64),
+        source: None,
+        initial_latents: None,
+        ..base.clone()
+    })
+}
+
+/// The first `count` frames of `video`.
+fn first_frames(video: &Video, count: usize) -> Result<Video, PipelineError> {
+    Ok(Video::new(
+        video.frames().narrow(0, 0, count)?,
+        video.fps(),
+    )?)
+}
+
+/// The last `count` frames of `video`.
+fn last_frames(video: &Video, count: usize) -> Result<Video, PipelineError> {
+    let start = video.num_frames() - count;
+    Ok(Video::new(
+        video.frames().narrow(0, start, count)?,
+        video.fps(),
+    )?)
+}
+
+/// Rounds `frames` up to a multiple of 4.
+fn whole_groups(frames: usize) -> usize {
+    frames.div_ceil(4) * 4
+}
+
+/// Extends `clip` by `new_frames` frames in `direction` under `base`'s prompt and settings
+/// (its size must be the clip's; its frame count is ignored).
+pub fn extend(
+    generate: &mut Generate,
+    base: &GenerationRequest,
+    clip: &Video,
+    direction: Direction,
+    new_frames: usize,
+    windows: Windows,
+) -> Result<Video, PipelineError> {
+    windows.check()?;
+    let overlap = match direction {
+        Direction::Forward => windows.start_overlap(),
+        Direction::Backward => windows.end_overlap(),
+    };
+    if clip.num_frames() < overlap {
+        return Err(TaskError::ClipTooShort {
+            what: "the clip to extend",
+            given: clip.num_frames(),
+            needed: overlap,
+        }
+        .into());
+    }
+    if new_frames == 0 {
+        return Err(TaskError::TooFew {
+            what: "new frames",
+            least: 1,
+            given: 0,
+        }
+        .into());
+    }
+    let mut timeline = Timeline::new(clip)?;
+    let mut remaining = new_frames;
+    let mut index = 0;
+    while remaining > 0 {
+        let fresh = match direction {
+            // Windows of 1 + 4k frames: overlap 1 + 4(o - 1) leaves multiples of 4.
+            Direction::Forward => whole_groups(remaining).min(windows.frames - overlap),
+            // Overlap 4o leaves 1 + 4j frames.
+            Direction::Backward => {
+                (1 + whole_groups(remaining.saturating_sub(1))).min(windows.frames - overlap)
+            }
+        };
+        let keep = fresh.min(remaining);
+        match direction {
+            Direction::Forward => {
+                let known = KnownClip {
+                    video: timeline.tail(overlap)?,
+                    anchor: Anchor::Start,
+                };
+                let video = window(generate, base, overlap + fresh, vec![known], index)?;
+                timeline.append(&video, overlap, keep)?;
+            }
+            Direction::Backward => {
+                let known = KnownClip {
+                    video: timeline.head(overlap)?,
+                    anchor: Anchor::End,
+                };
+                let video = window(generate, base, overlap + fresh, vec![known], index)?;
+                timeline.prepend(&video, overlap, keep)?;
+            }
+        }
+        remaining -= keep;
+        index += 1;
+    }
+    timeline.into_video()
+}
+
+/// Generates `base` (which may know its first frames) at any length: the first window as
+/// asked, then extensions forwards.
+pub fn long_video(
+    generate: &mut Generate,
+    base: &GenerationRequest,
+    windows: Windows,
+) -> Result<Video, PipelineError> {
+    if base.frames <= windows.frames {
+        return generate(base.clone());
+    }
+    windows.check()?;
+    let first = generate(GenerationRequest {
+        frames: windows.frames,
+        ..base.clone()
+    })?;
+    let rest = GenerationRequest {
+        seed: base.seed.wrapping_add(1),
+        ..base.clone()
+    };
+    extend(
+        generate,
+        &rest,
+        &first,
+        Direction::Forward,
+        base.frames - windows.frames,
+        windows,
+    )
+}
+
+/// A transition of `new_frames` frames (rounded up to a multiple of 4) from the last frame of
+/// `from` to the first frame of `to`; the result starts with the one and ends with the other.
+pub fn connect(
+    generate: &mut Generate,
+    base: &GenerationRequest,
+    from: &Video,
+    to: &Video,
+    new_frames: usize,
+    windows: Windows,
+) -> Result<Video, PipelineError> {
+    windows.check()?;
+    let (start, end) = (windows.start_overlap(), windows.end_overlap());
+    for (what, clip, needed) in [
+        ("the first clip", from, start),
+        ("the second clip", to, end),
+    ] {
+        if clip.num_frames() < needed {
+            return Err(TaskError::ClipTooShort {
+                what,
+                given: clip.num_frames(),
+                needed,
+            }
+            .into());
+        }
+    }
+    let new_frames = whole_groups(new_frames.max(1));
+    let mut timeline = Timeline::new(&last_frames(from, start)?)?;
+    let mut remaining = new_frames;
+    let mut index = 0;
+    // Extend towards the second clip until one last window holds the rest and both ends.
+    while start + remaining + end > windows.frames {
+        // Both multiples of 4; what is left still fills at least the room of the last window.
+        let fresh = (windows.frames - start).min(start + remaining + end - windows.frames);
+        let known = KnownClip {
+            video: timeline.tail(start)?,
+            anchor: Anchor::Start,
+        };
+        let video = window(generate, base, start + fresh, vec![known], index)?;
+        timeline.append(&video, start, fresh)?;
+        remaining -= fresh;
+        index += 1;
+    }
+    let known = vec![
+        KnownClip {
+            video: timeline.tail(start)?,
+            anchor: Anchor::Start,
+        },
+        KnownClip {
+            video: first_frames(to, end)?,
+            anchor: Anchor::End,
+        },
+    ];
+    let video = window(generate, base, start + remaining + end, known, index)?;
+    // Keep the new frames and the first frame of `to`, as the window shows it.
+    timeline.append(&video, start, remaining + 1)?;
+    let frames = timeline.frames;
+    timeline.range(start - 1, frames - (start - 1))
+}
+
+/// A clip of `base.frames` frames whose last frame flows into its first: a clip of about half
+/// the length, then a transition from its end back to its start.
+pub fn seamless_loop(
+    generate: &mut Generate,
+    base: &GenerationRequest,
+    windows: Windows,
+) -> Result<Video, PipelineError> {
+    windows.check()?;
+    // The clip must provide both overlaps of the transition; the transition takes 4 or more.
+    let overlap = windows.start_overlap().max(windows.end_overlap());
+    let least_clip = 1 + whole_groups(overlap - 1);
+    if base.frames < least_clip + 4 {
+        return Err(TaskError::TooFew {
+            what: "a loop",
+            least: least_clip + 4,
+            given: base.frames,
+        }
+        .into());
+    }
+    // About half the frames for the clip (1 + 4a), the rest for the transition.
+    let clip_frames = (1 + 4 * ((base.frames - 1) / 8)).max(least_clip);
+    let transition = base.frames - clip_frames;
+    let clip = long_video(
+        generate,
+        &GenerationRequest {
+            frames: clip_frames,
+            ..base.clone()
+        },
+        windows,
+    )?;
+    let rest = GenerationRequest {
+        seed: base.seed.wrapping_add(1000),
+        ..base.clone()
+    };
+    let back = connect(generate, &rest, &clip, &clip, transition, windows)?;
+    // `back` starts with the clip's last frame and ends with its first: keep what is between.
+    let between = back.to_f32()?.narrow(0, 1, transition)?;
+    let frames = Tensor::cat(&[clip.to_f32()?, between], 0)?;
+    Ok(Video::new(frames, clip.fps())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: (usize, usize) = (2, 2);
+    const WINDOWS: Windows = Windows {
+        frames: 17,
+        overlap: 2,
+    };
+
+    /// A clip whose frame `i` is a flat grey of `first + i`.
+    fn numbered(first: u8, frames: usize) -> Video {
+        let rgb = (0..frames)
+            .flat_map(|i| [first + i as u8; SIZE.0 * SIZE.1 * 3])
+            .collect();
+        Video::from_rgb8(rgb, frames, SIZE, 16.0).unwrap()
+    }
+
+    fn values(video: &Video) -> Vec<u8> {
+        let rgb = video.to_rgb8().unwrap();
+        rgb.chunks(SIZE.0 * SIZE.1 * 3).map(|f| f[0]).collect()
+    }
+
+    /// A model that shows its known clips exactly and numbers its other frames from
+    /// `100 + 10 * (seed mod 10)`; counts its calls.
+    fn fake(calls: &mut usize) -> impl FnMut(GenerationRequest) -> Result<Video, PipelineError> {
+        move |request| {
+            *calls += 1;
+            let mut frames = values(&numbered(
+                100 + 10 * (request.seed % 10) as u8,
+                request.frames,
+            ));
+            for clip in &request.known {
+                let shown = values(&clip.video);
+                let count = clip.output_frames();
+                match clip.anchor {
+                    Anchor::Start => frames[..count].copy_from_slice(&shown[..count]),
+                    Anchor::End => {
+                        let at = request.frames - count;
+                        frames[at..].copy_from_slice(&shown[shown.len() - count..]);
+                    }
+                }
+            }
+            let rgb = frames
+                .iter()
+                .flat_map(|&v| [v; SIZE.0 * SIZE.1 * 3])
+                .collect();
+            Ok(Video::from_rgb8(rgb, request.frames, SIZE, 16.0).unwrap())
+        }
+    }
+
+    fn base() -> GenerationRequest {
+        GenerationRequest::new("a ball", (SIZE.0, SIZE.1, 17), 16.0)
+    }
+
+    #[test]
+    fn extending_forwards_keeps_the_clip_and_adds_exactly_the_new_frames() {
+        let mut calls = 0;
+        let clip = numbered(0, 9);
+        let video = extend(
+            &mut fake(&mut calls),
+            &base(),
+            &clip,
+            Direction::Forward,
+            30,
+            WINDOWS,
+        )
+        .unwrap();
+        assert_eq!(video.num_frames(), 39);
+        // 12 new frames a window.
+        assert_eq!(calls, 3);
+        let values = values(&video);
+        assert_eq!(&values[..9], &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        // The first window's new frames follow its 5 known frames.
+        assert_eq!(&values[9..11], &[105, 106]);
+    }
+
+    #[test]
+    fn extending_backwards_prepends_and_keeps_the_clip() {
+        let mut calls = 0;
+        let clip = numbered(0, 9);
+        let video = extend(
+            &mut fake(&mut calls),
+            &base(),
+            &clip,
+            Direction::Backward,
+            10,
+            WINDOWS,
+        )
+        .unwrap();
+        assert_eq!(video.num_frames(), 19);
+        assert_eq!(calls, 2);
+        let values = values(&video);
+        assert_eq!(&values[10..], &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        // The first window (9 new frames before 8 known) gives the 9 frames before the clip.
+        assert_eq!(
+            &values[1..10],
+            &[100, 101, 102, 103, 104, 105, 106, 107, 108]
+        );
+    }
+
+    #[test]
+    fn a_connection_runs_from_the_last_frame_to_the_first() {
+        let mut calls = 0;
+        let (from, to) = (numbered(0, 9), numbered(50, 9));
+        let video = connect(&mut fake(&mut calls), &base(), &from, &to, 8, WINDOWS).unwrap();
+        let values = values(&video);
+        assert_eq!(values.len(), 10);
+        assert_eq!((values[0], values[9]), (8, 50));
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn a_loop_has_the_asked_length_and_returns_to_its_start() {
+        let mut calls = 0;
+        let video = seamless_loop(&mut fake(&mut calls), &base(), WINDOWS).unwrap();
+        assert_eq!(video.num_frames(), 17);
+        let values = values(&video);
+        // A 9-frame clip, then 8 transition frames back towards it.
+        assert_eq!(&values[..9], &[100, 101, 102, 103, 104, 105, 106, 107, 108]);
+    }
+
+    #[test]
+    fn long_videos_are_one_window_then_extensions() {
+        let mut calls = 0;
+        let request = GenerationRequest {
+            frames: 61,
+            ..base()
+        };
+        let video = long_video(&mut fake(&mut calls), &request, WINDOWS).unwrap();
+        assert_eq!(video.num_frames(), 61);
+        assert_eq!(calls, 5);
+    }
+
+    #[test]
+    fn impossible_tasks_fail_before_any_work() {
+        let mut calls = 0;
+        let short = numbered(0, 3);
+        let error = extend(
+            &mut fake(&mut calls),
+            &base(),
+            &short,
+            Direction::Forward,
+            8,
+            WINDOWS,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("has 3 frames"), "{error}");
+        let bad = Windows {
+            frames: 16,
+            overlap: 2,
+        };
+        let error = long_video(
+            &mut fake(&mut calls),
+            &GenerationRequest {
+                frames: 61,
+                ..base()
+            },
+            bad,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("1 + 4k"), "{error}");
+        assert_eq!(calls, 0);
+    }
+}
