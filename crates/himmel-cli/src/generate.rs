@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use himmel_core::{Progress, Video};
-use himmel_media::{Format, ReadOptions, WriteOptions, check_output_path, read_video, write_video};
+use himmel_media::{ReadOptions, VideoWriter, WriteOptions, read_video};
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
-use himmel_pipeline::tasks::{self, Direction, Task, Windows};
+use himmel_pipeline::tasks::{self, Direction, Sink, Task, Windows};
 use himmel_pipeline::{
     Anchor, GenerationRequest, KnownClip, MiniPipeline, ModelSource, PipelineError, Precision,
     SingleFiles, SourceClip, WanPipeline,
@@ -357,7 +357,8 @@ fn generate_mini(
     dir: &Path,
     quiet: bool,
     progress: &dyn Progress,
-) -> Result<Video> {
+    sink: &mut Sink,
+) -> Result<()> {
     let pipeline = MiniPipeline::load(dir, &Device::Cpu)?;
     let video = pipeline.config().video;
     let sampling = pipeline.config().sampling;
@@ -398,7 +399,7 @@ fn generate_mini(
         let request = pipeline.validate(request)?;
         pipeline.generate(&request, &recaption.caption, progress)
     };
-    Ok(tasks::run(&task, &mut generate, &request, windows)?)
+    Ok(tasks::run(&task, &mut generate, &request, windows, sink)?)
 }
 
 fn generate_wan(
@@ -406,7 +407,8 @@ fn generate_wan(
     inputs: &Inputs,
     source: &ModelSource,
     progress: &dyn Progress,
-) -> Result<Video> {
+    sink: &mut Sink,
+) -> Result<()> {
     if !(1..=4096).contains(&args.max_sequence_length) {
         bail!(
             "--max-sequence-length must be between 1 and 4096, got {}",
@@ -430,30 +432,35 @@ fn generate_wan(
         let request = pipeline.validate(request)?;
         pipeline.generate(&request, progress)
     };
-    Ok(tasks::run(&task, &mut generate, &request, windows)?)
+    Ok(tasks::run(&task, &mut generate, &request, windows, sink)?)
 }
 
 /// Loads the model, generates and writes the video.
 pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<()> {
-    Format::of_output(&args.output)?;
-    check_output_path(&args.output)?;
-    let started = Instant::now();
-    let model = choose_model(args)?;
-    let inputs = read_inputs(args, progress)?;
-    let video = match model {
-        ModelChoice::Mini(dir) => generate_mini(args, &inputs, &dir, quiet, progress)?,
-        ModelChoice::Wan(source) => generate_wan(args, &inputs, &source, progress)?,
-    };
     let options = WriteOptions {
         quality: himmel_media::Quality::Constant(args.crf),
     };
-    write_video(&video, &args.output, &options, progress)?;
+    let mut writer = VideoWriter::create(&args.output, &options)?;
+    let started = Instant::now();
+    let model = choose_model(args)?;
+    let inputs = read_inputs(args, progress)?;
+    let mut size = (0, 0);
+    let mut sink = |part: Video| -> Result<(), PipelineError> {
+        size = (part.width(), part.height());
+        writer.push(&part)?;
+        Ok(())
+    };
+    match model {
+        ModelChoice::Mini(dir) => generate_mini(args, &inputs, &dir, quiet, progress, &mut sink)?,
+        ModelChoice::Wan(source) => generate_wan(args, &inputs, &source, progress, &mut sink)?,
+    }
+    let frames = writer.frames();
+    writer.finish(progress)?;
     eprintln!(
-        "wrote {} ({} frames of {}x{}) in {:.1}s; peak memory {}",
+        "wrote {} ({frames} frames of {}x{}) in {:.1}s; peak memory {}",
         args.output.display(),
-        video.num_frames(),
-        video.width(),
-        video.height(),
+        size.0,
+        size.1,
         started.elapsed().as_secs_f64(),
         peak_memory().unwrap_or_else(|| "unknown".into())
     );
@@ -465,7 +472,7 @@ pub fn peak_memory() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(format!("{:.2} GiB", kib / 1024.0 / 1024.0))
+    Some(format!("{:.1} MiB", kib / 1024.0))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod h264;
 mod mp4;
 mod output;
 mod raw;
+mod stream;
 mod transform;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ pub use format::Format;
 pub use h264::Quality;
 pub use output::check_output_path;
 pub use raw::{FPS_KEY, TENSOR_NAME};
+pub use stream::VideoWriter;
 pub use transform::{FrameRange, resample, resize, trim};
 
 /// Frame rate given to inputs that carry none (PNG folders, still images): Wan 2.1's rate.

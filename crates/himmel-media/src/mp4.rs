@@ -2,16 +2,15 @@
 //! ([`crate::h264`]), muxed (fast start, for browsers) with `muxide`.
 
 use std::fs;
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use himmel_core::{Progress, ProgressEvent, Video};
-use muxide::api::{MuxerBuilder, VideoCodec};
+use muxide::api::{Muxer, MuxerBuilder, VideoCodec};
 use re_mp4::{Mp4, StsdBoxContent, TrackKind};
 
 use crate::MediaError;
 use crate::h264::{self, H264Decoder, H264Encoder, Quality};
-use crate::output::write_file;
+use crate::output::temp_file_for;
 
 const FORMAT: &str = "MP4";
 
@@ -197,46 +196,95 @@ pub(crate) fn write(
     quality: Quality,
     progress: &dyn Progress,
 ) -> Result<(), MediaError> {
-    let (width, height, fps) = (video.width(), video.height(), video.fps());
-    if let Some(reason) = h264::size_problem(width, height) {
-        return Err(MediaError::UnsupportedSize {
-            format: FORMAT,
-            width,
-            height,
-            reason,
+    let mut stream = Mp4Stream::create(path, video, quality)?;
+    progress.event(ProgressEvent::StageStarted {
+        stage: "encode mp4",
+        total: video.num_frames() as u64,
+    });
+    for index in 0..video.num_frames() {
+        stream.push_frame(&video.frame_rgb8(index)?)?;
+        progress.event(ProgressEvent::Step {
+            done: index as u64 + 1,
         });
     }
-    let encode_error = |reason: String| MediaError::Encode {
+    stream.finish()?;
+    progress.event(ProgressEvent::StageFinished);
+    Ok(())
+}
+
+/// An MP4 encoded frame by frame into a temporary file, which replaces the target on
+/// [`Mp4Stream::finish`]; dropped unfinished, it leaves nothing.
+pub(crate) struct Mp4Stream {
+    path: PathBuf,
+    temp: tempfile::NamedTempFile,
+    encoder: H264Encoder,
+    muxer: Muxer<fs::File>,
+    fps: f64,
+    written: usize,
+}
+
+fn encode_error(reason: String) -> MediaError {
+    MediaError::Encode {
         format: FORMAT,
         reason,
-    };
-    let mux_error = |e: muxide::api::MuxerError| encode_error(e.to_string());
-    write_file(path, |file| {
-        let mut encoder = H264Encoder::new(width, height, fps, quality).map_err(encode_error)?;
-        let mut muxer = MuxerBuilder::new(&mut *file)
+    }
+}
+
+fn mux_error(error: muxide::api::MuxerError) -> MediaError {
+    encode_error(error.to_string())
+}
+
+impl Mp4Stream {
+    /// Starts writing `path` for frames of the size and rate of `like`.
+    pub(crate) fn create(path: &Path, like: &Video, quality: Quality) -> Result<Self, MediaError> {
+        let (width, height, fps) = (like.width(), like.height(), like.fps());
+        if let Some(reason) = h264::size_problem(width, height) {
+            return Err(MediaError::UnsupportedSize {
+                format: FORMAT,
+                width,
+                height,
+                reason,
+            });
+        }
+        let temp = temp_file_for(path)?;
+        let file = temp
+            .as_file()
+            .try_clone()
+            .map_err(|e| MediaError::io(path, e))?;
+        let encoder = H264Encoder::new(width, height, fps, quality).map_err(encode_error)?;
+        let muxer = MuxerBuilder::new(file)
             .video(VideoCodec::H264, width as u32, height as u32, fps)
             .with_fast_start(true)
             .build()
             .map_err(mux_error)?;
-        progress.event(ProgressEvent::StageStarted {
-            stage: "encode mp4",
-            total: video.num_frames() as u64,
-        });
-        for index in 0..video.num_frames() {
-            let frame = encoder
-                .encode(&video.frame_rgb8(index)?)
-                .map_err(encode_error)?;
-            muxer
-                .write_video(index as f64 / fps, &frame.annex_b, frame.is_key)
-                .map_err(mux_error)?;
-            progress.event(ProgressEvent::Step {
-                done: index as u64 + 1,
-            });
-        }
-        muxer.finish().map_err(mux_error)?;
-        progress.event(ProgressEvent::StageFinished);
-        file.flush().map_err(|e| MediaError::io(path, e))
-    })
+        Ok(Self {
+            path: path.to_path_buf(),
+            temp,
+            encoder,
+            muxer,
+            fps,
+            written: 0,
+        })
+    }
+
+    /// Encodes one packed RGB frame of the stream's size.
+    pub(crate) fn push_frame(&mut self, rgb: &[u8]) -> Result<(), MediaError> {
+        let frame = self.encoder.encode(rgb).map_err(encode_error)?;
+        self.muxer
+            .write_video(self.written as f64 / self.fps, &frame.annex_b, frame.is_key)
+            .map_err(mux_error)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Writes the index and moves the file into place.
+    pub(crate) fn finish(self) -> Result<(), MediaError> {
+        self.muxer.finish().map_err(mux_error)?;
+        self.temp
+            .persist(&self.path)
+            .map_err(|e| MediaError::io(&self.path, e.error))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

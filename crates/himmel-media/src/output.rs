@@ -43,15 +43,21 @@ fn temp_builder(mode: u32) -> tempfile::Builder<'static, 'static> {
     builder
 }
 
+/// A temporary file beside `path` that can replace it with [`tempfile::NamedTempFile::persist`];
+/// dropped, it is removed.
+pub(crate) fn temp_file_for(path: &Path) -> Result<tempfile::NamedTempFile, MediaError> {
+    let folder = existing_parent(path)?;
+    temp_builder(0o644)
+        .tempfile_in(&folder)
+        .map_err(|e| MediaError::io(&folder, e))
+}
+
 /// Writes the file `path` through `write`; on error no file is left (an older file stays).
 pub(crate) fn write_file<F>(path: &Path, write: F) -> Result<(), MediaError>
 where
     F: FnOnce(&mut BufWriter<&fs::File>) -> Result<(), MediaError>,
 {
-    let folder = existing_parent(path)?;
-    let temp = temp_builder(0o644)
-        .tempfile_in(&folder)
-        .map_err(|e| MediaError::io(&folder, e))?;
+    let temp = temp_file_for(path)?;
     {
         let mut writer = BufWriter::new(temp.as_file());
         write(&mut writer)?;

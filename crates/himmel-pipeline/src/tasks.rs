@@ -14,6 +14,24 @@ use crate::request::GenerationRequest;
 /// Generates one window: validates the request for the model and runs it.
 pub type Generate<'a> = dyn FnMut(GenerationRequest) -> Result<Video, PipelineError> + 'a;
 
+/// Receives the finished frames of a task in order, part by part (a long video arrives window
+/// by window, so it never has to be held whole).
+pub type Sink<'a> = dyn FnMut(Video) -> Result<(), PipelineError> + 'a;
+
+/// Runs `produce` with a sink that gathers its parts into one video.
+pub fn collect(
+    produce: impl FnOnce(&mut Sink) -> Result<(), PipelineError>,
+) -> Result<Video, PipelineError> {
+    let mut parts = Vec::new();
+    let mut fps = 0.0;
+    produce(&mut |part: Video| {
+        fps = part.fps();
+        parts.push(part.to_u8()?);
+        Ok(())
+    })?;
+    Ok(Video::new(Tensor::cat(&parts, 0)?, fps)?)
+}
+
 /// How a task cuts its work into windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {
@@ -64,13 +82,14 @@ pub enum Task {
     Loop,
 }
 
-/// Runs `task` with `generate`, cutting it into `windows`.
+/// Runs `task` with `generate`, cutting it into `windows`, and hands the frames to `sink`.
 pub fn run(
     task: &Task,
     generate: &mut Generate,
     base: &GenerationRequest,
     windows: Windows,
-) -> Result<Video, PipelineError> {
+    sink: &mut Sink,
+) -> Result<(), PipelineError> {
     let frames = match task {
         Task::Create | Task::Loop => base.frames,
         Task::Extend {
@@ -87,8 +106,8 @@ pub fn run(
         crate::conditioning::fit(&resampled, base.width, base.height)
     };
     match task {
-        Task::Create => long_video(generate, base, windows),
-        Task::Loop => seamless_loop(generate, base, windows),
+        Task::Create => long_video(generate, base, windows, sink),
+        Task::Loop => sink(seamless_loop(generate, base, windows)?),
         Task::Extend {
             clip,
             direction,
@@ -97,22 +116,22 @@ pub fn run(
             generate,
             base,
             &prepare(clip)?,
-            *direction,
-            *new_frames,
+            (*direction, *new_frames),
             windows,
+            sink,
         ),
         Task::Connect {
             from,
             to,
             new_frames,
-        } => connect(
+        } => sink(connect(
             generate,
             base,
             &prepare(from)?,
             &prepare(to)?,
             *new_frames,
             windows,
-        ),
+        )?),
     }
 }
 
@@ -268,13 +287,16 @@ impl Timeline {
         Ok(())
     }
 
-    fn into_video(self) -> Result<Video, PipelineError> {
-        Ok(Video::from_rgb8(
-            self.rgb,
-            self.frames,
-            (self.width, self.height),
-            self.fps,
-        )?)
+    /// Hands all but the last `hold` frames to `sink` and forgets them.
+    fn flush(&mut self, sink: &mut Sink, hold: usize) -> Result<(), PipelineError> {
+        let ready = self.frames.saturating_sub(hold);
+        if ready == 0 {
+            return Ok(());
+        }
+        sink(self.range(0, ready)?)?;
+        self.rgb.drain(..ready * self.frame_bytes());
+        self.frames -= ready;
+        Ok(())
     }
 }
 
@@ -339,15 +361,16 @@ fn whole_groups(frames: usize) -> usize {
 }
 
 /// Extends `clip` by `new_frames` frames in `direction` under `base`'s prompt and settings
-/// (its size must be the clip's; its frame count is ignored).
+/// (its size must be the clip's; its frame count is ignored) and hands the clip and the new
+/// frames to `sink` (forwards, window by window).
 pub fn extend(
     generate: &mut Generate,
     base: &GenerationRequest,
     clip: &Video,
-    direction: Direction,
-    new_frames: usize,
+    (direction, new_frames): (Direction, usize),
     windows: Windows,
-) -> Result<Video, PipelineError> {
+    sink: &mut Sink,
+) -> Result<(), PipelineError> {
     windows.check()?;
     let overlap = match direction {
         Direction::Forward => windows.start_overlap(),
@@ -390,6 +413,7 @@ pub fn extend(
                 };
                 let video = window(generate, base, overlap + fresh, vec![known], index)?;
                 timeline.append(&video, overlap, keep)?;
+                timeline.flush(sink, overlap)?;
             }
             Direction::Backward => {
                 let known = KnownClip {
@@ -403,18 +427,19 @@ pub fn extend(
         remaining -= keep;
         index += 1;
     }
-    timeline.into_video()
+    timeline.flush(sink, 0)
 }
 
 /// Generates `base` (which may know its first frames) at any length: the first window as
-/// asked, then extensions forwards.
+/// asked, then extensions forwards, handed to `sink` window by window.
 pub fn long_video(
     generate: &mut Generate,
     base: &GenerationRequest,
     windows: Windows,
-) -> Result<Video, PipelineError> {
+    sink: &mut Sink,
+) -> Result<(), PipelineError> {
     if base.frames <= windows.frames {
-        return generate(base.clone());
+        return sink(generate(base.clone())?);
     }
     windows.check()?;
     let first = generate(GenerationRequest {
@@ -429,9 +454,9 @@ pub fn long_video(
         generate,
         &rest,
         &first,
-        Direction::Forward,
-        base.frames - windows.frames,
+        (Direction::Forward, base.frames - windows.frames),
         windows,
+        sink,
     )
 }
 
@@ -516,14 +541,11 @@ pub fn seamless_loop(
     // About half the frames for the clip (1 + 4a), the rest for the transition.
     let clip_frames = (1 + 4 * ((base.frames - 1) / 8)).max(least_clip);
     let transition = base.frames - clip_frames;
-    let clip = long_video(
-        generate,
-        &GenerationRequest {
-            frames: clip_frames,
-            ..base.clone()
-        },
-        windows,
-    )?;
+    let first = GenerationRequest {
+        frames: clip_frames,
+        ..base.clone()
+    };
+    let clip = collect(|sink| long_video(generate, &first, windows, sink))?;
     let rest = GenerationRequest {
         seed: base.seed.wrapping_add(1000),
         ..base.clone()
@@ -594,14 +616,11 @@ mod tests {
     fn extending_forwards_keeps_the_clip_and_adds_exactly_the_new_frames() {
         let mut calls = 0;
         let clip = numbered(0, 9);
-        let video = extend(
-            &mut fake(&mut calls),
-            &base(),
-            &clip,
-            Direction::Forward,
-            30,
-            WINDOWS,
-        )
+        let video = collect(|sink| {
+            let mut generate = fake(&mut calls);
+            let task = (Direction::Forward, 30);
+            extend(&mut generate, &base(), &clip, task, WINDOWS, sink)
+        })
         .unwrap();
         assert_eq!(video.num_frames(), 39);
         // 12 new frames a window.
@@ -616,14 +635,11 @@ mod tests {
     fn extending_backwards_prepends_and_keeps_the_clip() {
         let mut calls = 0;
         let clip = numbered(0, 9);
-        let video = extend(
-            &mut fake(&mut calls),
-            &base(),
-            &clip,
-            Direction::Backward,
-            10,
-            WINDOWS,
-        )
+        let video = collect(|sink| {
+            let mut generate = fake(&mut calls);
+            let task = (Direction::Backward, 10);
+            extend(&mut generate, &base(), &clip, task, WINDOWS, sink)
+        })
         .unwrap();
         assert_eq!(video.num_frames(), 19);
         assert_eq!(calls, 2);
@@ -664,8 +680,15 @@ mod tests {
             frames: 61,
             ..base()
         };
-        let video = long_video(&mut fake(&mut calls), &request, WINDOWS).unwrap();
-        assert_eq!(video.num_frames(), 61);
+        let mut parts = Vec::new();
+        long_video(&mut fake(&mut calls), &request, WINDOWS, &mut |part| {
+            parts.push(part.num_frames());
+            Ok(())
+        })
+        .unwrap();
+        // 17 + 12 + 12 + 12 + 8 frames: the first two windows less the overlap held back for
+        // the next blend, then each window's new frames as they come, then the held frames.
+        assert_eq!(parts, [24, 12, 12, 8, 5]);
         assert_eq!(calls, 5);
     }
 
@@ -673,29 +696,23 @@ mod tests {
     fn impossible_tasks_fail_before_any_work() {
         let mut calls = 0;
         let short = numbered(0, 3);
-        let error = extend(
-            &mut fake(&mut calls),
-            &base(),
-            &short,
-            Direction::Forward,
-            8,
-            WINDOWS,
-        )
+        let error = collect(|sink| {
+            let mut generate = fake(&mut calls);
+            let task = (Direction::Forward, 8);
+            extend(&mut generate, &base(), &short, task, WINDOWS, sink)
+        })
         .unwrap_err();
         assert!(error.to_string().contains("has 3 frames"), "{error}");
         let bad = Windows {
             frames: 16,
             overlap: 2,
         };
-        let error = long_video(
-            &mut fake(&mut calls),
-            &GenerationRequest {
-                frames: 61,
-                ..base()
-            },
-            bad,
-        )
-        .unwrap_err();
+        let request = GenerationRequest {
+            frames: 61,
+            ..base()
+        };
+        let error =
+            collect(|sink| long_video(&mut fake(&mut calls), &request, bad, sink)).unwrap_err();
         assert!(error.to_string().contains("1 + 4k"), "{error}");
         assert_eq!(calls, 0);
     }
