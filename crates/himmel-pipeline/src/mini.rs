@@ -92,6 +92,11 @@ impl MiniPipeline {
         })
     }
 
+    /// The model.
+    pub fn model(&self) -> &HimmelMini {
+        &self.model
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &MiniConfig {
         self.model.config()

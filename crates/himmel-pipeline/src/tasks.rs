@@ -1,8 +1,9 @@
 //! Sora's editing tasks as thin layers over one generation with known clips: extending a clip
 //! forwards or backwards, long videos, connecting two clips and loops. Each runs the model in
 //! windows of at most [`Windows::frames`] frames; consecutive windows share the frames of
-//! [`Windows::overlap`] latent frames, which the later window is given as known and which are
-//! cross-faded from the old frames to the new across the overlap.
+//! [`Windows::overlap`] latent frames, which the later window is given as known. Given frames
+//! are kept exactly; the model renders them through its autoencoder a little off, and that
+//! difference is faded out over the first new frames beside them, so seams stay continuous.
 
 use candle_core::{DType, Tensor};
 use himmel_core::Video;
@@ -208,7 +209,8 @@ impl Windows {
     }
 }
 
-/// Frames built up window by window, kept as RGB bytes so long videos stay small.
+/// Frames built up window by window, kept as RGB bytes; [`Timeline::flush`] hands finished
+/// frames on, so long videos need not be held whole.
 struct Timeline {
     rgb: Vec<u8>,
     frames: usize,
@@ -252,22 +254,21 @@ impl Timeline {
         self.range(0, count)
     }
 
-    /// Appends `window`, whose first `overlap` frames show the last `overlap` frames again:
-    /// those are cross-faded from old to new, then only `keep` new frames are added.
+    /// Appends `keep` frames of `window` after its first `overlap` frames, which show the last
+    /// `overlap` frames again: the new frames are made to meet the last frame (see [`meet`]).
     fn append(&mut self, window: &Video, overlap: usize, keep: usize) -> Result<(), PipelineError> {
-        let old = self.tail(overlap)?;
         let new = window.to_f32()?;
-        let blended = cross_fade(&old.to_f32()?, &new.narrow(0, 0, overlap)?)?;
-        let added = new.narrow(0, overlap, keep)?;
-        let bytes = self.frame_bytes();
-        self.rgb.truncate((self.frames - overlap) * bytes);
-        self.rgb.extend(rgb8(&Tensor::cat(&[blended, added], 0)?)?);
+        let last = self.tail(1)?.to_f32()?;
+        let gap = (last - new.narrow(0, overlap - 1, 1)?)?;
+        let added = meet(&new.narrow(0, overlap, keep)?, &gap, Side::Start, 1)?;
+        self.rgb.extend(rgb8(&added)?);
         self.frames += keep;
         Ok(())
     }
 
     /// Prepends the last `keep` of `window`'s first frames; `window` ends with `overlap`
-    /// frames showing the first `overlap` frames again, cross-faded from new to old.
+    /// frames showing the first `overlap` frames again. The new frames are made to meet the
+    /// first frame.
     fn prepend(
         &mut self,
         window: &Video,
@@ -276,12 +277,11 @@ impl Timeline {
     ) -> Result<(), PipelineError> {
         let new = window.to_f32()?;
         let fresh = window.num_frames() - overlap;
-        let old = self.head(overlap)?;
-        let blended = cross_fade(&new.narrow(0, fresh, overlap)?, &old.to_f32()?)?;
-        let added = new.narrow(0, fresh - keep, keep)?;
-        let bytes = self.frame_bytes();
-        let mut rgb = rgb8(&Tensor::cat(&[added, blended], 0)?)?;
-        rgb.extend_from_slice(&self.rgb[overlap * bytes..]);
+        let first = self.head(1)?.to_f32()?;
+        let gap = (first - new.narrow(0, fresh, 1)?)?;
+        let added = meet(&new.narrow(0, fresh - keep, keep)?, &gap, Side::End, 1)?;
+        let mut rgb = rgb8(&added)?;
+        rgb.extend_from_slice(&self.rgb);
         self.rgb = rgb;
         self.frames += keep;
         Ok(())
@@ -300,15 +300,35 @@ impl Timeline {
     }
 }
 
-/// Blends frames `from` into `to` (`[n, H, W, 3]` f32): frame `i` takes `(i + 1) / (n + 1)`
-/// of `to`.
-fn cross_fade(from: &Tensor, to: &Tensor) -> candle_core::Result<Tensor> {
-    let count = from.dims()[0];
+/// Frames over which generated frames fade from a given frame's exact values to their own.
+const MEETING_FADE: usize = 4;
+
+/// Which end of a run of frames meets a given frame.
+#[derive(Clone, Copy)]
+enum Side {
+    Start,
+    End,
+}
+
+/// Makes generated `frames` `[n, H, W, 3]` meet a given frame at `side`: `gap` (the given
+/// frame less the model's rendition of it, `[1, H, W, 3]`) is added in full at `distance` 0
+/// from the given frame and fades out over [`MEETING_FADE`] frames. The model renders a given
+/// frame through its autoencoder, a little off; this closes that step without touching the
+/// given frames.
+fn meet(frames: &Tensor, gap: &Tensor, side: Side, distance: usize) -> candle_core::Result<Tensor> {
+    let count = frames.dims()[0];
     let weights: Vec<f32> = (0..count)
-        .map(|i| (i + 1) as f32 / (count + 1) as f32)
+        .map(|i| {
+            let from_edge = match side {
+                Side::Start => i,
+                Side::End => count - 1 - i,
+            };
+            let steps = (from_edge + distance) as f32;
+            (1.0 - steps / (MEETING_FADE + 1) as f32).max(0.0)
+        })
         .collect();
-    let weights = Tensor::from_vec(weights, (count, 1, 1, 1), from.device())?;
-    from.broadcast_mul(&(1.0 - &weights)?)? + to.broadcast_mul(&weights)?
+    let weights = Tensor::from_vec(weights, (count, 1, 1, 1), frames.device())?;
+    (frames + weights.broadcast_mul(gap)?)?.clamp(0f32, 1f32)
 }
 
 /// `[n, H, W, 3]` f32 frames in 0..=1 as RGB bytes.
@@ -470,6 +490,40 @@ pub fn connect(
     new_frames: usize,
     windows: Windows,
 ) -> Result<Video, PipelineError> {
+    let bridge = bridge(generate, base, from, to, new_frames, windows)?;
+    let start = windows.start_overlap();
+    let new_frames = bridge.num_frames() - start - windows.end_overlap();
+    // From the last frame of `from` to the first of `to`, as the windows show them ...
+    let frames = bridge.to_f32()?.narrow(0, start - 1, new_frames + 2)?;
+    // ... made exact at both ends.
+    let from_last = from.to_f32()?.narrow(0, from.num_frames() - 1, 1)?;
+    let to_first = to.to_f32()?.narrow(0, 0, 1)?;
+    let frames = meet(
+        &frames,
+        &(from_last - frames.narrow(0, 0, 1)?)?,
+        Side::Start,
+        0,
+    )?;
+    let frames = meet(
+        &frames,
+        &(to_first - frames.narrow(0, new_frames + 1, 1)?)?,
+        Side::End,
+        0,
+    )?;
+    Ok(Video::new(frames, bridge.fps())?)
+}
+
+/// The frames of a connection: the last `start overlap` frames of `from` (cross-faded into
+/// the new ones), the new frames, and the first `end overlap` frames of `to` as the last
+/// window shows them.
+fn bridge(
+    generate: &mut Generate,
+    base: &GenerationRequest,
+    from: &Video,
+    to: &Video,
+    new_frames: usize,
+    windows: Windows,
+) -> Result<Video, PipelineError> {
     windows.check()?;
     let (start, end) = (windows.start_overlap(), windows.end_overlap());
     for (what, clip, needed) in [
@@ -513,22 +567,27 @@ pub fn connect(
         },
     ];
     let video = window(generate, base, start + remaining + end, known, index)?;
-    // Keep the new frames and the first frame of `to`, as the window shows it.
-    timeline.append(&video, start, remaining + 1)?;
-    let frames = timeline.frames;
-    timeline.range(start - 1, frames - (start - 1))
+    timeline.append(&video, start, remaining + end)?;
+    timeline.range(
+        timeline.frames - (start + new_frames + end),
+        start + new_frames + end,
+    )
 }
 
-/// A clip of `base.frames` frames whose last frame flows into its first: a clip of about half
-/// the length, then a transition from its end back to its start.
+/// A loop for a request of `base.frames` frames: a clip whose last frame flows into its first,
+/// so the asked-for frame count closes the circle and `base.frames - 1` frames are returned
+/// (played in a loop, frame `base.frames` is frame 0 again). Made as a clip of about half
+/// the length, then a transition from its end back to its second frame (the first is left
+/// out, so that the transition arrives where the clip's motion is under way).
 pub fn seamless_loop(
     generate: &mut Generate,
     base: &GenerationRequest,
     windows: Windows,
 ) -> Result<Video, PipelineError> {
     windows.check()?;
-    // The clip must provide both overlaps of the transition; the transition takes 4 or more.
-    let overlap = windows.start_overlap().max(windows.end_overlap());
+    // The clip must provide both overlaps of the transition (the end one after its first
+    // frame); the transition takes 4 frames or more.
+    let overlap = windows.start_overlap().max(windows.end_overlap() + 1);
     let least_clip = 1 + whole_groups(overlap - 1);
     if base.frames < least_clip + 4 {
         return Err(TaskError::TooFew {
@@ -550,10 +609,20 @@ pub fn seamless_loop(
         seed: base.seed.wrapping_add(1000),
         ..base.clone()
     };
-    let back = connect(generate, &rest, &clip, &clip, transition, windows)?;
-    // `back` starts with the clip's last frame and ends with its first: keep what is between.
-    let between = back.to_f32()?.narrow(0, 1, transition)?;
-    let frames = Tensor::cat(&[clip.to_f32()?, between], 0)?;
+    let after_first = last_frames(&clip, clip.num_frames() - 1)?;
+    let bridge = bridge(generate, &rest, &clip, &after_first, transition, windows)?;
+    let start = windows.start_overlap();
+    let bridge = bridge.to_f32()?;
+    // The transition, made to meet the clip's second frame, which follows it in the loop.
+    let arrival = bridge.narrow(0, start + transition, 1)?;
+    let second = after_first.to_f32()?.narrow(0, 0, 1)?;
+    let between = meet(
+        &bridge.narrow(0, start, transition)?,
+        &(second - arrival)?,
+        Side::End,
+        1,
+    )?;
+    let frames = Tensor::cat(&[after_first.to_f32()?, between], 0)?;
     Ok(Video::new(frames, clip.fps())?)
 }
 
@@ -667,10 +736,11 @@ mod tests {
     fn a_loop_has_the_asked_length_and_returns_to_its_start() {
         let mut calls = 0;
         let video = seamless_loop(&mut fake(&mut calls), &base(), WINDOWS).unwrap();
-        assert_eq!(video.num_frames(), 17);
+        assert_eq!(video.num_frames(), 16);
         let values = values(&video);
-        // A 9-frame clip, then 8 transition frames back towards it.
-        assert_eq!(&values[..9], &[100, 101, 102, 103, 104, 105, 106, 107, 108]);
+        // A 9-frame clip less its first frame, then 8 transition frames back to its second.
+        assert_eq!(&values[..8], &[101, 102, 103, 104, 105, 106, 107, 108]);
+        assert_eq!(calls, 3);
     }
 
     #[test]

@@ -117,25 +117,7 @@ pub fn ffprobe(path: &Path, fields: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Peak signal-to-noise ratio in dB between two equally long 8-bit buffers.
-pub fn psnr(reference: &[u8], test: &[u8]) -> f64 {
-    assert_eq!(
-        reference.len(),
-        test.len(),
-        "buffers differ in length (frame count or size)"
-    );
-    let squared: f64 = reference
-        .iter()
-        .zip(test)
-        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
-        .sum();
-    let mse = squared / reference.len() as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
-}
+pub use himmel_core::compare::psnr;
 
 /// The value of `key: value` in `himmel info` output.
 pub fn info_value(info: &str, key: &str) -> String {
