@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use himmel_core::compare::psnr;
 
 const FRAMES: usize = 48;
 const SIDE: usize = 256;

@@ -117,8 +117,6 @@ pub fn ffprobe(path: &Path, fields: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-pub use himmel_core::compare::psnr;
-
 /// The value of `key: value` in `himmel info` output.
 pub fn info_value(info: &str, key: &str) -> String {
     info.lines()
