@@ -2,14 +2,15 @@
 //! or a Wan 2.1 model, and the editing tasks: image to video, video to video, extension,
 //! connection, loops and long videos.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use himmel_core::{Progress, Video};
-use himmel_media::{ReadOptions, VideoWriter, WriteOptions, read_video};
+use himmel_core::{Progress, ProgressEvent, Silent, Video};
+use himmel_media::{ReadOptions, VideoWriter, WriteOptions, read_video, write_video};
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
 use himmel_pipeline::tasks::{self, Direction, Sink, Task, Windows};
 use himmel_pipeline::{
@@ -109,6 +110,10 @@ pub struct GenerateArgs {
     /// Prompt tokens (padded or truncated); Wan was trained with 512.
     #[arg(long, default_value_t = himmel_pipeline::wan::MAX_SEQUENCE_LENGTH)]
     max_sequence_length: usize,
+    /// Write a preview of the whole clip at every denoising step to DIR/preview.gif (made
+    /// from the model's current estimate through a cheap latent-to-RGB projection).
+    #[arg(long, value_name = "DIR")]
+    preview: Option<PathBuf>,
     /// MP4 quality as a constant quantiser, 0 (best) to 51.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=51))]
     crf: u8,
@@ -359,7 +364,13 @@ fn generate_mini(
     progress: &dyn Progress,
     sink: &mut Sink,
 ) -> Result<()> {
-    let pipeline = MiniPipeline::load(dir, &Device::Cpu)?;
+    let mut pipeline = MiniPipeline::load(dir, &Device::Cpu)?;
+    if args.preview.is_some() && pipeline.prepare_previews()? {
+        eprintln!(
+            "note: {} has no preview.json; fitted a preview projection",
+            dir.display()
+        );
+    }
     let video = pipeline.config().video;
     let sampling = pipeline.config().sampling;
     let defaults = Defaults {
@@ -420,8 +431,11 @@ fn generate_wan(
         DtypeArg::Bf16 => Precision::Bf16,
         DtypeArg::F16 => Precision::F16,
     };
-    let pipeline = WanPipeline::load(source, precision, &Device::Cpu)?
+    let mut pipeline = WanPipeline::load(source, precision, &Device::Cpu)?
         .with_max_sequence_length(args.max_sequence_length);
+    if args.preview.is_some() && pipeline.prepare_previews()? {
+        eprintln!("note: the model has no preview.json; fitted a preview projection");
+    }
     let (task, request) = build_request(args, &WAN_DEFAULTS, read_latents(args)?, inputs)?;
     let windows = Windows {
         frames: WAN_DEFAULTS.frames,
@@ -442,6 +456,14 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
     };
     let mut writer = VideoWriter::create(&args.output, &options)?;
     let started = Instant::now();
+    let previews = match &args.preview {
+        Some(dir) => Some(PreviewFiles::new(dir, progress)?),
+        None => None,
+    };
+    let progress: &dyn Progress = match &previews {
+        Some(previews) => previews,
+        None => progress,
+    };
     let model = choose_model(args)?;
     let inputs = read_inputs(args, progress)?;
     let mut size = (0, 0);
@@ -465,6 +487,46 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
         peak_memory().unwrap_or_else(|| "unknown".into())
     );
     Ok(())
+}
+
+/// Passes progress on and writes every preview to `DIR/preview.gif` (replacing the last).
+struct PreviewFiles<'a> {
+    inner: &'a dyn Progress,
+    path: PathBuf,
+    /// Whether writing a preview failed already (reported once).
+    failed: Cell<bool>,
+}
+
+impl<'a> PreviewFiles<'a> {
+    fn new(dir: &Path, inner: &'a dyn Progress) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the preview folder {}", dir.display()))?;
+        Ok(Self {
+            inner,
+            path: dir.join("preview.gif"),
+            failed: Cell::new(false),
+        })
+    }
+}
+
+impl Progress for PreviewFiles<'_> {
+    fn event(&self, event: ProgressEvent<'_>) {
+        match event {
+            ProgressEvent::Preview { frames } => {
+                let written = write_video(frames, &self.path, &WriteOptions::default(), &Silent);
+                if let Err(error) = written
+                    && !self.failed.replace(true)
+                {
+                    eprintln!("warning: cannot write the preview: {error}");
+                }
+            }
+            other => self.inner.event(other),
+        }
+    }
+
+    fn wants_previews(&self) -> bool {
+        true
+    }
 }
 
 /// The process's peak resident memory, from /proc (Linux).

@@ -123,6 +123,7 @@ impl Progress for TerminalProgress {
             ProgressEvent::StageStarted { stage, total } => self.start(stage, total),
             ProgressEvent::Step { done } => self.step(done),
             ProgressEvent::StageFinished => self.finish(),
+            ProgressEvent::Preview { .. } => {}
         }
     }
 }

@@ -1,11 +1,16 @@
 //! `himmel train`: the stages of himmel-mini's recipe, one command each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
+use himmel_pipeline::MiniPipeline;
+use himmel_pipeline::layout::{read_json, weight_files};
+use himmel_pipeline::mini::is_mini_dir;
+use himmel_pipeline::preview::{LatentPreview, PREVIEW_FILE};
+use himmel_pipeline::wan::load_vae;
 use himmel_train::autoencoder::{AutoencoderStage, read_trained};
 use himmel_train::config::{
     AutoencoderRecipe, DenoiserRecipe, LoopConfig, OptimizerConfig, read_recipe,
@@ -27,6 +32,16 @@ enum TrainStage {
     Autoencoder {
         #[command(flatten)]
         common: Common,
+    },
+    /// Fit a model's preview projection (latent channels to RGB, for live previews) on world
+    /// clips and store it as MODEL/preview.json.
+    Preview {
+        /// A himmel-mini folder or a Wan diffusers folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// World clips to fit on.
+        #[arg(long, default_value_t = 32)]
+        clips: u64,
     },
     /// Train the denoiser and text encoder on a trained autoencoder's latents.
     Denoiser {
@@ -61,6 +76,7 @@ struct Common {
 pub fn run_command(args: &TrainArgs, quiet: bool) -> Result<()> {
     let device = Device::Cpu;
     match &args.stage {
+        TrainStage::Preview { model, clips } => fit_preview(model, *clips),
         TrainStage::Autoencoder { common } => {
             let recipe: AutoencoderRecipe = read_recipe(&common.config)?;
             let stage = AutoencoderStage::new(&recipe, &device)?;
@@ -97,6 +113,23 @@ pub fn run_command(args: &TrainArgs, quiet: bool) -> Result<()> {
             )
         }
     }
+}
+
+/// Fits and stores the preview projection of the model in `dir`.
+fn fit_preview(dir: &Path, clips: u64) -> Result<()> {
+    let device = Device::Cpu;
+    let preview = if is_mini_dir(dir) {
+        let pipeline = MiniPipeline::load(dir, &device)?;
+        LatentPreview::fit(&pipeline.model().autoencoder, clips)?
+    } else {
+        let vae_dir = dir.join("vae");
+        let config = read_json(&vae_dir.join("config.json"))?;
+        let vae = load_vae(&weight_files(&vae_dir)?, config, &device)?;
+        LatentPreview::fit(&vae, clips)?
+    };
+    preview.save(dir)?;
+    eprintln!("wrote {}", dir.join(PREVIEW_FILE).display());
+    Ok(())
 }
 
 fn options(common: &Common, run: &LoopConfig, optimizer: &OptimizerConfig) -> RunOptions {

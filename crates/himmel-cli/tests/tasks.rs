@@ -75,6 +75,64 @@ fn every_task_runs_with_a_wan_model() {
 }
 
 #[test]
+fn previews_of_every_step_are_written_as_a_gif() {
+    let dir = tempfile::tempdir().unwrap();
+    let previews = dir.path().join("previews");
+    let out = dir.path().join("out.mp4");
+    let output = himmel(&[
+        "generate",
+        "a red ball rolls to the right on the grass",
+        "--preview",
+        previews.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let gif = previews.join("preview.gif");
+    // One frame per latent frame, each latent cell 32x32 pixels.
+    let probe = ffprobe(&gif, "width,height,nb_read_frames");
+    assert!(
+        probe.contains("width=256")
+            && probe.contains("height=256")
+            && probe.contains("nb_read_frames=5"),
+        "{probe}"
+    );
+    // A model without a stored projection gets one fitted.
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan/pipeline_tiny");
+    let output = himmel(&[
+        "generate",
+        "a ball",
+        "--model",
+        model.to_str().unwrap(),
+        "--max-sequence-length",
+        "16",
+        "--steps",
+        "2",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--frames",
+        "5",
+        "--preview",
+        previews.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.contains("fitted a preview projection"),
+        "{stderr}"
+    );
+    assert!(ffprobe(&gif, "nb_read_frames").contains("nb_read_frames=2"));
+}
+
+#[test]
 fn impossible_tasks_fail_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);

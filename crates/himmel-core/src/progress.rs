@@ -1,8 +1,10 @@
 //! Progress events for long work (decoding, encoding, sampling), consumed by the command
 //! line's progress bars and, later, by the server's job records.
 
+use crate::Video;
+
 /// One thing that happened during long work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum ProgressEvent<'a> {
     /// A stage began; `total` is the number of steps it will take (0 when unknown).
     StageStarted {
@@ -18,6 +20,11 @@ pub enum ProgressEvent<'a> {
     },
     /// The current stage is complete.
     StageFinished,
+    /// A cheap look at the whole result as it stands (during denoising, every step).
+    Preview {
+        /// The preview frames.
+        frames: &'a Video,
+    },
 }
 
 /// Receives progress events. Implementations must be cheap: events arrive once per frame
@@ -25,6 +32,11 @@ pub enum ProgressEvent<'a> {
 pub trait Progress {
     /// Handles one event.
     fn event(&self, event: ProgressEvent<'_>);
+
+    /// Whether [`ProgressEvent::Preview`] events are wanted (making them costs a little).
+    fn wants_previews(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Progress`] that ignores every event.

@@ -9,6 +9,7 @@ use himmel_sample::Solver;
 
 use crate::PipelineError;
 use crate::conditioning::{KnownLatents, encode_start};
+use crate::preview::LatentPreview;
 use crate::request::GenerationRequest;
 use crate::wan::seeded_noise;
 
@@ -75,10 +76,12 @@ pub(crate) fn first_step(steps: usize, strength: f64) -> usize {
 }
 
 /// Runs `solver` from `inputs` to clean latents; `predict(sample, timestep)` is the model's
-/// (guided) flow prediction.
+/// (guided) flow prediction. With `preview` (the projection and the video's rate), every step
+/// also sends a preview of its estimate of the clean latents.
 pub(crate) fn denoise(
     solver: &mut dyn Solver,
     inputs: &Inputs,
+    preview: Option<(&LatentPreview, f64)>,
     progress: &dyn Progress,
     mut predict: impl FnMut(&Tensor, f64) -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Tensor> {
@@ -107,6 +110,13 @@ pub(crate) fn denoise(
     });
     for (index, &timestep) in timesteps.iter().enumerate().skip(first) {
         let prediction = predict(&sample, timestep)?;
+        if let Some((projection, fps)) = preview.filter(|_| progress.wants_previews()) {
+            let clean = (&sample - (prediction.to_dtype(DType::F32)? * sigmas[index])?)?;
+            let frames = projection
+                .render(&clean, fps)
+                .map_err(|error| candle_core::Error::msg(error.to_string()))?;
+            progress.event(ProgressEvent::Preview { frames: &frames });
+        }
         sample = solver.step(&prediction, &sample)?;
         if let Some(known) = known {
             sample = known.impose(&sample, noise, sigmas[index + 1])?;

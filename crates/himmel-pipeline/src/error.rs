@@ -33,6 +33,14 @@ pub enum PipelineError {
     /// A task (extension, connection, loop) cannot run as asked.
     #[error(transparent)]
     Task(#[from] crate::tasks::TaskError),
+    /// A preview projection does not fit the model's latents.
+    #[error("the preview projection has {expected} latent channels; the model has {channels}")]
+    Preview {
+        /// The model's latent channels.
+        channels: usize,
+        /// The projection's.
+        expected: usize,
+    },
     /// The decoded frames do not form a video.
     #[error(transparent)]
     Video(#[from] himmel_core::VideoError),

@@ -9,6 +9,7 @@ mod denoise;
 pub mod error;
 pub mod layout;
 pub mod mini;
+pub mod preview;
 pub mod prompt;
 pub mod request;
 pub mod tasks;

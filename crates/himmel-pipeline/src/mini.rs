@@ -17,6 +17,7 @@ use himmel_world::render::{RenderSettings, render};
 
 use crate::denoise::{Inputs, denoise};
 use crate::error::PipelineError;
+use crate::preview::{LatentPreview, PREVIEW_FIT_CLIPS};
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
 use crate::wan::decode_to_video;
 
@@ -65,6 +66,7 @@ pub struct Recaption {
 pub struct MiniPipeline {
     model: HimmelMini,
     device: Device,
+    preview: Option<LatentPreview>,
 }
 
 impl MiniPipeline {
@@ -89,7 +91,21 @@ impl MiniPipeline {
         Ok(Self {
             model,
             device: device.clone(),
+            preview: LatentPreview::load(dir)?,
         })
+    }
+
+    /// Makes sure previews can be shown: fits the latent-to-RGB projection on world clips when
+    /// the model folder holds no `preview.json`. Returns whether it had to fit one.
+    pub fn prepare_previews(&mut self) -> Result<bool, PipelineError> {
+        if self.preview.is_some() {
+            return Ok(false);
+        }
+        self.preview = Some(LatentPreview::fit(
+            &self.model.autoencoder,
+            PREVIEW_FIT_CLIPS,
+        )?);
+        Ok(true)
     }
 
     /// The model.
@@ -184,21 +200,28 @@ impl MiniPipeline {
                 Conditioning::none(&Tensor::zeros(dims, DType::F32, &self.device)?)?
             }
         };
-        let latents = denoise(&mut solver, &inputs, progress, |sample, timestep| {
-            let time = Tensor::new(vec![timestep as f32; batch], &self.device)?;
-            let flows = self
-                .model
-                .denoise(&batched(sample)?, &time, &text, &conditioning)?;
-            if guided {
-                guide(
-                    &flows.narrow(0, 0, 1)?,
-                    &flows.narrow(0, 1, 1)?,
-                    request.guidance,
-                )
-            } else {
-                Ok(flows)
-            }
-        })?;
+        let preview = self.preview.as_ref().map(|p| (p, request.fps));
+        let latents = denoise(
+            &mut solver,
+            &inputs,
+            preview,
+            progress,
+            |sample, timestep| {
+                let time = Tensor::new(vec![timestep as f32; batch], &self.device)?;
+                let flows = self
+                    .model
+                    .denoise(&batched(sample)?, &time, &text, &conditioning)?;
+                if guided {
+                    guide(
+                        &flows.narrow(0, 0, 1)?,
+                        &flows.narrow(0, 1, 1)?,
+                        request.guidance,
+                    )
+                } else {
+                    Ok(flows)
+                }
+            },
+        )?;
 
         progress.event(ProgressEvent::StageStarted {
             stage: "decode",

@@ -14,6 +14,7 @@ use crate::PipelineError;
 use crate::checkpoint::Checkpoint;
 use crate::denoise::{Inputs, denoise};
 use crate::layout::{pipeline_class, read_json, weight_files};
+use crate::preview::{LatentPreview, PREVIEW_FIT_CLIPS};
 use crate::prompt::{PromptEncoder, TextEncoderWeights};
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
 
@@ -107,6 +108,7 @@ pub struct WanPipeline {
     precision: Precision,
     device: Device,
     max_sequence_length: usize,
+    preview: Option<LatentPreview>,
 }
 
 /// Loads a transformer from `files` in whatever layout they use; `config` is read from the
@@ -216,6 +218,10 @@ impl WanPipeline {
             precision,
             device: device.clone(),
             max_sequence_length: MAX_SEQUENCE_LENGTH,
+            preview: match source {
+                ModelSource::Folder(root) => LatentPreview::load(root)?,
+                ModelSource::Files(_) => None,
+            },
         })
     }
 
@@ -223,6 +229,16 @@ impl WanPipeline {
     pub fn with_max_sequence_length(mut self, length: usize) -> Self {
         self.max_sequence_length = length;
         self
+    }
+
+    /// Makes sure previews can be shown: fits the latent-to-RGB projection on world clips when
+    /// the model folder holds no `preview.json`. Returns whether it had to fit one.
+    pub fn prepare_previews(&mut self) -> Result<bool, PipelineError> {
+        if self.preview.is_some() {
+            return Ok(false);
+        }
+        self.preview = Some(LatentPreview::fit(&self.vae, PREVIEW_FIT_CLIPS)?);
+        Ok(true)
     }
 
     /// What this model accepts.
@@ -283,18 +299,25 @@ impl WanPipeline {
         let mut solver = self.scheduler.solver(request.steps, request.shift)?;
         let shape = self.limits().latent_shape(request);
         let inputs = Inputs::prepare(&self.vae, request, &shape, &self.device, progress)?;
-        let latents = denoise(solver.as_mut(), &inputs, progress, |sample, timestep| {
-            let input = sample.to_dtype(dtype)?;
-            let time = Tensor::new(&[timestep as f32], &self.device)?;
-            let conditional = self.transformer.forward(&input, &time, &text)?;
-            match &negative {
-                Some(negative) => {
-                    let unconditional = self.transformer.forward(&input, &time, negative)?;
-                    guide(&conditional, &unconditional, request.guidance)
+        let preview = self.preview.as_ref().map(|p| (p, request.fps));
+        let latents = denoise(
+            solver.as_mut(),
+            &inputs,
+            preview,
+            progress,
+            |sample, timestep| {
+                let input = sample.to_dtype(dtype)?;
+                let time = Tensor::new(&[timestep as f32], &self.device)?;
+                let conditional = self.transformer.forward(&input, &time, &text)?;
+                match &negative {
+                    Some(negative) => {
+                        let unconditional = self.transformer.forward(&input, &time, negative)?;
+                        guide(&conditional, &unconditional, request.guidance)
+                    }
+                    None => Ok(conditional),
                 }
-                None => Ok(conditional),
-            }
-        })?;
+            },
+        )?;
 
         progress.event(ProgressEvent::StageStarted {
             stage: "decode",
