@@ -7,9 +7,9 @@
 //! frame 0 and latent frame `k` holds pixel frames `4k-3..=4k`:
 //! - a [`Anchor::Start`] clip of `n` frames uses its first `1 + 4⌊(n-1)/4⌋` frames, which fill
 //!   the first `1 + ⌊(n-1)/4⌋` latent frames exactly;
-//! - an [`Anchor::End`] clip uses its last `4⌊n/4⌋` frames (a clip shorter than 4 frames is
-//!   padded in front with copies of its first frame), encoded behind a copy of their first frame
-//!   as the causal context, which fill the last `⌊n/4⌋` latent frames.
+//! - an [`Anchor::At`] clip uses its first `4⌊n/4⌋` frames and an [`Anchor::End`] clip its last
+//!   (a clip shorter than 4 frames is padded with copies of its frames), encoded behind a copy
+//!   of their first frame as the causal context; they fill `⌊n/4⌋` whole latent frames.
 //!
 //! Clips of another size are scaled to cover the output (keeping their aspect ratio, Lanczos)
 //! and cropped to it around the centre.
@@ -25,6 +25,9 @@ use crate::PipelineError;
 pub enum Anchor {
     /// The clip's first frame is the output's first frame.
     Start,
+    /// The clip's first frame is output frame `p`, which must start a latent frame
+    /// (`p = 1 + 4j`): a keyframe or a clip in the middle.
+    At(usize),
     /// The clip's last frame is the output's last frame.
     End,
 }
@@ -44,15 +47,28 @@ impl KnownClip {
         let frames = self.video.num_frames();
         match self.anchor {
             Anchor::Start => 1 + (frames - 1) / 4,
-            Anchor::End => (frames / 4).max(1),
+            Anchor::At(_) | Anchor::End => (frames / 4).max(1),
         }
+    }
+
+    /// The first latent frame the clip fills on a timeline of `total` latent frames; `None`
+    /// when it does not fit there.
+    pub fn first_latent_frame(&self, total: usize) -> Option<usize> {
+        let count = self.latent_frames();
+        let first = match self.anchor {
+            Anchor::Start => 0,
+            Anchor::At(frame) if frame >= 1 && (frame - 1).is_multiple_of(4) => (frame - 1) / 4 + 1,
+            Anchor::At(_) => return None,
+            Anchor::End => total.checked_sub(count)?,
+        };
+        (first + count <= total).then_some(first)
     }
 
     /// Pixel frames of the output the clip fills.
     pub fn output_frames(&self) -> usize {
         match self.anchor {
             Anchor::Start => 1 + 4 * (self.latent_frames() - 1),
-            Anchor::End => 4 * self.latent_frames(),
+            Anchor::At(_) | Anchor::End => 4 * self.latent_frames(),
         }
     }
 }
@@ -142,12 +158,13 @@ impl KnownLatents {
         let mut mask = vec![0f32; frames];
         for clip in clips {
             let count = clip.latent_frames();
-            let (encoded, first) = match clip.anchor {
-                Anchor::Start => (encode_start(vae, &clip.video, count, size, device)?, 0),
-                Anchor::End => (
-                    encode_end(vae, &clip.video, count, size, device)?,
-                    frames - count,
-                ),
+            let first = clip
+                .first_latent_frame(frames)
+                .expect("validation placed every clip on the timeline");
+            let encoded = match clip.anchor {
+                Anchor::Start => encode_start(vae, &clip.video, count, size, device)?,
+                Anchor::At(_) => encode_groups(vae, &clip.video, Part::First, count, size, device)?,
+                Anchor::End => encode_groups(vae, &clip.video, Part::Last, count, size, device)?,
             };
             latents = latents.slice_assign(
                 &[0..1, 0..channels, first..first + count, 0..height, 0..width],
@@ -185,22 +202,32 @@ impl KnownLatents {
     }
 }
 
-/// Encodes the last `4k` frames of `video` (padded in front to at least 4) behind a copy of
-/// their first frame into normalised latents `[1, z, k, h, w]`.
-fn encode_end(
+/// Which frames of a clip fill whole latent frames.
+#[derive(Clone, Copy)]
+enum Part {
+    First,
+    Last,
+}
+
+/// Encodes the first or last `4k` frames of `video` (a shorter clip repeats its frames at the
+/// far end) behind a copy of their first frame into normalised latents `[1, z, k, h, w]`.
+fn encode_groups(
     vae: &WanVae,
     video: &Video,
+    part: Part,
     latent_frames: usize,
     size: (usize, usize),
     device: &Device,
 ) -> Result<Tensor, PipelineError> {
-    let count = video.num_frames();
-    let used = 4 * latent_frames;
-    // Index of the first used frame; negative positions repeat frame 0.
-    let first = count as isize - used as isize;
-    let frame = |offset: isize| (first + offset).max(0) as usize;
+    let count = video.num_frames() as isize;
+    let used = 4 * latent_frames as isize;
+    let first = match part {
+        Part::First => 0,
+        Part::Last => count - used,
+    };
+    let frame = |offset: isize| (first + offset).clamp(0, count - 1) as usize;
     let frames: Vec<usize> = std::iter::once(frame(0))
-        .chain((0..used as isize).map(frame))
+        .chain((0..used).map(frame))
         .collect();
     let input = autoencoder_input(video, &frames, size, device)?;
     let encoded = vae.normalize(&vae.encode(&input)?)?;

@@ -237,7 +237,13 @@ mod tests {
         );
         let pixel = |y: usize, x: usize| {
             let frame = video.to_f32().unwrap().get(0).unwrap();
-            frame.get(y).unwrap().get(x).unwrap().to_vec1::<f32>().unwrap()
+            frame
+                .get(y)
+                .unwrap()
+                .get(x)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         assert_eq!(pixel(0, 0), [0.2, 0.6, 0.5]);
         assert_eq!(pixel(127, 255), [0.4, 0.8, 0.5]);

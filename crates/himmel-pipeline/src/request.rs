@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use crate::conditioning::{KnownClip, SourceClip};
+use crate::conditioning::{Anchor, KnownClip, SourceClip};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -110,6 +110,20 @@ pub enum ValidationError {
         given: usize,
         /// The frames needed.
         needed: usize,
+    },
+    /// A known clip cannot be placed where it was asked to be.
+    #[error(
+        "a known clip of {frames} frames cannot be placed at {anchor} of a {total}-frame output: {reason}"
+    )]
+    KnownPlacement {
+        /// The clip's frames.
+        frames: usize,
+        /// Where it was asked to be, in words.
+        anchor: String,
+        /// The output's frames.
+        total: usize,
+        /// Why not.
+        reason: &'static str,
     },
     /// The known clips leave nothing to generate.
     #[error(
@@ -253,7 +267,28 @@ impl ModelLimits {
             }
         }
         let total = (request.frames - 1) / self.temporal_factor + 1;
-        let known: usize = request.known.iter().map(KnownClip::latent_frames).sum();
+        let mut taken = vec![false; total];
+        for clip in &request.known {
+            let placement = |reason| ValidationError::KnownPlacement {
+                frames: clip.video.num_frames(),
+                anchor: match clip.anchor {
+                    Anchor::Start => "the start".into(),
+                    Anchor::At(frame) => format!("frame {frame}"),
+                    Anchor::End => "the end".into(),
+                },
+                total: request.frames,
+                reason,
+            };
+            let first = clip.first_latent_frame(total).ok_or_else(|| {
+                placement("it must start at frame 1 + 4k and end within the output")
+            })?;
+            for slot in &mut taken[first..first + clip.latent_frames()] {
+                if std::mem::replace(slot, true) {
+                    return Err(placement("it overlaps another known clip"));
+                }
+            }
+        }
+        let known = taken.iter().filter(|&&taken| taken).count();
         if !request.known.is_empty() && known >= total {
             return Err(ValidationError::KnownCoversOutput { known, total });
         }
@@ -323,5 +358,48 @@ mod tests {
                 .contains("steps must be between 1 and 1000; got 0")
         );
         assert_eq!(WAN.latent_shape(&request()), [1, 16, 21, 60, 104]);
+    }
+
+    #[test]
+    fn known_clips_must_fit_apart_and_leave_work() {
+        let clip = |frames: usize, anchor| KnownClip {
+            video: himmel_core::Video::from_rgb8(vec![0; frames * 48], frames, (4, 4), 16.0)
+                .unwrap(),
+            anchor,
+        };
+        let with = |known: Vec<KnownClip>| {
+            WAN.validate(GenerationRequest {
+                frames: 17,
+                known,
+                ..request()
+            })
+        };
+        assert!(with(vec![clip(1, Anchor::Start), clip(4, Anchor::At(9))]).is_ok());
+        let misplaced = with(vec![clip(4, Anchor::At(8))]).unwrap_err();
+        assert!(misplaced.to_string().contains("at frame 8"), "{misplaced}");
+        let overlapping = with(vec![clip(8, Anchor::End), clip(4, Anchor::At(13))]).unwrap_err();
+        assert!(
+            overlapping.to_string().contains("overlaps"),
+            "{overlapping}"
+        );
+        let covering = with(vec![clip(9, Anchor::Start), clip(8, Anchor::End)]).unwrap_err();
+        assert!(matches!(
+            covering,
+            ValidationError::KnownCoversOutput { known: 5, total: 5 }
+        ));
+        let strength = WAN
+            .validate(GenerationRequest {
+                source: Some(SourceClip {
+                    video: clip(81, Anchor::Start).video,
+                    strength: 1.5,
+                }),
+                ..request()
+            })
+            .unwrap_err();
+        assert!(
+            strength
+                .to_string()
+                .contains("strength must be between 0 and 1")
+        );
     }
 }

@@ -663,6 +663,7 @@ mod tests {
                 let count = clip.output_frames();
                 match clip.anchor {
                     Anchor::Start => frames[..count].copy_from_slice(&shown[..count]),
+                    Anchor::At(_) => unreachable!("tasks place clips at the ends"),
                     Anchor::End => {
                         let at = request.frames - count;
                         frames[at..].copy_from_slice(&shown[shown.len() - count..]);
