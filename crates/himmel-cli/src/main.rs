@@ -7,6 +7,7 @@ mod eval;
 mod generate;
 mod info;
 mod progress;
+mod serve;
 mod train;
 mod world;
 
@@ -40,6 +41,10 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Train himmel-mini: the autoencoder, then the denoiser and its text encoder.
     Train(train::TrainArgs),
+    /// Serve OpenAI's Videos API (`/v1/videos`) with a durable job queue and workers.
+    Serve(serve::ServeArgs),
+    /// Work the queue of a `himmel serve` data directory from another process.
+    Worker(serve::WorkerArgs),
     /// Time a named workload (e.g. `media`: encode and decode speed of every format).
     Bench(bench::BenchArgs),
 }
@@ -55,6 +60,8 @@ fn main() -> ExitCode {
         Command::World(args) => world::run(&args, &progress),
         Command::Eval(args) => eval::run(&args, cli.quiet),
         Command::Train(args) => train::run_command(&args, cli.quiet),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Worker(args) => serve::work(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,6 +44,9 @@ pub enum PipelineError {
     /// The decoded frames do not form a video.
     #[error(transparent)]
     Video(#[from] himmel_core::VideoError),
+    /// The caller stopped the work.
+    #[error("cancelled")]
+    Cancelled,
     /// A tensor operation failed (shapes, dtypes, memory).
     #[error("{}", candle_message(.0))]
     Tensor(#[from] candle_core::Error),

@@ -1,0 +1,207 @@
+//! `himmel serve`: the OpenAI-compatible Videos API with in-process workers; `himmel worker`:
+//! more workers on the same queue.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use himmel_pipeline::mini;
+use himmel_serve::api::{ServerState, router};
+use himmel_serve::artifacts::Artifacts;
+use himmel_serve::engine::{Engine, MiniEngine};
+use himmel_serve::sqlite::SqliteStore;
+use himmel_serve::store::{JobStore, QueueSettings};
+use himmel_serve::worker::Worker;
+
+/// The job database's file in the data directory.
+const DATABASE_FILE: &str = "himmel.db";
+
+/// How often an idle worker looks for a job.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// Options shared by `serve` and `worker`.
+#[derive(Args)]
+pub struct QueueArgs {
+    /// Data directory: the job database (himmel.db) and the finished videos.
+    #[arg(long, default_value = "himmel-data")]
+    data: PathBuf,
+    /// Longest video accepted, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    max_seconds: f64,
+    /// Most jobs waiting at once; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_queued: usize,
+    /// How often a job may be started before it fails (a worker that dies loses its lease).
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Seconds a job stays leased to a worker without a heartbeat (beats come every third of
+    /// it); a dead worker's job is taken over after this long.
+    #[arg(long, default_value_t = 30.0)]
+    lease_seconds: f64,
+}
+
+/// Arguments of `himmel serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// Workers in this process (0: separate `himmel worker` processes do the work).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    #[command(flatten)]
+    queue: QueueArgs,
+}
+
+/// Arguments of `himmel worker`.
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    queue: QueueArgs,
+}
+
+struct Queue {
+    store: Arc<dyn JobStore>,
+    artifacts: Artifacts,
+    model_dir: PathBuf,
+    lease: Duration,
+}
+
+fn open_queue(args: &QueueArgs) -> Result<Queue> {
+    if !(args.max_seconds.is_finite() && args.max_seconds > 0.0) {
+        bail!(
+            "--max-seconds must be a positive number, got {}",
+            args.max_seconds
+        );
+    }
+    if !(args.lease_seconds.is_finite() && args.lease_seconds >= 0.3) {
+        bail!(
+            "--lease-seconds must be at least 0.3, got {}",
+            args.lease_seconds
+        );
+    }
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating the data directory {}", args.data.display()))?;
+    let settings = QueueSettings {
+        max_queued: args.max_queued,
+        max_attempts: args.max_attempts,
+    };
+    let store = SqliteStore::open(&args.data.join(DATABASE_FILE), settings)?;
+    let artifacts = Artifacts::new(&args.data)
+        .with_context(|| format!("creating {}", args.data.join("videos").display()))?;
+    let model_dir = mini::builtin_dir();
+    if !mini::is_mini_dir(&model_dir) {
+        bail!(
+            "the built-in model is not in {}; set {} to the folder that holds himmel-mini",
+            model_dir.display(),
+            mini::MODELS_ENV
+        );
+    }
+    Ok(Queue {
+        store: Arc::new(store),
+        artifacts,
+        model_dir,
+        lease: Duration::from_secs_f64(args.lease_seconds),
+    })
+}
+
+fn load_engine(dir: &Path, max_seconds: f64) -> Result<Box<dyn Engine>> {
+    Ok(Box::new(MiniEngine::load(dir, max_seconds)?))
+}
+
+/// Runs workers on threads until `stop` is set.
+fn spawn_workers(
+    queue: &Queue,
+    count: usize,
+    max_seconds: f64,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    (0..count)
+        .map(|_| {
+            let mut worker = Worker::new(
+                queue.store.clone(),
+                load_engine(&queue.model_dir, max_seconds)?,
+                queue.artifacts.clone(),
+            )
+            .with_lease(queue.lease);
+            let stop = stop.clone();
+            Ok(std::thread::spawn(move || {
+                if let Err(error) = worker.run(&stop, IDLE_POLL) {
+                    eprintln!("error: worker stopped: {error}");
+                }
+            }))
+        })
+        .collect()
+}
+
+/// Serves the API until Ctrl-C or SIGTERM, then lets running jobs finish.
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    let queue = open_queue(&args.queue)?;
+    let spec = load_engine(&queue.model_dir, args.queue.max_seconds)?
+        .spec()
+        .clone();
+    let state = Arc::new(ServerState {
+        store: queue.store.clone(),
+        artifacts: queue.artifacts.clone(),
+        models: vec![spec],
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = spawn_workers(&queue, args.workers, args.queue.max_seconds, &stop)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!("listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("the server stopped")
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    Ok(())
+}
+
+/// Works the queue until Ctrl-C or SIGTERM.
+pub fn work(args: &WorkerArgs) -> Result<()> {
+    let queue = open_queue(&args.queue)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = spawn_workers(&queue, 1, args.queue.max_seconds, &stop)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(shutdown_signal());
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

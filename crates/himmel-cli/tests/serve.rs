@@ -1,0 +1,364 @@
+//! `himmel serve` and `himmel worker` through the real binary and real HTTP: the Videos API
+//! round trip, OpenAI-shaped errors for bad requests, back-pressure, a worker killed mid-job,
+//! a restarted server, and many concurrent clients.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ffprobe;
+use serde_json::{Value, json};
+
+/// A running `himmel serve` (killed when dropped).
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_himmel"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                data.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("the server says where it listens")
+                .unwrap();
+            if let Some(address) = line.strip_prefix("listening on ") {
+                break address.trim().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server with SIGTERM and waits for it.
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Sends a request and returns the status and the body.
+fn send(method: &str, url: &str, body: Option<&[u8]>) -> (u16, Vec<u8>, Option<String>) {
+    let agent = agent();
+    let response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        ("POST", Some(body)) => agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(body),
+        _ => unreachable!("{method}"),
+    };
+    let mut response = response.unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|value| value.to_str().unwrap().to_string());
+    let status = response.status().as_u16();
+    let bytes = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .unwrap();
+    (status, bytes, retry_after)
+}
+
+fn json_of(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+}
+
+fn create(server: &Server, body: Value) -> (u16, Value) {
+    let (status, bytes, _) = send(
+        "POST",
+        &server.url("/v1/videos"),
+        Some(body.to_string().as_bytes()),
+    );
+    (status, json_of(&bytes))
+}
+
+fn get(server: &Server, id: &str) -> Value {
+    let (status, bytes, _) = send("GET", &server.url(&format!("/v1/videos/{id}")), None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    json_of(&bytes)
+}
+
+/// Polls job `id` until it is completed or failed.
+fn wait(server: &Server, id: &str, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let video = get(server, id);
+        match video["status"].as_str().unwrap() {
+            "completed" | "failed" => return video,
+            _ if started.elapsed() > limit => panic!("job {id} did not finish: {video}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Asserts an OpenAI-shaped error with `status` whose message contains `words`.
+fn assert_error(status: u16, body: &Value, expected: u16, words: &str) {
+    assert_eq!(status, expected, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(words), "{message}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+/// A quick job: one frame, two steps.
+fn quick(prompt: &str) -> Value {
+    json!({"prompt": prompt, "seconds": "0.0625", "steps": 2})
+}
+
+#[test]
+fn the_videos_api_creates_lists_serves_and_deletes_videos() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let (status, video) = create(
+        &server,
+        json!({"prompt": "a red ball bounces on the grass", "seconds": "1", "seed": 3}),
+    );
+    assert_eq!(status, 200, "{video}");
+    assert_eq!(
+        (video["object"].as_str(), video["status"].as_str()),
+        (Some("video"), Some("queued"))
+    );
+    assert_eq!(
+        (video["size"].as_str(), video["seconds"].as_str()),
+        (Some("64x64"), Some("1"))
+    );
+    let id = video["id"].as_str().unwrap().to_string();
+    let done = wait(&server, &id, Duration::from_secs(60));
+    assert_eq!(
+        (done["status"].as_str(), done["progress"].as_u64()),
+        (Some("completed"), Some(100)),
+        "{done}"
+    );
+    assert!(done["completed_at"].as_i64().unwrap() >= done["created_at"].as_i64().unwrap());
+
+    let (status, mp4, _) = send(
+        "GET",
+        &server.url(&format!("/v1/videos/{id}/content")),
+        None,
+    );
+    assert_eq!(status, 200);
+    let file = data.path().join("download.mp4");
+    std::fs::write(&file, &mp4).unwrap();
+    let probe = ffprobe(&file, "width,height,nb_read_frames");
+    assert!(
+        probe.contains("width=64") && probe.contains("nb_read_frames=17"),
+        "{probe}"
+    );
+    let (status, png, _) = send(
+        "GET",
+        &server.url(&format!("/v1/videos/{id}/content?variant=thumbnail")),
+        None,
+    );
+    assert_eq!((status, &png[1..4]), (200, &b"PNG"[..]));
+
+    let (_, listed, _) = send("GET", &server.url("/v1/videos?limit=10&order=desc"), None);
+    let listed = json_of(&listed);
+    assert_eq!(listed["object"], "list");
+    assert_eq!(listed["data"][0]["id"].as_str(), Some(id.as_str()));
+
+    let (status, deleted, _) = send("DELETE", &server.url(&format!("/v1/videos/{id}")), None);
+    assert_eq!(
+        (status, json_of(&deleted)["deleted"].as_bool()),
+        (200, Some(true))
+    );
+    let (status, gone, _) = send("GET", &server.url(&format!("/v1/videos/{id}")), None);
+    assert_error(status, &json_of(&gone), 404, "no video with id");
+    assert!(
+        std::fs::read_dir(data.path().join("videos"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    for (body, expected, words) in [
+        (b"{not json".to_vec(), 400, "not a valid request"),
+        (br#"{"prompt": 5}"#.to_vec(), 400, "invalid type"),
+        (
+            br#"{"prompt": "a", "colour": "red"}"#.to_vec(),
+            400,
+            "unknown field",
+        ),
+        (
+            br#"{"prompt": "a", "size": "0x0"}"#.to_vec(),
+            400,
+            "width must be a multiple",
+        ),
+        (
+            br#"{"prompt": "a", "size": "99999x99999"}"#.to_vec(),
+            400,
+            "between 16 and 512",
+        ),
+        (
+            br#"{"prompt": "a", "seconds": -2}"#.to_vec(),
+            400,
+            "more than 0",
+        ),
+        (
+            br#"{"prompt": "a", "model": "sora-2"}"#.to_vec(),
+            400,
+            "unknown model",
+        ),
+        (vec![b' '; 2 << 20], 413, "length limit"),
+    ] {
+        let (status, bytes, _) = send("POST", &server.url("/v1/videos"), Some(&body));
+        assert_error(status, &json_of(&bytes), expected, words);
+    }
+    for path in [
+        "/v1/videos/..%2F..%2Fetc%2Fpasswd",
+        "/v1/videos/video_0123/content",
+        "/v2/nothing",
+    ] {
+        let (status, bytes, _) = send("GET", &server.url(path), None);
+        assert_error(status, &json_of(&bytes), 404, "");
+    }
+    // Still serving.
+    let (status, _, _) = send("GET", &server.url("/healthz"), None);
+    assert_eq!(status, 200);
+    server.stop();
+}
+
+#[test]
+fn a_full_queue_answers_429_and_a_restart_loses_no_job() {
+    let data = tempfile::tempdir().unwrap();
+    // No workers: jobs wait.
+    let server = Server::start(data.path(), &["--workers", "0", "--max-queued", "3"]);
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            let (status, video) = create(&server, quick(&format!("clip {i}")));
+            assert_eq!(status, 200, "{video}");
+            video["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let (status, bytes, retry_after) = send(
+        "POST",
+        &server.url("/v1/videos"),
+        Some(quick("one more").to_string().as_bytes()),
+    );
+    assert_error(status, &json_of(&bytes), 429, "queue is full");
+    assert!(retry_after.is_some());
+    let (_, metrics, _) = send("GET", &server.url("/metrics"), None);
+    assert!(String::from_utf8_lossy(&metrics).contains("himmel_queue_depth 3"));
+    server.stop();
+
+    // Restarted with a worker: every queued job is done, once.
+    let server = Server::start(data.path(), &[]);
+    for id in &ids {
+        assert_eq!(
+            wait(&server, id, Duration::from_secs(60))["status"],
+            "completed"
+        );
+    }
+    let (_, listed, _) = send("GET", &server.url("/v1/videos?limit=100"), None);
+    assert_eq!(json_of(&listed)["data"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_job_whose_worker_is_killed_is_finished_by_another() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    let server = Server::start(data.path(), &["--workers", "0", "--lease-seconds", "1"]);
+    // Several windows, so the first worker is still at it when it is killed.
+    let (_, video) = create(
+        &server,
+        json!({"prompt": "a red ball rolls to the right", "seconds": "6"}),
+    );
+    let id = video["id"].as_str().unwrap().to_string();
+    let worker = || {
+        Command::new(env!("CARGO_BIN_EXE_himmel"))
+            .args(["worker", "--data", data_arg, "--lease-seconds", "1"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = worker();
+    let started = Instant::now();
+    while get(&server, &id)["status"] != "in_progress" {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker never started the job"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert_eq!(get(&server, &id)["status"], "in_progress");
+    let mut second = worker();
+    let done = wait(&server, &id, Duration::from_secs(120));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let (status, _, _) = send(
+        "GET",
+        &server.url(&format!("/v1/videos/{id}/content")),
+        None,
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn fifty_concurrent_clients_all_get_their_videos() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--max-queued", "100"]);
+    std::thread::scope(|scope| {
+        for client in 0..50 {
+            let server = &server;
+            scope.spawn(move || {
+                let (status, video) = create(server, quick(&format!("a ball number {client}")));
+                assert_eq!(status, 200, "{video}");
+                let id = video["id"].as_str().unwrap();
+                let done = wait(server, id, Duration::from_secs(240));
+                assert_eq!(done["status"], "completed", "{done}");
+                let (status, bytes, _) = send(
+                    "GET",
+                    &server.url(&format!("/v1/videos/{id}/content")),
+                    None,
+                );
+                assert!(status == 200 && bytes.len() > 100);
+            });
+        }
+    });
+}

@@ -1,0 +1,211 @@
+//! A video job: what was asked for ([`JobRequest`]), where it stands ([`Job`]), and the video
+//! object of OpenAI's Videos API that clients see ([`VideoObject`]).
+
+use serde::{Deserialize, Serialize};
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker holds its lease and is generating.
+    InProgress,
+    /// The video is ready.
+    Completed,
+    /// It could not be made; the job's error says why.
+    Failed,
+}
+
+impl JobStatus {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The status a stored name stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::InProgress,
+            Self::Completed,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
+    }
+}
+
+/// What a job must generate, validated before it is queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// What the video shows.
+    pub prompt: String,
+    /// What it should not show.
+    #[serde(default)]
+    pub negative_prompt: String,
+    /// The model's name.
+    pub model: String,
+    /// Frame width in pixels.
+    pub width: usize,
+    /// Frame height in pixels.
+    pub height: usize,
+    /// Duration in seconds.
+    pub seconds: f64,
+    /// Seed of the noise (and of the scene choices a prompt leaves open).
+    pub seed: u64,
+    /// Denoising steps; the model's default when absent.
+    pub steps: Option<usize>,
+    /// Guidance scale; the model's default when absent.
+    pub guidance: Option<f64>,
+}
+
+/// Why a job failed, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// A short machine-readable code.
+    pub code: String,
+    /// What went wrong, in words.
+    pub message: String,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// `video_` and 24 hexadecimal digits.
+    pub id: String,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// Percent done, 0..=100.
+    pub progress: u8,
+    /// Unix seconds when it was created.
+    pub created_at: i64,
+    /// Unix seconds when it completed or failed.
+    pub completed_at: Option<i64>,
+    /// What to generate.
+    pub request: JobRequest,
+    /// Why it failed.
+    pub error: Option<JobError>,
+    /// Times a worker has leased it.
+    pub attempts: u32,
+    /// The job this one re-does with a new prompt.
+    pub remixed_from: Option<String>,
+}
+
+/// The `video` object of OpenAI's Videos API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoObject {
+    /// The job's id.
+    pub id: String,
+    /// Always `"video"`.
+    pub object: String,
+    /// `queued`, `in_progress`, `completed` or `failed`.
+    pub status: JobStatus,
+    /// Percent done.
+    pub progress: u8,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, once finished.
+    pub completed_at: Option<i64>,
+    /// Unix seconds after which the video may be deleted (none: kept until deleted).
+    pub expires_at: Option<i64>,
+    /// The model's name.
+    pub model: String,
+    /// Duration in seconds, as a string.
+    pub seconds: String,
+    /// `WIDTHxHEIGHT`.
+    pub size: String,
+    /// The prompt.
+    pub prompt: String,
+    /// Why it failed.
+    pub error: Option<JobError>,
+    /// The video this one remixes.
+    pub remixed_from_video_id: Option<String>,
+}
+
+impl From<&Job> for VideoObject {
+    fn from(job: &Job) -> Self {
+        let request = &job.request;
+        Self {
+            id: job.id.clone(),
+            object: "video".into(),
+            status: job.status,
+            progress: job.progress,
+            created_at: job.created_at,
+            completed_at: job.completed_at,
+            expires_at: None,
+            model: request.model.clone(),
+            seconds: format_seconds(request.seconds),
+            size: format!("{}x{}", request.width, request.height),
+            prompt: request.prompt.clone(),
+            error: job.error.clone(),
+            remixed_from_video_id: job.remixed_from.clone(),
+        }
+    }
+}
+
+/// Seconds as the API writes them: `"4"`, or `"2.5"`.
+fn format_seconds(seconds: f64) -> String {
+    if seconds.fract() == 0.0 {
+        format!("{seconds:.0}")
+    } else {
+        seconds.to_string()
+    }
+}
+
+/// A new job id: `video_` and 24 random hexadecimal digits.
+pub fn new_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 12] = rand::rng().random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("video_{hex}")
+}
+
+/// Whether `id` has the shape of a job id (so it can name files safely).
+pub fn is_valid_id(id: &str) -> bool {
+    id.strip_prefix("video_").is_some_and(|hex| {
+        hex.len() == 24
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_safe_file_names() {
+        let id = new_id();
+        assert!(is_valid_id(&id), "{id}");
+        for bad in [
+            "../../etc/passwd",
+            "video_",
+            "video_XYZ",
+            "video_0123456789abcdef0123456/",
+        ] {
+            assert!(!is_valid_id(bad), "{bad}");
+        }
+        assert_ne!(new_id(), new_id());
+    }
+
+    #[test]
+    fn statuses_and_seconds_read_as_the_api_writes_them() {
+        for status in [
+            JobStatus::Queued,
+            JobStatus::InProgress,
+            JobStatus::Completed,
+            JobStatus::Failed,
+        ] {
+            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(format_seconds(4.0), "4");
+        assert_eq!(format_seconds(2.5), "2.5");
+    }
+}

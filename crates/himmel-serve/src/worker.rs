@@ -1,0 +1,179 @@
+//! [`Worker`]: leases jobs from the store one at a time and runs them with an engine whose
+//! model stays loaded. While a job runs, a heartbeat renews the lease and records progress;
+//! when the job is deleted (or leased by another worker after a lost lease) the heartbeat
+//! notices and the work is cancelled at the next window.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use himmel_core::{Progress, ProgressEvent};
+
+use crate::artifacts::{Artifacts, Variant};
+use crate::engine::Engine;
+use crate::job::JobError;
+use crate::store::{JobStore, Lease, StoreError};
+
+/// How long a lease lasts without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// Runs jobs from a store.
+pub struct Worker {
+    store: Arc<dyn JobStore>,
+    engine: Box<dyn Engine>,
+    artifacts: Artifacts,
+    name: String,
+    lease: Duration,
+}
+
+/// Counts denoising steps into a percentage the heartbeat reads.
+struct JobProgress {
+    planned: u64,
+    /// Steps of the denoising stages already finished.
+    finished: Cell<u64>,
+    /// Steps of the current denoising stage.
+    current: Cell<u64>,
+    in_denoise: Cell<bool>,
+    percent: Arc<AtomicU8>,
+}
+
+impl Progress for JobProgress {
+    fn event(&self, event: ProgressEvent<'_>) {
+        match event {
+            ProgressEvent::StageStarted { stage, .. } => {
+                self.in_denoise.set(stage == "denoise");
+                self.current.set(0);
+            }
+            ProgressEvent::Step { done } if self.in_denoise.get() => {
+                self.current.set(done);
+                let steps = self.finished.get() + done;
+                // 100 is for a finished video.
+                let percent = (steps * 99 / self.planned.max(1)).min(99) as u8;
+                self.percent.store(percent, Ordering::Relaxed);
+            }
+            ProgressEvent::StageFinished if self.in_denoise.get() => {
+                self.finished.set(self.finished.get() + self.current.get());
+                self.in_denoise.set(false);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Worker {
+    /// A worker named after this host and process.
+    pub fn new(store: Arc<dyn JobStore>, engine: Box<dyn Engine>, artifacts: Artifacts) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+        Self {
+            store,
+            engine,
+            artifacts,
+            name: format!("{host}-{}-{}", std::process::id(), crate::job::new_id()),
+            lease: LEASE,
+        }
+    }
+
+    /// Uses leases of `lease` instead of [`LEASE`] (tests of lost workers).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Runs jobs until `stop` is set, polling every `idle` while the queue is empty.
+    pub fn run(&mut self, stop: &AtomicBool, idle: Duration) -> Result<(), StoreError> {
+        while !stop.load(Ordering::Relaxed) {
+            if !self.run_one()? {
+                std::thread::sleep(idle);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leases and runs one job; whether there was one.
+    pub fn run_one(&mut self) -> Result<bool, StoreError> {
+        let Some(job) = self.store.lease(&self.name, self.lease)? else {
+            return Ok(false);
+        };
+        let percent = Arc::new(AtomicU8::new(0));
+        let cancelled = AtomicBool::new(false);
+        let (done, finished) = mpsc::channel::<()>();
+        let outcome = std::thread::scope(|scope| {
+            let holder = LeaseHolder {
+                store: self.store.as_ref(),
+                worker: &self.name,
+                id: &job.id,
+                lease: self.lease,
+            };
+            let (percent, cancelled) = (&percent, &cancelled);
+            scope.spawn(move || holder.keep(percent, cancelled, &finished));
+            let progress = JobProgress {
+                planned: self.engine.planned_steps(&job.request),
+                finished: Cell::new(0),
+                current: Cell::new(0),
+                in_denoise: Cell::new(false),
+                percent: percent.clone(),
+            };
+            let output = self.artifacts.path(&job.id, Variant::Video);
+            let outcome = self
+                .engine
+                .generate(&job.request, &output, &progress, cancelled);
+            // Ends the heartbeat.
+            drop(done);
+            outcome
+        });
+        let lease = match outcome {
+            Ok(first_frame) => match self.artifacts.write_thumbnail(&job.id, &first_frame) {
+                Ok(()) => self.store.complete(&job.id, &self.name)?,
+                Err(message) => self.store.fail(&job.id, &self.name, &failure(message))?,
+            },
+            Err(_) if cancelled.load(Ordering::Relaxed) => Lease::Lost,
+            Err(message) => self.store.fail(&job.id, &self.name, &failure(message))?,
+        };
+        if lease == Lease::Lost {
+            // Deleted while it ran, or taken over: its files are not ours to keep.
+            if self.store.get(&job.id)?.is_none() {
+                self.artifacts.remove(&job.id);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// What renews one job's lease.
+struct LeaseHolder<'a> {
+    store: &'a dyn JobStore,
+    worker: &'a str,
+    id: &'a str,
+    lease: Duration,
+}
+
+impl LeaseHolder<'_> {
+    /// Renews the lease until `finished` closes; sets `cancelled` if it is lost.
+    fn keep(&self, percent: &AtomicU8, cancelled: &AtomicBool, finished: &mpsc::Receiver<()>) {
+        let every = self.lease / 3;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(every) {
+            let progress = percent.load(Ordering::Relaxed);
+            match self
+                .store
+                .heartbeat(self.id, self.worker, progress, self.lease)
+            {
+                Ok(Lease::Held) => {}
+                Ok(Lease::Lost) => {
+                    cancelled.store(true, Ordering::Relaxed);
+                    return;
+                }
+                // A passing database error: the next beat may succeed before the lease ends.
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+fn failure(message: String) -> JobError {
+    JobError {
+        code: "generation_failed".into(),
+        message,
+    }
+}
