@@ -77,13 +77,41 @@ fn agent() -> ureq::Agent {
 
 /// Sends a request and returns the status and the body.
 fn send(method: &str, url: &str, body: Option<&[u8]>) -> (u16, Vec<u8>, Option<String>) {
+    send_typed(method, url, body, "application/json")
+}
+
+/// A multipart form of text `fields` and one file.
+fn form(fields: &[(&str, &str)], file: (&str, &str, &[u8])) -> (Vec<u8>, String) {
+    let boundary = "himmel-test-boundary";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .bytes(),
+        );
+    }
+    let (name, file_name, bytes) = file;
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").bytes());
+    body.extend(bytes);
+    body.extend(format!("\r\n--{boundary}--\r\n").bytes());
+    (body, format!("multipart/form-data; boundary={boundary}"))
+}
+
+fn send_typed(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    content_type: &str,
+) -> (u16, Vec<u8>, Option<String>) {
     let agent = agent();
     let response = match (method, body) {
         ("GET", _) => agent.get(url).call(),
         ("DELETE", _) => agent.delete(url).call(),
         ("POST", Some(body)) => agent
             .post(url)
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .send(body),
         _ => unreachable!("{method}"),
     };
@@ -241,7 +269,7 @@ fn the_videos_api_creates_lists_serves_and_deletes_videos() {
             400,
             "unknown model",
         ),
-        (vec![b' '; 2 << 20], 413, "length limit"),
+        (vec![b' '; 2 << 20], 413, "larger than"),
     ] {
         let (status, bytes, _) = send("POST", &server.url("/v1/videos"), Some(&body));
         assert_error(status, &json_of(&bytes), expected, words);
@@ -258,6 +286,73 @@ fn the_videos_api_creates_lists_serves_and_deletes_videos() {
     let (status, _, _) = send("GET", &server.url("/healthz"), None);
     assert_eq!(status, 200);
     server.stop();
+}
+
+#[test]
+fn uploads_become_first_frames_and_finished_videos_can_be_remixed() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let still = data.path().join("still.png");
+    common::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:s=64x64",
+        "-frames:v",
+        "1",
+        still.to_str().unwrap(),
+    ]);
+    let png = std::fs::read(&still).unwrap();
+    let fields = [
+        ("prompt", "a red ball rolls on the grass"),
+        ("seconds", "1"),
+        ("seed", "4"),
+    ];
+    let (body, content_type) = form(&fields, ("input_reference", "still.png", &png));
+    let (status, bytes, _) = send_typed(
+        "POST",
+        &server.url("/v1/videos"),
+        Some(&body),
+        &content_type,
+    );
+    let video = json_of(&bytes);
+    assert_eq!(status, 200, "{video}");
+    let id = video["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait(&server, &id, Duration::from_secs(60))["status"],
+        "completed"
+    );
+
+    for (file_name, bytes, words) in [
+        ("notes.png", &b"not a picture"[..], "not an image"),
+        ("tool.exe", &b"MZ"[..], "must be an image"),
+    ] {
+        let (body, content_type) = form(&fields, ("input_reference", file_name, bytes));
+        let (status, bytes, _) = send_typed(
+            "POST",
+            &server.url("/v1/videos"),
+            Some(&body),
+            &content_type,
+        );
+        assert_error(status, &json_of(&bytes), 400, words);
+    }
+
+    let remix = json!({"prompt": "a blue cube slides over the sand"});
+    let (status, bytes, _) = send(
+        "POST",
+        &server.url(&format!("/v1/videos/{id}/remix")),
+        Some(remix.to_string().as_bytes()),
+    );
+    let remixed = json_of(&bytes);
+    assert_eq!(status, 200, "{remixed}");
+    assert_eq!(remixed["remixed_from_video_id"].as_str(), Some(id.as_str()));
+    let remixed_id = remixed["id"].as_str().unwrap();
+    let done = wait(&server, remixed_id, Duration::from_secs(60));
+    assert_eq!(
+        (done["status"].as_str(), done["size"].as_str()),
+        (Some("completed"), Some("64x64")),
+        "{done}"
+    );
 }
 
 #[test]

@@ -8,23 +8,26 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::artifacts::{Artifacts, Variant};
+use crate::artifacts::{Artifacts, UPLOAD_EXTENSIONS, Variant};
 use crate::engine::ModelSpec;
-use crate::job::{Job, JobRequest, JobStatus, VideoObject, is_valid_id};
+use crate::job::{Job, JobRequest, JobStatus, Remix, VideoObject, is_valid_id};
 use crate::store::{JobStore, Order, StoreError};
 
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 4000;
 
-/// Largest request body accepted, in bytes.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest JSON body accepted, in bytes.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+
+/// Largest body accepted at all (a multipart upload), in bytes.
+pub const MAX_BODY_BYTES: usize = 32 << 20;
 
 /// What the handlers share.
 pub struct ServerState {
@@ -145,6 +148,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/videos", get(list_videos).post(create_video))
         .route("/v1/videos/{id}", get(get_video).delete(delete_video))
         .route("/v1/videos/{id}/content", get(content))
+        .route("/v1/videos/{id}/remix", post(remix))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -255,6 +259,8 @@ fn validate(body: CreateVideo, models: &[ModelSpec]) -> Result<JobRequest, ApiEr
         seed: body.seed.unwrap_or_else(rand::random),
         steps: body.steps,
         guidance: body.guidance,
+        input_reference: None,
+        remix: None,
     })
 }
 
@@ -286,22 +292,184 @@ fn parse_size(size: &str, model: &ModelSpec) -> Result<(usize, usize), ApiError>
     Ok((width, height))
 }
 
-async fn create_video(
-    State(state): State<Arc<ServerState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<VideoObject>, ApiError> {
-    let body = body.map_err(|rejection| ApiError {
-        status: rejection.status(),
+fn too_large(limit: usize) -> ApiError {
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
         kind: "invalid_request_error",
-        message: rejection.body_text(),
+        message: format!("the body is larger than {limit} bytes"),
+        param: None,
+        code: Some("body_too_large"),
+    }
+}
+
+fn rejected(rejection: impl IntoResponse + std::fmt::Display) -> ApiError {
+    let message = rejection.to_string();
+    let status = rejection.into_response().status();
+    ApiError {
+        status,
+        kind: "invalid_request_error",
+        message,
         param: None,
         code: None,
-    })?;
-    let parsed: CreateVideo = serde_json::from_slice(&body).map_err(|error| {
+    }
+}
+
+/// A JSON body as a [`CreateVideo`].
+fn parse_json(body: &[u8]) -> Result<CreateVideo, ApiError> {
+    if body.len() > MAX_JSON_BYTES {
+        return Err(too_large(MAX_JSON_BYTES));
+    }
+    serde_json::from_slice(body).map_err(|error| {
         ApiError::invalid("body", format!("the body is not a valid request: {error}"))
+    })
+}
+
+/// A multipart body: text fields as a [`CreateVideo`], and the `input_reference` file with
+/// its extension.
+async fn parse_multipart(
+    mut multipart: Multipart,
+) -> Result<(CreateVideo, Option<(Bytes, String)>), ApiError> {
+    let mut fields = serde_json::Map::new();
+    let mut upload = None;
+    while let Some(field) = multipart.next_field().await.map_err(rejected)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "input_reference" {
+            let file_name = field.file_name().unwrap_or_default().to_lowercase();
+            let extension = file_name.rsplit_once('.').map(|(_, e)| e.to_string());
+            let extension = extension
+                .filter(|e| UPLOAD_EXTENSIONS.contains(&e.as_str()))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "input_reference",
+                        format!(
+                            "input_reference must be an image ({}); got {file_name:?}",
+                            UPLOAD_EXTENSIONS.join(", ")
+                        ),
+                    )
+                })?;
+            upload = Some((field.bytes().await.map_err(rejected)?, extension));
+            continue;
+        }
+        let text = field.text().await.map_err(rejected)?;
+        // Numbers arrive as text in forms.
+        let value = match name.as_str() {
+            "seed" | "steps" | "guidance" => {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            }
+            _ => Value::String(text),
+        };
+        fields.insert(name, value);
+    }
+    let body = serde_json::from_value(Value::Object(fields)).map_err(|error| {
+        ApiError::invalid("body", format!("the form is not a valid request: {error}"))
     })?;
-    let request = validate(parsed, &state.models)?;
-    let job = blocking(&state, move |store| store.create(&request, None)).await?;
+    Ok((body, upload))
+}
+
+async fn create_video(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+) -> Result<axum::Json<VideoObject>, ApiError> {
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("multipart/form-data"));
+    let (body, upload) = if multipart {
+        parse_multipart(
+            Multipart::from_request(request, &())
+                .await
+                .map_err(rejected)?,
+        )
+        .await?
+    } else {
+        let bytes = Bytes::from_request(request, &()).await.map_err(rejected)?;
+        (parse_json(&bytes)?, None)
+    };
+    let mut job_request = validate(body, &state.models)?;
+    if let Some((bytes, extension)) = upload {
+        let artifacts = state.artifacts.clone();
+        let saved = tokio::task::spawn_blocking(move || artifacts.save_upload(&bytes, &extension))
+            .await
+            .map_err(|error| ApiError::invalid("input_reference", error.to_string()))?;
+        let name = saved.map_err(|error| {
+            ApiError::invalid(
+                "input_reference",
+                format!("input_reference is not an image: {error}"),
+            )
+        })?;
+        job_request.input_reference = Some(name);
+    }
+    let job = blocking(&state, move |store| store.create(&job_request, None)).await?;
+    Ok(axum::Json(VideoObject::from(&job)))
+}
+
+/// The body of `POST /v1/videos/{id}/remix`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemixVideo {
+    prompt: String,
+    /// How much to change the video, 0..=1.
+    strength: Option<f64>,
+}
+
+/// How much a remix changes the video when the request does not say.
+const DEFAULT_REMIX_STRENGTH: f64 = 0.7;
+
+async fn remix(
+    State(state): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<VideoObject>, ApiError> {
+    let body = body.map_err(rejected)?;
+    if body.len() > MAX_JSON_BYTES {
+        return Err(too_large(MAX_JSON_BYTES));
+    }
+    let remix: RemixVideo = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::invalid("body", format!("the body is not a valid remix: {error}"))
+    })?;
+    let original = find(&state, &id).await?;
+    if original.status != JobStatus::Completed {
+        return Err(ApiError::invalid(
+            "video_id",
+            format!(
+                "video {id} is {}; only completed videos can be remixed",
+                original.status.as_str()
+            ),
+        ));
+    }
+    let strength = remix.strength.unwrap_or(DEFAULT_REMIX_STRENGTH);
+    if !(0.0..=1.0).contains(&strength) {
+        return Err(ApiError::invalid(
+            "strength",
+            "strength must be between 0 and 1",
+        ));
+    }
+    let models = &state.models;
+    let checked = validate(
+        CreateVideo {
+            prompt: remix.prompt,
+            model: Some(original.request.model.clone()),
+            seconds: Some(Seconds::Number(original.request.seconds)),
+            size: Some(format!(
+                "{}x{}",
+                original.request.width, original.request.height
+            )),
+            seed: Some(original.request.seed),
+            steps: original.request.steps,
+            guidance: original.request.guidance,
+            negative_prompt: Some(original.request.negative_prompt.clone()),
+        },
+        models,
+    )?;
+    let request = JobRequest {
+        remix: Some(Remix {
+            video_id: id.clone(),
+            strength,
+        }),
+        ..checked
+    };
+    let job = blocking(&state, move |store| store.create(&request, Some(&id))).await?;
     Ok(axum::Json(VideoObject::from(&job)))
 }
 
@@ -379,13 +547,17 @@ async fn delete_video(
     State(state): State<Arc<ServerState>>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    find(&state, &id).await?;
+    let job = find(&state, &id).await?;
     let key = id.clone();
     let deleted = blocking(&state, move |store| store.delete(&key)).await?;
     if !deleted {
         return Err(ApiError::not_found(&id));
     }
     state.artifacts.remove(&id);
+    if let Some(upload) = &job.request.input_reference {
+        // Already gone is fine.
+        let _ = std::fs::remove_file(state.artifacts.upload_path(upload));
+    }
     Ok(axum::Json(
         json!({"id": id, "object": "video.deleted", "deleted": true}),
     ))

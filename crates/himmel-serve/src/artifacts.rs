@@ -1,5 +1,6 @@
 //! [`Artifacts`]: the files a job leaves in the data directory: `videos/ID.mp4` and
-//! `videos/ID.png` (its thumbnail, the first frame).
+//! `videos/ID.png` (its thumbnail, the first frame), and uploaded reference images under
+//! `uploads/`.
 
 use std::path::{Path, PathBuf};
 
@@ -44,14 +45,45 @@ impl Variant {
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     dir: PathBuf,
+    uploads: PathBuf,
 }
 
+/// Extensions of the reference images accepted.
+pub const UPLOAD_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "gif"];
+
 impl Artifacts {
-    /// Artifacts under `data/videos`, created if missing.
+    /// Artifacts under `data/videos` and `data/uploads`, created if missing.
     pub fn new(data: &Path) -> std::io::Result<Self> {
         let dir = data.join("videos");
+        let uploads = data.join("uploads");
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        std::fs::create_dir_all(&uploads)?;
+        Ok(Self { dir, uploads })
+    }
+
+    /// Where the upload `name` is (names are made by [`Artifacts::save_upload`]).
+    pub fn upload_path(&self, name: &str) -> PathBuf {
+        self.uploads.join(name)
+    }
+
+    /// Stores an uploaded reference image with `extension` (one of [`UPLOAD_EXTENSIONS`]) and
+    /// returns its name; it must decode as an image, or nothing is kept.
+    pub fn save_upload(&self, bytes: &[u8], extension: &str) -> Result<String, String> {
+        let name = format!("{}.{extension}", crate::job::new_id());
+        let path = self.upload_path(&name);
+        std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+        let readable = himmel_media::read_video(
+            &path,
+            &himmel_media::ReadOptions::default(),
+            &himmel_core::Silent,
+        );
+        match readable {
+            Ok(_) => Ok(name),
+            Err(error) => {
+                let _ = std::fs::remove_file(&path);
+                Err(error.to_string())
+            }
+        }
     }
 
     /// Where the `variant` of job `id` is (callers pass validated ids only).

@@ -8,7 +8,9 @@ use candle_core::Device;
 use himmel_core::{Progress, Video};
 use himmel_media::{VideoWriter, WriteOptions};
 use himmel_pipeline::tasks::{self, Task, Windows};
-use himmel_pipeline::{GenerationRequest, MiniPipeline, PipelineError};
+use himmel_pipeline::{
+    Anchor, GenerationRequest, KnownClip, MiniPipeline, PipelineError, SourceClip,
+};
 use himmel_world::render::RenderSettings;
 
 use crate::job::JobRequest;
@@ -40,6 +42,15 @@ impl ModelSpec {
     }
 }
 
+/// The clips a job starts from, read by the worker.
+#[derive(Debug, Clone, Default)]
+pub struct JobInputs {
+    /// The first frame (an uploaded reference image).
+    pub first_frame: Option<Video>,
+    /// The video to re-make (a remix), and how much to change it.
+    pub source: Option<(Video, f64)>,
+}
+
 /// Generates videos for jobs.
 pub trait Engine: Send {
     /// What the model accepts.
@@ -52,6 +63,7 @@ pub trait Engine: Send {
     fn generate(
         &mut self,
         request: &JobRequest,
+        inputs: &JobInputs,
         output: &Path,
         progress: &dyn Progress,
         cancelled: &AtomicBool,
@@ -112,6 +124,7 @@ impl Engine for MiniEngine {
     fn generate(
         &mut self,
         request: &JobRequest,
+        inputs: &JobInputs,
         output: &Path,
         progress: &dyn Progress,
         cancelled: &AtomicBool,
@@ -124,6 +137,18 @@ impl Engine for MiniEngine {
             steps: request.steps.unwrap_or(sampling.steps),
             guidance: request.guidance.unwrap_or(sampling.guidance),
             seed: request.seed,
+            known: inputs
+                .first_frame
+                .iter()
+                .map(|frame| KnownClip {
+                    video: frame.clone(),
+                    anchor: Anchor::Start,
+                })
+                .collect(),
+            source: inputs.source.as_ref().map(|(video, strength)| SourceClip {
+                video: video.clone(),
+                strength: *strength,
+            }),
             ..GenerationRequest::new(
                 &request.prompt,
                 (request.width, request.height, frames),

@@ -63,6 +63,22 @@ pub struct JobRequest {
     pub steps: Option<usize>,
     /// Guidance scale; the model's default when absent.
     pub guidance: Option<f64>,
+    /// An uploaded image (file name under the data directory's uploads) that becomes the
+    /// first frame.
+    #[serde(default)]
+    pub input_reference: Option<String>,
+    /// A finished video to re-make under this prompt (a remix), and how much to change it.
+    #[serde(default)]
+    pub remix: Option<Remix>,
+}
+
+/// A video to re-make under a new prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Remix {
+    /// The finished video's job id.
+    pub video_id: String,
+    /// 0 keeps it, 1 ignores it.
+    pub strength: f64,
 }
 
 /// Why a job failed, as the API shows it.

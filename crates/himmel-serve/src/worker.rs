@@ -12,8 +12,8 @@ use std::time::Duration;
 use himmel_core::{Progress, ProgressEvent};
 
 use crate::artifacts::{Artifacts, Variant};
-use crate::engine::Engine;
-use crate::job::JobError;
+use crate::engine::{Engine, JobInputs};
+use crate::job::{JobError, JobRequest};
 use crate::store::{JobStore, Lease, StoreError};
 
 /// How long a lease lasts without a heartbeat.
@@ -116,9 +116,10 @@ impl Worker {
                 percent: percent.clone(),
             };
             let output = self.artifacts.path(&job.id, Variant::Video);
-            let outcome = self
-                .engine
-                .generate(&job.request, &output, &progress, cancelled);
+            let outcome = self.inputs(&job.request).and_then(|inputs| {
+                self.engine
+                    .generate(&job.request, &inputs, &output, &progress, cancelled)
+            });
             // Ends the heartbeat.
             drop(done);
             outcome
@@ -138,6 +139,42 @@ impl Worker {
             }
         }
         Ok(true)
+    }
+}
+
+impl Worker {
+    /// Reads the clips `request` starts from.
+    fn inputs(&self, request: &JobRequest) -> Result<JobInputs, String> {
+        let read = |path: &std::path::Path| {
+            himmel_media::read_video(path, &Default::default(), &himmel_core::Silent)
+                .map_err(|error| error.to_string())
+        };
+        let first_frame = match &request.input_reference {
+            Some(name) => {
+                let video = read(&self.artifacts.upload_path(name))?;
+                Some(
+                    himmel_core::Video::new(
+                        video.frames().narrow(0, 0, 1).map_err(|e| e.to_string())?,
+                        video.fps(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                )
+            }
+            None => None,
+        };
+        let source = match &request.remix {
+            Some(remix) => {
+                let path = self.artifacts.path(&remix.video_id, Variant::Video);
+                let video =
+                    read(&path).map_err(|error| format!("the video to remix is gone: {error}"))?;
+                Some((video, remix.strength))
+            }
+            None => None,
+        };
+        Ok(JobInputs {
+            first_frame,
+            source,
+        })
     }
 }
 

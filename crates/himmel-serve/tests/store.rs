@@ -22,6 +22,8 @@ fn request(prompt: &str) -> JobRequest {
         seed: 7,
         steps: None,
         guidance: None,
+        input_reference: None,
+        remix: None,
     }
 }
 
