@@ -457,3 +457,32 @@ fn fifty_concurrent_clients_all_get_their_videos() {
         }
     });
 }
+
+#[test]
+fn the_official_openai_python_sdk_drives_the_api() {
+    let python = std::env::var("HIMMEL_OPENAI_PYTHON").expect(
+        "set HIMMEL_OPENAI_PYTHON to a Python that has the openai package (bash .ci/run installs one)",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/openai_videos.py");
+    let out = data.path().join("sdk.mp4");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&server.base)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("refused 400 model_not_found"), "{report}");
+    let probe = ffprobe(&out, "width,height,nb_read_frames");
+    assert!(
+        probe.contains("width=64") && probe.contains("nb_read_frames=17"),
+        "{probe}"
+    );
+}
