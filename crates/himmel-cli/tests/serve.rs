@@ -356,6 +356,65 @@ fn uploads_become_first_frames_and_finished_videos_can_be_remixed() {
 }
 
 #[test]
+fn events_stream_progress_and_previews_until_the_video_is_done() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let (_, video) = create(
+        &server,
+        json!({"prompt": "a red ball rolls to the right", "seconds": "3"}),
+    );
+    let id = video["id"].as_str().unwrap().to_string();
+    let mut response = agent()
+        .get(&server.url(&format!("/v1/videos/{id}/events")))
+        .call()
+        .unwrap();
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "text/event-stream"
+    );
+    // The stream ends by itself when the video is done.
+    let text = response.body_mut().read_to_string().unwrap();
+    let mut kinds = Vec::new();
+    let mut progress = Vec::new();
+    let mut last = Value::Null;
+    let mut event = String::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_string();
+            kinds.push(event.clone());
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && event == "progress"
+        {
+            last = json_of(data.as_bytes());
+            progress.push(last["progress"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(last["status"], "completed", "{text}");
+    assert!(
+        progress.windows(2).all(|p| p[0] <= p[1]) && progress.len() >= 3,
+        "{progress:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "preview"), "{kinds:?}");
+    let (status, png, _) = send(
+        "GET",
+        &server.url(&format!("/v1/videos/{id}/content?variant=preview")),
+        None,
+    );
+    assert_eq!((status, &png[1..4]), (200, &b"PNG"[..]));
+    let (status, jpeg, _) = send(
+        "GET",
+        &server.url(&format!("/v1/videos/{id}/content?variant=spritesheet")),
+        None,
+    );
+    assert_eq!((status, &jpeg[..2]), (200, &[0xFF, 0xD8][..]));
+}
+
+#[test]
 fn a_full_queue_answers_429_and_a_restart_loses_no_job() {
     let data = tempfile::tempdir().unwrap();
     // No workers: jobs wait.

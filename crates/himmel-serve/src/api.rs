@@ -3,6 +3,7 @@
 //! shape `{"error": {"message", "type", "param", "code"}}` and the fitting status.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -149,6 +151,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/videos/{id}", get(get_video).delete(delete_video))
         .route("/v1/videos/{id}/content", get(content))
         .route("/v1/videos/{id}/remix", post(remix))
+        .route("/v1/videos/{id}/events", get(events))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -573,12 +576,14 @@ async fn content(
         Some(name) => Variant::parse(name).ok_or_else(|| {
             ApiError::invalid(
                 "variant",
-                format!("variant must be \"video\" or \"thumbnail\"; got {name:?}"),
+                format!(
+                    "variant must be \"video\", \"thumbnail\", \"spritesheet\" or \"preview\"; got {name:?}"
+                ),
             )
         })?,
     };
     let job = find(&state, &id).await?;
-    if job.status != JobStatus::Completed {
+    if job.status != JobStatus::Completed && variant != Variant::Preview {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             kind: "invalid_request_error",
@@ -588,14 +593,115 @@ async fn content(
         });
     }
     let path = state.artifacts.path(&id, variant);
-    let bytes = tokio::fs::read(&path).await.map_err(|error| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        kind: "server_error",
-        message: format!("the {variant:?} of {id} cannot be read: {error}"),
-        param: None,
-        code: None,
-    })?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound if variant == Variant::Preview => ApiError {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                message: format!("video {id} has no preview yet"),
+                param: None,
+                code: Some("not_found"),
+            },
+            _ => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "server_error",
+                message: format!("the {variant:?} of {id} cannot be read: {error}"),
+                param: None,
+                code: None,
+            },
+        })?;
     Ok(([(header::CONTENT_TYPE, variant.content_type())], bytes).into_response())
+}
+
+/// How often the event stream looks for news.
+const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What an event stream has sent so far.
+struct Watch {
+    state: Arc<ServerState>,
+    id: String,
+    last: Option<VideoObject>,
+    last_preview: Option<std::time::SystemTime>,
+    pending: std::collections::VecDeque<Event>,
+    finished: bool,
+}
+
+impl Watch {
+    /// Looks for news and queues it as events; marks the stream finished at the end.
+    async fn poll(&mut self) {
+        let key = self.id.clone();
+        let job = match blocking(&self.state, move |store| store.get(&key)).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                self.pending
+                    .push_back(Event::default().event("deleted").data(&self.id));
+                self.finished = true;
+                return;
+            }
+            Err(error) => {
+                self.pending
+                    .push_back(Event::default().event("error").data(error.message));
+                self.finished = true;
+                return;
+            }
+        };
+        let preview = self.state.artifacts.path(&self.id, Variant::Preview);
+        if let Ok(modified) = std::fs::metadata(&preview).and_then(|m| m.modified())
+            && self.last_preview != Some(modified)
+        {
+            self.last_preview = Some(modified);
+            let url = format!("/v1/videos/{}/content?variant=preview", self.id);
+            self.pending.push_back(
+                Event::default()
+                    .event("preview")
+                    .data(json!({"url": url}).to_string()),
+            );
+        }
+        let video = VideoObject::from(&job);
+        if self.last.as_ref() != Some(&video) {
+            let data = serde_json::to_string(&video).unwrap_or_default();
+            self.pending
+                .push_back(Event::default().event("progress").data(data));
+            self.last = Some(video);
+        }
+        if matches!(job.status, JobStatus::Completed | JobStatus::Failed) {
+            self.finished = true;
+        }
+    }
+}
+
+/// Server-sent events for one video: `progress` (the video object, whenever it changes),
+/// `preview` (where the newest preview strip is), and `deleted`; the stream ends when the
+/// video is completed, failed or deleted.
+async fn events(
+    State(state): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    find(&state, &id).await?;
+    let watch = Watch {
+        state,
+        id,
+        last: None,
+        last_preview: None,
+        pending: Default::default(),
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(watch, |mut watch| async move {
+        loop {
+            if let Some(event) = watch.pending.pop_front() {
+                return Some((Ok(event), watch));
+            }
+            if watch.finished {
+                return None;
+            }
+            if watch.last.is_some() {
+                tokio::time::sleep(EVENT_POLL).await;
+            }
+            watch.poll().await;
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 async fn ready(State(state): State<Arc<ServerState>>) -> Result<&'static str, ApiError> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use himmel_core::{Progress, Video};
 use himmel_media::{VideoWriter, WriteOptions};
 use himmel_pipeline::tasks::{self, Task, Windows};
@@ -57,8 +57,9 @@ pub trait Engine: Send {
     fn spec(&self) -> &ModelSpec;
     /// Denoising steps `request` will take in all (for progress).
     fn planned_steps(&self, request: &JobRequest) -> u64;
-    /// Generates `request` into the video file `output` and returns its first frame (for the
-    /// thumbnail); the error is a message for the client. Stops (with an error) at the next
+    /// Generates `request` into the video file `output` and returns up to [`SAMPLES`] of its
+    /// frames spread over it, the first first (for the thumbnail and the spritesheet); the
+    /// error is a message for the client. Stops (with an error) at the next
     /// window once `cancelled` is set.
     fn generate(
         &mut self,
@@ -175,11 +176,17 @@ impl Engine for MiniEngine {
         };
         let mut writer =
             VideoWriter::create(output, &WriteOptions::default()).map_err(|e| e.to_string())?;
-        let mut first = None;
+        let wanted = sample_indices(frames);
+        let mut samples = Vec::new();
+        let mut seen = 0;
         let mut sink = |part: Video| -> Result<(), PipelineError> {
-            if first.is_none() {
-                first = Some(Video::new(part.frames().narrow(0, 0, 1)?, part.fps())?);
+            let bytes = part.to_u8()?;
+            for index in 0..part.num_frames() {
+                if wanted.contains(&(seen + index)) {
+                    samples.push(bytes.narrow(0, index, 1)?);
+                }
             }
+            seen += part.num_frames();
             writer.push(&part)?;
             Ok(())
         };
@@ -188,6 +195,24 @@ impl Engine for MiniEngine {
         writer
             .finish(&himmel_core::Silent)
             .map_err(|e| e.to_string())?;
-        first.ok_or_else(|| "the model made no frames".to_string())
+        let samples = Tensor::cat(&samples, 0).map_err(|e| e.to_string())?;
+        Video::new(samples, self.spec.fps).map_err(|e| e.to_string())
     }
+}
+
+/// Frames kept for the thumbnail and the spritesheet.
+pub const SAMPLES: usize = 16;
+
+/// Up to [`SAMPLES`] frame indices spread evenly over `frames`, the first and last included.
+fn sample_indices(frames: usize) -> Vec<usize> {
+    let count = SAMPLES.min(frames);
+    (0..count)
+        .map(|i| {
+            if count > 1 {
+                i * (frames - 1) / (count - 1)
+            } else {
+                0
+            }
+        })
+        .collect()
 }

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use himmel_core::{Progress, ProgressEvent};
 
@@ -28,8 +28,12 @@ pub struct Worker {
     lease: Duration,
 }
 
-/// Counts denoising steps into a percentage the heartbeat reads.
-struct JobProgress {
+/// Counts denoising steps into a percentage the heartbeat reads, and writes previews.
+struct JobProgress<'a> {
+    id: &'a str,
+    artifacts: &'a Artifacts,
+    /// When the last preview was written.
+    last_preview: Cell<Option<Instant>>,
     planned: u64,
     /// Steps of the denoising stages already finished.
     finished: Cell<u64>,
@@ -39,9 +43,26 @@ struct JobProgress {
     percent: Arc<AtomicU8>,
 }
 
-impl Progress for JobProgress {
+/// Least time between two previews written.
+const PREVIEW_INTERVAL: Duration = Duration::from_millis(500);
+
+impl Progress for JobProgress<'_> {
+    fn wants_previews(&self) -> bool {
+        true
+    }
+
     fn event(&self, event: ProgressEvent<'_>) {
         match event {
+            ProgressEvent::Preview { frames } => {
+                let due = self
+                    .last_preview
+                    .get()
+                    .is_none_or(|last| last.elapsed() >= PREVIEW_INTERVAL);
+                // A preview that cannot be written is skipped: the video matters, not it.
+                if due && self.artifacts.write_preview(self.id, frames).is_ok() {
+                    self.last_preview.set(Some(Instant::now()));
+                }
+            }
             ProgressEvent::StageStarted { stage, .. } => {
                 self.in_denoise.set(stage == "denoise");
                 self.current.set(0);
@@ -109,6 +130,9 @@ impl Worker {
             let (percent, cancelled) = (&percent, &cancelled);
             scope.spawn(move || holder.keep(percent, cancelled, &finished));
             let progress = JobProgress {
+                id: &job.id,
+                artifacts: &self.artifacts,
+                last_preview: Cell::new(None),
                 planned: self.engine.planned_steps(&job.request),
                 finished: Cell::new(0),
                 current: Cell::new(0),
@@ -125,7 +149,7 @@ impl Worker {
             outcome
         });
         let lease = match outcome {
-            Ok(first_frame) => match self.artifacts.write_thumbnail(&job.id, &first_frame) {
+            Ok(samples) => match self.artifacts.write_stills(&job.id, &samples) {
                 Ok(()) => self.store.complete(&job.id, &self.name)?,
                 Err(message) => self.store.fail(&job.id, &self.name, &failure(message))?,
             },
