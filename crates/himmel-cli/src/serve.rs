@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Workers in this process (0: separate `himmel worker` processes do the work).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// An API key clients must send as `Authorization: Bearer KEY` (repeatable; also
+    /// HIMMEL_API_KEYS, comma-separated). Without keys the API is open: listen on loopback.
+    #[arg(long = "api-key", env = "HIMMEL_API_KEYS", value_delimiter = ',')]
+    api_keys: Vec<String>,
     #[command(flatten)]
     queue: QueueArgs,
 }
@@ -147,6 +151,12 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         store: queue.store.clone(),
         artifacts: queue.artifacts.clone(),
         models: vec![spec],
+        api_keys: args
+            .api_keys
+            .iter()
+            .map(|key| key.trim().to_string())
+            .filter(|key| !key.is_empty())
+            .collect(),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let workers = spawn_workers(&queue, args.workers, args.queue.max_seconds, &stop)?;

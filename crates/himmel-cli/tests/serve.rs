@@ -289,6 +289,30 @@ fn the_videos_api_creates_lists_serves_and_deletes_videos() {
 }
 
 #[test]
+fn api_keys_guard_the_api_when_configured() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--workers", "0", "--api-key", "k-123"]);
+    let url = server.url("/v1/videos");
+    let (status, bytes, _) = send("GET", &url, None);
+    assert_error(status, &json_of(&bytes), 401, "API key");
+    let response = agent()
+        .get(&url)
+        .header("authorization", "Bearer k-999")
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let response = agent()
+        .get(&url)
+        .header("authorization", "Bearer k-123")
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // Health checks stay open for load balancers.
+    let (status, _, _) = send("GET", &server.url("/healthz"), None);
+    assert_eq!(status, 200);
+}
+
+#[test]
 fn uploads_become_first_frames_and_finished_videos_can_be_remixed() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);

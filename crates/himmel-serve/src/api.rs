@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,6 +40,8 @@ pub struct ServerState {
     pub artifacts: Artifacts,
     /// The models served; the first is the default.
     pub models: Vec<ModelSpec>,
+    /// Bearer keys one of which `/v1` requests must carry; none: no key needed.
+    pub api_keys: Vec<String>,
 }
 
 /// An error in OpenAI's shape.
@@ -144,14 +147,56 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// Whether `given` is one of `keys`, comparing every byte (no early exit on a mismatch).
+fn key_matches(keys: &[String], given: &str) -> bool {
+    keys.iter().fold(false, |found, key| {
+        let same = key.len() == given.len()
+            && key
+                .bytes()
+                .zip(given.bytes())
+                .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+                == 0;
+        found | same
+    })
+}
+
+/// Refuses `/v1` requests without a configured bearer key (when keys are configured).
+async fn require_key(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !state.api_keys.is_empty() {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !key_matches(&state.api_keys, given.trim()) {
+            return Err(ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                kind: "invalid_request_error",
+                message: "a valid API key is needed: Authorization: Bearer KEY".into(),
+                param: None,
+                code: Some("invalid_api_key"),
+            });
+        }
+    }
+    Ok(next.run(request).await)
+}
+
 /// The routes, with `state`.
 pub fn router(state: Arc<ServerState>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/videos", get(list_videos).post(create_video))
         .route("/v1/videos/{id}", get(get_video).delete(delete_video))
         .route("/v1/videos/{id}/content", get(content))
         .route("/v1/videos/{id}/remix", post(remix))
         .route("/v1/videos/{id}/events", get(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -746,6 +791,15 @@ mod tests {
 
     fn body(json: &str) -> Result<JobRequest, ApiError> {
         validate(serde_json::from_str(json).unwrap(), &[mini()])
+    }
+
+    #[test]
+    fn keys_match_exactly() {
+        let keys = vec!["secret-one".to_string(), "secret-two".to_string()];
+        assert!(key_matches(&keys, "secret-two"));
+        assert!(!key_matches(&keys, "secret-tw"));
+        assert!(!key_matches(&keys, ""));
+        assert!(!key_matches(&[], "anything"));
     }
 
     #[test]
