@@ -12,6 +12,7 @@ use himmel_pipeline::mini;
 use himmel_serve::api::{ServerState, router};
 use himmel_serve::artifacts::Artifacts;
 use himmel_serve::engine::{Engine, MiniEngine};
+use himmel_serve::postgres_store::PostgresStore;
 use himmel_serve::sqlite::SqliteStore;
 use himmel_serve::store::{JobStore, QueueSettings};
 use himmel_serve::worker::Worker;
@@ -25,9 +26,15 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Options shared by `serve` and `worker`.
 #[derive(Args)]
 pub struct QueueArgs {
-    /// Data directory: the job database (himmel.db) and the finished videos.
+    /// Data directory: the job database (himmel.db, unless --db names another) and the
+    /// finished videos (workers on other machines need it shared).
     #[arg(long, default_value = "himmel-data")]
     data: PathBuf,
+    /// The job database: a PostgreSQL URL (`postgres://user:password@host/database`, or
+    /// `host=... user=... dbname=...`) for workers on many machines; by default an SQLite
+    /// file in the data directory.
+    #[arg(long)]
+    db: Option<String>,
     /// Longest video accepted, in seconds.
     #[arg(long, default_value_t = 20.0)]
     max_seconds: f64,
@@ -93,7 +100,11 @@ fn open_queue(args: &QueueArgs) -> Result<Queue> {
         max_queued: args.max_queued,
         max_attempts: args.max_attempts,
     };
-    let store = SqliteStore::open(&args.data.join(DATABASE_FILE), settings)?;
+    let store: Arc<dyn JobStore> = match args.db.as_deref() {
+        Some(url) if is_postgres(url) => Arc::new(PostgresStore::open(url, settings)?),
+        Some(path) => Arc::new(SqliteStore::open(Path::new(path), settings)?),
+        None => Arc::new(SqliteStore::open(&args.data.join(DATABASE_FILE), settings)?),
+    };
     let artifacts = Artifacts::new(&args.data)
         .with_context(|| format!("creating {}", args.data.join("videos").display()))?;
     let model_dir = mini::builtin_dir();
@@ -105,11 +116,16 @@ fn open_queue(args: &QueueArgs) -> Result<Queue> {
         );
     }
     Ok(Queue {
-        store: Arc::new(store),
+        store,
         artifacts,
         model_dir,
         lease: Duration::from_secs_f64(args.lease_seconds),
     })
+}
+
+/// Whether `db` names a PostgreSQL database rather than an SQLite file.
+fn is_postgres(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://") || db.contains("host=")
 }
 
 fn load_engine(dir: &Path, max_seconds: f64) -> Result<Box<dyn Engine>> {

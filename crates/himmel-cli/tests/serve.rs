@@ -473,11 +473,43 @@ fn a_full_queue_answers_429_and_a_restart_loses_no_job() {
     assert_eq!(json_of(&listed)["data"].as_array().unwrap().len(), 3);
 }
 
+/// A PostgreSQL connection string to a fresh schema of the test server.
+fn postgres_schema() -> String {
+    let url = std::env::var("HIMMEL_TEST_POSTGRES").expect(
+        "set HIMMEL_TEST_POSTGRES to a PostgreSQL connection string (bash .ci/run starts one)",
+    );
+    let schema = format!("serve_{}", std::process::id());
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .unwrap();
+    format!("{url} options='-c search_path={schema}'")
+}
+
 #[test]
 fn a_job_whose_worker_is_killed_is_finished_by_another() {
+    killed_worker(None);
+}
+
+#[test]
+fn a_job_whose_worker_is_killed_is_finished_by_another_with_postgres() {
+    killed_worker(Some(postgres_schema()));
+}
+
+/// A worker is killed with SIGKILL mid-job; another takes the job over once the lease ends.
+fn killed_worker(db: Option<String>) {
     let data = tempfile::tempdir().unwrap();
     let data_arg = data.path().to_str().unwrap();
-    let server = Server::start(data.path(), &["--workers", "0", "--lease-seconds", "1"]);
+    let mut queue_args = vec!["--lease-seconds", "1"];
+    if let Some(db) = &db {
+        queue_args.extend(["--db", db.as_str()]);
+    }
+    let server = Server::start(
+        data.path(),
+        &[&["--workers", "0"][..], &queue_args].concat(),
+    );
     // Several windows, so the first worker is still at it when it is killed.
     let (_, video) = create(
         &server,
@@ -486,7 +518,8 @@ fn a_job_whose_worker_is_killed_is_finished_by_another() {
     let id = video["id"].as_str().unwrap().to_string();
     let worker = || {
         Command::new(env!("CARGO_BIN_EXE_himmel"))
-            .args(["worker", "--data", data_arg, "--lease-seconds", "1"])
+            .args(["worker", "--data", data_arg])
+            .args(&queue_args)
             .stderr(Stdio::null())
             .spawn()
             .unwrap()

@@ -6,6 +6,7 @@ pub mod api;
 pub mod artifacts;
 pub mod engine;
 pub mod job;
+pub mod postgres_store;
 pub mod sqlite;
 pub mod store;
 pub mod worker;

@@ -1,15 +1,71 @@
-//! The job store's contract, on the SQLite backend: creation, listing and deletion; leases
+//! The job store's contract, on both backends (SQLite, and PostgreSQL at the server named by
+//! `HIMMEL_TEST_POSTGRES`, which `.ci/run` starts): creation, listing and deletion; leases
 //! that are exclusive, renewed by heartbeats and taken over when a worker dies; a limit on
 //! attempts; back-pressure; concurrent workers; and jobs that survive a restart.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use himmel_serve::job::{JobError, JobRequest, JobStatus};
+use himmel_serve::postgres_store::PostgresStore;
 use himmel_serve::sqlite::SqliteStore;
 use himmel_serve::store::{JobStore, Lease, Order, QueueSettings, StoreError};
+
+/// Where a test's jobs live; every `open` is another connection to the same jobs.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Backend {
+    fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// A fresh schema of its own in the test server's database.
+    fn postgres() -> Self {
+        let url = std::env::var("HIMMEL_TEST_POSTGRES").expect(
+            "set HIMMEL_TEST_POSTGRES to a PostgreSQL connection string (bash .ci/run starts one)",
+        );
+        let schema = format!("test_{}", &himmel_serve::job::new_id()[6..]);
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .unwrap();
+        Self::Postgres(format!("{url} options='-c search_path={schema}'"))
+    }
+
+    fn open(&self, settings: QueueSettings) -> Box<dyn JobStore> {
+        match self {
+            Self::Sqlite(dir) => {
+                Box::new(SqliteStore::open(&dir.path().join("jobs.db"), settings).unwrap())
+            }
+            Self::Postgres(url) => Box::new(PostgresStore::open(url, settings).unwrap()),
+        }
+    }
+}
+
+/// Runs each named contract test on both backends.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $test() { super::$test(&super::Backend::sqlite()) })*
+        }
+        mod postgres {
+            $(#[test] fn $test() { super::$test(&super::Backend::postgres()) })*
+        }
+    };
+}
+
+on_both_backends!(
+    jobs_are_created_listed_and_deleted,
+    leases_are_exclusive_renewed_and_taken_over_when_a_worker_dies,
+    a_job_that_keeps_losing_its_worker_fails_with_the_reason,
+    a_full_queue_refuses_new_jobs,
+    concurrent_workers_never_share_a_job,
+    jobs_survive_a_restart,
+);
 
 fn request(prompt: &str) -> JobRequest {
     JobRequest {
@@ -27,16 +83,10 @@ fn request(prompt: &str) -> JobRequest {
     }
 }
 
-fn open(dir: &Path, settings: QueueSettings) -> SqliteStore {
-    SqliteStore::open(&dir.join("jobs.db"), settings).unwrap()
-}
-
 const LONG: Duration = Duration::from_secs(60);
 
-#[test]
-fn jobs_are_created_listed_and_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), QueueSettings::default());
+fn jobs_are_created_listed_and_deleted(backend: &Backend) {
+    let store = backend.open(QueueSettings::default());
     let ids: Vec<String> = (0..5)
         .map(|i| {
             store
@@ -68,10 +118,8 @@ fn jobs_are_created_listed_and_deleted() {
     assert_eq!(store.counts().unwrap().queued, 4);
 }
 
-#[test]
-fn leases_are_exclusive_renewed_and_taken_over_when_a_worker_dies() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), QueueSettings::default());
+fn leases_are_exclusive_renewed_and_taken_over_when_a_worker_dies(backend: &Backend) {
+    let store = backend.open(QueueSettings::default());
     let id = store.create(&request("a ball"), None).unwrap().id;
     let job = store
         .lease("a", Duration::from_millis(300))
@@ -106,14 +154,12 @@ fn leases_are_exclusive_renewed_and_taken_over_when_a_worker_dies() {
     assert_eq!(store.heartbeat(&other, "c", 10, LONG).unwrap(), Lease::Lost);
 }
 
-#[test]
-fn a_job_that_keeps_losing_its_worker_fails_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_job_that_keeps_losing_its_worker_fails_with_the_reason(backend: &Backend) {
     let settings = QueueSettings {
         max_attempts: 2,
         ..QueueSettings::default()
     };
-    let store = open(dir.path(), settings);
+    let store = backend.open(settings);
     let id = store.create(&request("a ball"), None).unwrap().id;
     for worker in ["a", "b"] {
         assert!(
@@ -145,14 +191,12 @@ fn a_job_that_keeps_losing_its_worker_fails_with_the_reason() {
     assert_eq!(store.get(&next).unwrap().unwrap().error, Some(reason));
 }
 
-#[test]
-fn a_full_queue_refuses_new_jobs() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_full_queue_refuses_new_jobs(backend: &Backend) {
     let settings = QueueSettings {
         max_queued: 2,
         ..QueueSettings::default()
     };
-    let store = open(dir.path(), settings);
+    let store = backend.open(settings);
     store.create(&request("one"), None).unwrap();
     store.create(&request("two"), None).unwrap();
     let full = store.create(&request("three"), None).unwrap_err();
@@ -162,14 +206,12 @@ fn a_full_queue_refuses_new_jobs() {
     store.create(&request("three"), None).unwrap();
 }
 
-#[test]
-fn concurrent_workers_never_share_a_job() {
-    let dir = tempfile::tempdir().unwrap();
+fn concurrent_workers_never_share_a_job(backend: &Backend) {
     let settings = QueueSettings {
         max_queued: 100,
         max_attempts: 3,
     };
-    let store = open(dir.path(), settings);
+    let store = backend.open(settings);
     for i in 0..40 {
         store.create(&request(&format!("clip {i}")), None).unwrap();
     }
@@ -177,10 +219,9 @@ fn concurrent_workers_never_share_a_job() {
     std::thread::scope(|scope| {
         for worker in 0..4 {
             let done = done.clone();
-            let path = dir.path().to_path_buf();
             scope.spawn(move || {
                 // A connection of its own, as another process would have.
-                let store = open(&path, settings);
+                let store = backend.open(settings);
                 let name = format!("worker {worker}");
                 while let Some(job) = store.lease(&name, LONG).unwrap() {
                     assert_eq!(store.complete(&job.id, &name).unwrap(), Lease::Held);
@@ -195,11 +236,9 @@ fn concurrent_workers_never_share_a_job() {
     assert_eq!(store.counts().unwrap().completed, 40);
 }
 
-#[test]
-fn jobs_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+fn jobs_survive_a_restart(backend: &Backend) {
     let (waiting, running) = {
-        let store = open(dir.path(), QueueSettings::default());
+        let store = backend.open(QueueSettings::default());
         let running = store.create(&request("running"), None).unwrap().id;
         let waiting = store.create(&request("waiting"), None).unwrap().id;
         store
@@ -209,7 +248,7 @@ fn jobs_survive_a_restart() {
         (waiting, running)
     };
     std::thread::sleep(Duration::from_millis(150));
-    let store = open(dir.path(), QueueSettings::default());
+    let store = backend.open(QueueSettings::default());
     // The job whose worker went away with the old process comes back first, then the other.
     let first = store.lease("new", LONG).unwrap().unwrap();
     let second = store.lease("new", LONG).unwrap().unwrap();
