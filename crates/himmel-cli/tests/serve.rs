@@ -602,3 +602,28 @@ fn the_official_openai_python_sdk_drives_the_api() {
         "{probe}"
     );
 }
+
+#[test]
+fn the_web_page_makes_a_video_in_a_real_browser() {
+    let modules = std::env::var("HIMMEL_TEST_PLAYWRIGHT").expect(
+        "set HIMMEL_TEST_PLAYWRIGHT to a node_modules folder with playwright-core (bash .ci/run installs one)",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let (status, page, _) = send("GET", &server.url("/"), None);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("<form id=\"create\">"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/web_page.cjs");
+    let output = Command::new("node")
+        .arg(&script)
+        .arg(&server.base)
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && report.contains("video duration"),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

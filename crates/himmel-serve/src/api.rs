@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Reque
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -186,6 +186,10 @@ async fn require_key(
     Ok(next.run(request).await)
 }
 
+/// The web page: prompt and options, uploads, the queue with live progress and previews, a
+/// player and downloads (plain HTML and JavaScript, embedded in the binary).
+const PAGE: &str = include_str!("page.html");
+
 /// The routes, with `state`.
 pub fn router(state: Arc<ServerState>) -> Router {
     let api = Router::new()
@@ -197,6 +201,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(api)
+        .route("/", get(|| async { Html(PAGE) }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))

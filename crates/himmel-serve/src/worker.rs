@@ -211,16 +211,25 @@ struct LeaseHolder<'a> {
 }
 
 impl LeaseHolder<'_> {
-    /// Renews the lease until `finished` closes; sets `cancelled` if it is lost.
+    /// Renews the lease until `finished` closes, and records progress as it changes (at most
+    /// every [`PROGRESS_POLL`]); sets `cancelled` if the lease is lost.
     fn keep(&self, percent: &AtomicU8, cancelled: &AtomicBool, finished: &mpsc::Receiver<()>) {
         let every = self.lease / 3;
-        while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(every) {
+        let mut last_beat = Instant::now();
+        let mut reported = percent.load(Ordering::Relaxed);
+        while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(PROGRESS_POLL) {
             let progress = percent.load(Ordering::Relaxed);
+            if progress == reported && last_beat.elapsed() < every {
+                continue;
+            }
             match self
                 .store
                 .heartbeat(self.id, self.worker, progress, self.lease)
             {
-                Ok(Lease::Held) => {}
+                Ok(Lease::Held) => {
+                    last_beat = Instant::now();
+                    reported = progress;
+                }
                 Ok(Lease::Lost) => {
                     cancelled.store(true, Ordering::Relaxed);
                     return;
@@ -231,6 +240,9 @@ impl LeaseHolder<'_> {
         }
     }
 }
+
+/// How often progress is looked at while a job runs.
+const PROGRESS_POLL: Duration = Duration::from_millis(250);
 
 fn failure(message: String) -> JobError {
     JobError {
