@@ -380,6 +380,73 @@ fn uploads_become_first_frames_and_finished_videos_can_be_remixed() {
 }
 
 #[test]
+fn editing_tasks_run_on_finished_videos() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let frames_of_video = |id: &str| {
+        let (status, mp4, _) = send(
+            "GET",
+            &server.url(&format!("/v1/videos/{id}/content")),
+            None,
+        );
+        assert_eq!(status, 200);
+        let file = data.path().join(format!("{id}.mp4"));
+        std::fs::write(&file, &mp4).unwrap();
+        let probe = ffprobe(&file, "nb_read_frames");
+        probe
+            .trim()
+            .trim_start_matches("nb_read_frames=")
+            .parse::<usize>()
+            .unwrap()
+    };
+    let finish = |body: Value| -> String {
+        let (status, video) = create(&server, body);
+        assert_eq!(status, 200, "{video}");
+        let id = video["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            wait(&server, &id, Duration::from_secs(60))["status"],
+            "completed"
+        );
+        id
+    };
+    let base = finish(json!({"prompt": "a red ball rolls on the grass", "seconds": "1"}));
+    assert_eq!(frames_of_video(&base), 17);
+    let cases = [
+        (
+            json!({"prompt": "it rolls on", "seconds": "0.5", "extend": {"video_id": base}}),
+            25,
+        ),
+        (
+            json!({"prompt": "it rolls in", "seconds": "0.5", "extend": {"video_id": base, "direction": "backward"}}),
+            25,
+        ),
+        (
+            json!({"prompt": "a ball", "seconds": "1", "loop": true}),
+            16,
+        ),
+        (
+            json!({"prompt": "a ball", "seconds": "0.5", "connect": {"from_video_id": base, "to_video_id": base}}),
+            10,
+        ),
+    ];
+    for (body, frames) in cases {
+        let id = finish(body.clone());
+        assert_eq!(frames_of_video(&id), frames, "{body}");
+    }
+    let missing = "video_0123456789abcdef01234567";
+    let (status, error) = create(
+        &server,
+        json!({"prompt": "a", "extend": {"video_id": missing}}),
+    );
+    assert_error(status, &error, 404, "no video with id");
+    let (status, error) = create(
+        &server,
+        json!({"prompt": "a", "loop": true, "extend": {"video_id": base}}),
+    );
+    assert_error(status, &error, 400, "at most one of");
+}
+
+#[test]
 fn events_stream_progress_and_previews_until_the_video_is_done() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::artifacts::{Artifacts, UPLOAD_EXTENSIONS, Variant};
 use crate::engine::ModelSpec;
-use crate::job::{Job, JobRequest, JobStatus, Remix, VideoObject, is_valid_id};
+use crate::job::{Direction, Edit, Job, JobRequest, JobStatus, Remix, VideoObject, is_valid_id};
 use crate::store::{JobStore, Order, StoreError};
 
 /// Longest prompt accepted, in characters.
@@ -238,6 +238,27 @@ struct CreateVideo {
     steps: Option<usize>,
     guidance: Option<f64>,
     negative_prompt: Option<String>,
+    /// Himmel's editing tasks on finished videos (JSON bodies).
+    #[serde(rename = "loop")]
+    seamless_loop: Option<bool>,
+    extend: Option<ExtendField>,
+    connect: Option<ConnectField>,
+}
+
+/// `"extend": {"video_id": ..., "direction": "forward"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendField {
+    video_id: String,
+    direction: Option<Direction>,
+}
+
+/// `"connect": {"from_video_id": ..., "to_video_id": ...}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectField {
+    from_video_id: String,
+    to_video_id: String,
 }
 
 /// Checks a request against the served models and makes the job request.
@@ -302,7 +323,30 @@ fn validate(body: CreateVideo, models: &[ModelSpec]) -> Result<JobRequest, ApiEr
             "guidance must be between 0 and 30",
         ));
     }
+    let edit = match (
+        body.seamless_loop.unwrap_or(false),
+        body.extend,
+        body.connect,
+    ) {
+        (false, None, None) => None,
+        (true, None, None) => Some(Edit::Loop),
+        (false, Some(extend), None) => Some(Edit::Extend {
+            video_id: extend.video_id,
+            direction: extend.direction.unwrap_or(Direction::Forward),
+        }),
+        (false, None, Some(connect)) => Some(Edit::Connect {
+            from_video_id: connect.from_video_id,
+            to_video_id: connect.to_video_id,
+        }),
+        _ => {
+            return Err(ApiError::invalid(
+                "loop",
+                "ask for at most one of loop, extend and connect",
+            ));
+        }
+    };
     Ok(JobRequest {
+        edit,
         prompt,
         negative_prompt: body.negative_prompt.unwrap_or_default(),
         model: model.name.clone(),
@@ -453,6 +497,17 @@ async fn create_video(
         })?;
         job_request.input_reference = Some(name);
     }
+    if let Some(edit) = &job_request.edit {
+        for id in edit.videos() {
+            let video = find(&state, id).await?;
+            if video.status != JobStatus::Completed {
+                return Err(ApiError::invalid(
+                    "video_id",
+                    format!("video {id} is {}, not completed", video.status.as_str()),
+                ));
+            }
+        }
+    }
     let job = blocking(&state, move |store| store.create(&job_request, None)).await?;
     Ok(axum::Json(VideoObject::from(&job)))
 }
@@ -512,6 +567,9 @@ async fn remix(
             steps: original.request.steps,
             guidance: original.request.guidance,
             negative_prompt: Some(original.request.negative_prompt.clone()),
+            seamless_loop: None,
+            extend: None,
+            connect: None,
         },
         models,
     )?;

@@ -13,7 +13,7 @@ use himmel_pipeline::{
 };
 use himmel_world::render::RenderSettings;
 
-use crate::job::JobRequest;
+use crate::job::{Direction, Edit, JobRequest};
 
 /// What a model accepts, known to the API without loading it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +49,8 @@ pub struct JobInputs {
     pub first_frame: Option<Video>,
     /// The video to re-make (a remix), and how much to change it.
     pub source: Option<(Video, f64)>,
+    /// The finished videos an editing task starts from, in the order the task names them.
+    pub clips: Vec<Video>,
 }
 
 /// Generates videos for jobs.
@@ -132,7 +134,34 @@ impl Engine for MiniEngine {
     ) -> Result<Video, String> {
         let sampling = self.pipeline.config().sampling;
         let windows = self.windows();
-        let frames = self.spec.frames(request.seconds);
+        let added = (request.seconds * self.spec.fps).ceil() as usize;
+        let task = match (&request.edit, inputs.clips.as_slice()) {
+            (None, _) => Task::Create,
+            (Some(Edit::Loop), _) => Task::Loop,
+            (Some(Edit::Extend { direction, .. }), [clip]) => Task::Extend {
+                clip: clip.clone(),
+                direction: match direction {
+                    Direction::Forward => tasks::Direction::Forward,
+                    Direction::Backward => tasks::Direction::Backward,
+                },
+                new_frames: added,
+            },
+            (Some(Edit::Connect { .. }), [from, to]) => Task::Connect {
+                from: from.clone(),
+                to: to.clone(),
+                new_frames: added,
+            },
+            (Some(_), clips) => {
+                return Err(format!(
+                    "the task needs its videos; {} were read",
+                    clips.len()
+                ));
+            }
+        };
+        let frames = match task {
+            Task::Create | Task::Loop => self.spec.frames(request.seconds),
+            Task::Extend { .. } | Task::Connect { .. } => windows.frames,
+        };
         let base = GenerationRequest {
             negative_prompt: request.negative_prompt.clone(),
             steps: request.steps.unwrap_or(sampling.steps),
@@ -176,7 +205,16 @@ impl Engine for MiniEngine {
         };
         let mut writer =
             VideoWriter::create(output, &WriteOptions::default()).map_err(|e| e.to_string())?;
-        let wanted = sample_indices(frames);
+        // How long the result will be, for spreading the samples.
+        let length = match &task {
+            Task::Create => frames,
+            Task::Loop => frames - 1,
+            Task::Extend { clip, .. } => {
+                (clip.num_frames() as f64 * self.spec.fps / clip.fps()).round() as usize + added
+            }
+            Task::Connect { .. } => added.div_ceil(4) * 4 + 2,
+        };
+        let wanted = sample_indices(length);
         let mut samples = Vec::new();
         let mut seen = 0;
         let mut sink = |part: Video| -> Result<(), PipelineError> {
@@ -190,7 +228,7 @@ impl Engine for MiniEngine {
             writer.push(&part)?;
             Ok(())
         };
-        tasks::run(&Task::Create, &mut generate, &base, windows, &mut sink)
+        tasks::run(&task, &mut generate, &base, windows, &mut sink)
             .map_err(|error| error.to_string())?;
         writer
             .finish(&himmel_core::Silent)

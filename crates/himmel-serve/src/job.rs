@@ -70,6 +70,56 @@ pub struct JobRequest {
     /// A finished video to re-make under this prompt (a remix), and how much to change it.
     #[serde(default)]
     pub remix: Option<Remix>,
+    /// An editing task on finished videos instead of a new clip.
+    #[serde(default)]
+    pub edit: Option<Edit>,
+}
+
+/// Himmel's editing tasks, on finished videos of the same server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Edit {
+    /// A seamless loop of the request's length.
+    Loop,
+    /// The video `video_id` and the request's seconds more, after it or before it.
+    Extend {
+        /// The finished video to extend.
+        video_id: String,
+        /// `forward` or `backward`.
+        direction: Direction,
+    },
+    /// A transition of the request's seconds from the end of one video to the start of
+    /// another.
+    Connect {
+        /// The video the transition starts from.
+        from_video_id: String,
+        /// The video it arrives at.
+        to_video_id: String,
+    },
+}
+
+impl Edit {
+    /// The finished videos the task starts from.
+    pub fn videos(&self) -> Vec<&str> {
+        match self {
+            Self::Loop => Vec::new(),
+            Self::Extend { video_id, .. } => vec![video_id],
+            Self::Connect {
+                from_video_id,
+                to_video_id,
+            } => vec![from_video_id, to_video_id],
+        }
+    }
+}
+
+/// Which way an extension grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// New frames after the video.
+    Forward,
+    /// New frames before it.
+    Backward,
 }
 
 /// A video to re-make under a new prompt.

@@ -195,9 +195,21 @@ impl Worker {
             }
             None => None,
         };
+        let clips = match &request.edit {
+            Some(edit) => edit
+                .videos()
+                .into_iter()
+                .map(|id| {
+                    read(&self.artifacts.path(id, Variant::Video))
+                        .map_err(|error| format!("video {id} is gone: {error}"))
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
         Ok(JobInputs {
             first_frame,
             source,
+            clips,
         })
     }
 }

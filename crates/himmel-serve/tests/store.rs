@@ -80,6 +80,7 @@ fn request(prompt: &str) -> JobRequest {
         guidance: None,
         input_reference: None,
         remix: None,
+        edit: None,
     }
 }
 
