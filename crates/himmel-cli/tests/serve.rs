@@ -222,6 +222,15 @@ fn the_videos_api_creates_lists_serves_and_deletes_videos() {
     );
     assert_eq!((status, &png[1..4]), (200, &b"PNG"[..]));
 
+    let (_, metrics, _) = send("GET", &server.url("/metrics"), None);
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    for line in [
+        "himmel_jobs{status=\"completed\"} 1",
+        "himmel_job_run_seconds_count 1",
+        "himmel_denoise_step_seconds_count 20",
+    ] {
+        assert!(metrics.contains(line), "{metrics}");
+    }
     let (_, listed, _) = send("GET", &server.url("/v1/videos?limit=10&order=desc"), None);
     let listed = json_of(&listed);
     assert_eq!(listed["object"], "list");
@@ -528,16 +537,72 @@ fn a_full_queue_answers_429_and_a_restart_loses_no_job() {
     assert!(String::from_utf8_lossy(&metrics).contains("himmel_queue_depth 3"));
     server.stop();
 
-    // Restarted with a worker: every queued job is done, once.
-    let server = Server::start(data.path(), &[]);
-    for id in &ids {
+    // Restarted with a worker, then killed while it runs a longer job.
+    let server = Server::start(data.path(), &["--lease-seconds", "1"]);
+    let (_, long) = create(
+        &server,
+        json!({"prompt": "a ball rolls on", "seconds": "4"}),
+    );
+    let long = long["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    while get(&server, &long)["status"] != "in_progress" {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the long job never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(server); // SIGKILL
+
+    // Restarted again: every job is done, once.
+    let server = Server::start(data.path(), &["--lease-seconds", "1"]);
+    for id in ids.iter().chain([&long]) {
         assert_eq!(
             wait(&server, id, Duration::from_secs(60))["status"],
             "completed"
         );
     }
     let (_, listed, _) = send("GET", &server.url("/v1/videos?limit=100"), None);
-    assert_eq!(json_of(&listed)["data"].as_array().unwrap().len(), 3);
+    let listed = json_of(&listed);
+    let mut listed: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|video| video["id"].as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    let mut expected: Vec<&str> = ids.iter().chain([&long]).map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(listed, expected);
+}
+
+#[test]
+fn deleting_a_running_job_cancels_it() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let (_, long) = create(
+        &server,
+        json!({"prompt": "a ball rolls on and on", "seconds": "10"}),
+    );
+    let long = long["id"].as_str().unwrap().to_string();
+    while get(&server, &long)["status"] != "in_progress" {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _, _) = send("DELETE", &server.url(&format!("/v1/videos/{long}")), None);
+    assert_eq!(status, 200);
+    // The worker drops it and goes on with the next job; nothing of the deleted one stays.
+    let (_, next) = create(&server, quick("the next one"));
+    let next = next["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait(&server, &next, Duration::from_secs(60))["status"],
+        "completed"
+    );
+    let left: Vec<String> = std::fs::read_dir(data.path().join("videos"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&long))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A PostgreSQL connection string to a fresh schema of the test server.

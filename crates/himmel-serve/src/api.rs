@@ -833,6 +833,16 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Result<String, ApiErr
         "# HELP himmel_queue_depth Jobs waiting for a worker.\n# TYPE himmel_queue_depth gauge\nhimmel_queue_depth {}\n",
         counts.queued
     ));
+    let timing = counts.timing;
+    text.push_str(&format!(
+        "# HELP himmel_job_run_seconds Time from lease to finished file of completed jobs.\n\
+         # TYPE himmel_job_run_seconds summary\n\
+         himmel_job_run_seconds_sum {}\nhimmel_job_run_seconds_count {}\n\
+         # HELP himmel_denoise_step_seconds Time of one denoising step of completed jobs.\n\
+         # TYPE himmel_denoise_step_seconds summary\n\
+         himmel_denoise_step_seconds_sum {}\nhimmel_denoise_step_seconds_count {}\n",
+        timing.run_seconds, counts.completed, timing.denoise_seconds, timing.steps
+    ));
     Ok(text)
 }
 

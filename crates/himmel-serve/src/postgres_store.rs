@@ -9,7 +9,7 @@ use postgres::{Client, NoTls, Row};
 
 use crate::job::{Job, JobError, JobRequest, JobStatus, new_id};
 use crate::store::{
-    Counts, JobStore, Lease, Order, QueueSettings, StoreError, now_millis, now_seconds,
+    Counts, JobStore, Lease, Order, QueueSettings, StoreError, Timing, now_millis, now_seconds,
 };
 
 const SCHEMA: &str = "
@@ -26,7 +26,10 @@ CREATE TABLE IF NOT EXISTS himmel_jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
     lease_until BIGINT,
-    remixed_from TEXT
+    remixed_from TEXT,
+    run_seconds DOUBLE PRECISION,
+    steps BIGINT,
+    denoise_seconds DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS himmel_jobs_by_status ON himmel_jobs (status, seq);
 ";
@@ -309,8 +312,24 @@ impl JobStore for PostgresStore {
         })
     }
 
-    fn complete(&self, id: &str, worker: &str) -> Result<Lease, StoreError> {
-        self.finish(id, worker, JobStatus::Completed, None)
+    fn complete(&self, id: &str, worker: &str, timing: &Timing) -> Result<Lease, StoreError> {
+        let lease = self.finish(id, worker, JobStatus::Completed, None)?;
+        self.with(|client| {
+            client
+                .execute(
+                    "UPDATE himmel_jobs SET run_seconds = $1, steps = $2, denoise_seconds = $3 \
+                     WHERE id = $4 AND worker = $5",
+                    &[
+                        &timing.run_seconds,
+                        &(timing.steps as i64),
+                        &timing.denoise_seconds,
+                        &id,
+                        &worker,
+                    ],
+                )
+                .map_err(database)
+        })?;
+        Ok(lease)
     }
 
     fn fail(&self, id: &str, worker: &str, error: &JobError) -> Result<Lease, StoreError> {
@@ -325,7 +344,22 @@ impl JobStore for PostgresStore {
                     &[],
                 )
                 .map_err(database)?;
-            let mut counts = Counts::default();
+            let totals = client
+                .query_one(
+                    "SELECT COALESCE(SUM(run_seconds), 0), COALESCE(SUM(steps), 0)::BIGINT, \
+                     COALESCE(SUM(denoise_seconds), 0) FROM himmel_jobs WHERE status = 'completed'",
+                    &[],
+                )
+                .map_err(database)?;
+            let steps: i64 = totals.try_get(1).map_err(database)?;
+            let mut counts = Counts {
+                timing: Timing {
+                    run_seconds: totals.try_get(0).map_err(database)?,
+                    steps: steps.max(0) as u64,
+                    denoise_seconds: totals.try_get(2).map_err(database)?,
+                },
+                ..Counts::default()
+            };
             for row in rows {
                 let status: String = row.try_get(0).map_err(database)?;
                 let count: i64 = row.try_get(1).map_err(database)?;

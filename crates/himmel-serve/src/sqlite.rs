@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::job::{Job, JobError, JobRequest, JobStatus, new_id};
 use crate::store::{
-    Counts, JobStore, Lease, Order, QueueSettings, StoreError, now_millis, now_seconds,
+    Counts, JobStore, Lease, Order, QueueSettings, StoreError, Timing, now_millis, now_seconds,
 };
 
 const SCHEMA: &str = "
@@ -27,7 +27,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
     lease_until INTEGER,
-    remixed_from TEXT
+    remixed_from TEXT,
+    run_seconds REAL,
+    steps INTEGER,
+    denoise_seconds REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 ";
@@ -280,8 +283,22 @@ impl JobStore for SqliteStore {
         })
     }
 
-    fn complete(&self, id: &str, worker: &str) -> Result<Lease, StoreError> {
-        self.finish(id, worker, JobStatus::Completed, None)
+    fn complete(&self, id: &str, worker: &str, timing: &Timing) -> Result<Lease, StoreError> {
+        let lease = self.finish(id, worker, JobStatus::Completed, None)?;
+        self.with(|connection| {
+            connection.execute(
+                "UPDATE jobs SET run_seconds = ?1, steps = ?2, denoise_seconds = ?3 \
+                 WHERE id = ?4 AND worker = ?5",
+                params![
+                    timing.run_seconds,
+                    timing.steps as i64,
+                    timing.denoise_seconds,
+                    id,
+                    worker
+                ],
+            )
+        })?;
+        Ok(lease)
     }
 
     fn fail(&self, id: &str, worker: &str, error: &JobError) -> Result<Lease, StoreError> {
@@ -292,7 +309,22 @@ impl JobStore for SqliteStore {
         self.with(|connection| {
             let mut statement =
                 connection.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
-            let mut counts = Counts::default();
+            let timing = connection.query_row(
+                "SELECT COALESCE(SUM(run_seconds), 0), COALESCE(SUM(steps), 0), \
+                 COALESCE(SUM(denoise_seconds), 0) FROM jobs WHERE status = 'completed'",
+                [],
+                |row| {
+                    Ok(Timing {
+                        run_seconds: row.get(0)?,
+                        steps: row.get::<_, i64>(1)?.max(0) as u64,
+                        denoise_seconds: row.get(2)?,
+                    })
+                },
+            )?;
+            let mut counts = Counts {
+                timing,
+                ..Counts::default()
+            };
             let rows = statement.query_map([], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, usize>(1)?))
             })?;

@@ -47,8 +47,8 @@ pub enum Order {
     Descending,
 }
 
-/// Jobs by status, for metrics and back-pressure.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Jobs by status and the time completed jobs took, for metrics and back-pressure.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counts {
     /// Waiting.
     pub queued: usize,
@@ -58,6 +58,19 @@ pub struct Counts {
     pub completed: usize,
     /// Failed.
     pub failed: usize,
+    /// What the completed jobs took, added up.
+    pub timing: Timing,
+}
+
+/// How long a job's generation took (or, in [`Counts`], many jobs' added up).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// Seconds from lease to finished file.
+    pub run_seconds: f64,
+    /// Denoising steps taken.
+    pub steps: u64,
+    /// Seconds spent in them.
+    pub denoise_seconds: f64,
 }
 
 /// What a heartbeat learns.
@@ -91,8 +104,8 @@ pub trait JobStore: Send + Sync {
         progress: u8,
         lease: Duration,
     ) -> Result<Lease, StoreError>;
-    /// Marks the job done; `Lost` if the worker no longer held it.
-    fn complete(&self, id: &str, worker: &str) -> Result<Lease, StoreError>;
+    /// Marks the job done, recording what it took; `Lost` if the worker no longer held it.
+    fn complete(&self, id: &str, worker: &str, timing: &Timing) -> Result<Lease, StoreError>;
     /// Marks the job failed with `error`.
     fn fail(&self, id: &str, worker: &str, error: &JobError) -> Result<Lease, StoreError>;
     /// Jobs by status.

@@ -14,7 +14,7 @@ use himmel_core::{Progress, ProgressEvent};
 use crate::artifacts::{Artifacts, Variant};
 use crate::engine::{Engine, JobInputs};
 use crate::job::{JobError, JobRequest};
-use crate::store::{JobStore, Lease, StoreError};
+use crate::store::{JobStore, Lease, StoreError, Timing};
 
 /// How long a lease lasts without a heartbeat.
 pub const LEASE: Duration = Duration::from_secs(30);
@@ -41,6 +41,10 @@ struct JobProgress<'a> {
     current: Cell<u64>,
     in_denoise: Cell<bool>,
     percent: Arc<AtomicU8>,
+    /// When the current denoising stage began.
+    denoise_started: Cell<Option<Instant>>,
+    /// Seconds of the finished denoising stages.
+    denoise_seconds: Cell<f64>,
 }
 
 /// Least time between two previews written.
@@ -66,6 +70,8 @@ impl Progress for JobProgress<'_> {
             ProgressEvent::StageStarted { stage, .. } => {
                 self.in_denoise.set(stage == "denoise");
                 self.current.set(0);
+                self.denoise_started
+                    .set((stage == "denoise").then(Instant::now));
             }
             ProgressEvent::Step { done } if self.in_denoise.get() => {
                 self.current.set(done);
@@ -77,6 +83,11 @@ impl Progress for JobProgress<'_> {
             ProgressEvent::StageFinished if self.in_denoise.get() => {
                 self.finished.set(self.finished.get() + self.current.get());
                 self.in_denoise.set(false);
+                if let Some(started) = self.denoise_started.take() {
+                    let seconds = started.elapsed().as_secs_f64();
+                    self.denoise_seconds
+                        .set(self.denoise_seconds.get() + seconds);
+                }
             }
             _ => {}
         }
@@ -117,6 +128,7 @@ impl Worker {
         let Some(job) = self.store.lease(&self.name, self.lease)? else {
             return Ok(false);
         };
+        let started = Instant::now();
         let percent = Arc::new(AtomicU8::new(0));
         let cancelled = AtomicBool::new(false);
         let (done, finished) = mpsc::channel::<()>();
@@ -138,6 +150,8 @@ impl Worker {
                 current: Cell::new(0),
                 in_denoise: Cell::new(false),
                 percent: percent.clone(),
+                denoise_started: Cell::new(None),
+                denoise_seconds: Cell::new(0.0),
             };
             let output = self.artifacts.path(&job.id, Variant::Video);
             let outcome = self.inputs(&job.request).and_then(|inputs| {
@@ -146,11 +160,16 @@ impl Worker {
             });
             // Ends the heartbeat.
             drop(done);
-            outcome
+            let timing = Timing {
+                run_seconds: started.elapsed().as_secs_f64(),
+                steps: progress.finished.get(),
+                denoise_seconds: progress.denoise_seconds.get(),
+            };
+            outcome.map(|samples| (samples, timing))
         });
         let lease = match outcome {
-            Ok(samples) => match self.artifacts.write_stills(&job.id, &samples) {
-                Ok(()) => self.store.complete(&job.id, &self.name)?,
+            Ok((samples, timing)) => match self.artifacts.write_stills(&job.id, &samples) {
+                Ok(()) => self.store.complete(&job.id, &self.name, &timing)?,
                 Err(message) => self.store.fail(&job.id, &self.name, &failure(message))?,
             },
             Err(_) if cancelled.load(Ordering::Relaxed) => Lease::Lost,

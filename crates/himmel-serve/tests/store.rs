@@ -10,7 +10,7 @@ use std::time::Duration;
 use himmel_serve::job::{JobError, JobRequest, JobStatus};
 use himmel_serve::postgres_store::PostgresStore;
 use himmel_serve::sqlite::SqliteStore;
-use himmel_serve::store::{JobStore, Lease, Order, QueueSettings, StoreError};
+use himmel_serve::store::{JobStore, Lease, Order, QueueSettings, StoreError, Timing};
 
 /// Where a test's jobs live; every `open` is another connection to the same jobs.
 enum Backend {
@@ -143,10 +143,19 @@ fn leases_are_exclusive_renewed_and_taken_over_when_a_worker_dies(backend: &Back
     let taken = store.lease("b", LONG).unwrap().unwrap();
     assert_eq!((taken.id.as_str(), taken.attempts), (id.as_str(), 2));
     assert_eq!(store.heartbeat(&id, "a", 50, LONG).unwrap(), Lease::Lost);
-    assert_eq!(store.complete(&id, "a").unwrap(), Lease::Lost);
-    assert_eq!(store.complete(&id, "b").unwrap(), Lease::Held);
+    let timing = Timing {
+        run_seconds: 2.5,
+        steps: 20,
+        denoise_seconds: 2.0,
+    };
+    assert_eq!(
+        store.complete(&id, "a", &Timing::default()).unwrap(),
+        Lease::Lost
+    );
+    assert_eq!(store.complete(&id, "b", &timing).unwrap(), Lease::Held);
     let done = store.get(&id).unwrap().unwrap();
     assert_eq!((done.status, done.progress), (JobStatus::Completed, 100));
+    assert_eq!(store.counts().unwrap().timing, timing);
     assert!(done.completed_at.is_some());
     // Deleting a running job takes the lease away.
     let other = store.create(&request("a cube"), None).unwrap().id;
@@ -225,7 +234,10 @@ fn concurrent_workers_never_share_a_job(backend: &Backend) {
                 let store = backend.open(settings);
                 let name = format!("worker {worker}");
                 while let Some(job) = store.lease(&name, LONG).unwrap() {
-                    assert_eq!(store.complete(&job.id, &name).unwrap(), Lease::Held);
+                    assert_eq!(
+                        store.complete(&job.id, &name, &Timing::default()).unwrap(),
+                        Lease::Held
+                    );
                     done.lock().unwrap().push(job.id);
                 }
             });
