@@ -110,6 +110,9 @@ pub struct GenerateArgs {
     /// Prompt tokens (padded or truncated); Wan was trained with 512.
     #[arg(long, default_value_t = himmel_pipeline::wan::MAX_SEQUENCE_LENGTH)]
     max_sequence_length: usize,
+    /// A prompt policy file that extends or relaxes the default policy (see the README).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Write a preview of the whole clip at every denoising step to DIR/preview.gif (made
     /// from the model's current estimate through a cheap latent-to-RGB projection).
     #[arg(long, value_name = "DIR")]
@@ -454,6 +457,8 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
     let options = WriteOptions {
         quality: himmel_media::Quality::Constant(args.crf),
     };
+    let policy = crate::policy::load(args.policy.as_deref())?;
+    policy.check(&args.prompt)?;
     let mut writer = VideoWriter::create(&args.output, &options)?;
     let started = Instant::now();
     let previews = match &args.preview {

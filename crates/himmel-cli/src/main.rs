@@ -6,6 +6,7 @@ mod convert;
 mod eval;
 mod generate;
 mod info;
+mod policy;
 mod progress;
 mod serve;
 mod train;
@@ -45,6 +46,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Work the queue of a `himmel serve` data directory from another process.
     Worker(serve::WorkerArgs),
+    /// The prompt policy: check a prompt, or measure the policy on labelled prompts.
+    Policy(policy::PolicyArgs),
     /// Time a named workload (e.g. `media`: encode and decode speed of every format).
     Bench(bench::BenchArgs),
 }
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&args, cli.quiet),
         Command::Train(args) => train::run_command(&args, cli.quiet),
         Command::Serve(args) => serve::serve(&args),
+        Command::Policy(args) => policy::run(&args),
         Command::Worker(args) => serve::work(&args),
     };
     match result {

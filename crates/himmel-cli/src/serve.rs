@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// HIMMEL_API_KEYS, comma-separated). Without keys the API is open: listen on loopback.
     #[arg(long = "api-key", env = "HIMMEL_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
+    /// A prompt policy file that extends or relaxes the default policy.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     #[command(flatten)]
     queue: QueueArgs,
 }
@@ -159,6 +162,7 @@ fn spawn_workers(
 
 /// Serves the API until Ctrl-C or SIGTERM, then lets running jobs finish.
 pub fn serve(args: &ServeArgs) -> Result<()> {
+    let policy = crate::policy::load(args.policy.as_deref())?;
     let queue = open_queue(&args.queue)?;
     let spec = load_engine(&queue.model_dir, args.queue.max_seconds)?
         .spec()
@@ -173,6 +177,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             .map(|key| key.trim().to_string())
             .filter(|key| !key.is_empty())
             .collect(),
+        policy,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let workers = spawn_workers(&queue, args.workers, args.queue.max_seconds, &stop)?;

@@ -174,6 +174,25 @@ fn impossible_tasks_fail_before_any_work() {
         strength.contains("--strength must be between 0 and 1"),
         "{strength}"
     );
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[category]]\nid = \"balls\"\nany = [\"red ball\"]\n",
+    )
+    .unwrap();
+    let refused = run(&["--policy", policy.to_str().unwrap()]);
+    assert!(
+        refused.contains("refused by the content policy: balls"),
+        "{refused}"
+    );
+    let relaxing = dir.path().join("relax.toml");
+    std::fs::write(
+        &relaxing,
+        "[[category]]\nid = \"sexual_minors\"\nenabled = false\n",
+    )
+    .unwrap();
+    let not_relaxed = run(&["--policy", relaxing.to_str().unwrap()]);
+    assert!(not_relaxed.contains("always refused"), "{not_relaxed}");
     let too_long = run(&["--seconds", "500"]);
     assert!(
         too_long.contains("at most 1920 (120 seconds)"),

@@ -22,6 +22,7 @@ use crate::artifacts::{Artifacts, UPLOAD_EXTENSIONS, Variant};
 use crate::engine::ModelSpec;
 use crate::job::{Direction, Edit, Job, JobRequest, JobStatus, Remix, VideoObject, is_valid_id};
 use crate::store::{JobStore, Order, StoreError};
+use himmel_safety::Policy;
 
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 4000;
@@ -42,6 +43,8 @@ pub struct ServerState {
     pub models: Vec<ModelSpec>,
     /// Bearer keys one of which `/v1` requests must carry; none: no key needed.
     pub api_keys: Vec<String>,
+    /// The prompt policy every prompt passes before it is queued.
+    pub policy: Policy,
 }
 
 /// An error in OpenAI's shape.
@@ -261,8 +264,13 @@ struct ConnectField {
     to_video_id: String,
 }
 
-/// Checks a request against the served models and makes the job request.
-fn validate(body: CreateVideo, models: &[ModelSpec]) -> Result<JobRequest, ApiError> {
+/// Checks a request against the served models and the prompt policy, and makes the job
+/// request.
+fn validate(
+    body: CreateVideo,
+    models: &[ModelSpec],
+    policy: &Policy,
+) -> Result<JobRequest, ApiError> {
     let prompt = body.prompt.trim().to_string();
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
@@ -272,6 +280,11 @@ fn validate(body: CreateVideo, models: &[ModelSpec]) -> Result<JobRequest, ApiEr
             "prompt",
             format!("prompt must be at most {MAX_PROMPT_CHARS} characters"),
         ));
+    }
+    if let Err(refusal) = policy.check(&prompt) {
+        return Err(
+            ApiError::invalid("prompt", refusal.to_string()).with_code("moderation_blocked")
+        );
     }
     let model = match &body.model {
         None => &models[0],
@@ -483,7 +496,7 @@ async fn create_video(
         let bytes = Bytes::from_request(request, &()).await.map_err(rejected)?;
         (parse_json(&bytes)?, None)
     };
-    let mut job_request = validate(body, &state.models)?;
+    let mut job_request = validate(body, &state.models, &state.policy)?;
     if let Some((bytes, extension)) = upload {
         let artifacts = state.artifacts.clone();
         let saved = tokio::task::spawn_blocking(move || artifacts.save_upload(&bytes, &extension))
@@ -554,6 +567,7 @@ async fn remix(
         ));
     }
     let models = &state.models;
+    let policy = &state.policy;
     let checked = validate(
         CreateVideo {
             prompt: remix.prompt,
@@ -572,6 +586,7 @@ async fn remix(
             connect: None,
         },
         models,
+        policy,
     )?;
     let request = JobRequest {
         remix: Some(Remix {
@@ -863,7 +878,11 @@ mod tests {
     }
 
     fn body(json: &str) -> Result<JobRequest, ApiError> {
-        validate(serde_json::from_str(json).unwrap(), &[mini()])
+        validate(
+            serde_json::from_str(json).unwrap(),
+            &[mini()],
+            &Policy::standard(),
+        )
     }
 
     #[test]
