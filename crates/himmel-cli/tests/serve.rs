@@ -370,6 +370,54 @@ fn uploads_become_first_frames_and_finished_videos_can_be_remixed() {
         assert_error(status, &json_of(&bytes), 400, words);
     }
 
+    // A clip upload is re-styled, or extended.
+    let clip = data.path().join("clip.mp4");
+    common::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x64:rate=16",
+        "-frames:v",
+        "17",
+        "-pix_fmt",
+        "yuv420p",
+        clip.to_str().unwrap(),
+    ]);
+    let clip_bytes = std::fs::read(&clip).unwrap();
+    for (seconds, extra, frames) in [
+        ("1", ("strength", "0.5"), 17),
+        ("0.5", ("extend", "forward"), 25),
+    ] {
+        let fields = [
+            ("prompt", "a red ball rolls on the grass"),
+            ("seconds", seconds),
+            extra,
+        ];
+        let (body, content_type) = form(&fields, ("input_reference", "clip.mp4", &clip_bytes));
+        let (status, bytes, _) = send_typed(
+            "POST",
+            &server.url("/v1/videos"),
+            Some(&body),
+            &content_type,
+        );
+        let video = json_of(&bytes);
+        assert_eq!(status, 200, "{video}");
+        let id = video["id"].as_str().unwrap();
+        let done = wait(&server, id, Duration::from_secs(60));
+        assert_eq!(done["status"], "completed", "{done}");
+        let (_, mp4, _) = send(
+            "GET",
+            &server.url(&format!("/v1/videos/{id}/content")),
+            None,
+        );
+        let file = data.path().join(format!("{id}.mp4"));
+        std::fs::write(&file, &mp4).unwrap();
+        assert!(
+            ffprobe(&file, "nb_read_frames").contains(&format!("nb_read_frames={frames}")),
+            "{extra:?}"
+        );
+    }
+
     let remix = json!({"prompt": "a blue cube slides over the sand"});
     let (status, bytes, _) = send(
         "POST",

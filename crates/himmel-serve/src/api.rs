@@ -246,14 +246,20 @@ struct CreateVideo {
     seamless_loop: Option<bool>,
     extend: Option<ExtendField>,
     connect: Option<ConnectField>,
+    /// How much to change an uploaded clip (video to video), 0..=1.
+    strength: Option<f64>,
 }
 
-/// `"extend": {"video_id": ..., "direction": "forward"}`.
+/// `"extend": {"video_id": ..., "direction": "forward"}` (a finished video), or
+/// `"extend": "forward"` (the uploaded clip).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExtendField {
-    video_id: String,
-    direction: Option<Direction>,
+#[serde(untagged)]
+enum ExtendField {
+    Reference(Direction),
+    Video {
+        video_id: String,
+        direction: Option<Direction>,
+    },
 }
 
 /// `"connect": {"from_video_id": ..., "to_video_id": ...}`.
@@ -343,10 +349,20 @@ fn validate(
     ) {
         (false, None, None) => None,
         (true, None, None) => Some(Edit::Loop),
-        (false, Some(extend), None) => Some(Edit::Extend {
-            video_id: extend.video_id,
-            direction: extend.direction.unwrap_or(Direction::Forward),
+        (
+            false,
+            Some(ExtendField::Video {
+                video_id,
+                direction,
+            }),
+            None,
+        ) => Some(Edit::Extend {
+            video_id,
+            direction: direction.unwrap_or(Direction::Forward),
         }),
+        (false, Some(ExtendField::Reference(direction)), None) => {
+            Some(Edit::ExtendReference { direction })
+        }
         (false, None, Some(connect)) => Some(Edit::Connect {
             from_video_id: connect.from_video_id,
             to_video_id: connect.to_video_id,
@@ -358,8 +374,17 @@ fn validate(
             ));
         }
     };
+    if let Some(strength) = body.strength
+        && !(0.0..=1.0).contains(&strength)
+    {
+        return Err(ApiError::invalid(
+            "strength",
+            "strength must be between 0 and 1",
+        ));
+    }
     Ok(JobRequest {
         edit,
+        strength: body.strength,
         prompt,
         negative_prompt: body.negative_prompt.unwrap_or_default(),
         model: model.name.clone(),
@@ -452,7 +477,7 @@ async fn parse_multipart(
                     ApiError::invalid(
                         "input_reference",
                         format!(
-                            "input_reference must be an image ({}); got {file_name:?}",
+                            "input_reference must be an image or a clip ({}); got {file_name:?}",
                             UPLOAD_EXTENSIONS.join(", ")
                         ),
                     )
@@ -463,7 +488,7 @@ async fn parse_multipart(
         let text = field.text().await.map_err(rejected)?;
         // Numbers arrive as text in forms.
         let value = match name.as_str() {
-            "seed" | "steps" | "guidance" => {
+            "seed" | "steps" | "guidance" | "loop" | "strength" => {
                 serde_json::from_str(&text).unwrap_or(Value::String(text))
             }
             _ => Value::String(text),
@@ -509,6 +534,11 @@ async fn create_video(
             )
         })?;
         job_request.input_reference = Some(name);
+    } else if matches!(job_request.edit, Some(Edit::ExtendReference { .. })) {
+        return Err(ApiError::invalid(
+            "extend",
+            "extending the uploaded clip needs an input_reference clip",
+        ));
     }
     if let Some(edit) = &job_request.edit {
         for id in edit.videos() {
@@ -584,6 +614,7 @@ async fn remix(
             seamless_loop: None,
             extend: None,
             connect: None,
+            strength: None,
         },
         models,
         policy,

@@ -57,8 +57,8 @@ pub struct Artifacts {
     uploads: PathBuf,
 }
 
-/// Extensions of the reference images accepted.
-pub const UPLOAD_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "gif"];
+/// Extensions of the reference images and clips accepted.
+pub const UPLOAD_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "gif", "mp4", "mov"];
 
 impl Artifacts {
     /// Artifacts under `data/videos` and `data/uploads`, created if missing.
@@ -75,8 +75,8 @@ impl Artifacts {
         self.uploads.join(name)
     }
 
-    /// Stores an uploaded reference image with `extension` (one of [`UPLOAD_EXTENSIONS`]) and
-    /// returns its name; it must decode as an image, or nothing is kept.
+    /// Stores an uploaded reference image or clip with `extension` (one of
+    /// [`UPLOAD_EXTENSIONS`]) and returns its name; it must decode, or nothing is kept.
     pub fn save_upload(&self, bytes: &[u8], extension: &str) -> Result<String, String> {
         let name = format!("{}.{extension}", crate::job::new_id());
         let path = self.upload_path(&name);

@@ -138,7 +138,10 @@ impl Engine for MiniEngine {
         let task = match (&request.edit, inputs.clips.as_slice()) {
             (None, _) => Task::Create,
             (Some(Edit::Loop), _) => Task::Loop,
-            (Some(Edit::Extend { direction, .. }), [clip]) => Task::Extend {
+            (
+                Some(Edit::Extend { direction, .. } | Edit::ExtendReference { direction }),
+                [clip],
+            ) => Task::Extend {
                 clip: clip.clone(),
                 direction: match direction {
                     Direction::Forward => tasks::Direction::Forward,

@@ -63,10 +63,14 @@ pub struct JobRequest {
     pub steps: Option<usize>,
     /// Guidance scale; the model's default when absent.
     pub guidance: Option<f64>,
-    /// An uploaded image (file name under the data directory's uploads) that becomes the
-    /// first frame.
+    /// An uploaded image or clip (file name under the data directory's uploads): an image
+    /// becomes the first frame; a clip is re-styled (video to video with `strength`) or, with
+    /// [`Edit::ExtendReference`], extended.
     #[serde(default)]
     pub input_reference: Option<String>,
+    /// How much video to video changes an uploaded clip, 0..=1.
+    #[serde(default)]
+    pub strength: Option<f64>,
     /// A finished video to re-make under this prompt (a remix), and how much to change it.
     #[serde(default)]
     pub remix: Option<Remix>,
@@ -88,6 +92,11 @@ pub enum Edit {
         /// `forward` or `backward`.
         direction: Direction,
     },
+    /// The uploaded clip (`input_reference`) and the request's seconds more.
+    ExtendReference {
+        /// `forward` or `backward`.
+        direction: Direction,
+    },
     /// A transition of the request's seconds from the end of one video to the start of
     /// another.
     Connect {
@@ -102,7 +111,7 @@ impl Edit {
     /// The finished videos the task starts from.
     pub fn videos(&self) -> Vec<&str> {
         match self {
-            Self::Loop => Vec::new(),
+            Self::Loop | Self::ExtendReference { .. } => Vec::new(),
             Self::Extend { video_id, .. } => vec![video_id],
             Self::Connect {
                 from_video_id,

@@ -13,7 +13,7 @@ use himmel_core::{Progress, ProgressEvent};
 
 use crate::artifacts::{Artifacts, Variant};
 use crate::engine::{Engine, JobInputs};
-use crate::job::{JobError, JobRequest};
+use crate::job::{Edit, JobError, JobRequest};
 use crate::store::{JobStore, Lease, StoreError, Timing};
 
 /// How long a lease lasts without a heartbeat.
@@ -192,28 +192,37 @@ impl Worker {
             himmel_media::read_video(path, &Default::default(), &himmel_core::Silent)
                 .map_err(|error| error.to_string())
         };
-        let first_frame = match &request.input_reference {
-            Some(name) => {
-                let video = read(&self.artifacts.upload_path(name))?;
-                Some(
-                    himmel_core::Video::new(
-                        video.frames().narrow(0, 0, 1).map_err(|e| e.to_string())?,
-                        video.fps(),
-                    )
-                    .map_err(|e| e.to_string())?,
-                )
-            }
+        let reference = match &request.input_reference {
+            Some(name) => Some(read(&self.artifacts.upload_path(name))?),
             None => None,
         };
-        let source = match &request.remix {
-            Some(remix) => {
+        let extends_reference = matches!(request.edit, Some(Edit::ExtendReference { .. }));
+        // An image is the first frame; a clip is extended or re-styled.
+        let (first_frame, uploaded_clip) = match reference {
+            Some(video) if video.num_frames() == 1 => (Some(video), None),
+            other => (None, other),
+        };
+        let source = match (&request.remix, &uploaded_clip) {
+            (Some(remix), _) => {
                 let path = self.artifacts.path(&remix.video_id, Variant::Video);
                 let video =
                     read(&path).map_err(|error| format!("the video to remix is gone: {error}"))?;
                 Some((video, remix.strength))
             }
-            None => None,
+            (None, Some(clip)) if !extends_reference => Some((
+                clip.clone(),
+                request.strength.unwrap_or(DEFAULT_UPLOAD_STRENGTH),
+            )),
+            _ => None,
         };
+        if extends_reference {
+            let clip = uploaded_clip.ok_or("extending needs an uploaded clip (input_reference)")?;
+            return Ok(JobInputs {
+                first_frame: None,
+                source: None,
+                clips: vec![clip],
+            });
+        }
         let clips = match &request.edit {
             Some(edit) => edit
                 .videos()
@@ -232,6 +241,9 @@ impl Worker {
         })
     }
 }
+
+/// How much video to video changes an uploaded clip when the request does not say.
+const DEFAULT_UPLOAD_STRENGTH: f64 = 0.7;
 
 /// What renews one job's lease.
 struct LeaseHolder<'a> {

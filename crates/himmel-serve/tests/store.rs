@@ -79,6 +79,7 @@ fn request(prompt: &str) -> JobRequest {
         steps: None,
         guidance: None,
         input_reference: None,
+        strength: None,
         remix: None,
         edit: None,
     }
