@@ -10,6 +10,7 @@ use postgres::{Client, NoTls, Row};
 use crate::job::{Job, JobError, JobRequest, JobStatus, new_id};
 use crate::store::{
     Counts, JobStore, Lease, Order, QueueSettings, StoreError, Timing, now_millis, now_seconds,
+    worker_lost,
 };
 
 const SCHEMA: &str = "
@@ -256,13 +257,7 @@ impl JobStore for PostgresStore {
                             "UPDATE himmel_jobs SET status = 'failed', completed_at = $1, \
                              error_code = 'worker_lost', error_message = $2, lease_until = NULL \
                              WHERE id = $3",
-                            &[
-                                &now_seconds(),
-                                &format!(
-                                    "the job was started {attempts} times and its worker stopped each time"
-                                ),
-                                &id,
-                            ],
+                            &[&now_seconds(), &worker_lost(attempts), &id],
                         )
                         .map_err(database)?;
                     continue;
@@ -364,13 +359,7 @@ impl JobStore for PostgresStore {
                 let status: String = row.try_get(0).map_err(database)?;
                 let count: i64 = row.try_get(1).map_err(database)?;
                 let count = count as usize;
-                match JobStatus::parse(&status) {
-                    Some(JobStatus::Queued) => counts.queued = count,
-                    Some(JobStatus::InProgress) => counts.in_progress = count,
-                    Some(JobStatus::Completed) => counts.completed = count,
-                    Some(JobStatus::Failed) => counts.failed = count,
-                    None => {}
-                }
+                counts.record(&status, count);
             }
             Ok(counts)
         })

@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use crate::job::{Job, JobError, JobRequest, JobStatus, new_id};
 use crate::store::{
     Counts, JobStore, Lease, Order, QueueSettings, StoreError, Timing, now_millis, now_seconds,
+    worker_lost,
 };
 
 const SCHEMA: &str = "
@@ -215,7 +216,8 @@ impl JobStore for SqliteStore {
     fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
         let max_attempts = self.settings.max_attempts;
         self.with(|connection| {
-            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_millis();
             loop {
                 let next: Option<(String, u32)> = transaction
@@ -235,13 +237,7 @@ impl JobStore for SqliteStore {
                         "UPDATE jobs SET status = 'failed', completed_at = ?1, \
                          error_code = 'worker_lost', error_message = ?2, lease_until = NULL \
                          WHERE id = ?3",
-                        params![
-                            now_seconds(),
-                            format!(
-                                "the job was started {attempts} times and its worker stopped each time"
-                            ),
-                            id
-                        ],
+                        params![now_seconds(), worker_lost(attempts), id],
                     )?;
                     continue;
                 }
@@ -330,13 +326,7 @@ impl JobStore for SqliteStore {
             })?;
             for row in rows {
                 let (status, count) = row?;
-                match JobStatus::parse(&status) {
-                    Some(JobStatus::Queued) => counts.queued = count,
-                    Some(JobStatus::InProgress) => counts.in_progress = count,
-                    Some(JobStatus::Completed) => counts.completed = count,
-                    Some(JobStatus::Failed) => counts.failed = count,
-                    None => {}
-                }
+                counts.record(&status, count);
             }
             Ok(counts)
         })

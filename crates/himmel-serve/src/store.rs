@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::job::{Job, JobError, JobRequest};
+use crate::job::{Job, JobError, JobRequest, JobStatus};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,24 @@ pub struct Counts {
     pub failed: usize,
     /// What the completed jobs took, added up.
     pub timing: Timing,
+}
+
+impl Counts {
+    /// Records `count` jobs of the stored status `status` (unknown names are ignored).
+    pub fn record(&mut self, status: &str, count: usize) {
+        match JobStatus::parse(status) {
+            Some(JobStatus::Queued) => self.queued = count,
+            Some(JobStatus::InProgress) => self.in_progress = count,
+            Some(JobStatus::Completed) => self.completed = count,
+            Some(JobStatus::Failed) => self.failed = count,
+            None => {}
+        }
+    }
+}
+
+/// Why a job failed after `attempts` leases whose workers all stopped.
+pub(crate) fn worker_lost(attempts: impl std::fmt::Display) -> String {
+    format!("the job was started {attempts} times and its worker stopped each time")
 }
 
 /// How long a job's generation took (or, in [`Counts`], many jobs' added up).
