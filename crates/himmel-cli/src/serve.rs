@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use himmel_pipeline::mini;
+use himmel_pipeline::{ModelSource, Precision};
 use himmel_serve::api::{ServerState, router};
 use himmel_serve::artifacts::Artifacts;
-use himmel_serve::engine::{Engine, MiniEngine};
+use himmel_serve::engine::{Engine, MiniEngine, WanEngine};
 use himmel_serve::postgres_store::PostgresStore;
 use himmel_serve::sqlite::SqliteStore;
 use himmel_serve::store::{JobStore, QueueSettings};
@@ -35,6 +36,10 @@ pub struct QueueArgs {
     /// file in the data directory.
     #[arg(long)]
     db: Option<String>,
+    /// The model served: `himmel-mini` (the built-in default), a himmel-mini folder, or a
+    /// Wan 2.1 diffusers folder (served under its folder's name, in bf16).
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Longest video accepted, in seconds.
     #[arg(long, default_value_t = 20.0)]
     max_seconds: f64,
@@ -80,8 +85,47 @@ pub struct WorkerArgs {
 struct Queue {
     store: Arc<dyn JobStore>,
     artifacts: Artifacts,
-    model_dir: PathBuf,
+    model: ServedModel,
     lease: Duration,
+}
+
+/// The model a queue's workers load.
+#[derive(Clone)]
+enum ServedModel {
+    Mini(PathBuf),
+    Wan { root: PathBuf, name: String },
+}
+
+fn choose_model(model: Option<&Path>) -> Result<ServedModel> {
+    let mini_dir = match model {
+        Some(path) if path.as_os_str() != mini::BUILTIN_NAME || path.exists() => {
+            if mini::is_mini_dir(path) {
+                return Ok(ServedModel::Mini(path.to_path_buf()));
+            }
+            if !path.join("model_index.json").is_file() {
+                bail!(
+                    "{} is neither a himmel-mini folder nor a Wan diffusers folder (no model_index.json)",
+                    path.display()
+                );
+            }
+            let name = path
+                .file_name()
+                .map_or_else(|| "wan".into(), |name| name.to_string_lossy().into_owned());
+            return Ok(ServedModel::Wan {
+                root: path.to_path_buf(),
+                name,
+            });
+        }
+        _ => mini::builtin_dir(),
+    };
+    if !mini::is_mini_dir(&mini_dir) {
+        bail!(
+            "the built-in model is not in {}; set {} to the folder that holds himmel-mini",
+            mini_dir.display(),
+            mini::MODELS_ENV
+        );
+    }
+    Ok(ServedModel::Mini(mini_dir))
 }
 
 fn open_queue(args: &QueueArgs) -> Result<Queue> {
@@ -110,18 +154,11 @@ fn open_queue(args: &QueueArgs) -> Result<Queue> {
     };
     let artifacts = Artifacts::new(&args.data)
         .with_context(|| format!("creating {}", args.data.join("videos").display()))?;
-    let model_dir = mini::builtin_dir();
-    if !mini::is_mini_dir(&model_dir) {
-        bail!(
-            "the built-in model is not in {}; set {} to the folder that holds himmel-mini",
-            model_dir.display(),
-            mini::MODELS_ENV
-        );
-    }
+    let model = choose_model(args.model.as_deref())?;
     Ok(Queue {
         store,
         artifacts,
-        model_dir,
+        model,
         lease: Duration::from_secs_f64(args.lease_seconds),
     })
 }
@@ -131,25 +168,34 @@ fn is_postgres(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://") || db.contains("host=")
 }
 
-fn load_engine(dir: &Path, max_seconds: f64) -> Result<Box<dyn Engine>> {
-    Ok(Box::new(MiniEngine::load(dir, max_seconds)?))
+fn load_engine(model: &ServedModel, max_seconds: f64) -> Result<Box<dyn Engine>> {
+    Ok(match model {
+        ServedModel::Mini(dir) => Box::new(MiniEngine::load(dir, max_seconds)?),
+        ServedModel::Wan { root, name } => Box::new(WanEngine::load(
+            &ModelSource::Folder(root.clone()),
+            name,
+            Precision::Bf16,
+            max_seconds,
+        )?),
+    })
 }
 
-/// Runs workers on threads until `stop` is set.
+/// Runs `count` workers on threads until `stop` is set; the first uses `loaded` if given.
 fn spawn_workers(
     queue: &Queue,
     count: usize,
     max_seconds: f64,
     stop: &Arc<AtomicBool>,
+    mut loaded: Option<Box<dyn Engine>>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
     (0..count)
         .map(|_| {
-            let mut worker = Worker::new(
-                queue.store.clone(),
-                load_engine(&queue.model_dir, max_seconds)?,
-                queue.artifacts.clone(),
-            )
-            .with_lease(queue.lease);
+            let engine = match loaded.take() {
+                Some(engine) => engine,
+                None => load_engine(&queue.model, max_seconds)?,
+            };
+            let mut worker = Worker::new(queue.store.clone(), engine, queue.artifacts.clone())
+                .with_lease(queue.lease);
             let stop = stop.clone();
             Ok(std::thread::spawn(move || {
                 if let Err(error) = worker.run(&stop, IDLE_POLL) {
@@ -164,9 +210,8 @@ fn spawn_workers(
 pub fn serve(args: &ServeArgs) -> Result<()> {
     let policy = crate::policy::load(args.policy.as_deref())?;
     let queue = open_queue(&args.queue)?;
-    let spec = load_engine(&queue.model_dir, args.queue.max_seconds)?
-        .spec()
-        .clone();
+    let engine = load_engine(&queue.model, args.queue.max_seconds)?;
+    let spec = engine.spec().clone();
     let state = Arc::new(ServerState {
         store: queue.store.clone(),
         artifacts: queue.artifacts.clone(),
@@ -180,7 +225,13 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         policy,
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let workers = spawn_workers(&queue, args.workers, args.queue.max_seconds, &stop)?;
+    let workers = spawn_workers(
+        &queue,
+        args.workers,
+        args.queue.max_seconds,
+        &stop,
+        Some(engine),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -206,7 +257,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
 pub fn work(args: &WorkerArgs) -> Result<()> {
     let queue = open_queue(&args.queue)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let workers = spawn_workers(&queue, 1, args.queue.max_seconds, &stop)?;
+    let workers = spawn_workers(&queue, 1, args.queue.max_seconds, &stop, None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

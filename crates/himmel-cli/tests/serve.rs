@@ -807,3 +807,31 @@ fn the_web_page_makes_a_video_in_a_real_browser() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_wan_model_is_served_too() {
+    let data = tempfile::tempdir().unwrap();
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan/pipeline_tiny");
+    let server = Server::start(data.path(), &["--model", model.to_str().unwrap()]);
+    let (status, video) = create(
+        &server,
+        json!({"prompt": "a red ball", "model": "pipeline_tiny", "size": "32x32", "seconds": "0.3", "steps": 2}),
+    );
+    assert_eq!(status, 200, "{video}");
+    let id = video["id"].as_str().unwrap();
+    let done = wait(&server, id, Duration::from_secs(120));
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, mp4, _) = send(
+        "GET",
+        &server.url(&format!("/v1/videos/{id}/content")),
+        None,
+    );
+    let file = data.path().join("wan.mp4");
+    std::fs::write(&file, &mp4).unwrap();
+    let probe = ffprobe(&file, "width,height,nb_read_frames");
+    assert!(
+        probe.contains("width=32") && probe.contains("nb_read_frames=5"),
+        "{probe}"
+    );
+}

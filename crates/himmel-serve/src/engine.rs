@@ -9,7 +9,8 @@ use himmel_core::{Progress, Video};
 use himmel_media::{VideoWriter, WriteOptions};
 use himmel_pipeline::tasks::{self, Task, Windows};
 use himmel_pipeline::{
-    Anchor, GenerationRequest, KnownClip, MiniPipeline, PipelineError, SourceClip,
+    Anchor, GenerationRequest, KnownClip, MiniPipeline, ModelSource, PipelineError, Precision,
+    SourceClip, WanPipeline,
 };
 use himmel_world::render::RenderSettings;
 
@@ -73,6 +74,139 @@ pub trait Engine: Send {
     ) -> Result<Video, String>;
 }
 
+/// A job as the pipeline runs it: the task, its base request and its windows.
+struct Plan {
+    task: Task,
+    base: GenerationRequest,
+    windows: Windows,
+    /// Frames the result will have, for spreading the samples.
+    length: usize,
+}
+
+impl Plan {
+    /// The plan for `request` with `inputs`, for a model of `spec` with default `steps` and
+    /// `guidance` that works in `windows`.
+    fn new(
+        spec: &ModelSpec,
+        request: &JobRequest,
+        inputs: &JobInputs,
+        windows: Windows,
+        (steps, guidance): (usize, f64),
+    ) -> Result<Self, String> {
+        let added = (request.seconds * spec.fps).ceil() as usize;
+        let task = match (&request.edit, inputs.clips.as_slice()) {
+            (None, _) => Task::Create,
+            (Some(Edit::Loop), _) => Task::Loop,
+            (
+                Some(Edit::Extend { direction, .. } | Edit::ExtendReference { direction }),
+                [clip],
+            ) => Task::Extend {
+                clip: clip.clone(),
+                direction: match direction {
+                    Direction::Forward => tasks::Direction::Forward,
+                    Direction::Backward => tasks::Direction::Backward,
+                },
+                new_frames: added,
+            },
+            (Some(Edit::Connect { .. }), [from, to]) => Task::Connect {
+                from: from.clone(),
+                to: to.clone(),
+                new_frames: added,
+            },
+            (Some(_), clips) => {
+                return Err(format!(
+                    "the task needs its videos; {} were read",
+                    clips.len()
+                ));
+            }
+        };
+        let frames = match task {
+            Task::Create | Task::Loop => spec.frames(request.seconds),
+            Task::Extend { .. } | Task::Connect { .. } => windows.frames,
+        };
+        let length = match &task {
+            Task::Create => frames,
+            Task::Loop => frames - 1,
+            Task::Extend { clip, .. } => {
+                (clip.num_frames() as f64 * spec.fps / clip.fps()).round() as usize + added
+            }
+            Task::Connect { .. } => added.div_ceil(4) * 4 + 2,
+        };
+        let base = GenerationRequest {
+            negative_prompt: request.negative_prompt.clone(),
+            steps: request.steps.unwrap_or(steps),
+            guidance: request.guidance.unwrap_or(guidance),
+            seed: request.seed,
+            known: inputs
+                .first_frame
+                .iter()
+                .map(|frame| KnownClip {
+                    video: frame.clone(),
+                    anchor: Anchor::Start,
+                })
+                .collect(),
+            source: inputs.source.as_ref().map(|(video, strength)| SourceClip {
+                video: video.clone(),
+                strength: *strength,
+            }),
+            ..GenerationRequest::new(
+                &request.prompt,
+                (request.width, request.height, frames),
+                spec.fps,
+            )
+        };
+        Ok(Self {
+            task,
+            base,
+            windows,
+            length,
+        })
+    }
+
+    /// Runs the plan with `generate` (one window), writing the video to `output`; returns
+    /// the samples for the thumbnail and the spritesheet.
+    fn run(
+        &self,
+        generate: &mut tasks::Generate,
+        output: &Path,
+        fps: f64,
+    ) -> Result<Video, String> {
+        let mut writer =
+            VideoWriter::create(output, &WriteOptions::default()).map_err(|e| e.to_string())?;
+        let wanted = sample_indices(self.length);
+        let mut samples = Vec::new();
+        let mut seen = 0;
+        let mut sink = |part: Video| -> Result<(), PipelineError> {
+            let bytes = part.to_u8()?;
+            for index in 0..part.num_frames() {
+                if wanted.contains(&(seen + index)) {
+                    samples.push(bytes.narrow(0, index, 1)?);
+                }
+            }
+            seen += part.num_frames();
+            writer.push(&part)?;
+            Ok(())
+        };
+        tasks::run(&self.task, generate, &self.base, self.windows, &mut sink)
+            .map_err(|error| error.to_string())?;
+        writer
+            .finish(&himmel_core::Silent)
+            .map_err(|e| e.to_string())?;
+        let samples = Tensor::cat(&samples, 0).map_err(|e| e.to_string())?;
+        Video::new(samples, fps).map_err(|e| e.to_string())
+    }
+}
+
+/// Denoising steps of `request` for a model of `spec` working in `windows` with `steps` a
+/// window.
+fn planned_steps(spec: &ModelSpec, request: &JobRequest, windows: Windows, steps: usize) -> u64 {
+    let frames = spec.frames(request.seconds);
+    // The first window, then windows that add `frames - start overlap` each.
+    let fresh = windows.frames - (1 + 4 * (windows.overlap - 1));
+    let count = 1 + frames.saturating_sub(windows.frames).div_ceil(fresh);
+    (count * request.steps.unwrap_or(steps)) as u64
+}
+
 /// The built-in himmel-mini model.
 pub struct MiniEngine {
     pipeline: MiniPipeline,
@@ -102,6 +236,11 @@ impl MiniEngine {
             overlap: MINI_OVERLAP,
         }
     }
+
+    fn defaults(&self) -> (usize, f64) {
+        let sampling = self.pipeline.config().sampling;
+        (sampling.steps, sampling.guidance)
+    }
 }
 
 /// Latent frames consecutive himmel-mini windows share.
@@ -113,15 +252,7 @@ impl Engine for MiniEngine {
     }
 
     fn planned_steps(&self, request: &JobRequest) -> u64 {
-        let windows = self.windows();
-        let frames = self.spec.frames(request.seconds);
-        // The first window, then windows that add `frames - start overlap` each.
-        let fresh = windows.frames - (1 + 4 * (windows.overlap - 1));
-        let count = 1 + frames.saturating_sub(windows.frames).div_ceil(fresh);
-        let steps = request
-            .steps
-            .unwrap_or(self.pipeline.config().sampling.steps);
-        (count * steps) as u64
+        planned_steps(&self.spec, request, self.windows(), self.defaults().0)
     }
 
     fn generate(
@@ -132,66 +263,11 @@ impl Engine for MiniEngine {
         progress: &dyn Progress,
         cancelled: &AtomicBool,
     ) -> Result<Video, String> {
-        let sampling = self.pipeline.config().sampling;
-        let windows = self.windows();
-        let added = (request.seconds * self.spec.fps).ceil() as usize;
-        let task = match (&request.edit, inputs.clips.as_slice()) {
-            (None, _) => Task::Create,
-            (Some(Edit::Loop), _) => Task::Loop,
-            (
-                Some(Edit::Extend { direction, .. } | Edit::ExtendReference { direction }),
-                [clip],
-            ) => Task::Extend {
-                clip: clip.clone(),
-                direction: match direction {
-                    Direction::Forward => tasks::Direction::Forward,
-                    Direction::Backward => tasks::Direction::Backward,
-                },
-                new_frames: added,
-            },
-            (Some(Edit::Connect { .. }), [from, to]) => Task::Connect {
-                from: from.clone(),
-                to: to.clone(),
-                new_frames: added,
-            },
-            (Some(_), clips) => {
-                return Err(format!(
-                    "the task needs its videos; {} were read",
-                    clips.len()
-                ));
-            }
-        };
-        let frames = match task {
-            Task::Create | Task::Loop => self.spec.frames(request.seconds),
-            Task::Extend { .. } | Task::Connect { .. } => windows.frames,
-        };
-        let base = GenerationRequest {
-            negative_prompt: request.negative_prompt.clone(),
-            steps: request.steps.unwrap_or(sampling.steps),
-            guidance: request.guidance.unwrap_or(sampling.guidance),
-            seed: request.seed,
-            known: inputs
-                .first_frame
-                .iter()
-                .map(|frame| KnownClip {
-                    video: frame.clone(),
-                    anchor: Anchor::Start,
-                })
-                .collect(),
-            source: inputs.source.as_ref().map(|(video, strength)| SourceClip {
-                video: video.clone(),
-                strength: *strength,
-            }),
-            ..GenerationRequest::new(
-                &request.prompt,
-                (request.width, request.height, frames),
-                self.spec.fps,
-            )
-        };
+        let plan = Plan::new(&self.spec, request, inputs, self.windows(), self.defaults())?;
         let settings = RenderSettings {
             width: request.width,
             height: request.height,
-            frames: frames.min(windows.frames),
+            frames: plan.base.frames.min(plan.windows.frames),
             fps: self.spec.fps,
         };
         let recaption = self
@@ -206,38 +282,80 @@ impl Engine for MiniEngine {
             let request = pipeline.validate(request)?;
             pipeline.generate(&request, &recaption.caption, progress)
         };
-        let mut writer =
-            VideoWriter::create(output, &WriteOptions::default()).map_err(|e| e.to_string())?;
-        // How long the result will be, for spreading the samples.
-        let length = match &task {
-            Task::Create => frames,
-            Task::Loop => frames - 1,
-            Task::Extend { clip, .. } => {
-                (clip.num_frames() as f64 * self.spec.fps / clip.fps()).round() as usize + added
-            }
-            Task::Connect { .. } => added.div_ceil(4) * 4 + 2,
+        plan.run(&mut generate, output, self.spec.fps)
+    }
+}
+
+/// A Wan 2.1 model (text to video, and the editing tasks through known frames).
+pub struct WanEngine {
+    pipeline: WanPipeline,
+    spec: ModelSpec,
+}
+
+/// Latent frames consecutive Wan windows share.
+const WAN_OVERLAP: usize = 4;
+
+/// Wan 2.1's recommended steps and guidance.
+const WAN_DEFAULTS: (usize, f64) = (50, 5.0);
+
+impl WanEngine {
+    /// Loads the Wan model at `source` as `name`; the service accepts videos up to
+    /// `max_seconds`.
+    pub fn load(
+        source: &ModelSource,
+        name: &str,
+        precision: Precision,
+        max_seconds: f64,
+    ) -> Result<Self, PipelineError> {
+        let pipeline = WanPipeline::load(source, precision, &Device::Cpu)?;
+        let limits = pipeline.limits();
+        let spec = ModelSpec {
+            name: name.into(),
+            size: (832, 480),
+            size_multiple: limits.size_multiple,
+            max_side: limits.max_side,
+            fps: 16.0,
+            seconds: 5.0,
+            max_seconds,
         };
-        let wanted = sample_indices(length);
-        let mut samples = Vec::new();
-        let mut seen = 0;
-        let mut sink = |part: Video| -> Result<(), PipelineError> {
-            let bytes = part.to_u8()?;
-            for index in 0..part.num_frames() {
-                if wanted.contains(&(seen + index)) {
-                    samples.push(bytes.narrow(0, index, 1)?);
-                }
+        Ok(Self { pipeline, spec })
+    }
+
+    fn windows(&self) -> Windows {
+        Windows {
+            frames: 81,
+            overlap: WAN_OVERLAP,
+        }
+    }
+}
+
+impl Engine for WanEngine {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn planned_steps(&self, request: &JobRequest) -> u64 {
+        planned_steps(&self.spec, request, self.windows(), WAN_DEFAULTS.0)
+    }
+
+    fn generate(
+        &mut self,
+        request: &JobRequest,
+        inputs: &JobInputs,
+        output: &Path,
+        progress: &dyn Progress,
+        cancelled: &AtomicBool,
+    ) -> Result<Video, String> {
+        let plan = Plan::new(&self.spec, request, inputs, self.windows(), WAN_DEFAULTS)?;
+        let pipeline = &self.pipeline;
+        let mut generate = |request| -> Result<Video, PipelineError> {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(PipelineError::Cancelled);
             }
-            seen += part.num_frames();
-            writer.push(&part)?;
-            Ok(())
+            let request = pipeline.validate(request)?;
+            pipeline.generate(&request, progress)
         };
-        tasks::run(&task, &mut generate, &base, windows, &mut sink)
-            .map_err(|error| error.to_string())?;
-        writer
-            .finish(&himmel_core::Silent)
-            .map_err(|e| e.to_string())?;
-        let samples = Tensor::cat(&samples, 0).map_err(|e| e.to_string())?;
-        Video::new(samples, self.spec.fps).map_err(|e| e.to_string())
+        plan.run(&mut generate, output, self.spec.fps)
     }
 }
 
