@@ -198,9 +198,9 @@ fn spawn_workers(
                 .with_lease(queue.lease);
             let stop = stop.clone();
             Ok(std::thread::spawn(move || {
-                if let Err(error) = worker.run(&stop, IDLE_POLL) {
-                    eprintln!("error: worker stopped: {error}");
-                }
+                worker.run(&stop, IDLE_POLL, &|error| {
+                    eprintln!("warning: worker: {error}; retrying");
+                });
             }))
         })
         .collect()

@@ -113,14 +113,26 @@ impl Worker {
         self
     }
 
-    /// Runs jobs until `stop` is set, polling every `idle` while the queue is empty.
-    pub fn run(&mut self, stop: &AtomicBool, idle: Duration) -> Result<(), StoreError> {
+    /// Runs jobs until `stop` is set, polling every `idle` while the queue is empty. A
+    /// failing store (a database restarting, say) is reported through `report` and retried,
+    /// waiting longer each time up to [`LEASE`]; a job it held is taken over when its lease
+    /// ends.
+    pub fn run(&mut self, stop: &AtomicBool, idle: Duration, report: &dyn Fn(&StoreError)) {
+        let mut wait = idle;
         while !stop.load(Ordering::Relaxed) {
-            if !self.run_one()? {
-                std::thread::sleep(idle);
+            match self.run_one() {
+                Ok(true) => wait = idle,
+                Ok(false) => {
+                    wait = idle;
+                    std::thread::sleep(idle);
+                }
+                Err(error) => {
+                    report(&error);
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(LEASE);
+                }
             }
         }
-        Ok(())
     }
 
     /// Leases and runs one job; whether there was one.
@@ -291,5 +303,109 @@ fn failure(message: String) -> JobError {
     JobError {
         code: "generation_failed".into(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::engine::ModelSpec;
+    use crate::job::Job;
+    use crate::store::{Counts, Order};
+
+    /// A store whose first two leases fail, then stops the worker.
+    struct Flaky {
+        leases: AtomicUsize,
+        stop: Arc<AtomicBool>,
+    }
+
+    fn down() -> StoreError {
+        StoreError::Database("connection refused".into())
+    }
+
+    impl JobStore for Flaky {
+        fn create(&self, _: &JobRequest, _: Option<&str>) -> Result<Job, StoreError> {
+            Err(down())
+        }
+        fn get(&self, _: &str) -> Result<Option<Job>, StoreError> {
+            Err(down())
+        }
+        fn list(&self, _: usize, _: Option<&str>, _: Order) -> Result<Vec<Job>, StoreError> {
+            Err(down())
+        }
+        fn delete(&self, _: &str) -> Result<bool, StoreError> {
+            Err(down())
+        }
+        fn lease(&self, _: &str, _: Duration) -> Result<Option<Job>, StoreError> {
+            if self.leases.fetch_add(1, Ordering::Relaxed) < 2 {
+                return Err(down());
+            }
+            self.stop.store(true, Ordering::Relaxed);
+            Ok(None)
+        }
+        fn heartbeat(&self, _: &str, _: &str, _: u8, _: Duration) -> Result<Lease, StoreError> {
+            Err(down())
+        }
+        fn complete(&self, _: &str, _: &str, _: &Timing) -> Result<Lease, StoreError> {
+            Err(down())
+        }
+        fn fail(&self, _: &str, _: &str, _: &JobError) -> Result<Lease, StoreError> {
+            Err(down())
+        }
+        fn counts(&self) -> Result<Counts, StoreError> {
+            Err(down())
+        }
+    }
+
+    /// An engine that is never asked to generate here.
+    struct Idle(ModelSpec);
+
+    impl Engine for Idle {
+        fn spec(&self) -> &ModelSpec {
+            &self.0
+        }
+        fn planned_steps(&self, _: &JobRequest) -> u64 {
+            0
+        }
+        fn generate(
+            &mut self,
+            _: &JobRequest,
+            _: &JobInputs,
+            _: &std::path::Path,
+            _: &dyn Progress,
+            _: &AtomicBool,
+        ) -> Result<himmel_core::Video, String> {
+            Err("no jobs in this test".into())
+        }
+    }
+
+    #[test]
+    fn a_failing_store_is_reported_and_retried() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let store = Arc::new(Flaky {
+            leases: AtomicUsize::new(0),
+            stop: stop.clone(),
+        });
+        let spec = ModelSpec {
+            name: "idle".into(),
+            size: (64, 64),
+            size_multiple: 16,
+            max_side: 64,
+            fps: 16.0,
+            seconds: 1.0,
+            max_seconds: 1.0,
+        };
+        let data = tempfile::tempdir().unwrap();
+        let artifacts = Artifacts::new(data.path()).unwrap();
+        let mut worker = Worker::new(store.clone(), Box::new(Idle(spec)), artifacts);
+        let reports = Mutex::new(Vec::new());
+        worker.run(&stop, Duration::from_millis(1), &|error| {
+            reports.lock().unwrap().push(error.to_string());
+        });
+        assert_eq!(store.leases.load(Ordering::Relaxed), 3);
+        assert_eq!(reports.lock().unwrap().len(), 2);
     }
 }
