@@ -548,6 +548,11 @@ fn events_stream_progress_and_previews_until_the_video_is_done() {
         "{progress:?}"
     );
     assert!(kinds.iter().any(|k| k == "preview"), "{kinds:?}");
+    let preview_line = text
+        .lines()
+        .find(|line| line.contains("data:image/png;base64,"))
+        .expect("a preview event carries its frames");
+    assert!(preview_line.contains("variant=preview"), "{preview_line}");
     let (status, png, _) = send(
         "GET",
         &server.url(&format!("/v1/videos/{id}/content?variant=preview")),

@@ -15,6 +15,8 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -806,11 +808,16 @@ impl Watch {
         {
             self.last_preview = Some(modified);
             let url = format!("/v1/videos/{}/content?variant=preview", self.id);
-            self.pending.push_back(
-                Event::default()
-                    .event("preview")
-                    .data(json!({"url": url}).to_string()),
-            );
+            // The frames themselves too, so a client needs no second request (a preview being
+            // replaced just then is sent next time).
+            if let Ok(png) = tokio::fs::read(&preview).await {
+                let image = format!("data:image/png;base64,{}", BASE64_STANDARD.encode(png));
+                self.pending.push_back(
+                    Event::default()
+                        .event("preview")
+                        .data(json!({"url": url, "image": image}).to_string()),
+                );
+            }
         }
         let video = VideoObject::from(&job);
         if self.last.as_ref() != Some(&video) {
@@ -826,7 +833,8 @@ impl Watch {
 }
 
 /// Server-sent events for one video: `progress` (the video object, whenever it changes),
-/// `preview` (where the newest preview strip is), and `deleted`; the stream ends when the
+/// `preview` (the newest preview strip, as a PNG data URL and where to fetch it), and
+/// `deleted`; the stream ends when the
 /// video is completed, failed or deleted.
 async fn events(
     State(state): State<Arc<ServerState>>,
