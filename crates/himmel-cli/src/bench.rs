@@ -1,5 +1,6 @@
 //! `himmel bench`: named workloads timed end to end. `media` measures encode and decode speed
-//! of every video format; `world` the procedural world's clip rate.
+//! of every video format; `world` the procedural world's clip rate; `wan` a Wan 2.1 1.3B
+//! forward and VAE decode; `mini` the built-in model's default clip, stage by stage.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,6 +29,17 @@ enum Workload {
     /// Wan 2.1 1.3B: one transformer forward and the VAE decode at a given size, with random
     /// weights (timing does not depend on their values).
     Wan(WanArgs),
+    /// The built-in himmel-mini at its default size: each stage of a generation (recaption,
+    /// prompt encoding, denoising steps, decode), the best of several runs.
+    Mini(MiniArgs),
+}
+
+/// Arguments of `himmel bench mini`.
+#[derive(Args)]
+struct MiniArgs {
+    /// Runs; the fastest of each stage is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
 }
 
 /// Arguments of `himmel bench wan`.
@@ -87,6 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Workload::Media(media) => run_media(media),
         Workload::World(world) => run_world(world),
         Workload::Wan(wan) => run_wan(wan),
+        Workload::Mini(mini) => run_mini(mini),
     }
 }
 
@@ -250,6 +263,92 @@ fn run_wan(args: &WanArgs) -> Result<()> {
     }
     println!(
         "  peak memory {}",
+        crate::generate::peak_memory().unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
+}
+
+/// Records how long each stage of a generation takes.
+#[derive(Default)]
+struct StageTimes {
+    current: std::cell::RefCell<Option<(String, Instant, u64)>>,
+    /// `(stage, seconds, steps)` in order.
+    finished: std::cell::RefCell<Vec<(String, f64, u64)>>,
+}
+
+impl himmel_core::Progress for StageTimes {
+    fn event(&self, event: himmel_core::ProgressEvent<'_>) {
+        use himmel_core::ProgressEvent;
+        match event {
+            ProgressEvent::StageStarted { stage, total } => {
+                *self.current.borrow_mut() = Some((stage.to_string(), Instant::now(), total));
+            }
+            ProgressEvent::StageFinished => {
+                if let Some((stage, started, steps)) = self.current.borrow_mut().take() {
+                    let seconds = started.elapsed().as_secs_f64();
+                    self.finished.borrow_mut().push((stage, seconds, steps));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn run_mini(args: &MiniArgs) -> Result<()> {
+    use himmel_pipeline::{GenerationRequest, MiniPipeline};
+
+    let dir = himmel_pipeline::mini::builtin_dir();
+    let start = Instant::now();
+    let pipeline = MiniPipeline::load(&dir, &candle_core::Device::Cpu)?;
+    let load = start.elapsed().as_secs_f64();
+    let video = pipeline.config().video;
+    let sampling = pipeline.config().sampling;
+    let settings = himmel_world::render::RenderSettings {
+        width: video.width,
+        height: video.height,
+        frames: video.frames,
+        fps: video.fps,
+    };
+    println!(
+        "himmel-mini: {}x{}x{}, {} steps, guidance {}; load {load:.3}s",
+        video.width, video.height, video.frames, sampling.steps, sampling.guidance
+    );
+    let mut best: Vec<(String, f64, u64)> = Vec::new();
+    for run in 0..args.repeat {
+        let times = StageTimes::default();
+        let prompt = "a red ball bounces across the grass";
+        let start = Instant::now();
+        let recaption = pipeline.recaption(prompt, &settings, u64::from(run))?;
+        let recaption_seconds = start.elapsed().as_secs_f64();
+        let request = pipeline.validate(GenerationRequest {
+            steps: sampling.steps,
+            guidance: sampling.guidance,
+            seed: u64::from(run),
+            ..GenerationRequest::new(prompt, (video.width, video.height, video.frames), video.fps)
+        })?;
+        pipeline.generate(&request, &recaption.caption, &times)?;
+        let mut stages = vec![("recaption".to_string(), recaption_seconds, 0)];
+        stages.extend(times.finished.into_inner());
+        if best.is_empty() {
+            best = stages;
+        } else {
+            for (kept, new) in best.iter_mut().zip(stages) {
+                kept.1 = kept.1.min(new.1);
+            }
+        }
+    }
+    let total: f64 = best.iter().map(|stage| stage.1).sum();
+    for (stage, seconds, steps) in &best {
+        let per_step = if *steps > 0 {
+            format!(" ({:.1} ms a step)", seconds / *steps as f64 * 1000.0)
+        } else {
+            String::new()
+        };
+        println!("  {stage:14} {seconds:.3}s{per_step}");
+    }
+    println!(
+        "  {:14} {total:.3}s; peak memory {}",
+        "all stages",
         crate::generate::peak_memory().unwrap_or_else(|| "unknown".into())
     );
     Ok(())

@@ -186,3 +186,18 @@ fn the_built_in_model_works_out_of_the_box() {
     );
     assert!(probe.contains("nb_read_frames=17"), "{probe}");
 }
+
+#[test]
+fn the_built_in_model_is_benchmarked_stage_by_stage() {
+    let report = himmel_ok(&["bench", "mini", "--repeat", "1"]);
+    for stage in [
+        "recaption",
+        "encode prompt",
+        "denoise",
+        "decode",
+        "peak memory",
+    ] {
+        assert!(report.contains(stage), "{report}");
+    }
+    assert!(report.contains("ms a step"), "{report}");
+}
