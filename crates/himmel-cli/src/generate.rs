@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use himmel_core::{Progress, ProgressEvent, Silent, Video};
 use himmel_media::{ReadOptions, VideoWriter, WriteOptions, read_video, write_video};
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
+use himmel_pipeline::request::frames_for_seconds;
 use himmel_pipeline::tasks::{self, Direction, Sink, Task, Windows};
 use himmel_pipeline::{
     Anchor, GenerationRequest, KnownClip, MiniPipeline, ModelSource, PipelineError, Precision,
@@ -129,12 +130,6 @@ enum ExtendArg {
     Backward,
 }
 
-/// Latent frames consecutive himmel-mini windows share (5 frames known at a window's start).
-const MINI_OVERLAP: usize = 2;
-
-/// Latent frames consecutive Wan windows share (13 frames known at a window's start).
-const WAN_OVERLAP: usize = 4;
-
 /// Strength of video to video when --strength is left out.
 const DEFAULT_STRENGTH: f64 = 0.7;
 
@@ -227,12 +222,6 @@ fn make_task(args: &GenerateArgs, inputs: &Inputs, fps: f64) -> Result<(Task, Op
     })
 }
 
-/// Frames of `seconds` at `fps`, rounded up to 1 + 4k.
-fn frames_for(seconds: f64, fps: f64) -> usize {
-    let wanted = (seconds * fps).ceil().max(1.0) as usize;
-    (wanted.saturating_sub(1)).div_ceil(4) * 4 + 1
-}
-
 /// What a model uses for the options left out.
 struct Defaults {
     width: usize,
@@ -305,7 +294,9 @@ fn build_request(
     let (task, source) = make_task(args, inputs, fps)?;
     let frames = match (args.seconds, &task, &source) {
         (_, Task::Extend { .. } | Task::Connect { .. }, _) => defaults.frames,
-        (Some(seconds), ..) if seconds.is_finite() && seconds > 0.0 => frames_for(seconds, fps),
+        (Some(seconds), ..) if seconds.is_finite() && seconds > 0.0 => {
+            frames_for_seconds(seconds, fps)
+        }
         (Some(seconds), ..) => bail!("--seconds must be a positive number, got {seconds}"),
         // Video to video re-styles as much of the clip as one window holds.
         (None, _, Some(source)) => args.frames.unwrap_or_else(|| {
@@ -384,10 +375,7 @@ fn generate_mini(
         steps: sampling.steps,
         guidance: sampling.guidance,
     };
-    let windows = Windows {
-        frames: pipeline.limits().max_frames,
-        overlap: MINI_OVERLAP,
-    };
+    let windows = pipeline.windows();
     let (task, request) = build_request(args, &defaults, read_latents(args)?, inputs)?;
     let first = pipeline.validate(first_window(&request, windows))?;
     let settings = RenderSettings {
@@ -440,10 +428,7 @@ fn generate_wan(
         eprintln!("note: the model has no preview.json; fitted a preview projection");
     }
     let (task, request) = build_request(args, &WAN_DEFAULTS, read_latents(args)?, inputs)?;
-    let windows = Windows {
-        frames: WAN_DEFAULTS.frames,
-        overlap: WAN_OVERLAP,
-    };
+    let windows = pipeline.windows();
     pipeline.validate(first_window(&request, windows))?;
     let mut generate = |request| -> Result<Video, PipelineError> {
         let request = pipeline.validate(request)?;
@@ -540,17 +525,4 @@ pub fn peak_memory() -> Option<String> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(format!("{:.1} MiB", kib / 1024.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seconds_round_up_to_valid_frame_counts() {
-        assert_eq!(frames_for(5.0, 16.0), 81);
-        assert_eq!(frames_for(1.0, 16.0), 17);
-        assert_eq!(frames_for(0.01, 16.0), 1);
-        assert_eq!(frames_for(1.1, 16.0), 21);
-    }
 }

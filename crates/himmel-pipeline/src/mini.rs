@@ -19,6 +19,7 @@ use crate::denoise::{Inputs, denoise};
 use crate::error::PipelineError;
 use crate::preview::{LatentPreview, PREVIEW_FIT_CLIPS};
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
+use crate::tasks::Windows;
 use crate::wan::decode_to_video;
 
 /// The built-in model's name.
@@ -130,6 +131,15 @@ impl MiniPipeline {
             // The autoencoder's chunk caches are trained on clips of this length; longer videos
             // are made by extension.
             max_frames: self.config().video.frames,
+        }
+    }
+
+    /// How tasks longer than one clip cut their work: windows of the trained length that
+    /// share 2 latent frames (5 frames known at a window's start).
+    pub fn windows(&self) -> Windows {
+        Windows {
+            frames: self.limits().max_frames,
+            overlap: 2,
         }
     }
 

@@ -138,6 +138,12 @@ pub enum ValidationError {
     },
 }
 
+/// Frames of `seconds` at `fps`, rounded up to a valid count, `1 + 4k`.
+pub fn frames_for_seconds(seconds: f64, fps: f64) -> usize {
+    let wanted = (seconds * fps).ceil().max(1.0) as usize;
+    (wanted - 1).div_ceil(4) * 4 + 1
+}
+
 /// A request that passed validation for a model.
 #[derive(Debug, Clone)]
 pub struct ValidRequest(GenerationRequest);
@@ -311,6 +317,14 @@ mod tests {
 
     fn request() -> GenerationRequest {
         GenerationRequest::new("a ball", (832, 480, 81), 16.0)
+    }
+
+    #[test]
+    fn seconds_round_up_to_valid_frame_counts() {
+        assert_eq!(frames_for_seconds(5.0, 16.0), 81);
+        assert_eq!(frames_for_seconds(1.0, 16.0), 17);
+        assert_eq!(frames_for_seconds(0.01, 16.0), 1);
+        assert_eq!(frames_for_seconds(1.1, 16.0), 21);
     }
 
     #[test]

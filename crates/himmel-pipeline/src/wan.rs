@@ -17,6 +17,7 @@ use crate::layout::{pipeline_class, read_json, weight_files};
 use crate::preview::{LatentPreview, PREVIEW_FIT_CLIPS};
 use crate::prompt::{PromptEncoder, TextEncoderWeights};
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
+use crate::tasks::Windows;
 
 /// The precision the transformer and text encoder compute in (the VAE always runs in f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +251,15 @@ impl WanPipeline {
             spatial_factor: 8,
             max_side: 4096,
             max_frames: 1601,
+        }
+    }
+
+    /// How tasks longer than one clip cut their work: windows of 81 frames (the length Wan 2.1
+    /// was trained on) that share 4 latent frames (13 frames known at a window's start).
+    pub fn windows(&self) -> Windows {
+        Windows {
+            frames: 81,
+            overlap: 4,
         }
     }
 

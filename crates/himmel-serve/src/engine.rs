@@ -15,6 +15,7 @@ use himmel_pipeline::{
 use himmel_world::render::RenderSettings;
 
 use crate::job::{Direction, Edit, JobRequest};
+use himmel_pipeline::request::frames_for_seconds;
 
 /// What a model accepts, known to the API without loading it.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,8 +39,7 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Frames for `seconds` at the model's rate, rounded up to `1 + 4k`.
     pub fn frames(&self, seconds: f64) -> usize {
-        let wanted = (seconds * self.fps).ceil().max(1.0) as usize;
-        (wanted - 1).div_ceil(4) * 4 + 1
+        frames_for_seconds(seconds, self.fps)
     }
 }
 
@@ -163,14 +163,22 @@ impl Plan {
         })
     }
 
-    /// Runs the plan with `generate` (one window), writing the video to `output`; returns
-    /// the samples for the thumbnail and the spritesheet.
+    /// Runs the plan with `generate` (one window), writing the video to `output`, and stops
+    /// before the next window once `cancelled` is set; returns the samples for the thumbnail
+    /// and the spritesheet.
     fn run(
         &self,
         generate: &mut tasks::Generate,
+        cancelled: &AtomicBool,
         output: &Path,
         fps: f64,
     ) -> Result<Video, String> {
+        let mut generate = |request| {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(PipelineError::Cancelled);
+            }
+            generate(request)
+        };
         let mut writer =
             VideoWriter::create(output, &WriteOptions::default()).map_err(|e| e.to_string())?;
         let wanted = sample_indices(self.length);
@@ -187,8 +195,14 @@ impl Plan {
             writer.push(&part)?;
             Ok(())
         };
-        tasks::run(&self.task, generate, &self.base, self.windows, &mut sink)
-            .map_err(|error| error.to_string())?;
+        tasks::run(
+            &self.task,
+            &mut generate,
+            &self.base,
+            self.windows,
+            &mut sink,
+        )
+        .map_err(|error| error.to_string())?;
         writer
             .finish(&himmel_core::Silent)
             .map_err(|e| e.to_string())?;
@@ -230,21 +244,11 @@ impl MiniEngine {
         Ok(Self { pipeline, spec })
     }
 
-    fn windows(&self) -> Windows {
-        Windows {
-            frames: self.pipeline.limits().max_frames,
-            overlap: MINI_OVERLAP,
-        }
-    }
-
     fn defaults(&self) -> (usize, f64) {
         let sampling = self.pipeline.config().sampling;
         (sampling.steps, sampling.guidance)
     }
 }
-
-/// Latent frames consecutive himmel-mini windows share.
-const MINI_OVERLAP: usize = 2;
 
 impl Engine for MiniEngine {
     fn spec(&self) -> &ModelSpec {
@@ -252,7 +256,12 @@ impl Engine for MiniEngine {
     }
 
     fn planned_steps(&self, request: &JobRequest) -> u64 {
-        planned_steps(&self.spec, request, self.windows(), self.defaults().0)
+        planned_steps(
+            &self.spec,
+            request,
+            self.pipeline.windows(),
+            self.defaults().0,
+        )
     }
 
     fn generate(
@@ -263,7 +272,13 @@ impl Engine for MiniEngine {
         progress: &dyn Progress,
         cancelled: &AtomicBool,
     ) -> Result<Video, String> {
-        let plan = Plan::new(&self.spec, request, inputs, self.windows(), self.defaults())?;
+        let plan = Plan::new(
+            &self.spec,
+            request,
+            inputs,
+            self.pipeline.windows(),
+            self.defaults(),
+        )?;
         let settings = RenderSettings {
             width: request.width,
             height: request.height,
@@ -276,13 +291,10 @@ impl Engine for MiniEngine {
             .map_err(|error| error.to_string())?;
         let pipeline = &self.pipeline;
         let mut generate = |request| -> Result<Video, PipelineError> {
-            if cancelled.load(Ordering::Relaxed) {
-                return Err(PipelineError::Cancelled);
-            }
             let request = pipeline.validate(request)?;
             pipeline.generate(&request, &recaption.caption, progress)
         };
-        plan.run(&mut generate, output, self.spec.fps)
+        plan.run(&mut generate, cancelled, output, self.spec.fps)
     }
 }
 
@@ -291,9 +303,6 @@ pub struct WanEngine {
     pipeline: WanPipeline,
     spec: ModelSpec,
 }
-
-/// Latent frames consecutive Wan windows share.
-const WAN_OVERLAP: usize = 4;
 
 /// Wan 2.1's recommended steps and guidance.
 const WAN_DEFAULTS: (usize, f64) = (50, 5.0);
@@ -320,13 +329,6 @@ impl WanEngine {
         };
         Ok(Self { pipeline, spec })
     }
-
-    fn windows(&self) -> Windows {
-        Windows {
-            frames: 81,
-            overlap: WAN_OVERLAP,
-        }
-    }
 }
 
 impl Engine for WanEngine {
@@ -335,7 +337,7 @@ impl Engine for WanEngine {
     }
 
     fn planned_steps(&self, request: &JobRequest) -> u64 {
-        planned_steps(&self.spec, request, self.windows(), WAN_DEFAULTS.0)
+        planned_steps(&self.spec, request, self.pipeline.windows(), WAN_DEFAULTS.0)
     }
 
     fn generate(
@@ -346,16 +348,19 @@ impl Engine for WanEngine {
         progress: &dyn Progress,
         cancelled: &AtomicBool,
     ) -> Result<Video, String> {
-        let plan = Plan::new(&self.spec, request, inputs, self.windows(), WAN_DEFAULTS)?;
+        let plan = Plan::new(
+            &self.spec,
+            request,
+            inputs,
+            self.pipeline.windows(),
+            WAN_DEFAULTS,
+        )?;
         let pipeline = &self.pipeline;
         let mut generate = |request| -> Result<Video, PipelineError> {
-            if cancelled.load(Ordering::Relaxed) {
-                return Err(PipelineError::Cancelled);
-            }
             let request = pipeline.validate(request)?;
             pipeline.generate(&request, progress)
         };
-        plan.run(&mut generate, output, self.spec.fps)
+        plan.run(&mut generate, cancelled, output, self.spec.fps)
     }
 }
 
