@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use himmel_core::{Progress, ProgressEvent, Silent, Video};
-use himmel_media::{ReadOptions, VideoWriter, WriteOptions, read_video, write_video};
+use himmel_media::{ReadOptions, WriteOptions, read_video, write_video};
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
 use himmel_pipeline::request::frames_for_seconds;
 use himmel_pipeline::tasks::{self, Direction, Sink, Task, Windows};
@@ -18,7 +18,11 @@ use himmel_pipeline::{
     Anchor, GenerationRequest, KnownClip, MiniPipeline, ModelSource, PipelineError, Precision,
     SingleFiles, SourceClip, WanPipeline,
 };
+use himmel_safety::MarkedWriter;
+use himmel_safety::provenance::{Claim, Ingredient, Role};
 use himmel_world::render::RenderSettings;
+
+use crate::marks::{MarkArgs, marks, new_generation_id};
 
 /// Compute precision of the transformer and text encoder.
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,6 +125,8 @@ pub struct GenerateArgs {
     /// MP4 quality as a constant quantiser, 0 (best) to 51.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=51))]
     crf: u8,
+    #[command(flatten)]
+    marks: MarkArgs,
 }
 
 /// Which way `--extend` grows the clip.
@@ -444,7 +450,13 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
     };
     let policy = crate::policy::load(args.policy.as_deref())?;
     policy.check(&args.prompt)?;
-    let mut writer = VideoWriter::create(&args.output, &options)?;
+    let model = choose_model(args)?;
+    let credentials = args
+        .marks
+        .credentials(&himmel_safety::provenance::local_folder())?;
+    let claim = claim(args, &model, new_generation_id());
+    let generation = claim.generation;
+    let mut writer = MarkedWriter::create(&args.output, &options, marks(credentials, claim))?;
     let started = Instant::now();
     let previews = match &args.preview {
         Some(dir) => Some(PreviewFiles::new(dir, progress)?),
@@ -454,7 +466,6 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
         Some(previews) => previews,
         None => progress,
     };
-    let model = choose_model(args)?;
     let inputs = read_inputs(args, progress)?;
     let mut size = (0, 0);
     let mut sink = |part: Video| -> Result<(), PipelineError> {
@@ -467,9 +478,14 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
         ModelChoice::Wan(source) => generate_wan(args, &inputs, &source, progress, &mut sink)?,
     }
     let frames = writer.frames();
+    let marked = match (writer.watermarks(), writer.signs()) {
+        (true, true) => format!("watermark id {generation:08x}, signed C2PA manifest"),
+        (true, false) => format!("watermark id {generation:08x}"),
+        (false, _) => "raw frames: no watermark".into(),
+    };
     writer.finish(progress)?;
     eprintln!(
-        "wrote {} ({frames} frames of {}x{}) in {:.1}s; peak memory {}",
+        "wrote {} ({frames} frames of {}x{}; {marked}) in {:.1}s; peak memory {}",
         args.output.display(),
         size.0,
         size.1,
@@ -477,6 +493,56 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
         peak_memory().unwrap_or_else(|| "unknown".into())
     );
     Ok(())
+}
+
+/// What the output's manifest states: the model, the task, and the files that went in.
+fn claim(args: &GenerateArgs, model: &ModelChoice, generation: u32) -> Claim {
+    let model = match model {
+        ModelChoice::Mini(dir) if *dir == mini::builtin_dir() => BUILTIN_NAME.to_string(),
+        ModelChoice::Mini(dir) | ModelChoice::Wan(ModelSource::Folder(dir)) => dir
+            .file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into()),
+        ModelChoice::Wan(ModelSource::Files(files)) => files
+            .transformer
+            .file_name()
+            .map_or_else(|| "Wan 2.1".into(), |n| n.to_string_lossy().into()),
+    };
+    let seconds = args.seconds.unwrap_or(1.0);
+    let (task, ingredients) = match (&args.video, args.extend, &args.connect, &args.image) {
+        (Some(video), Some(direction), ..) => {
+            let way = match direction {
+                ExtendArg::Forward => "forward",
+                ExtendArg::Backward => "backward",
+            };
+            let task = format!("extended {way} by {seconds} s");
+            (task, vec![(video.clone(), Role::Parent)])
+        }
+        (Some(video), None, ..) => {
+            let strength = args.strength.unwrap_or(DEFAULT_STRENGTH);
+            let task = format!("video to video at strength {strength}");
+            (task, vec![(video.clone(), Role::Parent)])
+        }
+        (None, _, Some(clips), _) => {
+            let task = format!("a {seconds} s transition connecting two clips");
+            let clips = clips.iter().map(|c| (c.clone(), Role::Component));
+            (task, clips.collect())
+        }
+        (None, _, None, Some(image)) => {
+            let task = "image to video".to_string();
+            (task, vec![(image.clone(), Role::Component)])
+        }
+        (None, _, None, None) if args.seamless_loop => ("seamless loop".into(), Vec::new()),
+        (None, _, None, None) => ("text to video".into(), Vec::new()),
+    };
+    Claim {
+        model,
+        task,
+        generation,
+        ingredients: ingredients
+            .into_iter()
+            .map(|(path, role)| Ingredient { path, role })
+            .collect(),
+    }
 }
 
 /// Passes progress on and writes every preview to `DIR/preview.gif` (replacing the last).

@@ -6,10 +6,12 @@ mod convert;
 mod eval;
 mod generate;
 mod info;
+mod marks;
 mod policy;
 mod progress;
 mod serve;
 mod train;
+mod verify;
 mod world;
 
 use std::process::ExitCode;
@@ -50,6 +52,9 @@ enum Command {
     Policy(policy::PolicyArgs),
     /// Time a named workload (e.g. `media`: encode and decode speed of every format).
     Bench(bench::BenchArgs),
+    /// Find Himmel's marks in a video: the C2PA manifest and the invisible watermark (exit
+    /// status 0 marked, 3 unmarked, 4 manifest fails validation).
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +71,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Policy(args) => policy::run(&args),
         Command::Worker(args) => serve::work(&args),
+        Command::Verify(args) => match verify::run(&args, &progress) {
+            Ok(status) => return status,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

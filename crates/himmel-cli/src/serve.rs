@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use himmel_pipeline::mini;
 use himmel_pipeline::{ModelSource, Precision};
+use himmel_safety::provenance::Credentials;
 use himmel_serve::api::{ServerState, router};
 use himmel_serve::artifacts::Artifacts;
 use himmel_serve::engine::{Engine, MiniEngine, WanEngine};
@@ -53,6 +54,8 @@ pub struct QueueArgs {
     /// it); a dead worker's job is taken over after this long.
     #[arg(long, default_value_t = 30.0)]
     lease_seconds: f64,
+    #[command(flatten)]
+    marks: crate::marks::MarkArgs,
 }
 
 /// Arguments of `himmel serve`.
@@ -87,6 +90,8 @@ struct Queue {
     artifacts: Artifacts,
     model: ServedModel,
     lease: Duration,
+    /// What signs the videos' C2PA manifests (none with --no-c2pa).
+    credentials: Option<Credentials>,
 }
 
 /// The model a queue's workers load.
@@ -155,11 +160,14 @@ fn open_queue(args: &QueueArgs) -> Result<Queue> {
     let artifacts = Artifacts::new(&args.data)
         .with_context(|| format!("creating {}", args.data.join("videos").display()))?;
     let model = choose_model(args.model.as_deref())?;
+    // Workers sharing the data directory share the local signing pair too.
+    let credentials = args.marks.credentials(&args.data.join("c2pa"))?;
     Ok(Queue {
         store,
         artifacts,
         model,
         lease: Duration::from_secs_f64(args.lease_seconds),
+        credentials,
     })
 }
 
@@ -195,7 +203,8 @@ fn spawn_workers(
                 None => load_engine(&queue.model, max_seconds)?,
             };
             let mut worker = Worker::new(queue.store.clone(), engine, queue.artifacts.clone())
-                .with_lease(queue.lease);
+                .with_lease(queue.lease)
+                .with_credentials(queue.credentials.clone());
             let stop = stop.clone();
             Ok(std::thread::spawn(move || {
                 worker.run(&stop, IDLE_POLL, &|error| {

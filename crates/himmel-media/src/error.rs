@@ -102,7 +102,7 @@ pub enum MediaError {
 
 impl MediaError {
     /// An I/O error on `path`.
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
             source,

@@ -6,16 +6,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
 use himmel_core::{Progress, Video};
-use himmel_media::{VideoWriter, WriteOptions};
+use himmel_media::WriteOptions;
 use himmel_pipeline::tasks::{self, Task, Windows};
 use himmel_pipeline::{
     Anchor, GenerationRequest, KnownClip, MiniPipeline, ModelSource, PipelineError, Precision,
     SourceClip, WanPipeline,
 };
+use himmel_safety::{MarkedWriter, Marks};
 use himmel_world::render::RenderSettings;
 
 use crate::job::{Direction, Edit, JobRequest};
 use himmel_pipeline::request::frames_for_seconds;
+
+/// Where a job's video goes, and the marks it gets (watermark, signed manifest).
+pub struct Output<'a> {
+    /// The video file.
+    pub path: &'a Path,
+    /// Its marks.
+    pub marks: Marks,
+}
 
 /// What a model accepts, known to the API without loading it.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +77,7 @@ pub trait Engine: Send {
         &mut self,
         request: &JobRequest,
         inputs: &JobInputs,
-        output: &Path,
+        output: Output<'_>,
         progress: &dyn Progress,
         cancelled: &AtomicBool,
     ) -> Result<Video, String>;
@@ -170,7 +179,7 @@ impl Plan {
         &self,
         generate: &mut tasks::Generate,
         cancelled: &AtomicBool,
-        output: &Path,
+        output: Output<'_>,
         fps: f64,
     ) -> Result<Video, String> {
         let mut generate = |request| {
@@ -179,8 +188,8 @@ impl Plan {
             }
             generate(request)
         };
-        let mut writer =
-            VideoWriter::create(output, &WriteOptions::default()).map_err(|e| e.to_string())?;
+        let mut writer = MarkedWriter::create(output.path, &WriteOptions::default(), output.marks)
+            .map_err(|e| e.to_string())?;
         let wanted = sample_indices(self.length);
         let mut samples = Vec::new();
         let mut seen = 0;
@@ -268,7 +277,7 @@ impl Engine for MiniEngine {
         &mut self,
         request: &JobRequest,
         inputs: &JobInputs,
-        output: &Path,
+        output: Output<'_>,
         progress: &dyn Progress,
         cancelled: &AtomicBool,
     ) -> Result<Video, String> {
@@ -344,7 +353,7 @@ impl Engine for WanEngine {
         &mut self,
         request: &JobRequest,
         inputs: &JobInputs,
-        output: &Path,
+        output: Output<'_>,
         progress: &dyn Progress,
         cancelled: &AtomicBool,
     ) -> Result<Video, String> {

@@ -10,9 +10,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use himmel_core::{Progress, ProgressEvent};
+use himmel_safety::Marks;
+use himmel_safety::provenance::{Claim, Credentials, Ingredient, Role};
 
 use crate::artifacts::{Artifacts, Variant};
-use crate::engine::{Engine, JobInputs};
+use crate::engine::{Engine, JobInputs, Output};
 use crate::job::{Edit, JobError, JobRequest};
 use crate::store::{JobStore, Lease, StoreError, Timing};
 
@@ -26,6 +28,8 @@ pub struct Worker {
     artifacts: Artifacts,
     name: String,
     lease: Duration,
+    /// What signs the videos' C2PA manifests; none: no manifest.
+    credentials: Option<Credentials>,
 }
 
 /// Counts denoising steps into a percentage the heartbeat reads, and writes previews.
@@ -104,7 +108,14 @@ impl Worker {
             artifacts,
             name: format!("{host}-{}-{}", std::process::id(), crate::job::new_id()),
             lease: LEASE,
+            credentials: None,
         }
+    }
+
+    /// Signs the videos' C2PA manifests with `credentials` (none: no manifest).
+    pub fn with_credentials(mut self, credentials: Option<Credentials>) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     /// Uses leases of `lease` instead of [`LEASE`] (tests of lost workers).
@@ -165,10 +176,14 @@ impl Worker {
                 denoise_started: Cell::new(None),
                 denoise_seconds: Cell::new(0.0),
             };
-            let output = self.artifacts.path(&job.id, Variant::Video);
+            let path = self.artifacts.path(&job.id, Variant::Video);
+            let output = Output {
+                path: &path,
+                marks: self.marks(&job.id, &job.request),
+            };
             let outcome = self.inputs(&job.request).and_then(|inputs| {
                 self.engine
-                    .generate(&job.request, &inputs, &output, &progress, cancelled)
+                    .generate(&job.request, &inputs, output, &progress, cancelled)
             });
             // Ends the heartbeat.
             drop(done);
@@ -198,6 +213,54 @@ impl Worker {
 }
 
 impl Worker {
+    /// The marks of job `id`'s video: the watermark (its id derived from the job's) and the
+    /// manifest stating the model, the task and the files that went in.
+    fn marks(&self, id: &str, request: &JobRequest) -> Marks {
+        let generation = generation_id(id);
+        let provenance = self.credentials.clone().map(|credentials| {
+            let video = |id: &str| self.artifacts.path(id, Variant::Video);
+            let mut ingredients = Vec::new();
+            if let Some(name) = &request.input_reference {
+                let path = self.artifacts.upload_path(name);
+                let still = matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("png" | "jpg" | "jpeg" | "webp")
+                );
+                let role = if still { Role::Component } else { Role::Parent };
+                ingredients.push(Ingredient { path, role });
+            }
+            if let Some(remix) = &request.remix {
+                ingredients.push(Ingredient {
+                    path: video(&remix.video_id),
+                    role: Role::Parent,
+                });
+            }
+            if let Some(edit) = &request.edit {
+                let role = match edit {
+                    Edit::Connect { .. } => Role::Component,
+                    _ => Role::Parent,
+                };
+                for id in edit.videos() {
+                    ingredients.push(Ingredient {
+                        path: video(id),
+                        role,
+                    });
+                }
+            }
+            let claim = Claim {
+                model: self.engine.spec().name.clone(),
+                task: describe(request),
+                generation,
+                ingredients,
+            };
+            (claim, credentials)
+        });
+        Marks {
+            generation,
+            provenance,
+        }
+    }
+
     /// Reads the clips `request` starts from.
     fn inputs(&self, request: &JobRequest) -> Result<JobInputs, String> {
         let read = |path: &std::path::Path| {
@@ -251,6 +314,34 @@ impl Worker {
             source,
             clips,
         })
+    }
+}
+
+/// The watermark id of job `id`: the same on every attempt (FNV-1a of the id).
+fn generation_id(id: &str) -> u32 {
+    id.bytes().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The task of `request` in words, for the manifest.
+fn describe(request: &JobRequest) -> String {
+    let seconds = request.seconds;
+    match (&request.edit, &request.remix, &request.input_reference) {
+        (Some(Edit::Loop), ..) => format!("a {seconds} s seamless loop"),
+        (Some(Edit::Extend { direction, .. } | Edit::ExtendReference { direction }), ..) => {
+            let way = match direction {
+                crate::job::Direction::Forward => "forward",
+                crate::job::Direction::Backward => "backward",
+            };
+            format!("extended {way} by {seconds} s")
+        }
+        (Some(Edit::Connect { .. }), ..) => {
+            format!("a {seconds} s transition connecting two videos")
+        }
+        (None, Some(remix), _) => format!("remix at strength {}", remix.strength),
+        (None, None, Some(_)) => format!("a {seconds} s video from an uploaded image or clip"),
+        (None, None, None) => format!("a {seconds} s video from text"),
     }
 }
 
@@ -374,7 +465,7 @@ mod tests {
             &mut self,
             _: &JobRequest,
             _: &JobInputs,
-            _: &std::path::Path,
+            _: crate::engine::Output<'_>,
             _: &dyn Progress,
             _: &AtomicBool,
         ) -> Result<himmel_core::Video, String> {
