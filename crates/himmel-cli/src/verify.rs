@@ -63,8 +63,12 @@ pub fn run(args: &VerifyArgs, progress: &dyn Progress) -> Result<ExitCode> {
         Ok(video) => Some(watermark::detect(video)?),
         Err(_) => None,
     };
-    if let (Err(error), Manifest::None | Manifest::Unreadable(_)) = (&video, &manifest) {
-        bail!("{}: not a readable video: {error}", args.input.display());
+    if let Err(error) = &video {
+        match &manifest {
+            Manifest::None => bail!("not a readable video: {error}"),
+            Manifest::Unreadable(reason) => bail!("not a readable video: {error}; {reason}"),
+            Manifest::Found(_) => {}
+        }
     }
     println!("file: {}", args.input.display());
     print_manifest(&manifest);

@@ -103,18 +103,34 @@ impl Credentials {
     }
 
     /// The local pair in `folder`, made there on first use (the second value says whether it
-    /// was made now).
+    /// was made now). Processes starting at once agree on one pair: it is written to a
+    /// temporary folder that is renamed into place.
     pub fn local(folder: &Path) -> Result<(Self, bool), ProvenanceError> {
         let (chain, key) = (folder.join(LOCAL_CHAIN), folder.join(LOCAL_KEY));
         if chain.is_file() && key.is_file() {
             return Ok((Self::from_files(&chain, &key)?, false));
         }
-        fs::create_dir_all(folder).map_err(|e| ProvenanceError::io(folder, e))?;
+        let parent = match folder.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        fs::create_dir_all(parent).map_err(|e| ProvenanceError::io(parent, e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".himmel-c2pa-")
+            .tempdir_in(parent)
+            .map_err(|e| ProvenanceError::io(parent, e))?;
         let pair = LocalPair::generate()?;
-        write_private(&folder.join(LOCAL_CA), pair.authority.as_bytes(), 0o644)?;
-        write_private(&chain, pair.chain.as_bytes(), 0o644)?;
-        write_private(&key, pair.key.as_bytes(), 0o600)?;
-        Ok((Self::from_files(&chain, &key)?, true))
+        write_private(&staging.path().join(LOCAL_CA), pair.authority.as_bytes(), 0o644)?;
+        write_private(&staging.path().join(LOCAL_CHAIN), pair.chain.as_bytes(), 0o644)?;
+        write_private(&staging.path().join(LOCAL_KEY), pair.key.as_bytes(), 0o600)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755));
+        }
+        // Fails when another process put its pair there first: then that one is used.
+        let made = fs::rename(staging.path(), folder).is_ok();
+        Ok((Self::from_files(&chain, &key)?, made))
     }
 
     fn signer(&self) -> Result<c2pa::BoxedSigner, ProvenanceError> {
@@ -144,7 +160,7 @@ pub fn local_folder() -> PathBuf {
     data.join("himmel/c2pa")
 }
 
-/// Writes a file readable per `mode` (on Unix), replacing nothing that exists.
+/// Writes a new file with permissions `mode` (on Unix).
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ProvenanceError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);

@@ -185,3 +185,21 @@ fn bad_credentials_are_named() {
         .unwrap();
     assert!(missing.to_string().contains("none.pem"), "{missing}");
 }
+
+#[test]
+fn processes_starting_at_once_share_one_local_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("c2pa");
+    let made: Vec<bool> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| Credentials::local(&folder).unwrap().1))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(made.iter().filter(|&&m| m).count(), 1, "{made:?}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["c2pa"], "no staging folders are left");
+}

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use himmel_core::compare::psnr;
 use himmel_core::{Silent, Video};
 use himmel_media::{ReadOptions, WriteOptions, read_video, write_video};
 use himmel_safety::watermark::{self, Payload, Watermarker};
@@ -82,6 +83,9 @@ fn survives_attacks(size: (usize, usize), clips: u64, least_accuracy: f64) {
         };
         let clip = world_clip(index, size, 3);
         let marked = Watermarker::new(payload).mark(&clip).unwrap();
+        let quality = psnr(&clip.to_rgb8().unwrap(), &marked.to_rgb8().unwrap());
+        eprintln!("{size:?} clip {index}: PSNR of the mark {quality:.2} dB");
+        assert!(quality >= 40.0, "clip {index}: PSNR {quality}");
         let original = dir.path().join(format!("marked-{index}.mp4"));
         write_video(&marked, &original, &WriteOptions::default(), &Silent).unwrap();
         for (name, arguments) in ATTACKS {
@@ -210,7 +214,7 @@ fn no_false_positives_on_200_unmarked_clips() {
         }
     }
     eprintln!(
-        "highest confidence on an unmarked clip: {:.6} ({})",
+        "unmarked clips: highest sync score {highest_score:.2}; highest confidence {:.6} ({})",
         highest.0, highest.1
     );
 }
