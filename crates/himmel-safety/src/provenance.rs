@@ -120,8 +120,16 @@ impl Credentials {
             .tempdir_in(parent)
             .map_err(|e| ProvenanceError::io(parent, e))?;
         let pair = LocalPair::generate()?;
-        write_private(&staging.path().join(LOCAL_CA), pair.authority.as_bytes(), 0o644)?;
-        write_private(&staging.path().join(LOCAL_CHAIN), pair.chain.as_bytes(), 0o644)?;
+        write_private(
+            &staging.path().join(LOCAL_CA),
+            pair.authority.as_bytes(),
+            0o644,
+        )?;
+        write_private(
+            &staging.path().join(LOCAL_CHAIN),
+            pair.chain.as_bytes(),
+            0o644,
+        )?;
         write_private(&staging.path().join(LOCAL_KEY), pair.key.as_bytes(), 0o600)?;
         #[cfg(unix)]
         {
