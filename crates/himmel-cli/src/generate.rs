@@ -451,7 +451,7 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
     let policy = crate::policy::load(args.policy.as_deref())?;
     policy.check(&args.prompt)?;
     let model = choose_model(args)?;
-    let credentials = args
+    let (credentials, signing_note) = args
         .marks
         .credentials(&himmel_safety::provenance::local_folder())?;
     let claim = claim(args, &model, new_generation_id());
@@ -492,6 +492,9 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
         started.elapsed().as_secs_f64(),
         peak_memory().unwrap_or_else(|| "unknown".into())
     );
+    if let Some(note) = signing_note {
+        eprintln!("{note}");
+    }
     Ok(())
 }
 

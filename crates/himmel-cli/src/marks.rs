@@ -35,28 +35,28 @@ pub struct MarkArgs {
 
 impl MarkArgs {
     /// The signing credentials, or `None` with --no-c2pa; without --c2pa-cert, the local pair
-    /// in `local` (made there on first use, which is said).
-    pub fn credentials(&self, local: &Path) -> Result<Option<Credentials>> {
+    /// in `local`, made there on first use. The note says so when it was made now (to be
+    /// printed once the work succeeded).
+    pub fn credentials(&self, local: &Path) -> Result<(Option<Credentials>, Option<String>)> {
         if self.no_c2pa {
             if self.c2pa_cert.is_some() {
                 bail!("--no-c2pa and --c2pa-cert contradict each other");
             }
-            return Ok(None);
+            return Ok((None, None));
         }
         if let (Some(cert), Some(key)) = (&self.c2pa_cert, &self.c2pa_key) {
-            return Ok(Some(Credentials::from_files(cert, key)?));
+            return Ok((Some(Credentials::from_files(cert, key)?), None));
         }
-        let folder = local;
-        let (credentials, made) = Credentials::local(folder)
-            .with_context(|| format!("making a local C2PA signing pair in {}", folder.display()))?;
-        if made {
-            eprintln!(
+        let (credentials, made) = Credentials::local(local)
+            .with_context(|| format!("making a local C2PA signing pair in {}", local.display()))?;
+        let note = made.then(|| {
+            format!(
                 "note: made a local, self-signed C2PA signing pair in {}; readers will report the \
                  signer as untrusted (use --c2pa-cert/--c2pa-key for a certificate others trust)",
-                folder.display()
-            );
-        }
-        Ok(Some(credentials))
+                local.display()
+            )
+        });
+        Ok((Some(credentials), note))
     }
 }
 

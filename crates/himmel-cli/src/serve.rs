@@ -161,7 +161,10 @@ fn open_queue(args: &QueueArgs) -> Result<Queue> {
         .with_context(|| format!("creating {}", args.data.join("videos").display()))?;
     let model = choose_model(args.model.as_deref())?;
     // Workers sharing the data directory share the local signing pair too.
-    let credentials = args.marks.credentials(&args.data.join("c2pa"))?;
+    let (credentials, note) = args.marks.credentials(&args.data.join("c2pa"))?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     Ok(Queue {
         store,
         artifacts,

@@ -49,10 +49,7 @@ impl MarkedWriter {
         himmel_media::check_output_path(path)?;
         let provenance = match marks.provenance.filter(|_| format == Format::Mp4) {
             Some((claim, credentials)) => {
-                let folder = match path.parent() {
-                    Some(parent) if !parent.as_os_str().is_empty() => parent,
-                    _ => Path::new("."),
-                };
+                let folder = provenance::folder_of(path);
                 let unsigned = tempfile::Builder::new()
                     .prefix(".himmel-")
                     .suffix(".unsigned.mp4")

@@ -110,10 +110,7 @@ impl Credentials {
         if chain.is_file() && key.is_file() {
             return Ok((Self::from_files(&chain, &key)?, false));
         }
-        let parent = match folder.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
+        let parent = folder_of(folder);
         fs::create_dir_all(parent).map_err(|e| ProvenanceError::io(parent, e))?;
         let staging = tempfile::Builder::new()
             .prefix(".himmel-c2pa-")
@@ -166,6 +163,14 @@ pub fn local_folder() -> PathBuf {
         .or_else(|| var("HOME").map(|home| home.join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     data.join("himmel/c2pa")
+}
+
+/// The folder `path` is in (`.` for a bare file name).
+pub(crate) fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 /// Writes a new file with permissions `mode` (on Unix).
@@ -347,10 +352,7 @@ pub fn sign(
             .map_err(|e| failed(format!("ingredient {}: {e}", ingredient.path.display())))?;
     }
     let signer = credentials.signer()?;
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
+    let folder = folder_of(path);
     let signed = tempfile::Builder::new()
         .prefix(".himmel-")
         .suffix(".c2pa.partial")

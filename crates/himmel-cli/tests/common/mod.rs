@@ -9,10 +9,16 @@ use std::process::{Command, Output};
 /// Runs `himmel` with `args` (quietly) and returns its output.
 pub fn himmel(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_himmel"))
+        .env("HIMMEL_HOME", test_home())
         .arg("--quiet")
         .args(args)
         .output()
         .expect("the himmel binary runs")
+}
+
+/// Where the tests' `himmel` keeps its local C2PA signing pair (not the user's home).
+pub fn test_home() -> std::path::PathBuf {
+    std::env::temp_dir().join("himmel-tests-home")
 }
 
 /// Runs `himmel` and asserts it succeeded.
