@@ -16,7 +16,7 @@ mod detect;
 mod fft;
 mod pattern;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use himmel_core::{Video, VideoError};
 
 pub use detect::{Detection, detect};
@@ -114,7 +114,7 @@ impl Watermarker {
             }
         };
         let frames = video.to_f32()?.broadcast_add(&field)?.clamp(0f32, 1f32)?;
-        Ok(Video::new(frames.to_dtype(DType::F32)?, video.fps())?)
+        Ok(Video::new(frames, video.fps())?)
     }
 }
 
