@@ -80,7 +80,39 @@ const EXAMPLE_CLIPS: usize = 4;
 #[derive(Serialize)]
 struct Reconstruction {
     index: u64,
+    /// PSNR over the whole clip.
     psnr: f64,
+    /// PSNR over the pixels on and next to objects (`None`: the clip shows none).
+    object_psnr: Option<f64>,
+}
+
+/// PSNR of `reconstruction` against `original` (both in -1..=1), weighted by `weights`
+/// `[B, 1, F, H, W]` when given; `None` when the weights are all zero.
+fn psnr(
+    reconstruction: &Tensor,
+    original: &Tensor,
+    weights: Option<&Tensor>,
+) -> Result<Option<f64>> {
+    let squared = (reconstruction - original)?.sqr()?;
+    let (total, count) = match weights {
+        Some(weights) => (
+            squared
+                .broadcast_mul(weights)?
+                .sum_all()?
+                .to_scalar::<f32>()?,
+            3.0 * weights.sum_all()?.to_scalar::<f32>()?,
+        ),
+        None => (
+            squared.sum_all()?.to_scalar::<f32>()?,
+            squared.elem_count() as f32,
+        ),
+    };
+    if count == 0.0 {
+        return Ok(None);
+    }
+    // Values span 2, so the peak's square is 4.
+    let mse = f64::from(total / count) / 4.0;
+    Ok(Some(-10.0 * mse.log10()))
 }
 
 fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
@@ -107,13 +139,12 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
     for index in 0..count {
         let original = clips.batch(index..index + 1, &device)?.video;
         let reconstruction = vae.decode(&vae.encode(&original)?)?;
-        let mse = (&reconstruction - &original)?
-            .sqr()?
-            .mean_all()?
-            .to_scalar::<f32>()?
-            / 4.0;
-        let psnr = -10.0 * f64::from(mse).log10();
-        results.push(Reconstruction { index, psnr });
+        let objects = clips.object_masks(index..index + 1, &device)?;
+        results.push(Reconstruction {
+            index,
+            psnr: psnr(&reconstruction, &original, None)?.unwrap_or(f64::INFINITY),
+            object_psnr: psnr(&reconstruction, &original, objects.as_ref())?,
+        });
         if let Some(examples) = &args.examples
             && (index as usize) < EXAMPLE_CLIPS
         {
@@ -133,9 +164,13 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
         }
     }
     let mean = results.iter().map(|r| r.psnr).sum::<f64>() / results.len().max(1) as f64;
+    let objects: Vec<f64> = results.iter().filter_map(|r| r.object_psnr).collect();
+    let object_mean = objects.iter().sum::<f64>() / objects.len().max(1) as f64;
     println!(
-        "autoencoder {}: mean PSNR {mean:.2} dB over {count} held-out {width}x{height}x{frames} clips",
-        dir.display()
+        "autoencoder {}: mean PSNR {mean:.2} dB over {count} held-out {width}x{height}x{frames} clips; \
+         {object_mean:.2} dB on and next to objects ({} clips show objects)",
+        dir.display(),
+        objects.len()
     );
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;

@@ -122,11 +122,12 @@ impl MiniPipeline {
     /// What requests the model takes.
     pub fn limits(&self) -> ModelLimits {
         let patch = self.config().denoiser.patch_size;
+        let autoencoder = &self.config().autoencoder;
         ModelLimits {
-            temporal_factor: 4,
-            size_multiple: 8 * patch[1].max(patch[2]),
-            latent_channels: self.config().autoencoder.z_dim,
-            spatial_factor: 8,
+            temporal_factor: autoencoder.temporal_factor(),
+            size_multiple: autoencoder.spatial_factor() * patch[1].max(patch[2]),
+            latent_channels: autoencoder.z_dim,
+            spatial_factor: autoencoder.spatial_factor(),
             max_side: 512,
             // The autoencoder's chunk caches are trained on clips of this length; longer videos
             // are made by extension.

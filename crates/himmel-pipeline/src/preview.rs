@@ -71,7 +71,9 @@ impl LatentPreview {
             let input = ((pixels.unsqueeze(0)? * 2.0)? - 1.0)?.to_device(&device)?;
             let latents = vae.normalize(&vae.encode(&input)?)?.squeeze(0)?;
             features.push(cells(&latents)?);
-            targets.push(cells(&cell_means(&pixels)?)?);
+            let config = vae.config();
+            let factors = (config.temporal_factor(), config.spatial_factor());
+            targets.push(cells(&cell_means(&pixels, factors)?)?);
         }
         let features = Tensor::cat(&features, 0)?.to_dtype(DType::F64)?;
         let targets = Tensor::cat(&targets, 0)?.to_dtype(DType::F64)?;
@@ -132,18 +134,27 @@ fn cells(values: &Tensor) -> candle_core::Result<Tensor> {
         .reshape(((), channels))
 }
 
-/// Pixels `[3, 1 + 4k, 8h, 8w]` averaged over the cells of a latent frame: frame 0 alone,
-/// then groups of 4 frames, each over 8x8 pixels. Returns `[3, 1 + k, h, w]`.
-fn cell_means(pixels: &Tensor) -> candle_core::Result<Tensor> {
+/// Pixels `[3, 1 + tk, sh, sw]` averaged over the cells of a latent frame for `(t, s)` =
+/// `factors`: frame 0 alone, then groups of t frames, each over sxs pixels. Returns
+/// `[3, 1 + k, h, w]`.
+fn cell_means(pixels: &Tensor, factors: (usize, usize)) -> candle_core::Result<Tensor> {
     let (channels, frames, height, width) = pixels.dims4()?;
-    let groups = (frames - 1) / 4;
+    let (time, space) = factors;
+    let groups = (frames - 1) / time;
     let first = pixels.narrow(1, 0, 1)?;
     let rest = pixels
-        .narrow(1, 1, 4 * groups)?
-        .reshape((channels, groups, 4, height, width))?
+        .narrow(1, 1, time * groups)?
+        .reshape((channels, groups, time, height, width))?
         .mean(2)?;
     Tensor::cat(&[first, rest], 1)?
-        .reshape((channels, 1 + groups, height / 8, 8, width / 8, 8))?
+        .reshape((
+            channels,
+            1 + groups,
+            height / space,
+            space,
+            width / space,
+            space,
+        ))?
         .mean(D::Minus1)?
         .mean(3)
 }
@@ -216,7 +227,7 @@ mod tests {
         // mean of frames 1..=4.
         let values: Vec<f32> = (0..5).flat_map(|f| vec![f as f32; 16 * 16]).collect();
         let pixels = Tensor::from_vec(values, (1, 5, 16, 16), &Device::Cpu).unwrap();
-        let means = cell_means(&pixels).unwrap();
+        let means = cell_means(&pixels, (4, 8)).unwrap();
         assert_eq!(means.dims(), [1, 2, 2, 2]);
         let means = means.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(means, [0.0, 0.0, 0.0, 0.0, 2.5, 2.5, 2.5, 2.5]);

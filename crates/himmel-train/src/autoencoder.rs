@@ -62,25 +62,27 @@ fn setting(name: &'static str, value: impl ToString, reason: &str) -> TrainError
 fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
     let crop = recipe.crop;
     let video = recipe.video;
-    if !crop.width.is_multiple_of(8) || crop.width == 0 || crop.width > video.width {
-        return Err(setting(
-            "crop.width",
-            crop.width,
-            "must be a multiple of 8 within the clip",
-        ));
+    let space = recipe.autoencoder.spatial_factor();
+    let time = recipe.autoencoder.temporal_factor();
+    let within = format!("must be a multiple of {space} within the clip");
+    if !crop.width.is_multiple_of(space) || crop.width == 0 || crop.width > video.width {
+        return Err(setting("crop.width", crop.width, &within));
     }
-    if !crop.height.is_multiple_of(8) || crop.height == 0 || crop.height > video.height {
-        return Err(setting(
-            "crop.height",
-            crop.height,
-            "must be a multiple of 8 within the clip",
-        ));
+    if !crop.height.is_multiple_of(space) || crop.height == 0 || crop.height > video.height {
+        return Err(setting("crop.height", crop.height, &within));
     }
-    if crop.frames % 4 != 1 || crop.frames > video.frames {
+    if crop.frames % time != 1 || crop.frames > video.frames {
         return Err(setting(
             "crop.frames",
             crop.frames,
-            "must be 1 + 4k and within the clip",
+            &format!("must be 1 + {time}k and within the clip"),
+        ));
+    }
+    if !(recipe.object_weight >= 0.0) {
+        return Err(setting(
+            "object_weight",
+            recipe.object_weight,
+            "must be 0 or more",
         ));
     }
     if recipe.run.batch_size == 0 {
@@ -137,28 +139,45 @@ impl AutoencoderStage {
         })
     }
 
-    /// Crops of the step's clips: `[B, 3, frames, height, width]`.
-    fn crops(&self, step: u64) -> Result<Tensor, TrainError> {
+    /// Crops of the step's clips, `[B, 3, frames, height, width]`, and the weight of each
+    /// pixel in the loss, `[B, 1, frames, height, width]` (`None`: all alike).
+    fn crops(&self, step: u64) -> Result<(Tensor, Option<Tensor>), TrainError> {
         let batch = self.recipe.run.batch_size as u64;
-        let clips = self
-            .clips
-            .batch(step * batch..(step + 1) * batch, &self.device)?;
+        let indices = step * batch..(step + 1) * batch;
+        let clips = self.clips.batch(indices.clone(), &self.device)?;
+        let weight = self.recipe.object_weight;
+        let weights = if weight > 0.0 {
+            self.clips
+                .object_masks(indices, &self.device)?
+                .map(|masks| masks.affine(weight, 1.0))
+                .transpose()?
+        } else {
+            None
+        };
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Choices, step);
         let (crop, video) = (self.recipe.crop, self.recipe.video);
-        let crops = (0..batch as usize)
-            .map(|i| {
-                let start = rng.random_range(0..=video.frames - crop.frames);
-                let top = rng.random_range(0..=video.height - crop.height);
-                let left = rng.random_range(0..=video.width - crop.width);
-                clips
-                    .video
-                    .get(i)?
-                    .narrow(1, start, crop.frames)?
-                    .narrow(2, top, crop.height)?
-                    .narrow(3, left, crop.width)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&crops, 0)?)
+        let cut = |tensor: &Tensor, i: usize, (start, top, left)| {
+            tensor
+                .get(i)?
+                .narrow(1, start, crop.frames)?
+                .narrow(2, top, crop.height)?
+                .narrow(3, left, crop.width)
+        };
+        let mut crops = Vec::new();
+        let mut crop_weights = Vec::new();
+        for i in 0..batch as usize {
+            let start = rng.random_range(0..=video.frames - crop.frames);
+            let top = rng.random_range(0..=video.height - crop.height);
+            let left = rng.random_range(0..=video.width - crop.width);
+            crops.push(cut(&clips.video, i, (start, top, left))?);
+            if let Some(weights) = &weights {
+                crop_weights.push(cut(weights, i, (start, top, left))?);
+            }
+        }
+        let weights = weights
+            .map(|_| Tensor::stack(&crop_weights, 0))
+            .transpose()?;
+        Ok((Tensor::stack(&crops, 0)?, weights))
     }
 }
 
@@ -172,14 +191,25 @@ impl Stage for AutoencoderStage {
     }
 
     fn loss(&self, step: u64) -> Result<Tensor, TrainError> {
-        let video = self.crops(step)?;
+        let (video, weights) = self.crops(step)?;
         let (mean, log_var) = self.autoencoder.encode_moments(&video)?;
         let log_var = log_var.clamp(-30f32, 20f32)?;
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
         let noise = gaussian(mean.shape(), &mut rng, &self.device)?;
         let latents = (&mean + ((&log_var * 0.5)?.exp()? * noise)?)?;
         let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-        let l1 = (reconstruction - &video)?.abs()?.mean_all()?;
+        let error = (reconstruction - &video)?.abs()?;
+        let l1 = match weights {
+            // The weighted mean: the loss keeps its scale whatever the objects cover.
+            Some(weights) => {
+                let total = (weights.sum_all()? * 3.0)?;
+                error
+                    .broadcast_mul(&weights)?
+                    .sum_all()?
+                    .broadcast_div(&total)?
+            }
+            None => error.mean_all()?,
+        };
         let kl = (((mean.sqr()? + log_var.exp()?)? - 1.0)? - &log_var)?
             .sum(1)?
             .mean_all()?

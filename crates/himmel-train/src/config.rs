@@ -66,6 +66,11 @@ pub struct AutoencoderRecipe {
     pub run: LoopConfig,
     /// Weight of the KL term against the L1 reconstruction loss.
     pub kl_weight: f64,
+    /// How much more a pixel on or next to an object counts in the reconstruction loss than
+    /// one of the bare backdrop (world clips only); 0 weighs all pixels alike. Objects cover a
+    /// few percent of a frame: unweighted, the loss is nearly all backdrop.
+    #[serde(default)]
+    pub object_weight: f64,
     /// Train on the captioned clips of this folder instead of the world.
     #[serde(default)]
     pub folder: Option<PathBuf>,

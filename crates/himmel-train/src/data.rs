@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use himmel_core::Video;
 use himmel_models::mini::VideoShape;
-use himmel_world::render::RenderSettings;
-use himmel_world::sample::{ClipRecord, sample_clip};
+use himmel_world::render::{RenderSettings, render};
+use himmel_world::sample::{ClipRecord, clip_rng, sample_clip};
+use himmel_world::spec::SceneSpec;
 use serde::Deserialize;
 
 use crate::error::TrainError;
@@ -78,6 +79,9 @@ struct CaptionFile {
 struct PromptEntry {
     text: String,
 }
+
+/// How far (0..=1, any channel) a pixel must differ from the bare backdrop to be an object's.
+const OBJECT_THRESHOLD: f64 = 0.02;
 
 /// Video file extensions read from folders.
 const VIDEO_EXTENSIONS: [&str; 5] = ["mp4", "mov", "m4v", "gif", "safetensors"];
@@ -176,6 +180,54 @@ impl ClipSource {
             video: Tensor::stack(&videos, 0)?.to_device(device)?,
             captions,
         })
+    }
+
+    /// Where objects (and their shadows) are in the clips with the given indices: `[B, 1, F, H,
+    /// W]`, 1 on and next to them, 0 on the bare backdrop. `None` for folders, which carry no
+    /// scene. Found by rendering each scene again without its objects.
+    pub fn object_masks(
+        &self,
+        indices: Range<u64>,
+        device: &Device,
+    ) -> Result<Option<Tensor>, TrainError> {
+        let Self::World { settings, seed } = self else {
+            return Ok(None);
+        };
+        let world = |index: u64| {
+            move |error: himmel_core::VideoError| TrainError::World {
+                index,
+                message: error.to_string(),
+            }
+        };
+        let mut masks = Vec::new();
+        for index in indices {
+            let spec = SceneSpec::sample(&mut clip_rng(*seed, index));
+            let bare = SceneSpec {
+                objects: Vec::new(),
+                ..spec.clone()
+            };
+            let clip = render(&spec, settings).map_err(world(index))?.video;
+            let backdrop = render(&bare, settings).map_err(world(index))?.video;
+            let (clip, backdrop) = (
+                clip.to_f32().map_err(world(index))?,
+                backdrop.to_f32().map_err(world(index))?,
+            );
+            // [F, H, W, 3] -> [1, F, H, W]: pixels that differ from the bare backdrop.
+            let differs = (clip - backdrop)?
+                .abs()?
+                .max(3)?
+                .ge(OBJECT_THRESHOLD)?
+                .to_dtype(candle_core::DType::F32)?;
+            // One pixel around them too (a 3x3 maximum): the edges are where reconstructions
+            // blur. [F, 1, H, W] -> [1, F, H, W].
+            let grown = differs
+                .unsqueeze(1)?
+                .max_pool2d_with_stride(3, 1)?
+                .pad_with_same(2, 1, 1)?
+                .pad_with_same(3, 1, 1)?;
+            masks.push(grown.squeeze(1)?.unsqueeze(0)?);
+        }
+        Ok(Some(Tensor::stack(&masks, 0)?.to_device(device)?))
     }
 
     /// The captions of the clips with the given indices.

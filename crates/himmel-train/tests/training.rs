@@ -45,6 +45,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
             batch_size: 2,
         },
         kl_weight: 1e-4,
+        object_weight: 4.0,
         folder: None,
         video: VIDEO,
         crop: Crop {

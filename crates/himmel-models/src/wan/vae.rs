@@ -83,6 +83,20 @@ impl WanVaeConfig {
             is_residual: false,
         }
     }
+
+    /// How many pixels a latent cell spans in each spatial direction: 2 per downsampling stage.
+    pub fn spatial_factor(&self) -> usize {
+        1 << self.dim_mult.len().saturating_sub(1)
+    }
+
+    /// How many frames a latent frame stands for after the first: 2 per temporal downsampling.
+    pub fn temporal_factor(&self) -> usize {
+        1 << self
+            .temperal_downsample
+            .iter()
+            .filter(|&&halves| halves)
+            .count()
+    }
 }
 
 /// What a cache slot holds between chunks.
@@ -141,6 +155,67 @@ fn per_frame(x: &Tensor, op: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tenso
     out.reshape((batch, frames, out_channels, out_height, out_width))?
         .permute((0, 2, 1, 3, 4))?
         .contiguous()
+}
+
+/// A 2-D convolution of frames `[N, C, H, W]` with `weight` `[O, C, k, k]`: candle's own while
+/// the weight is fixed; while it is trained (gradients flow to it), as one matrix product over the gathered `k * k`
+/// shifted views, whose backward pass is matrix products too (candle's CPU backward of conv2d
+/// runs a direct transposed convolution that cost most of a training step).
+fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    if !weight.track_op() {
+        return x.conv2d(weight, padding, stride, 1, 1);
+    }
+    let (batch, channels, height, width) = x.dims4()?;
+    let (outputs, _, kernel, _) = weight.dims4()?;
+    let out_height = (height + 2 * padding - kernel) / stride + 1;
+    let out_width = (width + 2 * padding - kernel) / stride + 1;
+    let padded = x
+        .pad_with_zeros(2, padding, padding)?
+        .pad_with_zeros(3, padding, padding)?;
+    let mut views = Vec::with_capacity(kernel * kernel);
+    for dy in 0..kernel {
+        for dx in 0..kernel {
+            let view = padded
+                .narrow(2, dy, (out_height - 1) * stride + 1)?
+                .narrow(3, dx, (out_width - 1) * stride + 1)?;
+            views.push(every_nth(&every_nth(&view, 2, stride)?, 3, stride)?);
+        }
+    }
+    // [N, C, k*k, H', W'] -> rows [N*H'*W', C*k*k], in the weight's (c, ky, kx) order.
+    let columns = Tensor::stack(&views, 2)?
+        .reshape((batch, channels * kernel * kernel, out_height * out_width))?
+        .transpose(1, 2)?
+        .reshape(((), channels * kernel * kernel))?;
+    columns
+        .matmul(&weight.reshape((outputs, ()))?.t()?)?
+        .reshape((batch, out_height, out_width, outputs))?
+        .permute((0, 3, 1, 2))
+}
+
+/// `layer` applied to frames `[N, C, H, W]` through [`conv2d`].
+fn apply_conv2d(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    let config = layer.config();
+    let out = conv2d(x, layer.weight(), config.padding, config.stride)?;
+    match layer.bias() {
+        Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?),
+        None => Ok(out),
+    }
+}
+
+/// Every `n`th entry of dimension `dim`, from the first (length `1 + n(m-1)` gives `m`).
+fn every_nth(x: &Tensor, dim: usize, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let length = x.dim(dim)?;
+    let kept = (length - 1) / n + 1;
+    let mut shape = x.dims().to_vec();
+    shape[dim] = kept;
+    shape.insert(dim + 1, n);
+    x.pad_with_zeros(dim, 0, kept * n - length)?
+        .reshape(shape)?
+        .narrow(dim + 1, 0, 1)?
+        .squeeze(dim + 1)
 }
 
 /// The 2-D kernels of a 3-D kernel, one per time tap.
@@ -215,7 +290,7 @@ impl CausalConv3d {
                 .collect();
             let indices = Tensor::new(indices.as_slice(), x.device())?;
             let window = x.index_select(&indices, 2)?;
-            let part = per_frame(&window, |frame| frame.conv2d(tap, config.padding, 1, 1, 1))?;
+            let part = per_frame(&window, |frame| conv2d(frame, tap, config.padding, 1))?;
             sum = Some(match sum {
                 Some(total) => (total + part)?,
                 None => part,
@@ -400,7 +475,7 @@ impl Downsample {
             let padded = frames
                 .pad_with_zeros(D::Minus1, 0, 1)?
                 .pad_with_zeros(D::Minus2, 0, 1)?;
-            self.spatial.forward(&padded)
+            apply_conv2d(&self.spatial, &padded)
         })?;
         let Some(time_conv) = &self.time_conv else {
             return Ok(x);
@@ -486,7 +561,7 @@ impl Upsample {
                 .to_dtype(DType::F32)?
                 .upsample_nearest2d(2 * height, 2 * width)?
                 .to_dtype(frames.dtype())?;
-            self.spatial.forward(&upsampled)
+            apply_conv2d(&self.spatial, &upsampled)
         })
     }
 }
@@ -557,6 +632,16 @@ impl WanVae {
             candle_core::bail!(
                 "latents_mean and latents_std need {} entries each",
                 config.z_dim
+            );
+        }
+        if config.dim_mult.is_empty()
+            || config.temperal_downsample.len() + 1 != config.dim_mult.len()
+        {
+            candle_core::bail!(
+                "temperal_downsample needs one entry per downsampling: {} for dim_mult {:?}, got {:?}",
+                config.dim_mult.len().saturating_sub(1),
+                config.dim_mult,
+                config.temperal_downsample
             );
         }
         let z = config.z_dim;
@@ -681,7 +766,8 @@ impl WanVae {
     }
 
     /// Encodes video `[B, 3, 1 + 4k, H, W]` in -1..=1 to the latent mean `[B, z, 1 + k, H/8, W/8]`
-    /// (not normalised; see [`WanVae::normalize`]).
+    /// (not normalised; see [`WanVae::normalize`]); other configs compress by their
+    /// [`WanVaeConfig::temporal_factor`] and [`WanVaeConfig::spatial_factor`].
     pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
         Ok(self.encode_moments(video)?.0)
     }
@@ -693,7 +779,7 @@ impl WanVae {
         let mut chunks = vec![self.encoder.forward(&video.narrow(2, 0, 1)?, &mut cache)?];
         let mut start = 1;
         while start < frames {
-            let length = 4.min(frames - start);
+            let length = self.config.temporal_factor().min(frames - start);
             chunks.push(
                 self.encoder
                     .forward(&video.narrow(2, start, length)?, &mut cache)?,
@@ -744,5 +830,48 @@ impl WanVae {
     pub fn denormalize(&self, latents: &Tensor) -> Result<Tensor> {
         let (mean, std) = self.statistics(latents)?;
         latents.broadcast_mul(&std)?.broadcast_add(&mean)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn trained_convolutions_match_candles() {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 9, 7), &device).unwrap();
+        for (kernel, padding, stride) in [(3, 1, 1), (3, 0, 2), (1, 0, 1), (3, 1, 2)] {
+            let weight = Tensor::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap();
+            let trained = Var::from_tensor(&weight).unwrap();
+            assert!(trained.as_tensor().track_op() && !weight.track_op());
+            let ours = conv2d(&x, trained.as_tensor(), padding, stride).unwrap();
+            let candles = x.conv2d(&weight, padding, stride, 1, 1).unwrap();
+            assert_eq!(
+                ours.dims(),
+                candles.dims(),
+                "k{kernel} p{padding} s{stride}"
+            );
+            let difference = (ours - candles)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                difference < 1e-4,
+                "k{kernel} p{padding} s{stride}: {difference}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_nth_keeps_the_first_of_each_step() {
+        let x = Tensor::arange(0f32, 7.0, &Device::Cpu).unwrap();
+        let kept = every_nth(&x, 0, 3).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(kept, [0.0, 3.0, 6.0]);
     }
 }
