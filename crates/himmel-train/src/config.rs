@@ -110,6 +110,10 @@ pub struct DenoiserRecipe {
     /// sample` writes, or `NAME.txt`) instead of the world.
     #[serde(default)]
     pub folder: Option<PathBuf>,
+    /// How much more the latent cells that show objects count in the loss than the bare
+    /// backdrop's (world clips only); 0 weighs all alike.
+    #[serde(default)]
+    pub object_weight: f64,
     /// Fraction of clips trained with an empty prompt (for classifier-free guidance).
     pub caption_dropout: f64,
     /// Fraction of clips trained on a short prompt instead of the detailed caption.

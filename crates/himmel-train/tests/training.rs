@@ -73,6 +73,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
             batch_size: 4,
         },
         folder: None,
+        object_weight: 4.0,
         caption_dropout: 0.1,
         short_prompt_rate: 0.1,
         vocabulary_clips: 20,
