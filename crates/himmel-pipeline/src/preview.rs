@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use himmel_core::Video;
-use himmel_models::wan::WanVae;
+use himmel_models::wan::{CellReduction, WanVae, latent_cells};
 use himmel_world::render::RenderSettings;
 use himmel_world::sample::sample_clip;
 use serde::{Deserialize, Serialize};
@@ -71,9 +71,8 @@ impl LatentPreview {
             let input = ((pixels.unsqueeze(0)? * 2.0)? - 1.0)?.to_device(&device)?;
             let latents = vae.normalize(&vae.encode(&input)?)?.squeeze(0)?;
             features.push(cells(&latents)?);
-            let config = vae.config();
-            let factors = (config.temporal_factor(), config.spatial_factor());
-            targets.push(cells(&cell_means(&pixels, factors)?)?);
+            let means = latent_cells(&pixels, vae.config(), CellReduction::Mean)?;
+            targets.push(cells(&means)?);
         }
         let features = Tensor::cat(&features, 0)?.to_dtype(DType::F64)?;
         let targets = Tensor::cat(&targets, 0)?.to_dtype(DType::F64)?;
@@ -134,31 +133,6 @@ fn cells(values: &Tensor) -> candle_core::Result<Tensor> {
         .reshape(((), channels))
 }
 
-/// Pixels `[3, 1 + tk, sh, sw]` averaged over the cells of a latent frame for `(t, s)` =
-/// `factors`: frame 0 alone, then groups of t frames, each over sxs pixels. Returns
-/// `[3, 1 + k, h, w]`.
-fn cell_means(pixels: &Tensor, factors: (usize, usize)) -> candle_core::Result<Tensor> {
-    let (channels, frames, height, width) = pixels.dims4()?;
-    let (time, space) = factors;
-    let groups = (frames - 1) / time;
-    let first = pixels.narrow(1, 0, 1)?;
-    let rest = pixels
-        .narrow(1, 1, time * groups)?
-        .reshape((channels, groups, time, height, width))?
-        .mean(2)?;
-    Tensor::cat(&[first, rest], 1)?
-        .reshape((
-            channels,
-            1 + groups,
-            height / space,
-            space,
-            width / space,
-            space,
-        ))?
-        .mean(D::Minus1)?
-        .mean(3)
-}
-
 /// Least squares with a small ridge: `(AᵀA + λI)⁻¹ Aᵀ Y`, solved by Gaussian elimination.
 fn ridge(design: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
     let columns = design.dim(1)?;
@@ -200,6 +174,7 @@ fn ridge(design: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use himmel_models::wan::WanVaeConfig;
 
     #[test]
     fn ridge_recovers_a_linear_map() {
@@ -227,7 +202,8 @@ mod tests {
         // mean of frames 1..=4.
         let values: Vec<f32> = (0..5).flat_map(|f| vec![f as f32; 16 * 16]).collect();
         let pixels = Tensor::from_vec(values, (1, 5, 16, 16), &Device::Cpu).unwrap();
-        let means = cell_means(&pixels, (4, 8)).unwrap();
+        let means =
+            latent_cells(&pixels, &WanVaeConfig::default_wan21(), CellReduction::Mean).unwrap();
         assert_eq!(means.dims(), [1, 2, 2, 2]);
         let means = means.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(means, [0.0, 0.0, 0.0, 0.0, 2.5, 2.5, 2.5, 2.5]);

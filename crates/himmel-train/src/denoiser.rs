@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
-use himmel_models::wan::WanVae;
+use himmel_models::wan::{CellReduction, WanVae, latent_cells};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_distr::{Distribution, StandardNormal};
@@ -94,31 +94,6 @@ struct PoolEntry {
     /// Weight of each latent cell in the loss, `[1, F, h, w]` (`None`: all alike).
     weights: Option<Tensor>,
     captions: Captions,
-}
-
-/// Pixel masks `[B, 1, 1 + tk, sh, sw]` on the latent grid for `(t, s)` = `factors`: a cell is 1
-/// where any of its pixels in any of its frames is. Returns `[B, 1, 1 + k, h, w]`.
-fn latent_grid(masks: &Tensor, factors: (usize, usize)) -> candle_core::Result<Tensor> {
-    let (batch, _, frames, height, width) = masks.dims5()?;
-    let (time, space) = factors;
-    let groups = (frames - 1) / time;
-    let first = masks.narrow(2, 0, 1)?;
-    let rest = masks
-        .narrow(2, 1, time * groups)?
-        .reshape((batch, 1, groups, time, height, width))?
-        .max(3)?;
-    Tensor::cat(&[first, rest], 2)?
-        .reshape((
-            batch,
-            1 + groups,
-            height / space,
-            space,
-            width / space,
-            space,
-        ))?
-        .max(5)?
-        .max(3)?
-        .unsqueeze(1)
 }
 
 /// The clips batches are drawn from: at step `s`, clips `s * refresh .. s * refresh + size`.
@@ -266,12 +241,13 @@ impl DenoiserStage {
             let latents = self.model.autoencoder.encode(&batch.video)?;
             let latents = self.model.autoencoder.normalize(&latents)?;
             let weights = if self.recipe.object_weight > 0.0 {
+                // A cell shows an object where any of its pixels in any of its frames does.
                 let config = self.model.autoencoder.config();
-                let factors = (config.temporal_factor(), config.spatial_factor());
                 self.clips
                     .object_masks(next..stop, &self.device)?
                     .map(|masks| {
-                        latent_grid(&masks, factors)?.affine(self.recipe.object_weight, 1.0)
+                        latent_cells(&masks, config, CellReduction::Max)?
+                            .affine(self.recipe.object_weight, 1.0)
                     })
                     .transpose()?
             } else {
@@ -394,26 +370,5 @@ impl Stage for DenoiserStage {
             path: model_dir.join(MODEL_CONFIG),
             source,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latent_cells_show_an_object_when_any_of_their_pixels_does() {
-        // 9 frames of 8x8 pixels, factors (4, 4): one pixel set in frame 6 at (5, 2).
-        let mut values = vec![0f32; 9 * 8 * 8];
-        values[6 * 64 + 5 * 8 + 2] = 1.0;
-        let masks = Tensor::from_vec(values, (1, 1, 9, 8, 8), &Device::Cpu).unwrap();
-        let grid = latent_grid(&masks, (4, 4)).unwrap();
-        assert_eq!(grid.dims(), [1, 1, 3, 2, 2]);
-        let cells = grid.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        // Frame 6 is in the second group of four (latent frame 2); row 5 and column 2 are in
-        // the lower left cell.
-        let mut expected = vec![0f32; 12];
-        expected[2 * 4 + 2] = 1.0;
-        assert_eq!(cells, expected);
     }
 }

@@ -11,4 +11,4 @@ pub mod vae;
 
 pub use config::WanTransformerConfig;
 pub use transformer::WanTransformer;
-pub use vae::{WanVae, WanVaeConfig};
+pub use vae::{CellReduction, WanVae, WanVaeConfig, latent_cells};

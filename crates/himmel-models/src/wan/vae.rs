@@ -99,6 +99,54 @@ impl WanVaeConfig {
     }
 }
 
+/// How [`latent_cells`] combines the pixels of a latent cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellReduction {
+    /// Their mean.
+    Mean,
+    /// Their maximum.
+    Max,
+}
+
+/// Pixels `[..., 1 + tk, sh, sw]` reduced over the cells of `config`'s latent grid (t and s its
+/// temporal and spatial factors): frame 0 alone, then groups of t frames, each over sxs pixels.
+/// Returns `[..., 1 + k, h, w]`.
+pub fn latent_cells(
+    pixels: &Tensor,
+    config: &WanVaeConfig,
+    reduction: CellReduction,
+) -> Result<Tensor> {
+    let dims = pixels.dims();
+    if dims.len() < 3 {
+        candle_core::bail!("latent_cells needs frames, height and width, got {dims:?}");
+    }
+    let (lead, grid) = dims.split_at(dims.len() - 3);
+    let (frames, height, width) = (grid[0], grid[1], grid[2]);
+    let (time, space) = (config.temporal_factor(), config.spatial_factor());
+    let rows: usize = lead.iter().product();
+    let reduce = |x: Tensor, dim: usize| match reduction {
+        CellReduction::Mean => x.mean(dim),
+        CellReduction::Max => x.max(dim),
+    };
+    let x = pixels.reshape((rows, frames, height, width))?;
+    let groups = (frames - 1) / time;
+    let rest = x
+        .narrow(1, 1, time * groups)?
+        .reshape((rows, groups, time, height, width))?;
+    let cells = Tensor::cat(&[x.narrow(1, 0, 1)?, reduce(rest, 2)?], 1)?.reshape((
+        rows,
+        1 + groups,
+        height / space,
+        space,
+        width / space,
+        space,
+    ))?;
+    let cells = reduce(reduce(cells, 5)?, 3)?;
+    let mut shape = lead.to_vec();
+    shape.extend([1 + groups, height / space, width / space]);
+    cells.reshape(shape)
+}
+
 /// What a cache slot holds between chunks.
 #[derive(Debug, Clone)]
 enum Slot {
@@ -866,6 +914,28 @@ mod tests {
                 "k{kernel} p{padding} s{stride}: {difference}"
             );
         }
+    }
+
+    #[test]
+    fn latent_cells_show_an_object_when_any_of_their_pixels_does() {
+        // 9 frames of 8x8 pixels on a grid of 4 frames and 4x4 pixels: one pixel set in frame
+        // 6 at row 5, column 2.
+        let config = WanVaeConfig {
+            dim_mult: vec![1, 1, 1],
+            temperal_downsample: vec![true, true],
+            ..WanVaeConfig::default_wan21()
+        };
+        let mut values = vec![0f32; 9 * 8 * 8];
+        values[6 * 64 + 5 * 8 + 2] = 1.0;
+        let masks = Tensor::from_vec(values, (1, 1, 9, 8, 8), &Device::Cpu).unwrap();
+        let grid = latent_cells(&masks, &config, CellReduction::Max).unwrap();
+        assert_eq!(grid.dims(), [1, 1, 3, 2, 2]);
+        let cells = grid.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Frame 6 is in the second group of four (latent frame 2); row 5 and column 2 are in
+        // the lower left cell.
+        let mut expected = vec![0f32; 12];
+        expected[2 * 4 + 2] = 1.0;
+        assert_eq!(cells, expected);
     }
 
     #[test]
