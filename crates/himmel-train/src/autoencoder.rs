@@ -78,7 +78,7 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
             &format!("must be 1 + {time}k and within the clip"),
         ));
     }
-    if !(recipe.object_weight >= 0.0) {
+    if recipe.object_weight.is_nan() || recipe.object_weight < 0.0 {
         return Err(setting(
             "object_weight",
             recipe.object_weight,
