@@ -137,18 +137,19 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
     }
     let mut results = Vec::new();
     for index in 0..count {
-        let original = clips.batch(index..index + 1, &device)?.video;
-        let reconstruction = vae.decode(&vae.encode(&original)?)?;
-        let objects = clips.object_masks(index..index + 1, &device)?;
+        let batch = clips.batch(index..index + 1, &device)?;
+        let original = &batch.video;
+        let reconstruction = vae.decode(&vae.encode(original)?)?;
+        let objects = clips.object_masks(&batch, index)?;
         results.push(Reconstruction {
             index,
-            psnr: psnr(&reconstruction, &original, None)?.unwrap_or(f64::INFINITY),
-            object_psnr: psnr(&reconstruction, &original, objects.as_ref())?,
+            psnr: psnr(&reconstruction, original, None)?.unwrap_or(f64::INFINITY),
+            object_psnr: psnr(&reconstruction, original, objects.as_ref())?,
         });
         if let Some(examples) = &args.examples
             && (index as usize) < EXAMPLE_CLIPS
         {
-            let pair = Tensor::cat(&[&original, &reconstruction], 4)?;
+            let pair = Tensor::cat(&[original, &reconstruction], 4)?;
             let frames =
                 ((pair.squeeze(0)?.permute((1, 2, 3, 0))? + 1.0)? / 2.0)?.clamp(0f32, 1f32)?;
             let path = examples.join(format!("{index:03}.gif"));

@@ -143,12 +143,12 @@ impl AutoencoderStage {
     /// pixel in the loss, `[B, 1, frames, height, width]` (`None`: all alike).
     fn crops(&self, step: u64) -> Result<(Tensor, Option<Tensor>), TrainError> {
         let batch = self.recipe.run.batch_size as u64;
-        let indices = step * batch..(step + 1) * batch;
-        let clips = self.clips.batch(indices.clone(), &self.device)?;
+        let first = step * batch;
+        let clips = self.clips.batch(first..first + batch, &self.device)?;
         let weight = self.recipe.object_weight;
         let weights = if weight > 0.0 {
             self.clips
-                .object_masks(indices, &self.device)?
+                .object_masks(&clips, first)?
                 .map(|masks| masks.affine(weight, 1.0))
                 .transpose()?
         } else {

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use himmel_core::Video;
 use himmel_models::mini::VideoShape;
 use himmel_world::render::{RenderSettings, render};
-use himmel_world::sample::{ClipRecord, clip_rng, sample_clip};
+use himmel_world::sample::{ClipRecord, sample_clip};
 use himmel_world::spec::SceneSpec;
 use serde::Deserialize;
 
@@ -43,6 +43,8 @@ pub struct ClipBatch {
     pub video: Tensor,
     /// Captions of each clip.
     pub captions: Vec<Captions>,
+    /// The scene of each clip (`None` for clips read from a folder).
+    pub scenes: Vec<Option<SceneSpec>>,
 }
 
 /// Where training clips come from.
@@ -167,56 +169,60 @@ impl ClipSource {
     pub fn batch(&self, indices: Range<u64>, device: &Device) -> Result<ClipBatch, TrainError> {
         let mut videos = Vec::new();
         let mut captions = Vec::new();
+        let mut scenes = Vec::new();
         for index in indices {
-            let (video, caption) = self.clip(index)?;
+            let (video, caption, scene) = self.clip(index)?;
             let frames = video.to_f32().map_err(|error| TrainError::World {
                 index,
                 message: error.to_string(),
             })?;
             videos.push(frames.permute((3, 0, 1, 2))?.affine(2.0, -1.0)?);
             captions.push(caption);
+            scenes.push(scene);
         }
         Ok(ClipBatch {
             video: Tensor::stack(&videos, 0)?.to_device(device)?,
             captions,
+            scenes,
         })
     }
 
-    /// Where objects (and their shadows) are in the clips with the given indices: `[B, 1, F, H,
-    /// W]`, 1 on and next to them, 0 on the bare backdrop. `None` for folders, which carry no
-    /// scene. Found by rendering each scene again without its objects.
+    /// Where objects (and their shadows) are in `batch`, whose first clip has index `first`:
+    /// `[B, 1, F, H, W]`, 1 on and next to them, 0 on the bare backdrop. `None` for folders,
+    /// which carry no scene. Found by rendering each scene again without its objects.
     pub fn object_masks(
         &self,
-        indices: Range<u64>,
-        device: &Device,
+        batch: &ClipBatch,
+        first: u64,
     ) -> Result<Option<Tensor>, TrainError> {
-        let Self::World { settings, seed } = self else {
+        let Self::World { settings, .. } = self else {
             return Ok(None);
         };
-        let world = |index: u64| {
-            move |error: himmel_core::VideoError| TrainError::World {
+        let mut masks = Vec::new();
+        for (i, scene) in batch.scenes.iter().enumerate() {
+            let Some(scene) = scene else {
+                return Ok(None);
+            };
+            let index = first + i as u64;
+            let world = |error: himmel_core::VideoError| TrainError::World {
                 index,
                 message: error.to_string(),
-            }
-        };
-        let mut masks = Vec::new();
-        for index in indices {
-            let spec = SceneSpec::sample(&mut clip_rng(*seed, index));
+            };
             let bare = SceneSpec {
                 objects: Vec::new(),
-                ..spec.clone()
+                ..scene.clone()
             };
-            let clip = render(&spec, settings).map_err(world(index))?.video;
-            let backdrop = render(&bare, settings).map_err(world(index))?.video;
-            let (clip, backdrop) = (
-                clip.to_f32().map_err(world(index))?,
-                backdrop.to_f32().map_err(world(index))?,
-            );
-            // [F, H, W, 3] -> [1, F, H, W]: pixels that differ from the bare backdrop.
-            let differs = (clip - backdrop)?
+            let backdrop = render(&bare, settings).map_err(world)?.video;
+            let backdrop = backdrop.to_f32().map_err(world)?.permute((3, 0, 1, 2))?;
+            let backdrop = backdrop
+                .affine(2.0, -1.0)?
+                .to_device(batch.video.device())?;
+            // [3, F, H, W] -> [F, H, W]: pixels that differ from the bare backdrop (clips span
+            // -1..=1, so twice the threshold).
+            let differs = (batch.video.get(i)? - backdrop)?
                 .abs()?
-                .max(3)?
-                .ge(OBJECT_THRESHOLD)?
+                .max(0)?
+                .ge(2.0 * OBJECT_THRESHOLD)?
                 .to_dtype(candle_core::DType::F32)?;
             // One pixel around them too (a 3x3 maximum): the edges are where reconstructions
             // blur. [F, 1, H, W] -> [1, F, H, W].
@@ -227,7 +233,7 @@ impl ClipSource {
                 .pad_with_same(3, 1, 1)?;
             masks.push(grown.squeeze(1)?.unsqueeze(0)?);
         }
-        Ok(Some(Tensor::stack(&masks, 0)?.to_device(device)?))
+        Ok(Some(Tensor::stack(&masks, 0)?))
     }
 
     /// The captions of the clips with the given indices.
@@ -244,7 +250,8 @@ impl ClipSource {
         }
     }
 
-    fn clip(&self, index: u64) -> Result<(Video, Captions), TrainError> {
+    /// Clip `index`: its frames, captions and scene (`None` from a folder).
+    fn clip(&self, index: u64) -> Result<(Video, Captions, Option<SceneSpec>), TrainError> {
         match self {
             Self::World { settings, seed } => {
                 let (clip, record) =
@@ -252,11 +259,12 @@ impl ClipSource {
                         index,
                         message: error.to_string(),
                     })?;
-                Ok((clip.video, record.into()))
+                let scene = record.spec.clone();
+                Ok((clip.video, record.into(), Some(scene)))
             }
             Self::Folder(clips) => {
                 let clip = &clips[(index % clips.len() as u64) as usize];
-                Ok((clip.read()?, clip.captions.clone()))
+                Ok((clip.read()?, clip.captions.clone(), None))
             }
         }
     }

@@ -244,7 +244,7 @@ impl DenoiserStage {
                 // A cell shows an object where any of its pixels in any of its frames does.
                 let config = self.model.autoencoder.config();
                 self.clips
-                    .object_masks(next..stop, &self.device)?
+                    .object_masks(&batch, next)?
                     .map(|masks| {
                         latent_cells(&masks, config, CellReduction::Max)?
                             .affine(self.recipe.object_weight, 1.0)

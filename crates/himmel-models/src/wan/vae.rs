@@ -206,9 +206,9 @@ fn per_frame(x: &Tensor, op: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tenso
 }
 
 /// A 2-D convolution of frames `[N, C, H, W]` with `weight` `[O, C, k, k]`: candle's own while
-/// the weight is fixed; while it is trained (gradients flow to it), as one matrix product over the gathered `k * k`
-/// shifted views, whose backward pass is matrix products too (candle's CPU backward of conv2d
-/// runs a direct transposed convolution that cost most of a training step).
+/// the weight is fixed; while it is trained (gradients flow to it), as one matrix product over
+/// the gathered `k * k` shifted views, whose backward pass is matrix products too (candle's CPU
+/// backward of conv2d runs a direct transposed convolution that cost most of a training step).
 fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     if !weight.track_op() {
         return x.conv2d(weight, padding, stride, 1, 1);
