@@ -885,6 +885,7 @@ impl WanVae {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+    use himmel_core::compare::max_abs_difference;
 
     #[test]
     fn trained_convolutions_match_candles() {
@@ -901,14 +902,7 @@ mod tests {
                 candles.dims(),
                 "k{kernel} p{padding} s{stride}"
             );
-            let difference = (ours - candles)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let difference = max_abs_difference(&ours, &candles).unwrap();
             assert!(
                 difference < 1e-4,
                 "k{kernel} p{padding} s{stride}: {difference}"
