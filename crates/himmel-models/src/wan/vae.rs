@@ -8,6 +8,8 @@ use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::cpu_video;
+
 /// Configuration of the Wan VAE, as in a diffusers `vae/config.json` (defaults: Wan 2.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WanVaeConfig {
@@ -240,9 +242,17 @@ fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<
         .permute((0, 3, 1, 2))
 }
 
-/// `layer` applied to frames `[N, C, H, W]` through [`conv2d`].
+/// `layer` applied to frames `[N, C, H, W]`: through [`cpu_video::conv3d`] where it applies (stride
+/// 1, f32 on the CPU, inference), else through [`conv2d`].
 fn apply_conv2d(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
     let config = layer.config();
+    if config.stride == 1
+        && let Some(bias) = layer.bias()
+        && cpu_video::applies(x, layer.weight())
+    {
+        let weight = layer.weight().unsqueeze(2)?;
+        return cpu_video::conv3d(&x.unsqueeze(2)?, &weight, bias, config.padding, 1)?.squeeze(2);
+    }
     let out = conv2d(x, layer.weight(), config.padding, config.stride)?;
     match layer.bias() {
         Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?),
@@ -278,7 +288,8 @@ struct CausalConv3d {
     /// `[out, in, kt, kh, kw]`.
     weight: Tensor,
     /// One 2-D kernel per time tap, `[out, in, kh, kw]`, cut once from fixed weights; empty
-    /// when the weight is being trained (then cut at every call, so updates are seen).
+    /// when the weight is being trained (then cut at every call, so updates are seen) or runs
+    /// through [`cpu_video::conv3d`].
     taps: Vec<Tensor>,
     bias: Tensor,
     front: usize,
@@ -295,7 +306,7 @@ impl CausalConv3d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get((outputs, inputs, kt, ks, ks), "weight")?;
-        let taps = if weight.is_variable() {
+        let taps = if weight.is_variable() || cpu_video::applies(&weight, &weight) {
             Vec::new()
         } else {
             cut_taps(&weight)?
@@ -318,6 +329,15 @@ impl CausalConv3d {
             x = Tensor::cat(&[cached, &x], 2)?;
         }
         let x = x.pad_with_zeros(2, front, 0)?.contiguous()?;
+        if cpu_video::applies(&x, &self.weight) {
+            return cpu_video::conv3d(
+                &x,
+                &self.weight,
+                &self.bias,
+                self.spatial_padding,
+                self.time_stride,
+            );
+        }
         let frames = x.dim(2)?;
         let outputs = (frames - self.weight.dim(2)?) / self.time_stride + 1;
         let config = Conv2dConfig {
@@ -385,7 +405,18 @@ impl ChannelRmsNorm {
         })
     }
 
+    /// The norm followed by SiLU, as the blocks use it.
+    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu_video::applies(x, &self.gamma) {
+            return cpu_video::channel_rms_norm(x, &(&self.gamma * self.scale)?, true);
+        }
+        self.forward(x)?.silu()
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu_video::applies(x, &self.gamma) {
+            return cpu_video::channel_rms_norm(x, &(&self.gamma * self.scale)?, false);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         // max(norm, 1e-12) as the reference has it, written so its gradient stays finite at 0.
@@ -427,10 +458,10 @@ impl ResidualBlock {
         };
         let h = self
             .conv1
-            .forward_cached(&self.norm1.forward(x)?.silu()?, cache)?;
+            .forward_cached(&self.norm1.forward_silu(x)?, cache)?;
         let h = self
             .conv2
-            .forward_cached(&self.norm2.forward(&h)?.silu()?, cache)?;
+            .forward_cached(&self.norm2.forward_silu(&h)?, cache)?;
         h + skip
     }
 }
@@ -655,7 +686,7 @@ impl Coder {
             x = self.mid.forward(&x, cache)?;
         }
         self.conv_out
-            .forward_cached(&self.norm_out.forward(&x)?.silu()?, cache)
+            .forward_cached(&self.norm_out.forward_silu(&x)?, cache)
     }
 }
 

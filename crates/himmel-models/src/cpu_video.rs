@@ -1,0 +1,338 @@
+//! Inference kernels for f32 video `[B, C, T, H, W]` on the CPU, where candle's general ops
+//! spend most of the Wan VAE's time: the causal 3-D convolution and the channel RMS norm fused
+//! with its SiLU.
+//!
+//! Convolutions run as matrix products over shifted views of the padded frames: no im2col copy
+//! and no per-frame permutes. With the frames padded and flattened row after row, the input a
+//! kernel tap `(dt, dy, dx)` sees is the padded frame read from offset `dy * padded_width + dx`,
+//! so each tap is one product `weight[:, :, dt, dy, dx] x frame[:, offset..]` accumulated into
+//! the output (which carries `kw - 1` unused columns per row until it is copied out). Outputs
+//! are computed in blocks of rows small enough to stay in cache across the taps, blocks running
+//! in parallel.
+
+use candle_core::{DType, Result, Storage, Tensor, bail};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Floats of one block's accumulator (512 KiB: stays in a core's L2 cache across the taps).
+const BLOCK_FLOATS: usize = 1 << 17;
+
+/// Whether these kernels can run on `x` with `weight`: both f32 on the CPU, no gradients wanted.
+pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && !x.track_op()
+        && !weight.track_op()
+}
+
+/// Convolves `x` `[B, C, T, H, W]` with `weight` `[O, C, kt, kh, kw]` and `bias` `[O]`: time
+/// stride `time_stride` and no time padding (the caller pads time, causally), spatial stride 1
+/// and `padding` zeros on each side in space. Gives `[B, O, T', H', W']`.
+pub fn conv3d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    time_stride: usize,
+) -> Result<Tensor> {
+    let (batch, channels, frames, height, width) = x.dims5()?;
+    let (outputs, weight_channels, kt, kh, kw) = weight.dims5()?;
+    if weight_channels != channels {
+        bail!("conv3d: input has {channels} channels, the weight expects {weight_channels}");
+    }
+    let (padded_height, padded_width) = (height + 2 * padding, width + 2 * padding);
+    if frames < kt || padded_height < kh || padded_width < kw || time_stride == 0 {
+        bail!(
+            "conv3d: input {frames}x{height}x{width} (padding {padding}) is smaller than the \
+             kernel {kt}x{kh}x{kw}"
+        );
+    }
+    let out_frames = (frames - kt) / time_stride + 1;
+    let (out_height, out_width) = (padded_height - kh + 1, padded_width - kw + 1);
+    let frame_size = padded_height * padded_width;
+    let padded = pad_frames(x, padding)?;
+    let weight = weight.contiguous()?;
+    let (weight_storage, weight_layout) = weight.storage_and_layout();
+    let weight = &cpu_slice(&weight_storage)?[weight_layout.start_offset()..];
+    let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    if bias.len() != outputs {
+        bail!("conv3d: {} biases for {outputs} outputs", bias.len());
+    }
+
+    let rows_per_block = (BLOCK_FLOATS / (outputs * padded_width)).clamp(1, out_height);
+    let blocks_per_frame = out_height.div_ceil(rows_per_block);
+    let mut out = vec![0f32; batch * outputs * out_frames * out_height * out_width];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let taps = kt * kh * kw;
+    (0..batch * out_frames * blocks_per_frame)
+        .into_par_iter()
+        .for_each(|task| {
+            let block = task % blocks_per_frame;
+            let frame = task / blocks_per_frame % out_frames;
+            let item = task / blocks_per_frame / out_frames;
+            let first_row = block * rows_per_block;
+            let rows = rows_per_block.min(out_height - first_row);
+            let columns = rows * padded_width;
+            let mut accumulator = vec![0f32; outputs * columns];
+            for (row, &value) in accumulator.chunks_exact_mut(columns).zip(&bias) {
+                row.fill(value);
+            }
+            for dt in 0..kt {
+                let source_frame = item * channels * frames + frame * time_stride + dt;
+                for dy in 0..kh {
+                    for dx in 0..kw {
+                        let rhs = source_frame * frame_size + (first_row + dy) * padded_width + dx;
+                        let lhs = (dt * kh + dy) * kw + dx;
+                        // SAFETY: every read stays inside `padded` (its slack covers the
+                        // unused columns of the last row) and `weight`; `accumulator` is
+                        // `outputs x columns`.
+                        unsafe {
+                            gemm::gemm(
+                                outputs,
+                                columns,
+                                channels,
+                                accumulator.as_mut_ptr(),
+                                1,
+                                columns as isize,
+                                true,
+                                weight.as_ptr().add(lhs),
+                                taps as isize,
+                                (channels * taps) as isize,
+                                padded.as_ptr().add(rhs),
+                                1,
+                                (frames * frame_size) as isize,
+                                1.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                Parallelism::None,
+                            );
+                        }
+                    }
+                }
+            }
+            for (output, accumulated) in accumulator.chunks_exact(columns).enumerate() {
+                let start = (((item * outputs + output) * out_frames + frame) * out_height
+                    + first_row)
+                    * out_width;
+                for (row, values) in accumulated.chunks_exact(padded_width).enumerate() {
+                    // SAFETY: tasks write disjoint rows of `out` (one frame's block of rows
+                    // per output channel), each inside its bounds.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            values.as_ptr(),
+                            out_ptr.get().add(start + row * out_width),
+                            out_width,
+                        );
+                    }
+                }
+            }
+        });
+    Tensor::from_vec(
+        out,
+        (batch, outputs, out_frames, out_height, out_width),
+        x.device(),
+    )
+}
+
+/// Normalises `x` `[B, C, ...]` to unit L2 norm over channels (at least 1e-12), times `gain`
+/// `[C]`, and with `silu` applies SiLU after: what the VAE's `WanRMS_norm` and activation do,
+/// in one pass over the input and one over the output.
+pub fn channel_rms_norm(x: &Tensor, gain: &Tensor, silu: bool) -> Result<Tensor> {
+    let (batch, channels) = (x.dim(0)?, x.dim(1)?);
+    let positions = x.elem_count() / (batch * channels).max(1);
+    let gain = gain.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if gain.len() != channels {
+        bail!(
+            "channel_rms_norm: {} gains for {channels} channels",
+            gain.len()
+        );
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let data = &cpu_slice(&storage)?[layout.start_offset()..];
+    let mut out = vec![0f32; data.len()];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    const SPAN: usize = 4096;
+    let spans = positions.div_ceil(SPAN);
+    (0..batch * spans).into_par_iter().for_each(|task| {
+        let (item, first) = (task / spans, task % spans * SPAN);
+        let length = SPAN.min(positions - first);
+        let offset = |channel: usize| (item * channels + channel) * positions + first;
+        let mut sums = vec![0f32; length];
+        for channel in 0..channels {
+            let values = &data[offset(channel)..offset(channel) + length];
+            for (sum, value) in sums.iter_mut().zip(values) {
+                *sum += value * value;
+            }
+        }
+        for sum in &mut sums {
+            *sum = 1.0 / sum.sqrt().max(1e-12);
+        }
+        for (channel, &gain) in gain.iter().enumerate() {
+            let values = &data[offset(channel)..offset(channel) + length];
+            // SAFETY: tasks write disjoint spans of `out`, each inside its bounds.
+            let target = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add(offset(channel)), length)
+            };
+            for ((target, value), inverse) in target.iter_mut().zip(values).zip(&sums) {
+                let normed = value * inverse * gain;
+                *target = if silu {
+                    normed / (1.0 + (-normed).exp())
+                } else {
+                    normed
+                };
+            }
+        }
+    });
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// The frames of `x` `[B, C, T, H, W]` with `padding` zeros around each, flattened, plus a row
+/// of slack at the end for the last taps' reads of unused columns.
+fn pad_frames(x: &Tensor, padding: usize) -> Result<Vec<f32>> {
+    let (batch, channels, frames, height, width) = x.dims5()?;
+    let padded_width = width + 2 * padding;
+    let frame_size = (height + 2 * padding) * padded_width;
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let data = &cpu_slice(&storage)?[layout.start_offset()..];
+    let mut padded = vec![0f32; batch * channels * frames * frame_size + padded_width];
+    padded
+        .par_chunks_mut(frame_size)
+        .zip(data.par_chunks(height * width))
+        .for_each(|(target, source)| {
+            for (row, values) in source.chunks_exact(width).enumerate() {
+                let start = (row + padding) * padded_width + padding;
+                target[start..start + width].copy_from_slice(values);
+            }
+        });
+    Ok(padded)
+}
+
+fn cpu_slice(storage: &Storage) -> Result<&[f32]> {
+    match storage {
+        Storage::Cpu(cpu) => cpu.as_slice::<f32>(),
+        _ => bail!("conv3d runs on the CPU"),
+    }
+}
+
+/// A pointer the parallel tasks share; each writes its own disjoint part.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the tasks that share it write disjoint ranges.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The same convolution composed from candle's conv2d, one time tap at a time.
+    fn reference(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        padding: usize,
+        time_stride: usize,
+    ) -> Result<Tensor> {
+        let frames = x.dim(2)?;
+        let kt = weight.dim(2)?;
+        let out_frames = (frames - kt) / time_stride + 1;
+        let mut outputs = Vec::new();
+        for frame in 0..out_frames {
+            let mut sum: Option<Tensor> = None;
+            for dt in 0..kt {
+                let input = x.narrow(2, frame * time_stride + dt, 1)?.squeeze(2)?;
+                let tap = weight.narrow(2, dt, 1)?.squeeze(2)?.contiguous()?;
+                let part = input.contiguous()?.conv2d(&tap, padding, 1, 1, 1)?;
+                sum = Some(match sum {
+                    Some(total) => (total + part)?,
+                    None => part,
+                });
+            }
+            outputs.push(sum.unwrap().unsqueeze(2)?);
+        }
+        Tensor::cat(&outputs, 2)?.broadcast_add(&bias.reshape((1, (), 1, 1, 1))?)
+    }
+
+    #[test]
+    fn matches_candles_conv2d_summed_over_time_taps() -> Result<()> {
+        let device = Device::Cpu;
+        // (batch, channels, frames, height, width, outputs, kt, k, padding, time stride)
+        let cases = [
+            (1, 3, 3, 5, 7, 4, 3, 3, 1, 1),
+            (2, 5, 4, 6, 4, 3, 3, 3, 1, 1),
+            (1, 4, 5, 3, 9, 6, 3, 1, 0, 2),
+            (2, 3, 2, 4, 4, 5, 1, 1, 0, 1),
+            (1, 2, 1, 17, 3, 70, 1, 3, 1, 1),
+            (1, 6, 3, 8, 8, 2, 2, 3, 0, 1),
+        ];
+        for (batch, channels, frames, height, width, outputs, kt, k, padding, stride) in cases {
+            let x = Tensor::randn(0f32, 1.0, (batch, channels, frames, height, width), &device)?;
+            let weight = Tensor::randn(0f32, 1.0, (outputs, channels, kt, k, k), &device)?;
+            let bias = Tensor::randn(0f32, 1.0, outputs, &device)?;
+            let ours = conv3d(&x, &weight, &bias, padding, stride)?;
+            let theirs = reference(&x, &weight, &bias, padding, stride)?;
+            assert_eq!(ours.dims(), theirs.dims());
+            let error = (ours - theirs)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(
+                error < 1e-4,
+                "case {channels}x{frames}x{height}x{width}: {error}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn channel_rms_norm_matches_the_composed_formula() -> Result<()> {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 3, 70, 61), &device)?;
+        let gain = Tensor::randn(0f32, 1.0, 5, &device)?;
+        let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let expected = x
+            .broadcast_div(&norm)?
+            .broadcast_mul(&gain.reshape((1, 5, 1, 1, 1))?)?;
+        for silu in [false, true] {
+            let expected = if silu {
+                expected.silu()?
+            } else {
+                expected.clone()
+            };
+            let ours = channel_rms_norm(&x, &gain, silu)?;
+            let error = (ours - expected)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(error < 1e-5, "silu {silu}: {error}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_kernel_larger_than_the_input_is_an_error() -> Result<()> {
+        let device = Device::Cpu;
+        let x = Tensor::zeros((1, 2, 2, 4, 4), DType::F32, &device)?;
+        let weight = Tensor::zeros((1, 2, 3, 3, 3), DType::F32, &device)?;
+        let bias = Tensor::zeros(1, DType::F32, &device)?;
+        let error = conv3d(&x, &weight, &bias, 1, 1).unwrap_err().to_string();
+        assert!(error.contains("smaller than the kernel"), "{error}");
+        Ok(())
+    }
+}
