@@ -256,10 +256,17 @@ fn run_wan(args: &WanArgs) -> Result<()> {
     );
     drop(transformer);
     if !args.no_vae {
-        let vae = WanVae::new(&WanVaeConfig::default_wan21(), random_weights(DType::F32))?;
+        let config = WanVaeConfig::default_wan21();
+        let vae = WanVae::new(&config, random_weights(DType::F32))?;
         let start = Instant::now();
         vae.decode(&latents)?;
-        println!("  VAE decode (f32) {:.2}s", start.elapsed().as_secs_f64());
+        let seconds = start.elapsed().as_secs_f64();
+        let flops = config.decode_flops(latent_frames, h, w);
+        println!(
+            "  VAE decode (f32) {seconds:.2}s ({:.0} GFLOP/s of {:.2} TFLOP)",
+            flops / seconds / 1e9,
+            flops / 1e12
+        );
     }
     println!(
         "  peak memory {}",

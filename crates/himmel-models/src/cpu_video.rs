@@ -14,7 +14,8 @@ use candle_core::{DType, Result, Storage, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Floats of one block's accumulator (512 KiB: stays in a core's L2 cache across the taps).
+/// Floats of one block's accumulator: 512 KiB stays in a core's L2 cache across the taps
+/// (measured best of 128 KiB to 8 MiB on `himmel bench wan --width 128 --height 128 --frames 5`).
 const BLOCK_FLOATS: usize = 1 << 17;
 
 /// Whether these kernels can run on `x` with `weight`: both f32 on the CPU, no gradients wanted.

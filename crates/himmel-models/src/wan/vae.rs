@@ -99,6 +99,61 @@ impl WanVaeConfig {
             .filter(|&&halves| halves)
             .count()
     }
+
+    /// Floating-point operations (two per multiply-add) of decoding latents of `frames` x
+    /// `height` x `width` cells: the convolutions and the mid block's attention, each layer at
+    /// the frame count and size it runs at (the first frame is never doubled in time).
+    pub fn decode_flops(&self, frames: usize, height: usize, width: usize) -> f64 {
+        let last = *self.dim_mult.last().unwrap_or(&1);
+        let dims: Vec<f64> = std::iter::once(last)
+            .chain(self.dim_mult.iter().rev().copied())
+            .map(|m| (self.base_dim * m) as f64)
+            .collect();
+        let (mut frames, mut pixels) = (frames as f64, (height * width) as f64);
+        // A convolution of `taps` taps from `inputs` to `outputs` channels over the clip so far.
+        let conv = |inputs: f64, outputs: f64, taps: f64, frames: f64, pixels: f64| {
+            2.0 * inputs * outputs * taps * frames * pixels
+        };
+        let residual = |inputs: f64, outputs: f64, frames: f64, pixels: f64| {
+            let shortcut = if inputs == outputs {
+                0.0
+            } else {
+                conv(inputs, outputs, 1.0, frames, pixels)
+            };
+            conv(inputs, outputs, 27.0, frames, pixels)
+                + conv(outputs, outputs, 27.0, frames, pixels)
+                + shortcut
+        };
+        let top = dims[0];
+        let attention =
+            frames * (2.0 * 4.0 * top * top * pixels + 2.0 * 2.0 * pixels * pixels * top);
+        let mut total = conv(self.z_dim as f64, top, 27.0, frames, pixels)
+            + 2.0 * residual(top, top, frames, pixels)
+            + attention;
+        let stages = self.dim_mult.len();
+        for stage in 0..stages {
+            let mut inputs = if stage > 0 {
+                dims[stage] / 2.0
+            } else {
+                dims[stage]
+            };
+            for _ in 0..=self.num_res_blocks {
+                total += residual(inputs, dims[stage + 1], frames, pixels);
+                inputs = dims[stage + 1];
+            }
+            if stage + 1 != stages {
+                let channels = dims[stage + 1];
+                let temporal = self.temperal_downsample.iter().rev().nth(stage) == Some(&true);
+                if temporal {
+                    total += conv(channels, 2.0 * channels, 3.0, frames - 1.0, pixels);
+                    frames = 2.0 * frames - 1.0;
+                }
+                pixels *= 4.0;
+                total += conv(channels, channels / 2.0, 9.0, frames, pixels);
+            }
+        }
+        total + conv(dims[stages], 3.0, 27.0, frames, pixels)
+    }
 }
 
 /// How [`latent_cells`] combines the pixels of a latent cell.
