@@ -2,7 +2,7 @@
 //! keys spell the checkpoint's names, and know nothing of files other than their weights.
 #![deny(missing_docs)]
 
-pub mod cpu_video;
+pub mod kernels;
 pub mod mini;
 pub mod ops;
 pub mod umt5;

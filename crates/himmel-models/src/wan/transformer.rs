@@ -2,8 +2,10 @@
 //! are cut into spacetime patches, conditioned on the timestep (adaptive LayerNorm with a
 //! per-block modulation table) and on text (cross-attention), and put back together.
 
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
+
+use crate::kernels::bf16_linear::forward as dense;
 
 use super::config::WanTransformerConfig;
 use super::rope::Rotary;
@@ -64,7 +66,14 @@ impl RmsNorm {
 const SCORE_BUDGET: usize = 64 << 20;
 
 /// Scaled dot-product attention over `[B, L, heads, head_dim]` inputs, returning `[B, L, D]`.
+/// bf16 inputs on the CPU are attended in f32 (candle's bf16 products are slow there).
 fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
+    let dtype = query.dtype();
+    if query.device().is_cpu() && dtype == DType::BF16 && !query.track_op() {
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        return attention_within(&f32(query)?, &f32(key)?, &f32(value)?, SCORE_BUDGET)?
+            .to_dtype(dtype);
+    }
     attention_within(query, key, value, SCORE_BUDGET)
 }
 
@@ -121,14 +130,14 @@ impl Attention {
             let (batch, tokens, dim) = t.dims3()?;
             t.reshape((batch, tokens, self.heads, dim / self.heads))
         };
-        let mut query = split(self.norm_q.forward(&self.to_q.forward(x)?)?)?;
-        let mut key = split(self.norm_k.forward(&self.to_k.forward(context)?)?)?;
-        let value = split(self.to_v.forward(context)?)?;
+        let mut query = split(self.norm_q.forward(&dense(&self.to_q, x)?)?)?;
+        let mut key = split(self.norm_k.forward(&dense(&self.to_k, context)?)?)?;
+        let value = split(dense(&self.to_v, context)?)?;
         if let Some(rotary) = rotary {
             query = rotary.apply(&query)?;
             key = rotary.apply(&key)?;
         }
-        self.to_out.forward(&attention(&query, &key, &value)?)
+        dense(&self.to_out, &attention(&query, &key, &value)?)
     }
 }
 
@@ -148,7 +157,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.up.forward(x)?.gelu()?)
+        dense(&self.down, &dense(&self.up, x)?.gelu()?)
     }
 }
 
@@ -308,18 +317,16 @@ impl WanTransformer {
             .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((batch, grid.0 * grid.1 * grid.2, channels * pt * ph * pw))?
             .to_dtype(dtype)?;
-        let mut x = self.patch_embedding.forward(&patches)?;
+        let mut x = dense(&self.patch_embedding, &patches)?;
 
         let sinusoid = timestep_sinusoid(timestep, self.config.freq_dim)?;
         let (time_1, time_2) = &self.time_embedder;
-        let temb = time_2.forward(&time_1.forward(&sinusoid.to_dtype(dtype)?)?.silu()?)?;
-        let modulation = self
-            .time_proj
-            .forward(&temb.silu()?)?
+        let temb = dense(time_2, &dense(time_1, &sinusoid.to_dtype(dtype)?)?.silu()?)?;
+        let modulation = dense(&self.time_proj, &temb.silu()?)?
             .reshape((batch, 6, dim))?
             .to_dtype(DType::F32)?;
         let (text_1, text_2) = &self.text_embedder;
-        let text = text_2.forward(&text_1.forward(text)?.gelu()?)?;
+        let text = dense(text_2, &dense(text_1, text)?.gelu()?)?;
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
         for block in &self.blocks {
@@ -333,7 +340,7 @@ impl WanTransformer {
         let x = plain_layer_norm(&x, self.config.eps)?
             .broadcast_mul(&(scale + 1.0)?)?
             .broadcast_add(&shift)?;
-        let x = self.proj_out.forward(&x.to_dtype(dtype)?)?;
+        let x = dense(&self.proj_out, &x.to_dtype(dtype)?)?;
 
         let out = self.config.out_channels;
         x.reshape(&[batch, grid.0, grid.1, grid.2, pt, ph, pw, out][..])?

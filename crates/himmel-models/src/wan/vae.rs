@@ -8,7 +8,7 @@ use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::cpu_video;
+use crate::kernels::video;
 
 /// Configuration of the Wan VAE, as in a diffusers `vae/config.json` (defaults: Wan 2.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,16 +297,16 @@ fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<
         .permute((0, 3, 1, 2))
 }
 
-/// `layer` applied to frames `[N, C, H, W]`: through [`cpu_video::conv3d`] where it applies (stride
+/// `layer` applied to frames `[N, C, H, W]`: through [`video::conv3d`] where it applies (stride
 /// 1, f32 on the CPU, inference), else through [`conv2d`].
 fn apply_conv2d(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
     let config = layer.config();
     if config.stride == 1
         && let Some(bias) = layer.bias()
-        && cpu_video::applies(x, layer.weight())
+        && video::applies(x, layer.weight())
     {
         let weight = layer.weight().unsqueeze(2)?;
-        return cpu_video::conv3d(&x.unsqueeze(2)?, &weight, bias, config.padding, 1)?.squeeze(2);
+        return video::conv3d(&x.unsqueeze(2)?, &weight, bias, config.padding, 1)?.squeeze(2);
     }
     let out = conv2d(x, layer.weight(), config.padding, config.stride)?;
     match layer.bias() {
@@ -344,7 +344,7 @@ struct CausalConv3d {
     weight: Tensor,
     /// One 2-D kernel per time tap, `[out, in, kh, kw]`, cut once from fixed weights; empty
     /// when the weight is being trained (then cut at every call, so updates are seen) or runs
-    /// through [`cpu_video::conv3d`].
+    /// through [`video::conv3d`].
     taps: Vec<Tensor>,
     bias: Tensor,
     front: usize,
@@ -361,7 +361,7 @@ impl CausalConv3d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get((outputs, inputs, kt, ks, ks), "weight")?;
-        let taps = if weight.is_variable() || cpu_video::applies(&weight, &weight) {
+        let taps = if weight.is_variable() || video::applies(&weight, &weight) {
             Vec::new()
         } else {
             cut_taps(&weight)?
@@ -384,8 +384,8 @@ impl CausalConv3d {
             x = Tensor::cat(&[cached, &x], 2)?;
         }
         let x = x.pad_with_zeros(2, front, 0)?.contiguous()?;
-        if cpu_video::applies(&x, &self.weight) {
-            return cpu_video::conv3d(
+        if video::applies(&x, &self.weight) {
+            return video::conv3d(
                 &x,
                 &self.weight,
                 &self.bias,
@@ -462,15 +462,15 @@ impl ChannelRmsNorm {
 
     /// The norm followed by SiLU, as the blocks use it.
     fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        if cpu_video::applies(x, &self.gamma) {
-            return cpu_video::channel_rms_norm(x, &(&self.gamma * self.scale)?, true);
+        if video::applies(x, &self.gamma) {
+            return video::channel_rms_norm(x, &(&self.gamma * self.scale)?, true);
         }
         self.forward(x)?.silu()
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if cpu_video::applies(x, &self.gamma) {
-            return cpu_video::channel_rms_norm(x, &(&self.gamma * self.scale)?, false);
+        if video::applies(x, &self.gamma) {
+            return video::channel_rms_norm(x, &(&self.gamma * self.scale)?, false);
         }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;

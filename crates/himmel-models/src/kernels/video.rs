@@ -10,9 +10,11 @@
 //! are computed in blocks of rows small enough to stay in cache across the taps, blocks running
 //! in parallel.
 
-use candle_core::{DType, Result, Storage, Tensor, bail};
+use candle_core::{DType, Result, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+use super::{SendPtr, cpu_slice};
 
 /// Floats of one block's accumulator: 512 KiB stays in a core's L2 cache across the taps
 /// (measured best of 128 KiB to 8 MiB on `himmel bench wan --width 128 --height 128 --frames 5`).
@@ -212,28 +214,6 @@ fn pad_frames(x: &Tensor, padding: usize) -> Result<Vec<f32>> {
         });
     Ok(padded)
 }
-
-fn cpu_slice(storage: &Storage) -> Result<&[f32]> {
-    match storage {
-        Storage::Cpu(cpu) => cpu.as_slice::<f32>(),
-        _ => bail!("conv3d runs on the CPU"),
-    }
-}
-
-/// A pointer the parallel tasks share; each writes its own disjoint part.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: the tasks that share it write disjoint ranges.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 #[cfg(test)]
 mod tests {

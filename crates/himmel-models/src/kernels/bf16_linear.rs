@@ -1,0 +1,119 @@
+//! Linear layers with bf16 weights on the CPU, computed in f32: candle's bf16 matrix product
+//! has no fast kernel on CPUs without AVX-512 BF16 (it ran at two thirds of its f32 speed), so
+//! the weights stay bf16 in memory (half of f32's) and are widened to f32 a panel of rows at a
+//! time, each panel small enough to stay in cache while one f32 product uses it.
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
+use candle_nn::Linear;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::SendPtr;
+
+/// Weight rows widened and multiplied at once (256 rows of 1536 are 1.5 MiB of f32).
+const PANEL_ROWS: usize = 256;
+
+/// `layer` applied to `x` `[..., in]`: in f32 over bf16 weights on the CPU when inference runs
+/// in bf16 there, else candle's own. The result has `x`'s dtype.
+pub fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    let weight = layer.weight();
+    let applies =
+        x.device().is_cpu() && weight.dtype() == DType::BF16 && !x.track_op() && !weight.track_op();
+    if !applies {
+        return candle_nn::Module::forward(layer, x);
+    }
+    let out = matmul_transposed(&x.to_dtype(DType::F32)?, weight)?;
+    let out = match layer.bias() {
+        Some(bias) => out.broadcast_add(&bias.to_dtype(DType::F32)?)?,
+        None => out,
+    };
+    out.to_dtype(x.dtype())
+}
+
+/// `x` `[..., K]` (f32) times the transpose of `weight` `[N, K]` (bf16): `[..., N]` in f32.
+pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (outputs, inner) = weight.dims2()?;
+    let mut shape = x.dims().to_vec();
+    if shape.last() != Some(&inner) {
+        bail!("bf16 linear: input {:?} does not end in {inner}", x.dims());
+    }
+    let rows = x.elem_count() / inner.max(1);
+    let x = x.contiguous()?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let x_data = match &*x_storage {
+        Storage::Cpu(CpuStorage::F32(data)) => &data[x_layout.start_offset()..],
+        _ => bail!("bf16 linear: the input must be f32 on the CPU"),
+    };
+    let weight = weight.contiguous()?;
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let w_data = match &*w_storage {
+        Storage::Cpu(CpuStorage::BF16(data)) => &data[w_layout.start_offset()..],
+        _ => bail!("bf16 linear: the weight must be bf16 on the CPU"),
+    };
+    let mut out = vec![0f32; rows * outputs];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    w_data[..outputs * inner]
+        .par_chunks(PANEL_ROWS * inner)
+        .enumerate()
+        .for_each(|(panel, weights)| {
+            let widened: Vec<f32> = weights.iter().map(|w| w.to_f32()).collect();
+            let columns = widened.len() / inner;
+            // SAFETY: `x_data` is `rows x inner`, `widened` is `columns x inner` (read as its
+            // transpose), and each panel writes its own columns of `out` (`rows x outputs`).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    columns,
+                    inner,
+                    out_ptr.get().add(panel * PANEL_ROWS),
+                    1,
+                    outputs as isize,
+                    false,
+                    x_data.as_ptr(),
+                    1,
+                    inner as isize,
+                    widened.as_ptr(),
+                    inner as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
+    *shape.last_mut().expect("checked above") = outputs;
+    Tensor::from_vec(out, shape, x.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn matches_the_f32_product_of_the_widened_weights() -> Result<()> {
+        let device = Device::Cpu;
+        for (batch, tokens, inner, outputs) in [(1, 7, 16, 5), (2, 33, 48, 300), (1, 1, 3, 513)] {
+            let x = Tensor::randn(0f32, 1.0, (batch, tokens, inner), &device)?;
+            let weight =
+                Tensor::randn(0f32, 1.0, (outputs, inner), &device)?.to_dtype(DType::BF16)?;
+            let bias = Tensor::randn(0f32, 1.0, outputs, &device)?.to_dtype(DType::BF16)?;
+            let layer = Linear::new(weight.clone(), Some(bias.clone()));
+            let ours = forward(&layer, &x)?;
+            let expected = x
+                .broadcast_matmul(&weight.to_dtype(DType::F32)?.t()?)?
+                .broadcast_add(&bias.to_dtype(DType::F32)?)?;
+            assert_eq!(ours.dims(), expected.dims());
+            let error = (ours - expected)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(error < 1e-4, "{tokens}x{inner}x{outputs}: {error}");
+        }
+        Ok(())
+    }
+}

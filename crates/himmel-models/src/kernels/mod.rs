@@ -1,0 +1,31 @@
+//! CPU kernels for inference where candle's general ops are slow: the Wan VAE's video
+//! convolutions and norms, and linear layers over bf16 weights. Each applies to f32 (or bf16
+//! weights) on the CPU without gradients; callers keep candle's ops for everything else.
+
+pub mod bf16_linear;
+pub mod video;
+
+use candle_core::{Result, Storage, bail};
+
+/// The f32 data of a CPU storage.
+fn cpu_slice(storage: &Storage) -> Result<&[f32]> {
+    match storage {
+        Storage::Cpu(cpu) => cpu.as_slice::<f32>(),
+        _ => bail!("these kernels run on the CPU"),
+    }
+}
+
+/// A pointer parallel tasks share, each writing its own disjoint elements.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the tasks that share it write disjoint elements.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
