@@ -16,18 +16,44 @@ const PANEL_ROWS: usize = 256;
 /// `layer` applied to `x` `[..., in]`: in f32 over bf16 weights on the CPU when inference runs
 /// in bf16 there, else candle's own. The result has `x`'s dtype.
 pub fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    match widened(layer, x)? {
+        Some(out) => out.to_dtype(x.dtype()),
+        None => candle_nn::Module::forward(layer, x),
+    }
+}
+
+/// [`forward`] followed by the tanh-approximated GELU, applied in f32 before narrowing back to
+/// bf16 where the product ran in f32.
+pub fn forward_gelu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    let Some(out) = widened(layer, x)? else {
+        return candle_nn::Module::forward(layer, x)?.gelu();
+    };
+    let mut values = out.flatten_all()?.to_vec1::<f32>()?;
+    values.par_chunks_mut(1 << 14).for_each(|chunk| {
+        for value in chunk {
+            // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3).
+            let v = *value;
+            let u = 0.797_884_6 * (v + 0.044_715 * v * v * v);
+            *value = v / (1.0 + (-2.0 * u).exp());
+        }
+    });
+    Tensor::from_vec(values, out.shape(), out.device())?.to_dtype(x.dtype())
+}
+
+/// The layer's output in f32 through [`matmul_transposed`], or `None` where that does not apply
+/// (other devices or dtypes, or gradients wanted).
+fn widened(layer: &Linear, x: &Tensor) -> Result<Option<Tensor>> {
     let weight = layer.weight();
     let applies =
         x.device().is_cpu() && weight.dtype() == DType::BF16 && !x.track_op() && !weight.track_op();
     if !applies {
-        return candle_nn::Module::forward(layer, x);
+        return Ok(None);
     }
     let out = matmul_transposed(&x.to_dtype(DType::F32)?, weight)?;
-    let out = match layer.bias() {
+    Ok(Some(match layer.bias() {
         Some(bias) => out.broadcast_add(&bias.to_dtype(DType::F32)?)?,
         None => out,
-    };
-    out.to_dtype(x.dtype())
+    }))
 }
 
 /// `x` `[..., K]` (f32) times the transpose of `weight` `[N, K]` (bf16): `[..., N]` in f32.
@@ -107,12 +133,18 @@ mod tests {
                 .broadcast_matmul(&weight.to_dtype(DType::F32)?.t()?)?
                 .broadcast_add(&bias.to_dtype(DType::F32)?)?;
             assert_eq!(ours.dims(), expected.dims());
-            let error = (ours - expected)?
+            let error = (ours - &expected)?
                 .abs()?
                 .flatten_all()?
                 .max(0)?
                 .to_scalar::<f32>()?;
             assert!(error < 1e-4, "{tokens}x{inner}x{outputs}: {error}");
+            let ours = forward_gelu(&layer, &x)?;
+            let error = (ours - expected.gelu()?)?.abs()?.flatten_all()?.max(0)?;
+            assert!(
+                error.to_scalar::<f32>()? < 1e-4,
+                "gelu {tokens}x{inner}x{outputs}"
+            );
         }
         Ok(())
     }

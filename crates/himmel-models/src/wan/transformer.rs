@@ -5,7 +5,7 @@
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
-use crate::kernels::bf16_linear::forward as dense;
+use crate::kernels::bf16_linear::{self, forward as dense};
 
 use super::config::WanTransformerConfig;
 use super::rope::Rotary;
@@ -157,7 +157,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        dense(&self.down, &dense(&self.up, x)?.gelu()?)
+        dense(&self.down, &bf16_linear::forward_gelu(&self.up, x)?)
     }
 }
 
