@@ -129,7 +129,8 @@ pub fn color_english(color: Color) -> &'static [&'static str] {
     }
 }
 
-/// German adjective stems for a colour; `lila` and `rosa` take no endings.
+/// German adjective stems for a colour; `lila`, `rosa` and `orange` take no endings ("eine orange
+/// Kapsel", never "orangee").
 pub fn color_german(color: Color) -> &'static [&'static str] {
     match color {
         Color::Red => &["rot"],
@@ -149,7 +150,7 @@ pub fn color_german(color: Color) -> &'static [&'static str] {
 
 /// Whether a German colour stem never takes endings.
 pub fn german_indeclinable(stem: &str) -> bool {
-    matches!(stem, "lila" | "rosa" | "pink" | "cyan")
+    matches!(stem, "lila" | "rosa" | "pink" | "cyan" | "orange")
 }
 
 /// English words for a size.
@@ -471,5 +472,21 @@ pub fn german_article(gender: Gender) -> &'static str {
     match gender {
         Gender::Feminine => "eine",
         _ => "ein",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn german_colours_take_endings_unless_indeclinable() {
+        assert_eq!(german_adjective("rot", Gender::Feminine), "rote");
+        assert_eq!(
+            german_adjective("orangefarben", Gender::Feminine),
+            "orangefarbene"
+        );
+        assert_eq!(german_adjective("orange", Gender::Feminine), "orange");
+        assert_eq!(german_adjective("lila", Gender::Masculine), "lila");
     }
 }

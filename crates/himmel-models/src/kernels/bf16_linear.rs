@@ -67,7 +67,9 @@ pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (x_storage, x_layout) = x.storage_and_layout();
     let x_data = match &*x_storage {
-        Storage::Cpu(CpuStorage::F32(data)) => &data[x_layout.start_offset()..],
+        Storage::Cpu(CpuStorage::F32(data)) => {
+            &data[x_layout.start_offset()..x_layout.start_offset() + x.elem_count()]
+        }
         _ => bail!("bf16 linear: the input must be f32 on the CPU"),
     };
     let weight = weight.contiguous()?;

@@ -7,10 +7,11 @@ pub mod video;
 
 use candle_core::{Result, Storage, bail};
 
-/// The f32 data of a CPU storage.
-fn cpu_slice(storage: &Storage) -> Result<&[f32]> {
+/// The `count` f32 values of a CPU storage from `start` (a contiguous tensor's own part of a
+/// storage it may share with others).
+fn cpu_slice(storage: &Storage, start: usize, count: usize) -> Result<&[f32]> {
     match storage {
-        Storage::Cpu(cpu) => cpu.as_slice::<f32>(),
+        Storage::Cpu(cpu) => Ok(&cpu.as_slice::<f32>()?[start..start + count]),
         _ => bail!("these kernels run on the CPU"),
     }
 }

@@ -57,7 +57,11 @@ pub fn conv3d(
     let padded = pad_frames(x, padding)?;
     let weight = weight.contiguous()?;
     let (weight_storage, weight_layout) = weight.storage_and_layout();
-    let weight = &cpu_slice(&weight_storage)?[weight_layout.start_offset()..];
+    let weight = cpu_slice(
+        &weight_storage,
+        weight_layout.start_offset(),
+        weight.elem_count(),
+    )?;
     let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     if bias.len() != outputs {
         bail!("conv3d: {} biases for {outputs} outputs", bias.len());
@@ -155,7 +159,7 @@ pub fn channel_rms_norm(x: &Tensor, gain: &Tensor, silu: bool) -> Result<Tensor>
     }
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let data = &cpu_slice(&storage)?[layout.start_offset()..];
+    let data = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
     let mut out = vec![0f32; data.len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
     const SPAN: usize = 4096;
@@ -201,9 +205,10 @@ fn pad_frames(x: &Tensor, padding: usize) -> Result<Vec<f32>> {
     let frame_size = (height + 2 * padding) * padded_width;
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let data = &cpu_slice(&storage)?[layout.start_offset()..];
-    let mut padded = vec![0f32; batch * channels * frames * frame_size + padded_width];
-    padded
+    let data = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
+    let count = batch * channels * frames * frame_size;
+    let mut padded = vec![0f32; count + padded_width];
+    padded[..count]
         .par_chunks_mut(frame_size)
         .zip(data.par_chunks(height * width))
         .for_each(|(target, source)| {
@@ -302,6 +307,26 @@ mod tests {
                 .max(0)?
                 .to_scalar::<f32>()?;
             assert!(error < 1e-5, "silu {silu}: {error}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn views_into_larger_storages_read_only_their_own_part() -> Result<()> {
+        let device = Device::Cpu;
+        let whole = Tensor::randn(0f32, 1.0, (3, 4, 2, 5, 6), &device)?;
+        let weight = Tensor::randn(0f32, 1.0, (2, 4, 1, 3, 3), &device)?;
+        let bias = Tensor::randn(0f32, 1.0, 2, &device)?;
+        let gain = Tensor::ones(4, DType::F32, &device)?;
+        for start in [0, 1, 2] {
+            let view = whole.narrow(0, start, 1)?;
+            let copy = view.copy()?;
+            let ours = conv3d(&view, &weight, &bias, 1, 1)?;
+            let theirs = conv3d(&copy, &weight, &bias, 1, 1)?;
+            assert_eq!((ours - theirs)?.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+            let ours = channel_rms_norm(&view, &gain, true)?;
+            let theirs = channel_rms_norm(&copy, &gain, true)?;
+            assert_eq!((ours - theirs)?.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
         }
         Ok(())
     }
