@@ -6,6 +6,7 @@ use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder, linear_no_bias};
 
 use super::config::Umt5Config;
+use crate::kernels::bf16_linear::{self, forward as dense};
 
 /// T5's norm: scale by the root mean square (no mean subtraction, no bias), in f32.
 struct T5Norm {
@@ -103,9 +104,9 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let query = heads(self.q.forward(x)?)?;
-        let key = heads(self.k.forward(x)?)?;
-        let value = heads(self.v.forward(x)?)?;
+        let query = heads(dense(&self.q, x)?)?;
+        let key = heads(dense(&self.k, x)?)?;
+        let value = heads(dense(&self.v, x)?)?;
         let bias = self
             .position_bias(length, x.device())?
             .to_dtype(DType::F32)?;
@@ -119,7 +120,7 @@ impl SelfAttention {
             length,
             self.heads * self.head_dim,
         ))?;
-        self.o.forward(&attended)
+        dense(&self.o, &attended)
     }
 }
 
@@ -139,8 +140,8 @@ impl GatedGelu {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.wo
-            .forward(&(self.wi_0.forward(x)?.gelu()? * self.wi_1.forward(x)?)?)
+        let gate = bf16_linear::forward_gelu(&self.wi_0, x)?;
+        dense(&self.wo, &(gate * dense(&self.wi_1, x)?)?)
     }
 }
 
