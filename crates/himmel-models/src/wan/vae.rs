@@ -297,17 +297,9 @@ fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<
         .permute((0, 3, 1, 2))
 }
 
-/// `layer` applied to frames `[N, C, H, W]`: through [`video::conv3d`] where it applies (stride
-/// 1, f32 on the CPU, inference), else through [`conv2d`].
+/// `layer` applied to frames `[N, C, H, W]` through [`conv2d`].
 fn apply_conv2d(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
     let config = layer.config();
-    if config.stride == 1
-        && let Some(bias) = layer.bias()
-        && video::applies(x, layer.weight())
-    {
-        let weight = layer.weight().unsqueeze(2)?;
-        return video::conv3d(&x.unsqueeze(2)?, &weight, bias, config.padding, 1)?.squeeze(2);
-    }
     let out = conv2d(x, layer.weight(), config.padding, config.stride)?;
     match layer.bias() {
         Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?),
@@ -688,6 +680,18 @@ impl Upsample {
                         .reshape((batch, channels, 2 * frames, height, width))?;
                 }
             }
+        }
+        if let Some(bias) = self.spatial.bias()
+            && video::applies(&x, self.spatial.weight())
+        {
+            // Nearest upsampling and a per-frame convolution need no per-frame layout here.
+            let (batch, channels, frames, height, width) = x.dims5()?;
+            let upsampled = x
+                .reshape((batch, channels * frames, height, width))?
+                .upsample_nearest2d(2 * height, 2 * width)?
+                .reshape((batch, channels, frames, 2 * height, 2 * width))?;
+            let weight = self.spatial.weight().unsqueeze(2)?;
+            return video::conv3d(&upsampled, &weight, bias, 1, 1);
         }
         per_frame(&x, |frames| {
             let (_, _, height, width) = frames.dims4()?;
