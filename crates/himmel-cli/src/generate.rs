@@ -102,6 +102,11 @@ pub struct GenerateArgs {
     /// Flow shift, overriding the model's scheduler configuration (Wan: 3 for 480p, 5 for 720p).
     #[arg(long)]
     shift: Option<f64>,
+    /// Step caching: reuse the transformer's later blocks from an earlier step while the first
+    /// block's change differs from it by less than this fraction (0 to 1; try 0.05). Faster,
+    /// at a cost in quality measured in BENCHMARKS.md [default: off]
+    #[arg(long, value_name = "THRESHOLD")]
+    step_cache: Option<f64>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -321,6 +326,7 @@ fn build_request(
         steps: args.steps.unwrap_or(defaults.steps),
         guidance: args.guidance.unwrap_or(defaults.guidance),
         shift: args.shift,
+        step_cache: args.step_cache,
         seed: args.seed,
         initial_latents,
         known: inputs

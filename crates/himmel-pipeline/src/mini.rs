@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use himmel_core::{Progress, ProgressEvent, Video};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig};
+use himmel_models::wan::StepCache;
 use himmel_sample::{UniPc, guide};
 use himmel_world::SceneSpec;
 use himmel_world::caption::detailed_caption;
@@ -212,6 +213,7 @@ impl MiniPipeline {
             }
         };
         let preview = self.preview.as_ref().map(|p| (p, request.fps));
+        let mut cache = request.step_cache.map(StepCache::new);
         let latents = denoise(
             &mut solver,
             &inputs,
@@ -219,9 +221,13 @@ impl MiniPipeline {
             progress,
             |sample, timestep| {
                 let time = Tensor::new(vec![timestep as f32; batch], &self.device)?;
-                let flows = self
-                    .model
-                    .denoise(&batched(sample)?, &time, &text, &conditioning)?;
+                let flows = self.model.denoise(
+                    &batched(sample)?,
+                    &time,
+                    &text,
+                    &conditioning,
+                    cache.as_mut(),
+                )?;
                 if guided {
                     guide(
                         &flows.narrow(0, 0, 1)?,

@@ -25,6 +25,9 @@ pub struct GenerationRequest {
     pub guidance: f64,
     /// Flow shift overriding the model's scheduler configuration.
     pub shift: Option<f64>,
+    /// Step caching threshold (see `himmel_models::wan::StepCache`); `None` computes every
+    /// step in full.
+    pub step_cache: Option<f64>,
     /// Seed of the initial noise.
     pub seed: u64,
     /// Initial noise to use instead of seeded noise, `[1, C, F', H', W']`.
@@ -48,6 +51,7 @@ impl GenerationRequest {
             steps: 50,
             guidance: 5.0,
             shift: None,
+            step_cache: None,
             seed: 0,
             initial_latents: None,
             known: Vec::new(),
@@ -238,6 +242,15 @@ impl ModelLimits {
         {
             return Err(range("shift", "a positive number", shift.to_string()));
         }
+        if let Some(threshold) = request.step_cache
+            && !(threshold.is_finite() && (0.0..=1.0).contains(&threshold))
+        {
+            return Err(range(
+                "step_cache",
+                "a threshold from 0 to 1",
+                threshold.to_string(),
+            ));
+        }
         if !(request.fps.is_finite() && request.fps > 0.0 && request.fps <= 240.0) {
             return Err(range("fps", "between 0 and 240", request.fps.to_string()));
         }
@@ -371,6 +384,15 @@ mod tests {
                 .to_string()
                 .contains("steps must be between 1 and 1000; got 0")
         );
+        for threshold in [-0.1, 1.5, f64::NAN] {
+            let error = WAN
+                .validate(GenerationRequest {
+                    step_cache: Some(threshold),
+                    ..request()
+                })
+                .unwrap_err();
+            assert!(error.to_string().contains("step_cache"), "{error}");
+        }
         assert_eq!(WAN.latent_shape(&request()), [1, 16, 21, 60, 104]);
     }
 

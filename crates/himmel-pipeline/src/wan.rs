@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use himmel_core::{Progress, ProgressEvent, Video};
 use himmel_models::wan::checkpoint::{original_transformer_name, original_vae_name};
-use himmel_models::wan::{WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
+use himmel_models::wan::{StepCache, WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
 use himmel_sample::{SchedulerConfig, guide};
 
 use crate::PipelineError;
@@ -310,6 +310,9 @@ impl WanPipeline {
         let shape = self.limits().latent_shape(request);
         let inputs = Inputs::prepare(&self.vae, request, &shape, &self.device, progress)?;
         let preview = self.preview.as_ref().map(|p| (p, request.fps));
+        let mut caches = request
+            .step_cache
+            .map(|threshold| [StepCache::new(threshold), StepCache::new(threshold)]);
         let latents = denoise(
             solver.as_mut(),
             &inputs,
@@ -318,10 +321,21 @@ impl WanPipeline {
             |sample, timestep| {
                 let input = sample.to_dtype(dtype)?;
                 let time = Tensor::new(&[timestep as f32], &self.device)?;
-                let conditional = self.transformer.forward(&input, &time, &text)?;
+                let [conditional_cache, unconditional_cache] = match &mut caches {
+                    Some([first, second]) => [Some(first), Some(second)],
+                    None => [None, None],
+                };
+                let conditional =
+                    self.transformer
+                        .forward_cached(&input, &time, &text, conditional_cache)?;
                 match &negative {
                     Some(negative) => {
-                        let unconditional = self.transformer.forward(&input, &time, negative)?;
+                        let unconditional = self.transformer.forward_cached(
+                            &input,
+                            &time,
+                            negative,
+                            unconditional_cache,
+                        )?;
                         guide(&conditional, &unconditional, request.guidance)
                     }
                     None => Ok(conditional),

@@ -335,9 +335,13 @@ impl Stage for DenoiserStage {
             mask: mask.clone(),
         };
         let text = self.model.encode_text(&prompts, DType::F32)?;
-        let prediction =
-            self.model
-                .denoise(&noisy, &(sigma * 1000.0)?, &text.hidden, &conditioning)?;
+        let prediction = self.model.denoise(
+            &noisy,
+            &(sigma * 1000.0)?,
+            &text.hidden,
+            &conditioning,
+            None,
+        )?;
         // Known frames are not scored; objects' cells weigh more where the pool knows them.
         let mut weight = (1.0 - mask)?;
         if let Some(cells) = cell_weights.into_iter().collect::<Option<Vec<_>>>() {

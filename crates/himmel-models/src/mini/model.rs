@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use super::config::MiniConfig;
 use super::tokenizer::WordTokenizer;
 use crate::umt5::Umt5Encoder;
-use crate::wan::{WanTransformer, WanVae};
+use crate::wan::{StepCache, WanTransformer, WanVae};
 
 /// Known latents placed on the output timeline, and where they are.
 pub struct Conditioning {
@@ -94,15 +94,17 @@ impl HimmelMini {
         Ok(TextEmbeddings { hidden, unknown })
     }
 
-    /// Predicts the flow for normalised `latents` at `timestep` `[B]` (0..1000).
+    /// Predicts the flow for normalised `latents` at `timestep` `[B]` (0..1000), reusing later
+    /// blocks from `cache` where it allows.
     pub fn denoise(
         &self,
         latents: &Tensor,
         timestep: &Tensor,
         text: &Tensor,
         conditioning: &Conditioning,
+        cache: Option<&mut StepCache>,
     ) -> Result<Tensor> {
         let input = Tensor::cat(&[latents, &conditioning.known, &conditioning.mask], 1)?;
-        self.denoiser.forward(&input, timestep, text)
+        self.denoiser.forward_cached(&input, timestep, text, cache)
     }
 }

@@ -10,5 +10,5 @@ pub mod transformer;
 pub mod vae;
 
 pub use config::WanTransformerConfig;
-pub use transformer::WanTransformer;
+pub use transformer::{StepCache, WanTransformer};
 pub use vae::{CellReduction, WanVae, WanVaeConfig, latent_cells};

@@ -229,6 +229,56 @@ impl Block {
     }
 }
 
+/// Step caching (First Block Cache): when the first block's change to the tokens differs from
+/// the one of the last fully computed step by less than `threshold` (mean absolute difference
+/// relative to its mean magnitude), the other blocks are skipped and their change from that
+/// step is reused. Off unless asked for; its cost in quality is measured in BENCHMARKS.md.
+#[derive(Debug)]
+pub struct StepCache {
+    threshold: f64,
+    /// The first block's change and the other blocks' change, from the last full step.
+    last: Option<(Tensor, Tensor)>,
+    /// Steps that reused the cached change.
+    pub reused: usize,
+    /// Steps computed in full.
+    pub computed: usize,
+}
+
+impl StepCache {
+    /// An empty cache that reuses below `threshold` (e.g. 0.05; 0 never reuses).
+    pub fn new(threshold: f64) -> Self {
+        Self {
+            threshold,
+            last: None,
+            reused: 0,
+            computed: 0,
+        }
+    }
+
+    /// The other blocks' cached change when `first_change` is close enough to the cached one.
+    fn reuse(&mut self, first_change: &Tensor) -> Result<Option<Tensor>> {
+        let Some((last_first, rest)) = &self.last else {
+            return Ok(None);
+        };
+        let difference = (first_change - last_first)?
+            .abs()?
+            .mean_all()?
+            .to_scalar::<f32>()?;
+        let magnitude = last_first.abs()?.mean_all()?.to_scalar::<f32>()?;
+        if f64::from(difference) < self.threshold * f64::from(magnitude) {
+            self.reused += 1;
+            Ok(Some(rest.clone()))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn store(&mut self, first_change: Tensor, rest: Tensor) {
+        self.computed += 1;
+        self.last = Some((first_change, rest));
+    }
+}
+
 /// The sinusoidal timestep embedding: `[cos(t f_i), sin(t f_i)]`, f_i = 10000^(-i/half).
 fn timestep_sinusoid(timestep: &Tensor, channels: usize) -> Result<Tensor> {
     let half = channels / 2;
@@ -305,6 +355,18 @@ impl WanTransformer {
     /// Predicts the flow for `latents` `[B, C, F, H, W]` at `timestep` `[B]` given the text
     /// encoder's embeddings `text` `[B, Lt, text_dim]`; returns `[B, C_out, F, H, W]`.
     pub fn forward(&self, latents: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
+        self.forward_cached(latents, timestep, text, None)
+    }
+
+    /// [`Self::forward`] that may reuse the blocks after the first from an earlier step of the
+    /// same sampling run (see [`StepCache`]); one cache per run and guidance branch.
+    pub fn forward_cached(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        text: &Tensor,
+        cache: Option<&mut StepCache>,
+    ) -> Result<Tensor> {
         let (batch, channels, frames, height, width) = latents.dims5()?;
         let [pt, ph, pw] = self.config.patch_size;
         let grid = (frames / pt, height / ph, width / pw);
@@ -317,7 +379,7 @@ impl WanTransformer {
             .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((batch, grid.0 * grid.1 * grid.2, channels * pt * ph * pw))?
             .to_dtype(dtype)?;
-        let mut x = dense(&self.patch_embedding, &patches)?;
+        let x = dense(&self.patch_embedding, &patches)?;
 
         let sinusoid = timestep_sinusoid(timestep, self.config.freq_dim)?;
         let (time_1, time_2) = &self.time_embedder;
@@ -329,9 +391,27 @@ impl WanTransformer {
         let text = dense(text_2, &dense(text_1, text)?.gelu()?)?;
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
-        for block in &self.blocks {
-            x = block.forward(&x, &text, &modulation, &rotary)?;
-        }
+        let run = |blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
+            for block in blocks {
+                x = block.forward(&x, &text, &modulation, &rotary)?;
+            }
+            Ok(x)
+        };
+        let x = match cache {
+            Some(cache) if !self.blocks.is_empty() => {
+                let (first, rest) = self.blocks.split_at(1);
+                let after_first = run(first, x.clone())?;
+                let first_change = (&after_first - &x)?.to_dtype(DType::F32)?;
+                if let Some(reused) = cache.reuse(&first_change)? {
+                    (after_first + reused.to_dtype(dtype)?)?
+                } else {
+                    let out = run(rest, after_first.clone())?;
+                    cache.store(first_change, (&out - &after_first)?);
+                    out
+                }
+            }
+            _ => run(&self.blocks, x)?,
+        };
 
         let head = self
             .scale_shift_table
@@ -365,5 +445,52 @@ mod tests {
         let blocks = attention_within(&query, &key, &value, 2 * 3 * 11 * 5).unwrap();
         let gap = max_abs_difference(&whole, &blocks).unwrap();
         assert!(gap < 1e-6, "{gap}");
+    }
+
+    #[test]
+    fn a_step_cache_reuses_the_later_blocks_only_when_the_first_block_agrees() -> Result<()> {
+        let device = Device::Cpu;
+        let config: WanTransformerConfig = serde_json::from_str(
+            r#"{"patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 8,
+                "in_channels": 4, "out_channels": 4, "text_dim": 8, "freq_dim": 8,
+                "ffn_dim": 32, "num_layers": 3, "cross_attn_norm": true,
+                "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 64}"#,
+        )
+        .map_err(candle_core::Error::msg)?;
+        let weights = candle_nn::VarMap::new();
+        let model = WanTransformer::new(
+            &config,
+            VarBuilder::from_varmap(&weights, DType::F32, &device),
+        )?;
+        for var in weights.all_vars() {
+            var.set(&Tensor::randn(0f32, 0.3, var.shape(), &device)?)?;
+        }
+        let latents = Tensor::randn(0f32, 1.0, (1, 4, 2, 4, 4), &device)?;
+        let text = Tensor::randn(0f32, 1.0, (1, 3, 8), &device)?;
+        let (early, late) = (
+            Tensor::new(&[900f32], &device)?,
+            Tensor::new(&[100f32], &device)?,
+        );
+        let full = |time: &Tensor| model.forward(&latents, time, &text);
+
+        // The same input again: the first block agrees exactly, and reusing is exact.
+        let mut cache = StepCache::new(0.01);
+        model.forward_cached(&latents, &early, &text, Some(&mut cache))?;
+        let reused = model.forward_cached(&latents, &early, &text, Some(&mut cache))?;
+        assert_eq!((cache.computed, cache.reused), (1, 1));
+        assert!(max_abs_difference(&reused, &full(&early)?)? < 1e-5);
+
+        // Another timestep changes the first block beyond the threshold: computed in full.
+        let later = model.forward_cached(&latents, &late, &text, Some(&mut cache))?;
+        assert_eq!((cache.computed, cache.reused), (2, 1));
+        assert!(max_abs_difference(&later, &full(&late)?)? < 1e-5);
+
+        // Threshold 0 never reuses.
+        let mut never = StepCache::new(0.0);
+        for _ in 0..2 {
+            model.forward_cached(&latents, &early, &text, Some(&mut never))?;
+        }
+        assert_eq!((never.computed, never.reused), (2, 0));
+        Ok(())
     }
 }
