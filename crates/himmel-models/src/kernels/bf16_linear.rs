@@ -10,8 +10,10 @@ use rayon::prelude::*;
 
 use super::SendPtr;
 
-/// Weight rows widened and multiplied at once (256 rows of 1536 are 1.5 MiB of f32).
-const PANEL_ROWS: usize = 256;
+/// Weight rows widened and multiplied at once (128 rows of 1536 are 768 KiB of f32). On
+/// `himmel bench wan --width 256 --height 256 --frames 5 --no-vae`: 32 to 128 rows 16.4-17.0 s,
+/// 256 rows 19.5 s, 1024 rows 21.7 s.
+const PANEL_ROWS: usize = 128;
 
 /// `layer` applied to `x` `[..., in]`: in f32 over bf16 weights on the CPU when inference runs
 /// in bf16 there, else candle's own. The result has `x`'s dtype.

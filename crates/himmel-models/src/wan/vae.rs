@@ -353,6 +353,7 @@ impl CausalConv3d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get((outputs, inputs, kt, ks, ks), "weight")?;
+        // Fixed f32 CPU weights run through the kernel, which reads the 3-D weight itself.
         let taps = if weight.is_variable() || video::applies(&weight, &weight) {
             Vec::new()
         } else {
