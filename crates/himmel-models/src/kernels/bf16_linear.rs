@@ -8,7 +8,7 @@ use candle_nn::Linear;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::SendPtr;
+use super::{SendPtr, cpu_slice};
 
 /// Weight rows widened and multiplied at once (128 rows of 1536 are 768 KiB of f32). On
 /// `himmel bench wan --width 256 --height 256 --frames 5 --no-vae`: 32 to 128 rows 16.4-17.0 s,
@@ -68,12 +68,7 @@ pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let rows = x.elem_count() / inner.max(1);
     let x = x.contiguous()?;
     let (x_storage, x_layout) = x.storage_and_layout();
-    let x_data = match &*x_storage {
-        Storage::Cpu(CpuStorage::F32(data)) => {
-            &data[x_layout.start_offset()..x_layout.start_offset() + x.elem_count()]
-        }
-        _ => bail!("bf16 linear: the input must be f32 on the CPU"),
-    };
+    let x_data = cpu_slice(&x_storage, x_layout.start_offset(), x.elem_count())?;
     let weight = weight.contiguous()?;
     let (w_storage, w_layout) = weight.storage_and_layout();
     let w_data = match &*w_storage {

@@ -236,8 +236,9 @@ impl Block {
 #[derive(Debug)]
 pub struct StepCache {
     threshold: f64,
-    /// The first block's change and the other blocks' change, from the last full step.
-    last: Option<(Tensor, Tensor)>,
+    /// From the last full step: the first block's change, its mean magnitude, and the other
+    /// blocks' change.
+    last: Option<(Tensor, f32, Tensor)>,
     /// Steps that reused the cached change.
     pub reused: usize,
     /// Steps computed in full.
@@ -257,15 +258,14 @@ impl StepCache {
 
     /// The other blocks' cached change when `first_change` is close enough to the cached one.
     fn reuse(&mut self, first_change: &Tensor) -> Result<Option<Tensor>> {
-        let Some((last_first, rest)) = &self.last else {
+        let Some((last_first, magnitude, rest)) = &self.last else {
             return Ok(None);
         };
         let difference = (first_change - last_first)?
             .abs()?
             .mean_all()?
             .to_scalar::<f32>()?;
-        let magnitude = last_first.abs()?.mean_all()?.to_scalar::<f32>()?;
-        if f64::from(difference) < self.threshold * f64::from(magnitude) {
+        if f64::from(difference) < self.threshold * f64::from(*magnitude) {
             self.reused += 1;
             Ok(Some(rest.clone()))
         } else {
@@ -273,9 +273,11 @@ impl StepCache {
         }
     }
 
-    fn store(&mut self, first_change: Tensor, rest: Tensor) {
+    fn store(&mut self, first_change: Tensor, rest: Tensor) -> Result<()> {
         self.computed += 1;
-        self.last = Some((first_change, rest));
+        let magnitude = first_change.abs()?.mean_all()?.to_scalar::<f32>()?;
+        self.last = Some((first_change, magnitude, rest));
+        Ok(())
     }
 }
 
@@ -406,7 +408,7 @@ impl WanTransformer {
                     (after_first + reused.to_dtype(dtype)?)?
                 } else {
                     let out = run(rest, after_first.clone())?;
-                    cache.store(first_change, (&out - &after_first)?);
+                    cache.store(first_change, (&out - &after_first)?)?;
                     out
                 }
             }

@@ -455,23 +455,28 @@ impl ChannelRmsNorm {
 
     /// The norm followed by SiLU, as the blocks use it.
     fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        if video::applies(x, &self.gamma) {
-            return video::channel_rms_norm(x, &(&self.gamma * self.scale)?, true);
-        }
-        self.forward(x)?.silu()
+        self.normalise(x, true)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.normalise(x, false)
+    }
+
+    /// The norm, then SiLU when `silu`: one fused pass where the CPU kernel applies.
+    fn normalise(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        let gain = (&self.gamma * self.scale)?;
         if video::applies(x, &self.gamma) {
-            return video::channel_rms_norm(x, &(&self.gamma * self.scale)?, false);
+            return video::channel_rms_norm(x, &gain, silu);
         }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         // max(norm, 1e-12) as the reference has it, written so its gradient stays finite at 0.
         let norm = (x.sqr()?.sum_keepdim(1)? + 1e-24)?.sqrt()?;
-        x.broadcast_div(&norm)?
+        let normed = x
+            .broadcast_div(&norm)?
             .to_dtype(dtype)?
-            .broadcast_mul(&(&self.gamma * self.scale)?)
+            .broadcast_mul(&gain)?;
+        if silu { normed.silu() } else { Ok(normed) }
     }
 }
 
