@@ -29,7 +29,7 @@ impl T5Norm {
         let normed = x
             .broadcast_div(&(variance + self.eps)?.sqrt()?)?
             .to_dtype(self.weight.dtype())?;
-        normed.broadcast_mul(&self.weight)?.to_dtype(dtype)
+        crate::ops::broadcast_mul(&normed, &self.weight)?.to_dtype(dtype)
     }
 }
 
@@ -113,7 +113,7 @@ impl SelfAttention {
         let scores = query
             .to_dtype(DType::F32)?
             .matmul(&key.to_dtype(DType::F32)?.t()?)?;
-        let scores = scores.broadcast_add(&bias)?.broadcast_add(mask_bias)?;
+        let scores = crate::ops::broadcast_add(&scores, &bias)?.broadcast_add(mask_bias)?;
         let weights = crate::ops::softmax_last_dim(&scores)?.to_dtype(value.dtype())?;
         let attended = weights.matmul(&value)?.transpose(1, 2)?.reshape((
             batch,

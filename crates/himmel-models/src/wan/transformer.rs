@@ -6,6 +6,7 @@ use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
 use crate::kernels::bf16_linear::{self, forward as dense};
+use crate::ops;
 
 use super::config::WanTransformerConfig;
 use super::rope::Rotary;
@@ -36,9 +37,8 @@ impl AffineLayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        plain_layer_norm(x, self.eps)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        let scaled = ops::broadcast_mul(&plain_layer_norm(x, self.eps)?, &self.weight)?;
+        ops::broadcast_add(&scaled, &self.bias)
     }
 }
 
@@ -57,7 +57,7 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::ops::rms_norm(x, &self.weight, self.eps)
+        ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -90,7 +90,7 @@ fn attention_within(query: &Tensor, key: &Tensor, value: &Tensor, budget: usize)
         .map(|start| {
             let rows = query.narrow(2, start, block.min(tokens - start))?;
             let scores = (rows.matmul(&key_t)? / (head_dim as f64).sqrt())?;
-            crate::ops::softmax_last_dim(&scores)?.matmul(&value)
+            ops::softmax_last_dim(&scores)?.matmul(&value)
         })
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&outputs, 2)?
@@ -201,21 +201,20 @@ impl Block {
         rotary: &Rotary,
     ) -> Result<Tensor> {
         let dtype = x.dtype();
-        let parts = self.scale_shift_table.broadcast_add(modulation)?;
+        let parts = ops::broadcast_add(&self.scale_shift_table, modulation)?;
         let part = |i: usize| parts.narrow(1, i, 1);
         let (shift, scale, gate) = (part(0)?, part(1)?, part(2)?);
         let (ff_shift, ff_scale, ff_gate) = (part(3)?, part(4)?, part(5)?);
 
         let modulate = |x: &Tensor, shift: &Tensor, scale: &Tensor| -> Result<Tensor> {
-            plain_layer_norm(x, self.eps)?
-                .broadcast_mul(&(scale + 1.0)?)?
-                .broadcast_add(shift)?
-                .to_dtype(dtype)
+            let scaled = ops::broadcast_mul(&plain_layer_norm(x, self.eps)?, &(scale + 1.0)?)?;
+            ops::broadcast_add(&scaled, shift)?.to_dtype(dtype)
         };
         let normed = modulate(x, &shift, &scale)?;
         let attended = self.attn1.forward(&normed, &normed, Some(rotary))?;
-        let x = (x.to_dtype(DType::F32)? + attended.to_dtype(DType::F32)?.broadcast_mul(&gate)?)?
-            .to_dtype(dtype)?;
+        let x = (x.to_dtype(DType::F32)?
+            + ops::broadcast_mul(&attended.to_dtype(DType::F32)?, &gate)?)?
+        .to_dtype(dtype)?;
 
         let normed = match &self.norm2 {
             Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
@@ -224,7 +223,7 @@ impl Block {
         let x = (&x + self.attn2.forward(&normed, text, None)?)?;
 
         let fed = self.ffn.forward(&modulate(&x, &ff_shift, &ff_scale)?)?;
-        (x.to_dtype(DType::F32)? + fed.to_dtype(DType::F32)?.broadcast_mul(&ff_gate)?)?
+        (x.to_dtype(DType::F32)? + ops::broadcast_mul(&fed.to_dtype(DType::F32)?, &ff_gate)?)?
             .to_dtype(dtype)
     }
 }
@@ -390,7 +389,7 @@ impl WanTransformer {
             .reshape((batch, 6, dim))?
             .to_dtype(DType::F32)?;
         let (text_1, text_2) = &self.text_embedder;
-        let text = dense(text_2, &dense(text_1, text)?.gelu()?)?;
+        let text = dense(text_2, &ops::gelu(&dense(text_1, text)?)?)?;
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
         let run = |blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
@@ -415,13 +414,13 @@ impl WanTransformer {
             _ => run(&self.blocks, x)?,
         };
 
-        let head = self
-            .scale_shift_table
-            .broadcast_add(&temb.to_dtype(DType::F32)?.unsqueeze(1)?)?;
+        let head = ops::broadcast_add(
+            &self.scale_shift_table,
+            &temb.to_dtype(DType::F32)?.unsqueeze(1)?,
+        )?;
         let (shift, scale) = (head.narrow(1, 0, 1)?, head.narrow(1, 1, 1)?);
-        let x = plain_layer_norm(&x, self.config.eps)?
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(&shift)?;
+        let x = ops::broadcast_mul(&plain_layer_norm(&x, self.config.eps)?, &(scale + 1.0)?)?;
+        let x = ops::broadcast_add(&x, &shift)?;
         let x = dense(&self.proj_out, &x.to_dtype(dtype)?)?;
 
         let out = self.config.out_channels;
