@@ -30,6 +30,10 @@ pub struct TrainArgs {
 enum TrainStage {
     /// Train the video autoencoder on crops of world clips.
     Autoencoder {
+        /// Start from this autoencoder run's export instead of fresh weights (needed by
+        /// recipes with `decoder_only`, which fine-tune its decoder and keep its encoder).
+        #[arg(long)]
+        from: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -77,9 +81,17 @@ pub fn run_command(args: &TrainArgs, quiet: bool) -> Result<()> {
     let device = Device::Cpu;
     match &args.stage {
         TrainStage::Preview { model, clips } => fit_preview(model, *clips),
-        TrainStage::Autoencoder { common } => {
+        TrainStage::Autoencoder { from, common } => {
             let recipe: AutoencoderRecipe = read_recipe(&common.config)?;
-            let stage = AutoencoderStage::new(&recipe, &device)?;
+            let stage = match from {
+                Some(dir) => {
+                    let start = read_trained(dir).with_context(|| {
+                        format!("reading the autoencoder to start from in {}", dir.display())
+                    })?;
+                    AutoencoderStage::fine_tune(&recipe, start, &device)?
+                }
+                None => AutoencoderStage::new(&recipe, &device)?,
+            };
             train(
                 &stage,
                 common,

@@ -2,6 +2,9 @@
 //! world clips (L1 loss plus a weighted KL term). Its convolutions see crops exactly as they
 //! would see whole clips, so training on crops is cheap and transfers to full frames.
 //!
+//! It can also start from a trained autoencoder and fine-tune it, or only its decoder: the
+//! encoder, and so the latents a denoiser learnt, stay as they were.
+//!
 //! Exports `autoencoder.json` (the config) and `autoencoder.safetensors` (averaged weights).
 
 use std::collections::HashMap;
@@ -17,6 +20,7 @@ use crate::config::AutoencoderRecipe;
 use crate::config::clip_source;
 use crate::data::ClipSource;
 use crate::error::TrainError;
+use crate::frozen::FrozenAndTrained;
 use crate::init::initialize;
 use crate::random::{Purpose, gaussian, step_rng};
 use crate::trainer::Stage;
@@ -31,6 +35,8 @@ pub struct AutoencoderStage {
     recipe: AutoencoderRecipe,
     config: WanVaeConfig,
     autoencoder: WanVae,
+    /// Weights kept fixed (the encoder side when only the decoder trains).
+    frozen: HashMap<String, Tensor>,
     vars: Vec<(String, Var)>,
     clips: ClipSource,
     device: Device,
@@ -117,22 +123,85 @@ fn start_nearly_deterministic(vars: &[(String, Var)], z_dim: usize) -> Result<()
 impl AutoencoderStage {
     /// Builds the stage with freshly initialised weights on `device`.
     pub fn new(recipe: &AutoencoderRecipe, device: &Device) -> Result<Self, TrainError> {
+        if recipe.decoder_only {
+            return Err(setting(
+                "decoder_only",
+                true,
+                "needs a trained autoencoder to start from (`--from`)",
+            ));
+        }
+        Self::build(recipe, None, device)
+    }
+
+    /// Builds the stage on `start`'s weights: all of them train, or with
+    /// [`AutoencoderRecipe::decoder_only`] only the decoder side. `start` must have the
+    /// recipe's architecture.
+    pub fn fine_tune(
+        recipe: &AutoencoderRecipe,
+        start: TrainedAutoencoder,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        Self::build(recipe, Some(start), device)
+    }
+
+    fn build(
+        recipe: &AutoencoderRecipe,
+        start: Option<TrainedAutoencoder>,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         check(recipe)?;
         let mut config = recipe.autoencoder.clone();
         config.latents_mean = vec![0.0; config.z_dim];
         config.latents_std = vec![1.0; config.z_dim];
-        let varmap = VarMap::new();
+        let mut weights = HashMap::new();
+        if let Some(start) = start {
+            if start.config != config {
+                return Err(setting(
+                    "autoencoder",
+                    "the recipe's",
+                    "differs from the architecture of the autoencoder to start from",
+                ));
+            }
+            weights = start.weights;
+        }
+        let fixed = |name: &str| {
+            recipe.decoder_only && (name.starts_with("encoder.") || name.starts_with("quant_conv."))
+        };
+        let frozen: HashMap<String, Tensor> = weights
+            .iter()
+            .filter(|(name, _)| fixed(name))
+            .map(|(name, tensor)| (name.clone(), tensor.clone()))
+            .collect();
+        let trained = VarMap::new();
+        let backend = FrozenAndTrained {
+            frozen: frozen.clone(),
+            trained: trained.clone(),
+        };
         let autoencoder = WanVae::new(
             &config,
-            VarBuilder::from_varmap(&varmap, DType::F32, device),
+            VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone()),
         )?;
-        let vars = sorted_vars(&varmap);
-        initialize(&vars, recipe.run.seed)?;
-        start_nearly_deterministic(&vars, config.z_dim)?;
+        let vars = sorted_vars(&trained);
+        if weights.is_empty() {
+            initialize(&vars, recipe.run.seed)?;
+            start_nearly_deterministic(&vars, config.z_dim)?;
+        } else {
+            for (name, var) in &vars {
+                let Some(weight) = weights.get(name) else {
+                    return Err(setting(
+                        "autoencoder",
+                        name,
+                        "is missing from the autoencoder to start from",
+                    ));
+                };
+                var.set(&weight.to_dtype(DType::F32)?.to_device(device)?)?;
+            }
+        }
         Ok(Self {
             recipe: recipe.clone(),
             config,
             autoencoder,
+            frozen,
             vars,
             clips: clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?,
             device: device.clone(),
@@ -210,6 +279,10 @@ impl Stage for AutoencoderStage {
             }
             None => error.mean_all()?,
         };
+        if self.recipe.decoder_only {
+            // The encoder is fixed: its KL term is a constant.
+            return Ok(l1);
+        }
         let kl = (((mean.sqr()? + log_var.exp()?)? - 1.0)? - &log_var)?
             .sum(1)?
             .mean_all()?
@@ -218,7 +291,12 @@ impl Stage for AutoencoderStage {
     }
 
     fn export(&self, averages: &[(String, Tensor)], dir: &Path) -> Result<(), TrainError> {
-        let tensors: HashMap<String, Tensor> = averages.iter().cloned().collect();
+        let tensors: HashMap<String, Tensor> = self
+            .frozen
+            .iter()
+            .map(|(name, tensor)| (name.clone(), tensor.clone()))
+            .chain(averages.iter().cloned())
+            .collect();
         write_safetensors(&dir.join(WEIGHTS), &tensors, HashMap::new())?;
         let json = serde_json::to_string_pretty(&self.config).expect("configs serialise");
         std::fs::write(dir.join(CONFIG), json).map_err(|source| TrainError::Io {

@@ -71,6 +71,11 @@ pub struct AutoencoderRecipe {
     /// few percent of a frame: unweighted, the loss is nearly all backdrop.
     #[serde(default)]
     pub object_weight: f64,
+    /// Train only the decoder side (`post_quant_conv` and `decoder`) of a trained autoencoder,
+    /// keeping its encoder and so its latents: a decoder fine-tuned this way serves denoisers
+    /// trained on the original's latents. Needs the autoencoder to start from.
+    #[serde(default)]
+    pub decoder_only: bool,
     /// Train on the captioned clips of this folder instead of the world.
     #[serde(default)]
     pub folder: Option<PathBuf>,

@@ -10,9 +10,8 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
-use candle_core::{DType, Device, Shape, Tensor, Var};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder, VarMap};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
 use himmel_models::wan::{CellReduction, WanVae, latent_cells};
 use rand::Rng;
@@ -25,6 +24,7 @@ use crate::config::clip_source;
 use crate::config::{DenoiserRecipe, MaskRates};
 use crate::data::{Captions, ClipSource};
 use crate::error::TrainError;
+use crate::frozen::FrozenAndTrained;
 use crate::init::initialize;
 use crate::random::{Purpose, gaussian, step_rng};
 use crate::trainer::Stage;
@@ -39,53 +39,6 @@ pub const MODEL_WEIGHTS: &str = "model.safetensors";
 const AUTOENCODER: &str = "autoencoder";
 /// Clips encoded at once when filling the pool.
 const ENCODE_BATCH: u64 = 8;
-
-/// Weights for the model's builder: the autoencoder's fixed, everything else trained.
-struct FrozenAndTrained {
-    frozen: HashMap<String, Tensor>,
-    trained: VarMap,
-}
-
-impl SimpleBackend for FrozenAndTrained {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        match self.frozen.get(name) {
-            Some(tensor) if tensor.shape() == &shape => tensor.to_dtype(dtype)?.to_device(device),
-            Some(tensor) => candle_core::bail!(
-                "autoencoder weight {name} has shape {:?}, the config needs {shape:?}",
-                tensor.dims()
-            ),
-            None => self.trained.get(shape, name, init, dtype, device),
-        }
-    }
-
-    fn get_unchecked(
-        &self,
-        name: &str,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        match self.frozen.get(name) {
-            Some(tensor) => tensor.to_dtype(dtype)?.to_device(device),
-            None => candle_core::bail!("no tensor {name}"),
-        }
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.frozen.contains_key(name)
-            || self
-                .trained
-                .data()
-                .lock()
-                .is_ok_and(|d| d.contains_key(name))
-    }
-}
 
 /// An encoded clip of the pool.
 struct PoolEntry {

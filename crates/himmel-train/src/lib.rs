@@ -11,6 +11,7 @@ pub mod data;
 pub mod denoiser;
 pub mod ema;
 pub mod error;
+pub mod frozen;
 pub mod init;
 pub mod log;
 pub mod optim;

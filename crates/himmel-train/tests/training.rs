@@ -46,6 +46,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         },
         kl_weight: 1e-4,
         object_weight: 4.0,
+        decoder_only: false,
         folder: None,
         video: VIDEO,
         crop: Crop {
@@ -163,6 +164,53 @@ fn the_autoencoder_learns_and_resumes_exactly() {
     let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
     let uninterrupted: Vec<f64> = whole.rows[4..8].iter().map(|row| row.loss).collect();
     assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn a_decoder_fine_tunes_over_a_fixed_encoder() {
+    let device = Device::Cpu;
+    let start_dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::new(&autoencoder_recipe(5), &device).expect("stage");
+    train(&stage, &options(start_dir.path(), 5, None, false));
+    let start = read_trained(start_dir.path()).expect("autoencoder export");
+
+    let mut recipe = autoencoder_recipe(30);
+    recipe.decoder_only = true;
+    let Err(error) = AutoencoderStage::new(&recipe, &device) else {
+        panic!("decoder_only without a start was accepted")
+    };
+    assert!(error.to_string().contains("decoder_only"), "{error}");
+
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::fine_tune(
+        &recipe,
+        read_trained(start_dir.path()).expect("export"),
+        &device,
+    )
+    .expect("stage");
+    assert!(
+        stage
+            .variables()
+            .iter()
+            .all(|(name, _)| !name.starts_with("encoder."))
+    );
+    let rows = train(&stage, &options(dir.path(), 30, None, false)).rows;
+    assert_falls(&rows);
+    let tuned = read_trained(dir.path()).expect("fine-tuned export");
+    assert_eq!(tuned.weights.len(), start.weights.len());
+    for (name, before) in &start.weights {
+        let after = &tuned.weights[name];
+        let change = himmel_core::compare::max_abs_difference(before, after).expect("same shapes");
+        let fixed = name.starts_with("encoder.") || name.starts_with("quant_conv.");
+        assert_eq!(fixed, change == 0.0, "{name} changed by {change}");
+    }
+
+    let mut other = autoencoder_recipe(30);
+    other.autoencoder.z_dim = 8;
+    let Err(error) = AutoencoderStage::fine_tune(&other, start, &device) else {
+        panic!("a start of another architecture was accepted")
+    };
+    assert!(error.to_string().contains("architecture"), "{error}");
 }
 
 #[test]
