@@ -4,6 +4,7 @@
 
 pub mod bf16_linear;
 pub mod video;
+mod winograd;
 
 use candle_core::{Result, Storage, bail};
 

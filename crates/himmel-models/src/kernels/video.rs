@@ -14,7 +14,7 @@ use candle_core::{DType, Result, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{SendPtr, cpu_slice};
+use super::{SendPtr, cpu_slice, winograd};
 
 /// Floats of one block's accumulator: 512 KiB stays in a core's L2 cache across the taps
 /// (measured best of 128 KiB to 8 MiB on `himmel bench wan --width 128 --height 128 --frames 5`).
@@ -51,9 +51,19 @@ pub fn conv3d(
              kernel {kt}x{kh}x{kw}"
         );
     }
-    let out_frames = (frames - kt) / time_stride + 1;
-    let (out_height, out_width) = (padded_height - kh + 1, padded_width - kw + 1);
-    let frame_size = padded_height * padded_width;
+    let shape = Conv {
+        batch,
+        channels,
+        frames,
+        padded_height,
+        padded_width,
+        outputs,
+        kernel: (kt, kh, kw),
+        time_stride,
+        out_frames: (frames - kt) / time_stride + 1,
+        out_height: padded_height - kh + 1,
+        out_width: padded_width - kw + 1,
+    };
     let padded = pad_frames(x, padding)?;
     let weight = weight.contiguous()?;
     let (weight_storage, weight_layout) = weight.storage_and_layout();
@@ -66,7 +76,56 @@ pub fn conv3d(
     if bias.len() != outputs {
         bail!("conv3d: {} biases for {outputs} outputs", bias.len());
     }
+    let out = if winograd::applies(&shape) {
+        winograd::conv(&shape, &padded, weight, &bias)
+    } else {
+        direct(&shape, &padded, weight, &bias)
+    };
+    Tensor::from_vec(
+        out,
+        (
+            batch,
+            outputs,
+            shape.out_frames,
+            shape.out_height,
+            shape.out_width,
+        ),
+        x.device(),
+    )
+}
 
+/// The sizes of one convolution: its input (already padded in space), kernel and output.
+pub(super) struct Conv {
+    pub batch: usize,
+    pub channels: usize,
+    pub frames: usize,
+    pub padded_height: usize,
+    pub padded_width: usize,
+    pub outputs: usize,
+    /// `(kt, kh, kw)`.
+    pub kernel: (usize, usize, usize),
+    pub time_stride: usize,
+    pub out_frames: usize,
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+/// [`conv3d`] as one matrix product per kernel tap over shifted views of the padded frames.
+fn direct(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let Conv {
+        batch,
+        channels,
+        frames,
+        padded_height,
+        padded_width,
+        outputs,
+        kernel: (kt, kh, kw),
+        time_stride,
+        out_frames,
+        out_height,
+        out_width,
+    } = *shape;
+    let frame_size = padded_height * padded_width;
     let rows_per_block = (BLOCK_FLOATS / (outputs * padded_width)).clamp(1, out_height);
     let blocks_per_frame = out_height.div_ceil(rows_per_block);
     let mut out = vec![0f32; batch * outputs * out_frames * out_height * out_width];
@@ -82,7 +141,7 @@ pub fn conv3d(
             let rows = rows_per_block.min(out_height - first_row);
             let columns = rows * padded_width;
             let mut accumulator = vec![0f32; outputs * columns];
-            for (row, &value) in accumulator.chunks_exact_mut(columns).zip(&bias) {
+            for (row, &value) in accumulator.chunks_exact_mut(columns).zip(bias) {
                 row.fill(value);
             }
             for dt in 0..kt {
@@ -137,11 +196,7 @@ pub fn conv3d(
                 }
             }
         });
-    Tensor::from_vec(
-        out,
-        (batch, outputs, out_frames, out_height, out_width),
-        x.device(),
-    )
+    out
 }
 
 /// Normalises `x` `[B, C, ...]` to unit L2 norm over channels (at least 1e-12), times `gain`
@@ -264,6 +319,11 @@ mod tests {
             (2, 3, 2, 4, 4, 5, 1, 1, 0, 1),
             (1, 2, 1, 17, 3, 70, 1, 3, 1, 1),
             (1, 6, 3, 8, 8, 2, 2, 3, 0, 1),
+            // Winograd's path: 3x3 in space with 16 or more channels on both sides.
+            (1, 16, 4, 7, 9, 17, 3, 3, 1, 1),
+            (2, 20, 5, 5, 6, 16, 3, 3, 1, 2),
+            (1, 16, 1, 33, 3, 24, 1, 3, 1, 1),
+            (1, 17, 2, 6, 5, 16, 2, 3, 0, 1),
         ];
         for (batch, channels, frames, height, width, outputs, kt, k, padding, stride) in cases {
             let x = Tensor::randn(0f32, 1.0, (batch, channels, frames, height, width), &device)?;
