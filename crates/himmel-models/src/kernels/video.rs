@@ -8,7 +8,8 @@
 //! so each tap is one product `weight[:, :, dt, dy, dx] x frame[:, offset..]` accumulated into
 //! the output (which carries `kw - 1` unused columns per row until it is copied out). Outputs
 //! are computed in blocks of rows small enough to stay in cache across the taps, blocks running
-//! in parallel.
+//! in parallel. Kernels 3x3 in space with 16 or more channels on both sides take Winograd's
+//! minimal filtering instead (`winograd.rs`), which needs fewer than half the products.
 
 use candle_core::{DType, Result, Tensor, bail};
 use gemm::Parallelism;
@@ -96,17 +97,27 @@ pub fn conv3d(
 
 /// The sizes of one convolution: its input (already padded in space), kernel and output.
 pub(super) struct Conv {
+    /// Clips in the batch.
     pub batch: usize,
+    /// Input channels.
     pub channels: usize,
+    /// Input frames (already padded in time by the caller).
     pub frames: usize,
+    /// Frame height after spatial padding.
     pub padded_height: usize,
+    /// Frame width after spatial padding.
     pub padded_width: usize,
+    /// Output channels.
     pub outputs: usize,
     /// `(kt, kh, kw)`.
     pub kernel: (usize, usize, usize),
+    /// Step between output frames, in input frames.
     pub time_stride: usize,
+    /// Output frames.
     pub out_frames: usize,
+    /// Output height.
     pub out_height: usize,
+    /// Output width.
     pub out_width: usize,
 }
 
