@@ -480,19 +480,24 @@ mod tests {
             assert_close(ours, candles, 1e-4)?;
         }
         let wide = Var::from_tensor(&random(&[2, 1, 4, 1, 3], 4)?)?;
-        let narrow = Var::from_tensor(&random(&[5, 1, 6, 1], 5)?)?;
+        // The narrow side is a view into a larger tensor, as the modulation's parts are.
+        let narrow = Var::from_tensor(&random(&[5, 3, 6, 1], 5)?)?;
         let inputs = [wide, narrow];
         let f = |mul: bool, t: &[Tensor]| -> Result<Tensor> {
+            let view = t[1].narrow(1, 1, 1)?;
             match mul {
-                true => broadcast_mul(&t[0], &t[1]),
-                false => broadcast_add(&t[0], &t[1]),
+                true => broadcast_mul(&t[0], &view),
+                false => broadcast_add(&t[0], &view),
             }
         };
         for mul in [true, false] {
             let ours = value_and_gradients(&inputs, |t| f(mul, t))?;
-            let candles = value_and_gradients(&inputs, |t| match mul {
-                true => t[0].broadcast_mul(&t[1]),
-                false => t[0].broadcast_add(&t[1]),
+            let candles = value_and_gradients(&inputs, |t| {
+                let view = t[1].narrow(1, 1, 1)?;
+                match mul {
+                    true => t[0].broadcast_mul(&view),
+                    false => t[0].broadcast_add(&view),
+                }
             })?;
             assert_eq!(ours.0.dims(), &[2, 5, 4, 6, 3]);
             assert_close(&ours.0, &candles.0, 1e-6)?;
