@@ -73,9 +73,10 @@ fn expanded(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
     let expand = |t: &Tensor| -> Result<Tensor> {
         if t.shape() == &shape {
             Ok(t.clone())
-        } else if t.dtype() == DType::F32 && t.device().is_cpu() {
+        } else if trains_on_cpu(t) {
             t.apply_op1(Expand(shape.clone()))
         } else {
+            // No gradient to sum back: a strided view, not a copy.
             t.broadcast_as(&shape)
         }
     };

@@ -121,6 +121,23 @@ pub(super) struct Conv {
     pub out_width: usize,
 }
 
+impl Conv {
+    /// Elements of the output, `[B, O, T', H', W']`.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.outputs * self.out_frames * self.out_height * self.out_width
+    }
+
+    /// The clip, output frame and block of parallel task `task`, with `blocks` blocks per
+    /// output frame.
+    pub fn task(&self, task: usize, blocks: usize) -> (usize, usize, usize) {
+        (
+            task / blocks / self.out_frames,
+            task / blocks % self.out_frames,
+            task % blocks,
+        )
+    }
+}
+
 /// [`conv3d`] as one matrix product per kernel tap over shifted views of the padded frames.
 fn direct(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let Conv {
@@ -139,15 +156,13 @@ fn direct(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32
     let frame_size = padded_height * padded_width;
     let rows_per_block = (BLOCK_FLOATS / (outputs * padded_width)).clamp(1, out_height);
     let blocks_per_frame = out_height.div_ceil(rows_per_block);
-    let mut out = vec![0f32; batch * outputs * out_frames * out_height * out_width];
+    let mut out = vec![0f32; shape.output_len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let taps = kt * kh * kw;
     (0..batch * out_frames * blocks_per_frame)
         .into_par_iter()
         .for_each(|task| {
-            let block = task % blocks_per_frame;
-            let frame = task / blocks_per_frame % out_frames;
-            let item = task / blocks_per_frame / out_frames;
+            let (item, frame, block) = shape.task(task, blocks_per_frame);
             let first_row = block * rows_per_block;
             let rows = rows_per_block.min(out_height - first_row);
             let columns = rows * padded_width;

@@ -112,14 +112,12 @@ pub(super) fn conv(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -
     let per_block = (BLOCK_FLOATS / (POSITIONS * (channels + outputs))).clamp(1, tiles);
     let blocks = tiles.div_ceil(per_block);
     let frame_size = padded_height * padded_width;
-    let mut out = vec![0f32; batch * outputs * out_frames * out_height * out_width];
+    let mut out = vec![0f32; shape.output_len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..batch * out_frames * blocks)
         .into_par_iter()
         .for_each(|task| {
-            let block = task % blocks;
-            let frame = task / blocks % out_frames;
-            let item = task / blocks / out_frames;
+            let (item, frame, block) = shape.task(task, blocks);
             let first = block * per_block;
             let count = per_block.min(tiles - first);
             // `[16][channels][count]` and `[16][outputs][count]`.
