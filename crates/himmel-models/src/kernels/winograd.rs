@@ -1,9 +1,10 @@
-//! The video convolutions with 3x3 spatial kernels by Winograd's minimal filtering F(2x2, 3x3)
-//! (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): each 2x2 block
-//! of outputs comes from a 4x4 tile of input through 16 products per channel pair instead of
-//! 36, so a 3x3 tap set costs 4 multiplications per output where the direct form costs 9. The
-//! tiles' 16 transformed positions are 16 matrix products (outputs x channels by channels x
-//! tiles) per time tap; the transforms only add and halve, so f32 keeps its precision.
+//! The video convolutions with 3x3 spatial kernels by Winograd's minimal filtering F(4x4, 3x3)
+//! (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016; interpolation
+//! points 0, ±1, ±2 and infinity, as cuDNN and oneDNN use): each 4x4 block of outputs comes
+//! from a 6x6 tile of input through 36 products per channel pair instead of 144, so a 3x3 tap
+//! set costs 2.25 multiplications per output where the direct form costs 9. The tiles' 36
+//! transformed positions are 36 matrix products (outputs x channels by channels x tiles) per
+//! time tap.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -11,14 +12,19 @@ use rayon::prelude::*;
 use super::SendPtr;
 use super::video::Conv;
 
-/// Transformed tile positions (4x4).
-const POSITIONS: usize = 16;
+/// Outputs per tile side.
+const OUT: usize = 4;
 
-/// Floats of one task's transformed input and accumulated products together (4 MiB): the
-/// products are thin (a block's tiles are their columns) and each packs its transformed
-/// weights again, so blocks of fewer tiles spend more on packing (1 MiB blocks measured slower
-/// at 384 channels, 16 MiB no faster).
-const BLOCK_FLOATS: usize = 1 << 20;
+/// Inputs per tile side: `OUT + 2` for a 3-wide kernel.
+const TILE: usize = OUT + 2;
+
+/// Transformed tile positions (6x6).
+const POSITIONS: usize = TILE * TILE;
+
+/// Floats of one task's transformed input and accumulated products together (8 MiB): the
+/// products are thin (a block's tiles are their columns) and each reads its transformed
+/// weights again, so fewer tiles per block spend more on reading weights.
+const BLOCK_FLOATS: usize = 1 << 21;
 
 /// Whether a convolution takes this path: 3x3 in space, and enough channels on both sides
 /// that the products, not the transforms, are the cost.
@@ -27,72 +33,208 @@ pub(super) fn applies(shape: &Conv) -> bool {
     kh == 3 && kw == 3 && shape.channels >= 16 && shape.outputs >= 16
 }
 
-/// `G g Gᵀ` of every 3x3 kernel: `[kt][16][outputs][channels]`.
+/// `G g`: a kernel's 3 taps along one axis, at the 6 interpolation points.
+fn weight_1d([g0, g1, g2]: [f32; 3]) -> [f32; TILE] {
+    [
+        g0 / 4.0,
+        -(g0 + g1 + g2) / 6.0,
+        -(g0 - g1 + g2) / 6.0,
+        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+        g2,
+    ]
+}
+
+/// `Bᵀ d`: 6 inputs along one axis, at the interpolation points.
+fn input_1d([d0, d1, d2, d3, d4, d5]: [f32; TILE]) -> [f32; TILE] {
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        d3 + d4 - 4.0 * (d1 + d2),
+        d4 - d3 + 4.0 * (d1 - d2),
+        d4 - d2 + 2.0 * (d3 - d1),
+        d4 - d2 + 2.0 * (d1 - d3),
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
+}
+
+/// `Aᵀ m`: 4 outputs along one axis from the 6 products.
+fn output_1d([m0, m1, m2, m3, m4, m5]: [f32; TILE]) -> [f32; OUT] {
+    let (sum12, difference12) = (m1 + m2, m1 - m2);
+    let (sum34, difference34) = (m3 + m4, m3 - m4);
+    [
+        m0 + sum12 + sum34,
+        difference12 + 2.0 * difference34,
+        sum12 + 4.0 * sum34,
+        difference12 + 8.0 * difference34 + m5,
+    ]
+}
+
+/// `G g Gᵀ` of every 3x3 kernel: `[outputs][kt][36][channels]`, outputs in parallel.
 fn transform_weights(shape: &Conv, weight: &[f32]) -> Vec<f32> {
     let (kt, _, _) = shape.kernel;
-    let (outputs, channels) = (shape.outputs, shape.channels);
-    let mut transformed = vec![0f32; kt * POSITIONS * outputs * channels];
-    for o in 0..outputs {
-        for c in 0..channels {
-            for dt in 0..kt {
-                let g = &weight[((o * channels + c) * kt + dt) * 9..][..9];
-                // G g: 4x3.
-                let mut rows = [[0f32; 3]; 4];
-                for j in 0..3 {
-                    let (a, b, d) = (g[j], g[3 + j], g[6 + j]);
-                    rows[0][j] = a;
-                    rows[1][j] = 0.5 * (a + b + d);
-                    rows[2][j] = 0.5 * (a - b + d);
-                    rows[3][j] = d;
-                }
-                // (G g) Gᵀ: 4x4.
-                for (i, row) in rows.iter().enumerate() {
-                    let [a, b, d] = *row;
-                    let values = [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
-                    for (j, value) in values.into_iter().enumerate() {
-                        let position = i * 4 + j;
-                        transformed[((dt * POSITIONS + position) * outputs + o) * channels + c] =
-                            value;
+    let channels = shape.channels;
+    let per_output = kt * POSITIONS * channels;
+    let mut transformed = vec![0f32; shape.outputs * per_output];
+    transformed
+        .par_chunks_mut(per_output)
+        .enumerate()
+        .for_each(|(o, target)| {
+            for c in 0..channels {
+                for dt in 0..kt {
+                    let g = &weight[((o * channels + c) * kt + dt) * 9..][..9];
+                    let columns: [[f32; TILE]; 3] =
+                        std::array::from_fn(|j| weight_1d([g[j], g[3 + j], g[6 + j]]));
+                    for i in 0..TILE {
+                        let row = weight_1d([columns[0][i], columns[1][i], columns[2][i]]);
+                        for (j, value) in row.into_iter().enumerate() {
+                            target[(dt * POSITIONS + i * TILE + j) * channels + c] = value;
+                        }
                     }
                 }
             }
-        }
-    }
+        });
     transformed
 }
 
-/// `Bᵀ d B` of the 4x4 input tile `d`.
-fn transform_tile(d: &[[f32; 4]; 4]) -> [f32; POSITIONS] {
-    let mut rows = [[0f32; 4]; 4];
-    for j in 0..4 {
-        rows[0][j] = d[0][j] - d[2][j];
-        rows[1][j] = d[1][j] + d[2][j];
-        rows[2][j] = d[2][j] - d[1][j];
-        rows[3][j] = d[1][j] - d[3][j];
-    }
-    let mut out = [0f32; POSITIONS];
-    for (i, r) in rows.iter().enumerate() {
-        out[i * 4] = r[0] - r[2];
-        out[i * 4 + 1] = r[1] + r[2];
-        out[i * 4 + 2] = r[2] - r[1];
-        out[i * 4 + 3] = r[1] - r[3];
-    }
-    out
+/// A frame as the tiles see it.
+struct Frame {
+    /// Rows stored.
+    height: usize,
+    /// Columns stored.
+    width: usize,
+    /// Zeros read around the stored frame on each side.
+    padding: usize,
+    /// Tiles per row of the output.
+    tiles_wide: usize,
 }
 
-/// `Aᵀ m A`: the 2x2 outputs of the 4x4 products `m`.
-fn untransform(m: &[f32; POSITIONS]) -> [[f32; 2]; 2] {
-    let mut rows = [[0f32; 4]; 2];
-    for j in 0..4 {
-        rows[0][j] = m[j] + m[4 + j] + m[8 + j];
-        rows[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
+/// `Bᵀ d B` of the input tiles `first..first + count` of `plane`, tile row by tile row: the
+/// column transform runs along whole rows (vectorised over x), then each tile's row transform.
+/// `plane` holds the stored part of `frame`. Position `k` of tile `first + t` goes to
+/// `target[k * stride + t]`.
+fn transform_block(
+    plane: &[f32],
+    frame: &Frame,
+    (first, count): (usize, usize),
+    scratch: &mut [f32],
+    target: &mut [f32],
+    stride: usize,
+) {
+    let mut tile = first;
+    while tile < first + count {
+        let (ty, tx) = (tile / frame.tiles_wide, tile % frame.tiles_wide);
+        let tiles = (frame.tiles_wide - tx).min(first + count - tile);
+        let (top, left, span) = (OUT * ty, OUT * tx, OUT * tiles + 2);
+        let (rows, columns) = scratch.split_at_mut(TILE * span);
+        let Frame {
+            height,
+            width,
+            padding,
+            ..
+        } = *frame;
+        // The columns of `left..left + span` (padded) that the stored frame covers.
+        let (start, end) = (
+            left.clamp(padding, padding + width),
+            (left + span).clamp(padding, padding + width),
+        );
+        for (i, row) in rows.chunks_exact_mut(span).enumerate() {
+            row.fill(0.0);
+            let y = top + i;
+            if (padding..padding + height).contains(&y) {
+                let source = (y - padding) * width + start - padding;
+                row[start - left..end - left].copy_from_slice(&plane[source..][..end - start]);
+            }
+        }
+        let rows: [&[f32]; TILE] = std::array::from_fn(|i| &rows[i * span..][..span]);
+        for x in 0..span {
+            let transformed = input_1d(std::array::from_fn(|i| rows[i][x]));
+            for (k, value) in transformed.into_iter().enumerate() {
+                columns[k * span + x] = value;
+            }
+        }
+        for (i, column) in columns[..TILE * span].chunks_exact(span).enumerate() {
+            let mut positions = target.chunks_mut(stride).skip(i * TILE);
+            let offset = tile - first;
+            let targets: [&mut [f32]; TILE] = std::array::from_fn(|_| {
+                &mut positions.next().expect("36 positions")[offset..offset + tiles]
+            });
+            for t in 0..tiles {
+                let transformed = input_1d(column[OUT * t..][..TILE].try_into().unwrap());
+                for (j, value) in transformed.into_iter().enumerate() {
+                    targets[j][t] = value;
+                }
+            }
+        }
+        tile += tiles;
     }
-    rows.map(|r| [r[0] + r[1] + r[2], r[1] - r[2] - r[3]])
 }
 
-/// The convolution of [`super::video::conv3d`] for 3x3 spatial kernels: `padded` is the input
-/// padded in space, `[B, C, T, padded_height, padded_width]`; the result `[B, O, T', H', W']`.
-pub(super) fn conv(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+/// `Aᵀ m A` of the tiles `first..first + count`, plus `bias`, into `plane` (one output frame of
+/// `frame.height x frame.width`), tile row by tile row: each tile's row transform, then the
+/// column transform along whole rows. Position `k` of tile `first + t` is `products[k * stride
+/// + t]`.
+///
+/// # Safety
+/// `plane` points to the frame's `height x width` floats, which no other thread writes inside
+/// these tiles meanwhile.
+unsafe fn untransform_block(
+    products: &[f32],
+    stride: usize,
+    (first, count): (usize, usize),
+    frame: &Frame,
+    bias: f32,
+    scratch: &mut [f32],
+    plane: *mut f32,
+) {
+    let mut tile = first;
+    while tile < first + count {
+        let (ty, tx) = (tile / frame.tiles_wide, tile % frame.tiles_wide);
+        let tiles = (frame.tiles_wide - tx).min(first + count - tile);
+        let (top, left, span) = (OUT * ty, OUT * tx, OUT * tiles);
+        let offset = tile - first;
+        let (rows, columns) = scratch.split_at_mut(TILE * span);
+        for (i, row) in rows.chunks_exact_mut(span).enumerate() {
+            let m: [&[f32]; TILE] =
+                std::array::from_fn(|j| &products[(i * TILE + j) * stride + offset..][..tiles]);
+            for (t, outputs) in row.chunks_exact_mut(OUT).enumerate() {
+                outputs.copy_from_slice(&output_1d(std::array::from_fn(|j| m[j][t])));
+            }
+        }
+        let rows: [&[f32]; TILE] = std::array::from_fn(|i| &rows[i * span..][..span]);
+        for x in 0..span {
+            let transformed = output_1d(std::array::from_fn(|i| rows[i][x]));
+            for (k, value) in transformed.into_iter().enumerate() {
+                columns[k * span + x] = value + bias;
+            }
+        }
+        let width = (frame.width - left).min(span);
+        for (k, values) in columns.chunks_exact(span).take(OUT).enumerate() {
+            let y = top + k;
+            if y < frame.height {
+                // SAFETY: row `y` from column `left`, `width` floats, lies inside the frame.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        values.as_ptr(),
+                        plane.add(y * frame.width + left),
+                        width,
+                    );
+                }
+            }
+        }
+        tile += tiles;
+    }
+}
+
+/// The convolution of [`super::video::conv3d`] for 3x3 spatial kernels: `x` is the input
+/// `[B, C, T, H, W]`, read as if `padding` zeros surrounded each frame; the result
+/// `[B, O, T', H', W']`.
+pub(super) fn conv(
+    shape: &Conv,
+    x: &[f32],
+    padding: usize,
+    weight: &[f32],
+    bias: &[f32],
+) -> Vec<f32> {
     let Conv {
         batch,
         channels,
@@ -107,50 +249,55 @@ pub(super) fn conv(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -
         out_width,
     } = *shape;
     let weights = transform_weights(shape, weight);
-    let (tiles_high, tiles_wide) = (out_height.div_ceil(2), out_width.div_ceil(2));
+    let (tiles_high, tiles_wide) = (out_height.div_ceil(OUT), out_width.div_ceil(OUT));
     let tiles = tiles_high * tiles_wide;
-    let per_block = (BLOCK_FLOATS / (POSITIONS * (channels + outputs))).clamp(1, tiles);
+    let frames_total = batch * out_frames;
+    let blocks_for_threads = rayon::current_num_threads().div_ceil(frames_total);
+    let per_block = (BLOCK_FLOATS / (POSITIONS * (channels + outputs)))
+        .min(tiles.div_ceil(blocks_for_threads))
+        .clamp(1, tiles);
     let blocks = tiles.div_ceil(per_block);
-    let frame_size = padded_height * padded_width;
+    let input_frame = Frame {
+        height: padded_height - 2 * padding,
+        width: padded_width - 2 * padding,
+        padding,
+        tiles_wide,
+    };
+    let frame_size = input_frame.height * input_frame.width;
     let mut out = vec![0f32; shape.output_len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..batch * out_frames * blocks)
-        .into_par_iter()
-        .for_each(|task| {
+    (0..frames_total * blocks).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0f32; POSITIONS * channels * per_block],
+                vec![0f32; POSITIONS * outputs * per_block],
+                vec![0f32; 2 * TILE * (OUT * tiles_wide + 2)],
+            )
+        },
+        |(input, products, scratch), task| {
             let (item, frame, block) = shape.task(task, blocks);
             let first = block * per_block;
             let count = per_block.min(tiles - first);
-            // `[16][channels][count]` and `[16][outputs][count]`.
-            let mut input = vec![0f32; POSITIONS * channels * count];
-            let mut products = vec![0f32; POSITIONS * outputs * count];
+            // `[36][channels][count]` and `[36][outputs][count]`.
             for dt in 0..kt {
                 let source = (item * channels * frames + frame * time_stride + dt) * frame_size;
                 for c in 0..channels {
-                    let plane = &padded[source + c * frames * frame_size..][..frame_size];
-                    for tile in 0..count {
-                        let (ty, tx) = ((first + tile) / tiles_wide, (first + tile) % tiles_wide);
-                        let mut d = [[0f32; 4]; 4];
-                        for (i, row) in d.iter_mut().enumerate() {
-                            let y = 2 * ty + i;
-                            if y >= padded_height {
-                                break;
-                            }
-                            for (j, value) in row.iter_mut().enumerate() {
-                                let x = 2 * tx + j;
-                                if x < padded_width {
-                                    *value = plane[y * padded_width + x];
-                                }
-                            }
-                        }
-                        for (position, value) in transform_tile(&d).into_iter().enumerate() {
-                            input[(position * channels + c) * count + tile] = value;
-                        }
-                    }
+                    let plane = &x[source + c * frames * frame_size..][..frame_size];
+
+                    transform_block(
+                        plane,
+                        &input_frame,
+                        (first, count),
+                        scratch,
+                        &mut input[c * count..],
+                        channels * count,
+                    );
                 }
                 for position in 0..POSITIONS {
-                    let lhs = &weights[(dt * POSITIONS + position) * outputs * channels..];
-                    // SAFETY: `lhs` holds `outputs x channels`, the input slice
-                    // `channels x count`, the products slice `outputs x count`, all row-major.
+                    let lhs = &weights[(dt * POSITIONS + position) * channels..];
+                    // SAFETY: `lhs` holds `outputs x channels` (rows `kt * 36 * channels`
+                    // apart), the input slice `channels x count`, the products slice
+                    // `outputs x count`, both row-major.
                     unsafe {
                         gemm::gemm(
                             outputs,
@@ -159,10 +306,10 @@ pub(super) fn conv(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -
                             products.as_mut_ptr().add(position * outputs * count),
                             1,
                             count as isize,
-                            true,
+                            dt > 0,
                             lhs.as_ptr(),
                             1,
-                            channels as isize,
+                            (kt * POSITIONS * channels) as isize,
                             input.as_ptr().add(position * channels * count),
                             1,
                             count as isize,
@@ -176,29 +323,29 @@ pub(super) fn conv(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -
                     }
                 }
             }
+            let output_frame = Frame {
+                height: out_height,
+                width: out_width,
+                padding: 0,
+                tiles_wide,
+            };
             for (o, &b) in bias.iter().enumerate() {
                 let plane = ((item * outputs + o) * out_frames + frame) * out_height * out_width;
-                for tile in 0..count {
-                    let (ty, tx) = ((first + tile) / tiles_wide, (first + tile) % tiles_wide);
-                    let mut m = [0f32; POSITIONS];
-                    for (position, value) in m.iter_mut().enumerate() {
-                        *value = products[(position * outputs + o) * count + tile];
-                    }
-                    for (i, row) in untransform(&m).iter().enumerate() {
-                        let y = 2 * ty + i;
-                        for (j, value) in row.iter().enumerate() {
-                            let x = 2 * tx + j;
-                            if y < out_height && x < out_width {
-                                // SAFETY: tasks write disjoint tiles of `out`, inside its
-                                // bounds.
-                                unsafe {
-                                    *out_ptr.get().add(plane + y * out_width + x) = value + b;
-                                }
-                            }
-                        }
-                    }
+                // SAFETY: tasks write disjoint tiles of `out`, and `plane` starts one output
+                // channel's frame inside it.
+                unsafe {
+                    untransform_block(
+                        &products[o * count..],
+                        outputs * count,
+                        (first, count),
+                        &output_frame,
+                        b,
+                        scratch,
+                        out_ptr.get().add(plane),
+                    );
                 }
             }
-        });
+        },
+    );
     out
 }
