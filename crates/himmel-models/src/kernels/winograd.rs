@@ -26,6 +26,15 @@ const POSITIONS: usize = TILE * TILE;
 /// weights again, so fewer tiles per block spend more on reading weights.
 const BLOCK_FLOATS: usize = 1 << 21;
 
+thread_local! {
+    /// The calling thread's buffer of transformed weights, kept from one convolution to the
+    /// next: a fresh one for every call (64 MiB at 384 channels) cost more in page faults
+    /// than the transform itself.
+    static TRANSFORMED_WEIGHTS: std::cell::RefCell<Vec<f32>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
 /// Whether a convolution takes this path: 3x3 in space, and enough channels on both sides
 /// that the products, not the transforms, are the cost.
 pub(super) fn applies(shape: &Conv) -> bool {
@@ -69,12 +78,13 @@ fn output_1d([m0, m1, m2, m3, m4, m5]: [f32; TILE]) -> [f32; OUT] {
     ]
 }
 
-/// `G g Gᵀ` of every 3x3 kernel: `[outputs][kt][36][channels]`, outputs in parallel.
-fn transform_weights(shape: &Conv, weight: &[f32]) -> Vec<f32> {
+/// `G g Gᵀ` of every 3x3 kernel, `[outputs][36][kt][channels]`, outputs in parallel,
+/// into `transformed` (resized to fit).
+fn transform_weights(shape: &Conv, weight: &[f32], transformed: &mut Vec<f32>) {
     let (kt, _, _) = shape.kernel;
     let channels = shape.channels;
     let per_output = kt * POSITIONS * channels;
-    let mut transformed = vec![0f32; shape.outputs * per_output];
+    transformed.resize(shape.outputs * per_output, 0.0);
     transformed
         .par_chunks_mut(per_output)
         .enumerate()
@@ -87,13 +97,12 @@ fn transform_weights(shape: &Conv, weight: &[f32]) -> Vec<f32> {
                     for i in 0..TILE {
                         let row = weight_1d([columns[0][i], columns[1][i], columns[2][i]]);
                         for (j, value) in row.into_iter().enumerate() {
-                            target[(dt * POSITIONS + i * TILE + j) * channels + c] = value;
+                            target[((i * TILE + j) * kt + dt) * channels + c] = value;
                         }
                     }
                 }
             }
         });
-    transformed
 }
 
 /// A frame as the tiles see it.
@@ -108,60 +117,136 @@ struct Frame {
     tiles_wide: usize,
 }
 
+/// `std::array::from_fn`, always inlined: called from the AVX2 copies of the transforms, the
+/// standard one ran its closure as a call compiled for the baseline CPU.
+#[inline(always)]
+fn array<T: Copy + Default, const N: usize>(f: impl Fn(usize) -> T) -> [T; N] {
+    let mut out = [T::default(); N];
+    for (i, value) in out.iter_mut().enumerate() {
+        *value = f(i);
+    }
+    out
+}
+
+/// Tiles whose row transforms run side by side, one per vector lane.
+const LANES: usize = 8;
+
+/// [`input_1d`] of `LANES` tiles at once: `d[j][l]` is input `j` of tile `l`.
+fn input_lanes(d: [[f32; LANES]; TILE]) -> [[f32; LANES]; TILE] {
+    let mut out = [[0f32; LANES]; TILE];
+    for l in 0..LANES {
+        for (k, value) in input_1d(array(|j| d[j][l])).into_iter().enumerate() {
+            out[k][l] = value;
+        }
+    }
+    out
+}
+
 /// `Bᵀ d B` of the input tiles `first..first + count` of `plane`, tile row by tile row: the
-/// column transform runs along whole rows (vectorised over x), then each tile's row transform.
-/// `plane` holds the stored part of `frame`. Position `k` of tile `first + t` goes to
-/// `target[k * stride + t]`.
+/// column transform runs along whole rows (vectorised over x), then the tiles' row transforms,
+/// `LANES` tiles at a time. `plane` holds the stored part of `frame`; `zeros` at least a row
+/// of the output's tiles (`4 * tiles_wide + 2`) of zeros. Position `k` of tile `first + t`
+/// goes to `target[k * stride + t]`.
 fn transform_block(
     plane: &[f32],
     frame: &Frame,
-    (first, count): (usize, usize),
-    scratch: &mut [f32],
+    tiles: (usize, usize),
+    scratch: (&mut [f32], &[f32]),
     target: &mut [f32],
     stride: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        /// [`transform_block_portable`] compiled for AVX2.
+        #[target_feature(enable = "avx2")]
+        fn avx2(
+            plane: &[f32],
+            frame: &Frame,
+            tiles: (usize, usize),
+            scratch: (&mut [f32], &[f32]),
+            target: &mut [f32],
+            stride: usize,
+        ) {
+            transform_block_portable(plane, frame, tiles, scratch, target, stride);
+        }
+        // SAFETY: the CPU has AVX2.
+        return unsafe { avx2(plane, frame, tiles, scratch, target, stride) };
+    }
+    transform_block_portable(plane, frame, tiles, scratch, target, stride);
+}
+
+/// [`transform_block`] as built for any CPU of the target.
+#[inline(always)]
+fn transform_block_portable(
+    plane: &[f32],
+    frame: &Frame,
+    (first, count): (usize, usize),
+    (columns, zeros): (&mut [f32], &[f32]),
+    target: &mut [f32],
+    stride: usize,
+) {
+    let Frame {
+        height,
+        width,
+        padding,
+        tiles_wide,
+    } = *frame;
     let mut tile = first;
     while tile < first + count {
-        let (ty, tx) = (tile / frame.tiles_wide, tile % frame.tiles_wide);
-        let tiles = (frame.tiles_wide - tx).min(first + count - tile);
+        let (ty, tx) = (tile / tiles_wide, tile % tiles_wide);
+        let tiles = (tiles_wide - tx).min(first + count - tile);
         let (top, left, span) = (OUT * ty, OUT * tx, OUT * tiles + 2);
-        let (rows, columns) = scratch.split_at_mut(TILE * span);
-        let Frame {
-            height,
-            width,
-            padding,
-            ..
-        } = *frame;
         // The columns of `left..left + span` (padded) that the stored frame covers.
         let (start, end) = (
             left.clamp(padding, padding + width),
             (left + span).clamp(padding, padding + width),
         );
-        for (i, row) in rows.chunks_exact_mut(span).enumerate() {
-            row.fill(0.0);
+        let rows: [&[f32]; TILE] = array(|i| {
             let y = top + i;
             if (padding..padding + height).contains(&y) {
-                let source = (y - padding) * width + start - padding;
-                row[start - left..end - left].copy_from_slice(&plane[source..][..end - start]);
+                &plane[(y - padding) * width + start - padding..][..end - start]
+            } else {
+                &zeros[..end - start]
+            }
+        });
+        let columns = &mut columns[..TILE * span];
+        let mut outputs = columns.chunks_exact_mut(span);
+        let mut outputs: [&mut [f32]; TILE] = std::array::from_fn(|_| {
+            let column = outputs.next().expect("6 columns");
+            column[..start - left].fill(0.0);
+            column[end - left..].fill(0.0);
+            &mut column[start - left..end - left]
+        });
+        let (stored, whole) = (end - start, (end - start) / LANES * LANES);
+        for x in (0..whole).step_by(LANES) {
+            let d = array(|i| rows[i][x..x + LANES].try_into().unwrap());
+            for (output, values) in outputs.iter_mut().zip(input_lanes(d)) {
+                output[x..x + LANES].copy_from_slice(&values);
             }
         }
-        let rows: [&[f32]; TILE] = std::array::from_fn(|i| &rows[i * span..][..span]);
-        for x in 0..span {
-            let transformed = input_1d(std::array::from_fn(|i| rows[i][x]));
-            for (k, value) in transformed.into_iter().enumerate() {
-                columns[k * span + x] = value;
+        for x in whole..stored {
+            let transformed = input_1d(array(|i| rows[i][x]));
+            for (output, value) in outputs.iter_mut().zip(transformed) {
+                output[x] = value;
             }
         }
-        for (i, column) in columns[..TILE * span].chunks_exact(span).enumerate() {
+        for (i, column) in columns.chunks_exact(span).enumerate() {
             let mut positions = target.chunks_mut(stride).skip(i * TILE);
             let offset = tile - first;
-            let targets: [&mut [f32]; TILE] = std::array::from_fn(|_| {
+            let mut targets: [&mut [f32]; TILE] = std::array::from_fn(|_| {
                 &mut positions.next().expect("36 positions")[offset..offset + tiles]
             });
-            for t in 0..tiles {
+            let whole = tiles - tiles % LANES;
+            for t in (0..whole).step_by(LANES) {
+                let d = array(|j| array(|l| column[OUT * (t + l) + j]));
+                for (target, values) in targets.iter_mut().zip(input_lanes(d)) {
+                    target[t..t + LANES].copy_from_slice(&values);
+                }
+            }
+            for t in whole..tiles {
                 let transformed = input_1d(column[OUT * t..][..TILE].try_into().unwrap());
-                for (j, value) in transformed.into_iter().enumerate() {
-                    targets[j][t] = value;
+                for (target, value) in targets.iter_mut().zip(transformed) {
+                    target[t] = value;
                 }
             }
         }
@@ -180,6 +265,48 @@ fn transform_block(
 unsafe fn untransform_block(
     products: &[f32],
     stride: usize,
+    tiles: (usize, usize),
+    frame: &Frame,
+    bias: f32,
+    scratch: &mut [f32],
+    plane: *mut f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        /// [`untransform_block_portable`] compiled for AVX2.
+        ///
+        /// # Safety
+        /// As [`untransform_block`].
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(
+            products: &[f32],
+            stride: usize,
+            tiles: (usize, usize),
+            frame: &Frame,
+            bias: f32,
+            scratch: &mut [f32],
+            plane: *mut f32,
+        ) {
+            // SAFETY: as the caller promises.
+            unsafe {
+                untransform_block_portable(products, stride, tiles, frame, bias, scratch, plane)
+            }
+        }
+        // SAFETY: the CPU has AVX2; the rest as the caller promises.
+        return unsafe { avx2(products, stride, tiles, frame, bias, scratch, plane) };
+    }
+    // SAFETY: as the caller promises.
+    unsafe { untransform_block_portable(products, stride, tiles, frame, bias, scratch, plane) }
+}
+
+/// [`untransform_block`] as built for any CPU of the target.
+///
+/// # Safety
+/// As [`untransform_block`].
+#[inline(always)]
+unsafe fn untransform_block_portable(
+    products: &[f32],
+    stride: usize,
     (first, count): (usize, usize),
     frame: &Frame,
     bias: f32,
@@ -195,14 +322,14 @@ unsafe fn untransform_block(
         let (rows, columns) = scratch.split_at_mut(TILE * span);
         for (i, row) in rows.chunks_exact_mut(span).enumerate() {
             let m: [&[f32]; TILE] =
-                std::array::from_fn(|j| &products[(i * TILE + j) * stride + offset..][..tiles]);
+                array(|j| &products[(i * TILE + j) * stride + offset..][..tiles]);
             for (t, outputs) in row.chunks_exact_mut(OUT).enumerate() {
-                outputs.copy_from_slice(&output_1d(std::array::from_fn(|j| m[j][t])));
+                outputs.copy_from_slice(&output_1d(array(|j| m[j][t])));
             }
         }
         let rows: [&[f32]; TILE] = std::array::from_fn(|i| &rows[i * span..][..span]);
         for x in 0..span {
-            let transformed = output_1d(std::array::from_fn(|i| rows[i][x]));
+            let transformed = output_1d(array(|i| rows[i][x]));
             for (k, value) in transformed.into_iter().enumerate() {
                 columns[k * span + x] = value + bias;
             }
@@ -248,12 +375,13 @@ pub(super) fn conv(
         out_height,
         out_width,
     } = *shape;
-    let weights = transform_weights(shape, weight);
+    let mut weights = TRANSFORMED_WEIGHTS.take();
+    transform_weights(shape, weight, &mut weights);
     let (tiles_high, tiles_wide) = (out_height.div_ceil(OUT), out_width.div_ceil(OUT));
     let tiles = tiles_high * tiles_wide;
     let frames_total = batch * out_frames;
     let blocks_for_threads = rayon::current_num_threads().div_ceil(frames_total);
-    let per_block = (BLOCK_FLOATS / (POSITIONS * (channels + outputs)))
+    let per_block = (BLOCK_FLOATS / (POSITIONS * (kt * channels + outputs)))
         .min(tiles.div_ceil(blocks_for_threads))
         .clamp(1, tiles);
     let blocks = tiles.div_ceil(per_block);
@@ -269,58 +397,58 @@ pub(super) fn conv(
     (0..frames_total * blocks).into_par_iter().for_each_init(
         || {
             (
-                vec![0f32; POSITIONS * channels * per_block],
+                vec![0f32; POSITIONS * kt * channels * per_block],
                 vec![0f32; POSITIONS * outputs * per_block],
                 vec![0f32; 2 * TILE * (OUT * tiles_wide + 2)],
+                vec![0f32; OUT * tiles_wide + 2],
             )
         },
-        |(input, products, scratch), task| {
+        |(input, products, scratch, zeros), task| {
             let (item, frame, block) = shape.task(task, blocks);
             let first = block * per_block;
             let count = per_block.min(tiles - first);
-            // `[36][channels][count]` and `[36][outputs][count]`.
+            // `[36][kt * channels][count]` (time tap major) and `[36][outputs][count]`.
+            let depth = kt * channels;
             for dt in 0..kt {
                 let source = (item * channels * frames + frame * time_stride + dt) * frame_size;
                 for c in 0..channels {
                     let plane = &x[source + c * frames * frame_size..][..frame_size];
-
                     transform_block(
                         plane,
                         &input_frame,
                         (first, count),
-                        scratch,
-                        &mut input[c * count..],
-                        channels * count,
+                        (scratch, zeros),
+                        &mut input[(dt * channels + c) * count..],
+                        depth * count,
                     );
                 }
-                for position in 0..POSITIONS {
-                    let lhs = &weights[(dt * POSITIONS + position) * channels..];
-                    // SAFETY: `lhs` holds `outputs x channels` (rows `kt * 36 * channels`
-                    // apart), the input slice `channels x count`, the products slice
-                    // `outputs x count`, both row-major.
-                    unsafe {
-                        gemm::gemm(
-                            outputs,
-                            count,
-                            channels,
-                            products.as_mut_ptr().add(position * outputs * count),
-                            1,
-                            count as isize,
-                            dt > 0,
-                            lhs.as_ptr(),
-                            1,
-                            (kt * POSITIONS * channels) as isize,
-                            input.as_ptr().add(position * channels * count),
-                            1,
-                            count as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
-                        );
-                    }
+            }
+            for position in 0..POSITIONS {
+                // SAFETY: the weights at `position` are `outputs x depth` (rows `36 * depth`
+                // apart), the input slice `depth x count` and the products slice
+                // `outputs x count`, both row-major.
+                unsafe {
+                    gemm::gemm(
+                        outputs,
+                        count,
+                        depth,
+                        products.as_mut_ptr().add(position * outputs * count),
+                        1,
+                        count as isize,
+                        false,
+                        weights.as_ptr().add(position * depth),
+                        1,
+                        (POSITIONS * depth) as isize,
+                        input.as_ptr().add(position * depth * count),
+                        1,
+                        count as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
                 }
             }
             let output_frame = Frame {
@@ -347,5 +475,6 @@ pub(super) fn conv(
             }
         },
     );
+    TRANSFORMED_WEIGHTS.set(weights);
     out
 }
