@@ -2,26 +2,33 @@
 bf16 and f32) and the VAE decode (f32) at 256x256x17 on this machine, for BENCHMARKS.md.
 
     /tmp/ref/bin/python tools/reference/bench_wan.py
+    /tmp/ref/bin/python tools/reference/bench_wan.py --vae-only   # its time and peak memory alone
 """
 
+import argparse
 import resource
 import time
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+parser = argparse.ArgumentParser()
+parser.add_argument("--vae-only", action="store_true", help="skip the transformer")
+args = parser.parse_args()
+
 torch.manual_seed(0)
 latents = torch.randn(1, 16, 5, 32, 32)
-prompt = torch.randn(1, 512, 4096)
-timestep = torch.tensor([999])
-model = WanTransformer3DModel(num_attention_heads=12, ffn_dim=8960, num_layers=30).eval()
-for dtype in (torch.bfloat16, torch.float32):
-    model = model.to(dtype)
-    with torch.no_grad():
-        start = time.perf_counter()
-        model(latents.to(dtype), timestep, prompt.to(dtype), return_dict=False)
-        print(f"transformer forward {dtype}: {time.perf_counter() - start:.2f}s", flush=True)
-del model
+if not args.vae_only:
+    prompt = torch.randn(1, 512, 4096)
+    timestep = torch.tensor([999])
+    model = WanTransformer3DModel(num_attention_heads=12, ffn_dim=8960, num_layers=30).eval()
+    for dtype in (torch.bfloat16, torch.float32):
+        model = model.to(dtype)
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(latents.to(dtype), timestep, prompt.to(dtype), return_dict=False)
+            print(f"transformer forward {dtype}: {time.perf_counter() - start:.2f}s", flush=True)
+    del model
 vae = AutoencoderKLWan().eval()
 with torch.no_grad():
     start = time.perf_counter()

@@ -9,7 +9,7 @@
 //! the output (which carries `kw - 1` unused columns per row until it is copied out). Outputs
 //! are computed in blocks of rows small enough to stay in cache across the taps, blocks running
 //! in parallel. Kernels 3x3 in space with 16 or more channels on both sides take Winograd's
-//! minimal filtering instead (`winograd.rs`), which needs fewer than half the products.
+//! minimal filtering instead (`winograd.rs`), which needs a quarter of the products.
 
 use candle_core::{DType, Result, Tensor, bail};
 use gemm::Parallelism;
