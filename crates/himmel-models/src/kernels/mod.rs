@@ -1,7 +1,8 @@
 //! CPU kernels for inference where candle's general ops are slow: the Wan VAE's video
-//! convolutions and norms, and linear layers over bf16 weights. Each applies to f32 (or bf16
+//! convolutions and norms, linear layers over bf16 weights, and fused attention. Each applies to f32 (or bf16
 //! weights) on the CPU without gradients; callers keep candle's ops for everything else.
 
+pub mod attention;
 pub mod bf16_linear;
 pub mod video;
 mod winograd;

@@ -5,7 +5,10 @@
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
-use crate::kernels::bf16_linear::{self, forward as dense};
+use crate::kernels::{
+    self,
+    bf16_linear::{self, forward as dense},
+};
 use crate::ops;
 
 use super::config::WanTransformerConfig;
@@ -66,13 +69,16 @@ impl RmsNorm {
 const SCORE_BUDGET: usize = 64 << 20;
 
 /// Scaled dot-product attention over `[B, L, heads, head_dim]` inputs, returning `[B, L, D]`.
-/// bf16 inputs on the CPU are attended in f32 (candle's bf16 products are slow there).
+/// Without gradients on the CPU it runs fused ([`kernels::attention`]), bf16 inputs in f32
+/// (candle's bf16 products are slow there).
 fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
     let dtype = query.dtype();
     if query.device().is_cpu() && dtype == DType::BF16 && !query.track_op() {
         let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-        return attention_within(&f32(query)?, &f32(key)?, &f32(value)?, SCORE_BUDGET)?
-            .to_dtype(dtype);
+        return attention(&f32(query)?, &f32(key)?, &f32(value)?)?.to_dtype(dtype);
+    }
+    if kernels::attention::applies(query, key, value) {
+        return kernels::attention::attention(query, key, value);
     }
     attention_within(query, key, value, SCORE_BUDGET)
 }
