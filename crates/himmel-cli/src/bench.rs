@@ -32,6 +32,20 @@ enum Workload {
     /// The built-in himmel-mini at its default size: each stage of a generation (recaption,
     /// prompt encoding, denoising steps, decode), the best of several runs.
     Mini(MiniArgs),
+    /// Wan 2.1's text encoder (UMT5-XXL): one encoding of a prompt of the pipeline's length,
+    /// with random weights.
+    Text(TextArgs),
+}
+
+/// Arguments of `himmel bench text`.
+#[derive(Args)]
+struct TextArgs {
+    /// Tokens encoded (the pipeline pads prompts to 512).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    tokens: u64,
+    /// Precision: f32 or bf16.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
 }
 
 /// Arguments of `himmel bench mini`.
@@ -103,6 +117,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Workload::World(world) => run_world(world),
         Workload::Wan(wan) => run_wan(wan),
         Workload::Mini(mini) => run_mini(mini),
+        Workload::Text(text) => run_text(text),
+    }
+}
+
+/// The transformer precision a `--dtype` names.
+fn parse_dtype(name: &str) -> Result<candle_core::DType> {
+    match name {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        other => anyhow::bail!("--dtype must be f32 or bf16, got {other}"),
     }
 }
 
@@ -215,11 +239,7 @@ fn run_wan(args: &WanArgs) -> Result<()> {
     use candle_core::{DType, Device, Tensor};
     use himmel_models::wan::{WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
 
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => anyhow::bail!("--dtype must be f32 or bf16, got {other}"),
-    };
+    let dtype = parse_dtype(&args.dtype)?;
     if !args.width.is_multiple_of(16) || !args.height.is_multiple_of(16) || args.frames % 4 != 1 {
         anyhow::bail!("width and height must be multiples of 16 and frames 1 + 4k");
     }
@@ -305,6 +325,42 @@ impl himmel_core::Progress for StageTimes {
             _ => {}
         }
     }
+}
+
+fn run_text(args: &TextArgs) -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+    use himmel_models::umt5::{Umt5Config, Umt5Encoder};
+
+    let dtype = parse_dtype(&args.dtype)?;
+    let config = Umt5Config::default();
+    let tokens = args.tokens as usize;
+    // Multiply-adds: projections and gated feed-forward per token, attention over tokens.
+    let (d, inner) = (
+        config.d_model as f64,
+        (config.num_heads * config.d_kv) as f64,
+    );
+    let l = tokens as f64;
+    let per_layer = l * (4.0 * d * inner + 3.0 * d * config.d_ff as f64) + 2.0 * l * l * inner;
+    let flops = 2.0 * per_layer * config.num_layers as f64;
+    println!("umt5-xxl: {tokens} tokens in {}", args.dtype);
+    let start = Instant::now();
+    let encoder = Umt5Encoder::new(&config, random_weights(dtype))?;
+    let ids = Tensor::arange(0u32, tokens as u32, &Device::Cpu)?.unsqueeze(0)?;
+    let mask = Tensor::ones((1, tokens), DType::U32, &Device::Cpu)?;
+    println!("  build {:.1}s", start.elapsed().as_secs_f64());
+    let start = Instant::now();
+    encoder.forward(&ids, &mask)?;
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "  encode {seconds:.2}s ({:.0} GFLOP/s of {:.2} TFLOP)",
+        flops / seconds / 1e9,
+        flops / 1e12
+    );
+    println!(
+        "  peak memory {}",
+        crate::generate::peak_memory().unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
 }
 
 fn run_mini(args: &MiniArgs) -> Result<()> {
