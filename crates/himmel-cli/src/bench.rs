@@ -121,6 +121,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 }
 
+/// Prints how long `stage` took and the rate it reached on its `flops` operations.
+fn print_rate(stage: &str, seconds: f64, flops: f64) {
+    println!(
+        "  {stage} {seconds:.2}s ({:.0} GFLOP/s of {:.2} TFLOP)",
+        flops / seconds / 1e9,
+        flops / 1e12
+    );
+}
+
+/// Prints the process's peak memory so far.
+fn print_peak_memory() {
+    println!(
+        "  peak memory {}",
+        crate::generate::peak_memory().unwrap_or_else(|| "unknown".into())
+    );
+}
+
 /// The transformer precision a `--dtype` names.
 fn parse_dtype(name: &str) -> Result<candle_core::DType> {
     match name {
@@ -288,16 +305,9 @@ fn run_wan(args: &WanArgs) -> Result<()> {
         vae.decode(&latents)?;
         let seconds = start.elapsed().as_secs_f64();
         let flops = config.decode_flops(latent_frames, h, w);
-        println!(
-            "  VAE decode (f32) {seconds:.2}s ({:.0} GFLOP/s of {:.2} TFLOP)",
-            flops / seconds / 1e9,
-            flops / 1e12
-        );
+        print_rate("VAE decode (f32)", seconds, flops);
     }
-    println!(
-        "  peak memory {}",
-        crate::generate::peak_memory().unwrap_or_else(|| "unknown".into())
-    );
+    print_peak_memory();
     Ok(())
 }
 
@@ -351,15 +361,8 @@ fn run_text(args: &TextArgs) -> Result<()> {
     let start = Instant::now();
     encoder.forward(&ids, &mask)?;
     let seconds = start.elapsed().as_secs_f64();
-    println!(
-        "  encode {seconds:.2}s ({:.0} GFLOP/s of {:.2} TFLOP)",
-        flops / seconds / 1e9,
-        flops / 1e12
-    );
-    println!(
-        "  peak memory {}",
-        crate::generate::peak_memory().unwrap_or_else(|| "unknown".into())
-    );
+    print_rate("encode", seconds, flops);
+    print_peak_memory();
     Ok(())
 }
 

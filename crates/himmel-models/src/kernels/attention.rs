@@ -169,6 +169,7 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
 mod tests {
     use super::*;
     use candle_core::Device;
+    use himmel_core::compare::max_abs_difference;
 
     /// The same attention from candle's composed ops.
     fn reference(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
@@ -201,11 +202,7 @@ mod tests {
             let ours = attention(&query, &key, &value)?;
             let theirs = reference(&query, &key, &value)?;
             assert_eq!(ours.dims(), theirs.dims());
-            let error = (ours - theirs)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
+            let error = max_abs_difference(&ours, &theirs)?;
             assert!(
                 error < 1e-5,
                 "case {tokens}x{keys}x{heads}x{head_dim}: {error}"
