@@ -3,8 +3,8 @@
 //! points 0, ±1, ±2 and infinity, as cuDNN and oneDNN use): each 4x4 block of outputs comes
 //! from a 6x6 tile of input through 36 products per channel pair instead of 144, so a 3x3 tap
 //! set costs 2.25 multiplications per output where the direct form costs 9. The tiles' 36
-//! transformed positions are 36 matrix products (outputs x channels by channels x tiles) per
-//! time tap.
+//! transformed positions are 36 matrix products, outputs x (kt x channels) by (kt x channels)
+//! x tiles: the time taps fold into the products' depth.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
