@@ -6,10 +6,9 @@
 //! written in place to `[B, L, heads * head_dim]`: no transposes.
 
 use candle_core::{DType, Result, Tensor, bail};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{SendPtr, cpu_slice};
+use super::{SendPtr, cpu_slice, product};
 
 /// Queries per task: a block of scores (`QUERY_BLOCK x KEY_BLOCK`, 128 KiB) and the running
 /// output stay in a core's L2 cache.
@@ -86,26 +85,13 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
                 // SAFETY: `queries` holds `rows x head_dim` and the keys `columns x head_dim`,
                 // rows `row` apart; `scores` is `rows x columns`, row-major.
                 unsafe {
-                    gemm::gemm(
-                        rows,
-                        columns,
-                        head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        columns as isize,
+                    product(
+                        (rows, columns, head_dim),
+                        (scores.as_mut_ptr(), columns),
+                        (queries.as_ptr(), row, 1),
+                        (k.as_ptr().add(offset), 1, row),
                         false,
-                        queries.as_ptr(),
-                        1,
-                        row as isize,
-                        k.as_ptr().add(offset),
-                        row as isize,
-                        1,
-                        0.0,
                         scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                 }
                 for (i, scores) in scores.chunks_exact_mut(columns).enumerate() {
@@ -127,26 +113,13 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
                 // SAFETY: `scores` is `rows x columns`, the values `columns x head_dim` with
                 // rows `row` apart, `output` `rows x head_dim`, row-major.
                 unsafe {
-                    gemm::gemm(
-                        rows,
-                        head_dim,
-                        columns,
-                        output.as_mut_ptr(),
-                        1,
-                        head_dim as isize,
+                    product(
+                        (rows, head_dim, columns),
+                        (output.as_mut_ptr(), head_dim),
+                        (scores.as_ptr(), columns, 1),
+                        (v.as_ptr().add(offset), row, 1),
                         start > 0,
-                        scores.as_ptr(),
-                        1,
-                        columns as isize,
-                        v.as_ptr().add(offset),
-                        1,
-                        row as isize,
                         1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                 }
             }

@@ -5,10 +5,9 @@
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use candle_nn::Linear;
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{SendPtr, cpu_slice};
+use super::{SendPtr, cpu_slice, product};
 
 /// Weight rows widened and multiplied at once (128 rows of 1536 are 768 KiB of f32). On
 /// `himmel bench wan --width 256 --height 256 --frames 5 --no-vae`: 32 to 128 rows 16.4-17.0 s,
@@ -86,26 +85,13 @@ pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             // SAFETY: `x_data` is `rows x inner`, `widened` is `columns x inner` (read as its
             // transpose), and each panel writes its own columns of `out` (`rows x outputs`).
             unsafe {
-                gemm::gemm(
-                    rows,
-                    columns,
-                    inner,
-                    out_ptr.get().add(panel * PANEL_ROWS),
-                    1,
-                    outputs as isize,
+                product(
+                    (rows, columns, inner),
+                    (out_ptr.get().add(panel * PANEL_ROWS), outputs),
+                    (x_data.as_ptr(), inner, 1),
+                    (widened.as_ptr(), 1, inner),
                     false,
-                    x_data.as_ptr(),
-                    1,
-                    inner as isize,
-                    widened.as_ptr(),
-                    inner as isize,
-                    1,
-                    0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
         });

@@ -18,6 +18,48 @@ fn cpu_slice(storage: &Storage, start: usize, count: usize) -> Result<&[f32]> {
     }
 }
 
+/// `dst = scale * lhs rhs`, or `dst += scale * lhs rhs` with `accumulate`, on the calling
+/// thread (callers run many at once): `lhs` is `m x k`, `rhs` `k x n`, `dst` `m x n` with rows
+/// `dst_rows` apart and adjacent columns; each operand is `(pointer, row stride, column
+/// stride)`, in elements.
+///
+/// # Safety
+/// Every element the sizes and strides reach lies inside its operand's allocation, and `dst`
+/// overlaps neither operand.
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rows): (*mut f32, usize),
+    (lhs, lhs_rows, lhs_columns): (*const f32, usize, usize),
+    (rhs, rhs_rows, rhs_columns): (*const f32, usize, usize),
+    accumulate: bool,
+    scale: f32,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rows as isize,
+            accumulate,
+            lhs,
+            lhs_columns as isize,
+            lhs_rows as isize,
+            rhs,
+            rhs_columns as isize,
+            rhs_rows as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// A pointer parallel tasks share, each writing its own disjoint elements.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);

@@ -12,10 +12,9 @@
 //! minimal filtering instead (`winograd.rs`), which needs a quarter of the products.
 
 use candle_core::{DType, Result, Tensor, bail};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{SendPtr, cpu_slice, winograd};
+use super::{SendPtr, cpu_slice, product, winograd};
 
 /// Floats of one block's accumulator: 512 KiB stays in a core's L2 cache across the taps
 /// (measured best of 128 KiB to 8 MiB on `himmel bench wan --width 128 --height 128 --frames 5`).
@@ -182,26 +181,13 @@ fn direct(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32
                         // unused columns of the last row) and `weight`; `accumulator` is
                         // `outputs x columns`.
                         unsafe {
-                            gemm::gemm(
-                                outputs,
-                                columns,
-                                channels,
-                                accumulator.as_mut_ptr(),
-                                1,
-                                columns as isize,
+                            product(
+                                (outputs, columns, channels),
+                                (accumulator.as_mut_ptr(), columns),
+                                (weight.as_ptr().add(lhs), channels * taps, taps),
+                                (padded.as_ptr().add(rhs), frames * frame_size, 1),
                                 true,
-                                weight.as_ptr().add(lhs),
-                                taps as isize,
-                                (channels * taps) as isize,
-                                padded.as_ptr().add(rhs),
-                                1,
-                                (frames * frame_size) as isize,
                                 1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                Parallelism::None,
                             );
                         }
                     }

@@ -6,11 +6,10 @@
 //! transformed positions are 36 matrix products, outputs x (kt x channels) by (kt x channels)
 //! x tiles: the time taps fold into the products' depth.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::SendPtr;
 use super::video::Conv;
+use super::{SendPtr, product};
 
 /// Outputs per tile side.
 const OUT: usize = 4;
@@ -428,26 +427,13 @@ pub(super) fn conv(
                 // apart), the input slice `depth x count` and the products slice
                 // `outputs x count`, both row-major.
                 unsafe {
-                    gemm::gemm(
-                        outputs,
-                        count,
-                        depth,
-                        products.as_mut_ptr().add(position * outputs * count),
-                        1,
-                        count as isize,
+                    product(
+                        (outputs, count, depth),
+                        (products.as_mut_ptr().add(position * outputs * count), count),
+                        (weights.as_ptr().add(position * depth), POSITIONS * depth, 1),
+                        (input.as_ptr().add(position * depth * count), count, 1),
                         false,
-                        weights.as_ptr().add(position * depth),
-                        1,
-                        (POSITIONS * depth) as isize,
-                        input.as_ptr().add(position * depth * count),
-                        1,
-                        count as isize,
-                        0.0,
                         1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                 }
             }
