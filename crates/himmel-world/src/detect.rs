@@ -1,6 +1,7 @@
 //! Finding the world's objects in any video frame: pixels are classed by hue (or as neutral
-//! white/grey/black), connected regions of one class become detections with a colour, a
-//! centroid, a size and a shape read from rotation-invariant features.
+//! white/grey/black), pixels that look like the scene's own backdrop at that spot are set
+//! aside, and connected regions of one class become detections with a colour, a centroid, a
+//! size and a shape read from rotation-invariant features.
 
 use crate::vocab::{Color, Shape};
 
@@ -37,6 +38,15 @@ const HUES: [(f32, f32); 8] = [
     (255.0, 300.0), // purple
     (300.0, 345.0), // pink
 ];
+
+/// Largest difference in any channel's share of the brightness (r, g, b over r + g + b) at
+/// which a pixel of its backdrop's class still counts as backdrop. Shadows and the backdrops'
+/// textures scale brightness and keep these shares; an object of the backdrop's hue (a blue
+/// cube on the water, a brown box on a wooden floor) differs by 0.07 or more.
+const BACKDROP_CHROMA: f32 = 0.04;
+/// Regions larger than this share of the frame are backdrop, not objects (the largest object,
+/// zoomed in, covers under a fifth).
+const MAX_OBJECT_SHARE: f32 = 0.25;
 
 /// Class of one RGB pixel.
 fn pixel_class(r: u8, g: u8, b: u8) -> (u8, f32) {
@@ -80,6 +90,19 @@ fn pixel_class(r: u8, g: u8, b: u8) -> (u8, f32) {
         })
         .map_or(NONE, |i| i as u8 + 1);
     (code, max)
+}
+
+/// Whether `pixel` is the backdrop `behind` it: the same class and the same chromaticity.
+fn is_backdrop(pixel: &[u8], code: u8, behind: &[u8]) -> bool {
+    if pixel_class(behind[0], behind[1], behind[2]).0 != code {
+        return false;
+    }
+    let shares = |p: &[u8]| {
+        let sum = (u32::from(p[0]) + u32::from(p[1]) + u32::from(p[2])).max(1) as f32;
+        [0, 1, 2].map(|c| f32::from(p[c]) / sum)
+    };
+    let (a, b) = (shares(pixel), shares(behind));
+    (0..3).all(|c| (a[c] - b[c]).abs() < BACKDROP_CHROMA)
 }
 
 /// The colour of a region of pixel class `code` with mean brightness `value`.
@@ -212,15 +235,31 @@ fn polygon_area_perimeter(polygon: &[(i32, i32)]) -> (f32, f32) {
     (twice_area.unsigned_abs() as f32 / 2.0, perimeter)
 }
 
-/// Finds objects of the colours in `allowed` in one packed RGB frame.
-pub fn detect(rgb: &[u8], width: usize, height: usize, allowed: &[Color]) -> Vec<Detection> {
+/// Finds objects of the colours in `allowed` in one packed RGB frame, in front of `backdrop`
+/// (the scene without objects, packed RGB of the same size).
+pub fn detect(
+    rgb: &[u8],
+    backdrop: &[u8],
+    width: usize,
+    height: usize,
+    allowed: &[Color],
+) -> Vec<Detection> {
     let pixels = width * height;
     let mut codes = vec![NONE; pixels];
     let mut values = vec![0f32; pixels];
-    for (index, pixel) in rgb.chunks_exact(3).enumerate().take(pixels) {
-        (codes[index], values[index]) = pixel_class(pixel[0], pixel[1], pixel[2]);
+    for (index, (pixel, behind)) in rgb
+        .chunks_exact(3)
+        .zip(backdrop.chunks_exact(3))
+        .enumerate()
+        .take(pixels)
+    {
+        let (code, value) = pixel_class(pixel[0], pixel[1], pixel[2]);
+        if !is_backdrop(pixel, code, behind) {
+            (codes[index], values[index]) = (code, value);
+        }
     }
     let min_area = (pixels as f32 * 0.001).max(5.0);
+    let max_area = pixels as f32 * MAX_OBJECT_SHARE;
     let mut region = vec![u32::MAX; pixels];
     let mut detections = Vec::new();
     let mut stack = Vec::new();
@@ -264,7 +303,7 @@ pub fn detect(rgb: &[u8], width: usize, height: usize, allowed: &[Color]) -> Vec
             continue;
         };
         // Regions that are all edge (thin lines) are anti-aliasing fringes where two colours blend.
-        if area < min_area || core < 2 || !allowed.contains(&color) {
+        if area < min_area || area > max_area || core < 2 || !allowed.contains(&color) {
             continue;
         }
         let contains = |x: i32, y: i32| {
@@ -304,5 +343,25 @@ mod tests {
                 assert_eq!(found, Some(color), "{color:?} at shade {shade}");
             }
         }
+    }
+
+    #[test]
+    fn objects_of_the_backdrops_hue_are_found_and_shadows_are_not() {
+        let (width, height) = (32, 32);
+        let water = [51u8, 122, 178];
+        let backdrop: Vec<u8> = water.repeat(width * height);
+        let mut frame = backdrop.clone();
+        let mut paint = |columns: std::ops::Range<usize>, color: [u8; 3]| {
+            for row in 12..20 {
+                for column in columns.clone() {
+                    frame[(row * width + column) * 3..][..3].copy_from_slice(&color);
+                }
+            }
+        };
+        paint(2..10, water.map(|c| (f32::from(c) * 0.6) as u8));
+        paint(20..28, Color::Blue.rgb().map(|c| (c * 255.0) as u8));
+        let found = detect(&frame, &backdrop, width, height, &[Color::Blue]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].x, found[0].y, found[0].area), (23.5, 15.5, 64.0));
     }
 }

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::lexicon::*;
 use crate::spec::{
-    MAX_OBJECTS, ObjectSpec, ObjectTraits, SceneSpec, clashes_with, sample_background, sample_walls,
+    MAX_OBJECTS, ObjectSpec, ObjectTraits, SceneSpec, clashes_with, sample_background_showing,
+    sample_walls,
 };
 use crate::vocab::{Background, CameraMotion, Color, Direction, Motion, Shape, Size};
 
@@ -492,7 +493,10 @@ pub fn expand(prompt: &str, rng: &mut impl Rng) -> Result<Expansion, ExpandError
         });
     }
 
-    let background = background.unwrap_or_else(|| sample_background(rng));
+    let background = background.unwrap_or_else(|| {
+        let named: Vec<Color> = mentions.iter().filter_map(|m| m.color).collect();
+        sample_background_showing(&named, rng)
+    });
     let spec = SceneSpec {
         background,
         // Training prompts name every camera move, so a prompt that names none means a static one.

@@ -84,11 +84,7 @@ pub fn render(
                 &states[index],
             );
         }
-        rgb.extend(
-            canvas
-                .iter()
-                .map(|&v| (v.clamp(0.0, 1.0) * 255.0 + 0.5) as u8),
-        );
+        rgb.extend(canvas.iter().map(|&v| to_byte(v)));
         visibility.push(visibility_in(spec, &view, states));
     }
     let video = Video::from_rgb8(rgb, frames, (width, height), fps)?;
@@ -216,6 +212,19 @@ fn ground_color(background: Background, x: f32, y: f32) -> [f32; 3] {
         }
         Background::Plain(color) => color.rgb(),
     }
+}
+
+/// A colour channel in 0..=1 as the byte a rendered frame stores.
+fn to_byte(value: f32) -> u8 {
+    (value.clamp(0.0, 1.0) * 255.0 + 0.5) as u8
+}
+
+/// The backdrop alone, without objects or shadows, as packed RGB bytes exactly as [`render`]
+/// draws it behind them in a frame seen through `view`.
+pub fn render_backdrop(background: Background, view: &View) -> Vec<u8> {
+    let mut canvas = vec![0f32; view.width * view.height * 3];
+    draw_background(&mut canvas, background, view);
+    canvas.into_iter().map(to_byte).collect()
 }
 
 fn draw_background(canvas: &mut [f32], background: Background, view: &View) {

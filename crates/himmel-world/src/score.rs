@@ -11,6 +11,7 @@ use himmel_core::{Video, VideoError};
 use crate::camera::View;
 use crate::detect::{Detection, detect};
 use crate::physics::GRAVITY;
+use crate::render::render_backdrop;
 use crate::spec::{ObjectSpec, SceneSpec, clashes_with};
 use crate::vocab::{Color, Motion, Shape};
 
@@ -169,11 +170,15 @@ fn merge_fragments(mut tracks: Vec<Track>) -> Vec<Track> {
     merged
 }
 
-/// The colours a detector should look for on the spec's backdrop.
+/// The colours a detector should look for on the spec's backdrop: those that stand out from it,
+/// and those the spec asks for even where they do not (a generated backdrop that strays from
+/// the rendered one must not turn into objects of its own colour).
 fn visible_colors(spec: &SceneSpec) -> Vec<Color> {
     Color::ALL
         .into_iter()
-        .filter(|c| !clashes_with(*c, spec.background))
+        .filter(|c| {
+            !clashes_with(*c, spec.background) || spec.objects.iter().any(|o| o.color == *c)
+        })
         .collect()
 }
 
@@ -196,17 +201,21 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
     let rgb = video.to_rgb8()?;
     let colors = visible_colors(spec);
     let frame_size = width * height * 3;
+    let views: Vec<View> = (0..count)
+        .map(|f| View::at(spec.camera, (f as f64 / video.fps()) as f32, width, height))
+        .collect();
     let frames: Vec<Vec<Detection>> = rgb
         .chunks_exact(frame_size)
-        .map(|frame| detect(frame, width, height, &colors))
+        .zip(&views)
+        .map(|(frame, view)| {
+            let backdrop = render_backdrop(spec.background, view);
+            detect(frame, &backdrop, width, height, &colors)
+        })
         .collect();
     let tracks = merge_fragments(link(&frames, width));
     let significant: Vec<&Track> = tracks
         .iter()
         .filter(|t| t.len() >= 3 && t.len() as f32 >= SIGNIFICANT_SHARE * count as f32)
-        .collect();
-    let views: Vec<View> = (0..count)
-        .map(|f| View::at(spec.camera, (f as f64 / video.fps()) as f32, width, height))
         .collect();
 
     // What each track shows, judged against each spec object.

@@ -267,6 +267,19 @@ pub fn sample_background(rng: &mut impl Rng) -> Background {
     }
 }
 
+/// A random backdrop on which none of `colors` is hard to see, drawn as [`sample_background`]
+/// draws (the last draw when a few dozen all clash).
+pub fn sample_background_showing(colors: &[Color], rng: &mut impl Rng) -> Background {
+    let mut background = sample_background(rng);
+    for _ in 0..32 {
+        if !colors.iter().any(|&c| clashes_with(c, background)) {
+            break;
+        }
+        background = sample_background(rng);
+    }
+    background
+}
+
 /// Whether an object of `color` would be hard to see on `background`.
 pub fn clashes_with(color: Color, background: Background) -> bool {
     use Color::*;
