@@ -243,10 +243,14 @@ impl TimeCache {
     }
 }
 
-/// The last `n` frames (time is dimension 2), or all if fewer.
+/// The last `n` frames (time is dimension 2), or all if fewer; a copy when fewer than all, so
+/// a cache holding them does not keep the whole chunk's storage alive.
 fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
     let frames = x.dim(2)?;
-    x.narrow(2, frames.saturating_sub(n), frames.min(n))
+    if frames <= n {
+        return Ok(x.clone());
+    }
+    x.narrow(2, frames - n, n)?.force_contiguous()
 }
 
 /// Applies a 2-D op to every frame of `[B, C, T, H, W]`.
