@@ -300,7 +300,9 @@ fn run_wan(args: &WanArgs) -> Result<()> {
     }
     if !args.no_vae {
         let config = WanVaeConfig::default_wan21();
-        let vae = WanVae::new(&config, random_weights(DType::F32))?;
+        // As generation loads it: the decoder now, the encoder when something is encoded.
+        let source = Box::new(|| Ok(random_weights(DType::F32)));
+        let vae = WanVae::with_lazy_encoder(&config, random_weights(DType::F32), source)?;
         let start = Instant::now();
         vae.decode(&latents)?;
         let seconds = start.elapsed().as_secs_f64();

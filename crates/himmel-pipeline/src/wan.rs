@@ -130,22 +130,31 @@ pub fn load_transformer(
     WanTransformer::new(&config, vb).map_err(|e| PipelineError::load_tensor(&files[0], e))
 }
 
-/// Loads a VAE from `files` in whatever layout they use.
+/// Loads a VAE's decoder from `files` in whatever layout they use; its encoder is read from them
+/// again when something is first encoded.
 pub fn load_vae(
     files: &[PathBuf],
     config: WanVaeConfig,
     device: &Device,
 ) -> Result<WanVae, PipelineError> {
-    let checkpoint = Checkpoint::open(files)?;
-    let layout = checkpoint.vae_layout()?;
-    let blocks = config.num_res_blocks;
-    let vb = checkpoint.var_builder(
-        &layout,
-        move |name| original_vae_name(name, blocks),
-        DType::F32,
-        device,
-    )?;
-    WanVae::new(&config, vb).map_err(|e| PipelineError::load_tensor(&files[0], e))
+    let open = {
+        let (files, device) = (files.to_vec(), device.clone());
+        let blocks = config.num_res_blocks;
+        move || -> Result<_, PipelineError> {
+            let checkpoint = Checkpoint::open(&files)?;
+            let layout = checkpoint.vae_layout()?;
+            checkpoint.var_builder(
+                &layout,
+                move |name| original_vae_name(name, blocks),
+                DType::F32,
+                &device,
+            )
+        }
+    };
+    let vb = open()?;
+    let source = Box::new(move || open().map_err(candle_core::Error::wrap));
+    WanVae::with_lazy_encoder(&config, vb, source)
+        .map_err(|e| PipelineError::load_tensor(&files[0], e))
 }
 
 impl WanPipeline {

@@ -39,7 +39,34 @@ pub fn conv3d(
     padding: usize,
     time_stride: usize,
 ) -> Result<Tensor> {
-    let (batch, channels, frames, height, width) = x.dims5()?;
+    conv3d_after(None, x, weight, bias, padding, time_stride)
+}
+
+/// [`conv3d`] of `front` `[B, C, T0, H, W]` and `x` joined in time, without joining them where
+/// the kernel can read both in place (a causal cache in front of a chunk).
+pub fn conv3d_after(
+    front: Option<&Tensor>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    time_stride: usize,
+) -> Result<Tensor> {
+    let (batch, channels, rest_frames, height, width) = x.dims5()?;
+    let front_frames = match front {
+        Some(front) => {
+            let (b, c, frames, h, w) = front.dims5()?;
+            if (b, c, h, w) != (batch, channels, height, width) {
+                bail!(
+                    "conv3d: frames in front are {b}x{c}x{h}x{w}, the clip {batch}x{channels}x\
+                     {height}x{width}"
+                );
+            }
+            frames
+        }
+        None => 0,
+    };
+    let frames = front_frames + rest_frames;
     let (outputs, weight_channels, kt, kh, kw) = weight.dims5()?;
     if weight_channels != channels {
         bail!("conv3d: input has {channels} channels, the weight expects {weight_channels}");
@@ -76,12 +103,30 @@ pub fn conv3d(
         bail!("conv3d: {} biases for {outputs} outputs", bias.len());
     }
     let out = if winograd::applies(&shape) {
+        let front = front.map(Tensor::contiguous).transpose()?;
+        let front_storage = front.as_ref().map(Tensor::storage_and_layout);
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
-        let data = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
-        winograd::conv(&shape, data, padding, weight, &bias)
+        let clip = Clip {
+            front: match (&front, &front_storage) {
+                (Some(front), Some((storage, layout))) => {
+                    cpu_slice(storage, layout.start_offset(), front.elem_count())?
+                }
+                _ => &[],
+            },
+            front_frames,
+            rest: cpu_slice(&storage, layout.start_offset(), x.elem_count())?,
+            channels,
+            frames,
+            frame_size: height * width,
+        };
+        winograd::conv(&shape, &clip, padding, weight, &bias)
     } else {
-        direct(&shape, &pad_frames(x, padding)?, weight, &bias)
+        let joined = match front {
+            Some(front) => Tensor::cat(&[front, x], 2)?,
+            None => x.clone(),
+        };
+        direct(&shape, &pad_frames(&joined, padding)?, weight, &bias)
     };
     Tensor::from_vec(
         out,
@@ -94,6 +139,39 @@ pub fn conv3d(
         ),
         x.device(),
     )
+}
+
+/// A convolution's input, `[B, C, T, H, W]` f32, whose first frames may lie apart from the rest.
+pub(super) struct Clip<'a> {
+    /// The first `front_frames` frames, `[B, C, front_frames, H, W]`.
+    pub front: &'a [f32],
+    /// Frames in `front`.
+    pub front_frames: usize,
+    /// The other frames, `[B, C, frames - front_frames, H, W]`.
+    pub rest: &'a [f32],
+    /// Channels.
+    pub channels: usize,
+    /// Frames in all.
+    pub frames: usize,
+    /// `H x W`.
+    pub frame_size: usize,
+}
+
+impl Clip<'_> {
+    /// Frame `t` of `channel` in clip `item`.
+    pub fn plane(&self, item: usize, channel: usize, t: usize) -> &[f32] {
+        let (data, frames, t) = if t < self.front_frames {
+            (self.front, self.front_frames, t)
+        } else {
+            (
+                self.rest,
+                self.frames - self.front_frames,
+                t - self.front_frames,
+            )
+        };
+        &data[((item * self.channels + channel) * frames + t) * self.frame_size..]
+            [..self.frame_size]
+    }
 }
 
 /// The sizes of one convolution: its input (already padded in space), kernel and output.
@@ -293,6 +371,7 @@ fn pad_frames(x: &Tensor, padding: usize) -> Result<Vec<f32>> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use himmel_core::compare::max_abs_difference;
 
     /// The same convolution composed from candle's conv2d, one time tap at a time.
     fn reference(
@@ -354,6 +433,30 @@ mod tests {
                 "case {channels}x{frames}x{height}x{width}: {error}"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn frames_in_front_convolve_as_if_joined() -> Result<()> {
+        let device = Device::Cpu;
+        // (batch, channels, front frames, frames, kt, k): Winograd's path, then the direct one.
+        for (batch, channels, front, frames, kt, k) in
+            [(2, 16, 2, 3, 3, 3), (1, 16, 1, 1, 2, 3), (2, 5, 2, 2, 3, 3)]
+        {
+            let before = Tensor::randn(0f32, 1.0, (batch, channels, front, 6, 7), &device)?;
+            let x = Tensor::randn(0f32, 1.0, (batch, channels, frames, 6, 7), &device)?;
+            let weight = Tensor::randn(0f32, 1.0, (16, channels, kt, k, k), &device)?;
+            let bias = Tensor::randn(0f32, 1.0, 16, &device)?;
+            let joined = conv3d(&Tensor::cat(&[&before, &x], 2)?, &weight, &bias, 1, 1)?;
+            let apart = conv3d_after(Some(&before), &x, &weight, &bias, 1, 1)?;
+            assert_eq!(max_abs_difference(&apart, &joined)?, 0.0);
+        }
+        let other = Tensor::zeros((1, 16, 2, 5, 7), DType::F32, &device)?;
+        let x = Tensor::zeros((1, 16, 1, 6, 7), DType::F32, &device)?;
+        let weight = Tensor::zeros((16, 16, 3, 3, 3), DType::F32, &device)?;
+        let bias = Tensor::zeros(16, DType::F32, &device)?;
+        let error = conv3d_after(Some(&other), &x, &weight, &bias, 1, 1).unwrap_err();
+        assert!(error.to_string().contains("frames in front"), "{error}");
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::video::Conv;
+use super::video::{Clip, Conv};
 use super::{SendPtr, product};
 
 /// Outputs per tile side.
@@ -27,8 +27,8 @@ const BLOCK_FLOATS: usize = 1 << 21;
 
 thread_local! {
     /// The calling thread's buffer of transformed weights, kept from one convolution to the
-    /// next: a fresh one for every call (64 MiB at 384 channels) cost more in page faults
-    /// than the transform itself.
+    /// next (while it is not far larger than needed): a fresh one for every call (64 MiB at
+    /// 384 channels) cost more in page faults than the transform itself.
     static TRANSFORMED_WEIGHTS: std::cell::RefCell<Vec<f32>> = const {
         std::cell::RefCell::new(Vec::new())
     };
@@ -83,7 +83,14 @@ fn transform_weights(shape: &Conv, weight: &[f32], transformed: &mut Vec<f32>) {
     let (kt, _, _) = shape.kernel;
     let channels = shape.channels;
     let per_output = kt * POSITIONS * channels;
-    transformed.resize(shape.outputs * per_output, 0.0);
+    let needed = shape.outputs * per_output;
+    // Kept for the next call, but not at four times the size this one needs: the large
+    // layers come at small frames, so a buffer held on for them would add to the peak of the
+    // large frames' layers.
+    if transformed.capacity() > 4 * needed {
+        *transformed = Vec::new();
+    }
+    transformed.resize(needed, 0.0);
     transformed
         .par_chunks_mut(per_output)
         .enumerate()
@@ -352,11 +359,11 @@ unsafe fn untransform_block_portable(
 }
 
 /// The convolution of [`super::video::conv3d`] for 3x3 spatial kernels: `x` is the input
-/// `[B, C, T, H, W]`, read as if `padding` zeros surrounded each frame; the result
+/// `[B, C, T, H, W]` (its first frames perhaps apart), read as if `padding` zeros surrounded each frame; the result
 /// `[B, O, T', H', W']`.
 pub(super) fn conv(
     shape: &Conv,
-    x: &[f32],
+    x: &Clip,
     padding: usize,
     weight: &[f32],
     bias: &[f32],
@@ -364,7 +371,7 @@ pub(super) fn conv(
     let Conv {
         batch,
         channels,
-        frames,
+        frames: _,
         padded_height,
         padded_width,
         outputs,
@@ -390,7 +397,6 @@ pub(super) fn conv(
         padding,
         tiles_wide,
     };
-    let frame_size = input_frame.height * input_frame.width;
     let mut out = vec![0f32; shape.output_len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..frames_total * blocks).into_par_iter().for_each_init(
@@ -409,9 +415,8 @@ pub(super) fn conv(
             // `[36][kt * channels][count]` (time tap major) and `[36][outputs][count]`.
             let depth = kt * channels;
             for dt in 0..kt {
-                let source = (item * channels * frames + frame * time_stride + dt) * frame_size;
                 for c in 0..channels {
-                    let plane = &x[source + c * frames * frame_size..][..frame_size];
+                    let plane = x.plane(item, c, frame * time_stride + dt);
                     transform_block(
                         plane,
                         &input_frame,

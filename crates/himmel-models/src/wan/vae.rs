@@ -374,22 +374,34 @@ impl CausalConv3d {
     }
 
     fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
-        let mut x = x.clone();
-        let mut front = self.front;
-        if let Some(cached) = cache.filter(|_| self.front > 0) {
-            front -= cached.dim(2)?;
-            x = Tensor::cat(&[cached, &x], 2)?;
-        }
-        let x = x.pad_with_zeros(2, front, 0)?.contiguous()?;
-        if video::applies(&x, &self.weight) {
-            return video::conv3d(
-                &x,
+        let cache = cache.filter(|_| self.front > 0);
+        if video::applies(x, &self.weight) {
+            // The cached frames (zeros before the first chunk) are read in place, not joined.
+            let front = match cache {
+                Some(cached) => Some(cached.pad_with_zeros(2, self.front - cached.dim(2)?, 0)?),
+                None if self.front > 0 => {
+                    let (batch, channels, _, height, width) = x.dims5()?;
+                    let shape = (batch, channels, self.front, height, width);
+                    Some(Tensor::zeros(shape, x.dtype(), x.device())?)
+                }
+                None => None,
+            };
+            return video::conv3d_after(
+                front.as_ref(),
+                x,
                 &self.weight,
                 &self.bias,
                 self.spatial_padding,
                 self.time_stride,
             );
         }
+        let mut x = x.clone();
+        let mut front = self.front;
+        if let Some(cached) = cache {
+            front -= cached.dim(2)?;
+            x = Tensor::cat(&[cached, &x], 2)?;
+        }
+        let x = x.pad_with_zeros(2, front, 0)?.contiguous()?;
         let frames = x.dim(2)?;
         let outputs = (frames - self.weight.dim(2)?) / self.time_stride + 1;
         let config = Conv2dConfig {
@@ -737,6 +749,10 @@ struct Coder {
     mid: MidBlock,
     layers: Vec<Layer>,
     mid_first: bool,
+    /// From this layer on nothing mixes frames but the causal convolutions, whose caches carry
+    /// the frames before: inference runs the rest one frame at a time, holding a quarter of the
+    /// chunk's activations (the decoder after its last temporal upsampling).
+    frame_wise_from: Option<usize>,
     norm_out: ChannelRmsNorm,
     conv_out: CausalConv3d,
 }
@@ -748,7 +764,30 @@ impl Coder {
         if self.mid_first {
             x = self.mid.forward(&x, cache)?;
         }
-        for layer in &self.layers {
+        let split = self
+            .frame_wise_from
+            .filter(|_| !x.track_op())
+            .unwrap_or(self.layers.len());
+        for layer in &self.layers[..split] {
+            x = layer.forward(&x, cache)?;
+        }
+        if split == self.layers.len() {
+            return self.finish(&x, &self.layers[split..], cache);
+        }
+        let first_slot = cache.cursor;
+        let frames = (0..x.dim(2)?)
+            .map(|t| {
+                cache.cursor = first_slot;
+                self.finish(&x.narrow(2, t, 1)?, &self.layers[split..], cache)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&frames, 2)
+    }
+
+    /// `layers`, then (unless it came first) the mid block, the norm, SiLU and conv_out.
+    fn finish(&self, x: &Tensor, layers: &[Layer], cache: &mut TimeCache) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in layers {
             x = layer.forward(&x, cache)?;
         }
         if !self.mid_first {
@@ -759,18 +798,89 @@ impl Coder {
     }
 }
 
+/// The encoding half: the encoder and the convolution to the latent moments.
+struct Encoding {
+    encoder: Coder,
+    quant_conv: CausalConv3d,
+}
+
+/// Opens the weights again, for an encoder built on first use.
+pub type WeightSource = Box<dyn Fn() -> Result<VarBuilder<'static>> + Send + Sync>;
+
 /// Wan's video autoencoder.
 pub struct WanVae {
     config: WanVaeConfig,
-    encoder: Coder,
+    encoding: std::sync::OnceLock<Encoding>,
+    /// Where a lazily built encoder reads its weights; `None` when built eagerly.
+    encoder_source: Option<WeightSource>,
     decoder: Coder,
-    quant_conv: CausalConv3d,
     post_quant_conv: CausalConv3d,
 }
 
 impl WanVae {
     /// Loads the autoencoder from diffusers-named weights.
     pub fn new(config: &WanVaeConfig, vb: VarBuilder) -> Result<Self> {
+        Self::check(config)?;
+        let encoding = std::sync::OnceLock::new();
+        let _ = encoding.set(Self::encoding(config, vb.clone())?);
+        Self::with_encoding(config, vb, encoding, None)
+    }
+
+    /// Loads the decoder from `vb` now and the encoder from `source` when something is first
+    /// encoded: text to video never holds the encoder's weights.
+    pub fn with_lazy_encoder(
+        config: &WanVaeConfig,
+        vb: VarBuilder,
+        source: WeightSource,
+    ) -> Result<Self> {
+        Self::check(config)?;
+        Self::with_encoding(config, vb, std::sync::OnceLock::new(), Some(source))
+    }
+
+    fn with_encoding(
+        config: &WanVaeConfig,
+        vb: VarBuilder,
+        encoding: std::sync::OnceLock<Encoding>,
+        encoder_source: Option<WeightSource>,
+    ) -> Result<Self> {
+        let z = config.z_dim;
+        Ok(Self {
+            encoding,
+            encoder_source,
+            decoder: Self::decoder(config, vb.pp("decoder"))?,
+            post_quant_conv: CausalConv3d::new(
+                (z, z),
+                (1, 1),
+                (0, 0),
+                1,
+                vb.pp("post_quant_conv"),
+            )?,
+            config: config.clone(),
+        })
+    }
+
+    fn encoding(config: &WanVaeConfig, vb: VarBuilder) -> Result<Encoding> {
+        let z = config.z_dim;
+        Ok(Encoding {
+            encoder: Self::encoder(config, vb.pp("encoder"))?,
+            quant_conv: CausalConv3d::new((2 * z, 2 * z), (1, 1), (0, 0), 1, vb.pp("quant_conv"))?,
+        })
+    }
+
+    /// The encoding half, built from its source on first use.
+    fn encoding_half(&self) -> Result<&Encoding> {
+        if let Some(encoding) = self.encoding.get() {
+            return Ok(encoding);
+        }
+        let Some(source) = &self.encoder_source else {
+            candle_core::bail!("the autoencoder was built without its encoder");
+        };
+        let built = Self::encoding(&self.config, source()?)?;
+        Ok(self.encoding.get_or_init(|| built))
+    }
+
+    /// Rejects configurations this implementation does not cover.
+    fn check(config: &WanVaeConfig) -> Result<()> {
         if config.is_residual || !config.attn_scales.is_empty() {
             candle_core::bail!(
                 "only the Wan 2.1 VAE (is_residual false, no attn_scales) is supported"
@@ -792,20 +902,7 @@ impl WanVae {
                 config.temperal_downsample
             );
         }
-        let z = config.z_dim;
-        Ok(Self {
-            encoder: Self::encoder(config, vb.pp("encoder"))?,
-            decoder: Self::decoder(config, vb.pp("decoder"))?,
-            quant_conv: CausalConv3d::new((2 * z, 2 * z), (1, 1), (0, 0), 1, vb.pp("quant_conv"))?,
-            post_quant_conv: CausalConv3d::new(
-                (z, z),
-                (1, 1),
-                (0, 0),
-                1,
-                vb.pp("post_quant_conv"),
-            )?,
-            config: config.clone(),
-        })
+        Ok(())
     }
 
     fn encoder(config: &WanVaeConfig, vb: VarBuilder) -> Result<Coder> {
@@ -846,6 +943,7 @@ impl WanVae {
             mid: MidBlock::new(top, vb.pp("mid_block"))?,
             layers,
             mid_first: false,
+            frame_wise_from: None,
             norm_out: ChannelRmsNorm::new(top, 3, vb.pp("norm_out"))?,
             conv_out: CausalConv3d::new(
                 (top, 2 * config.z_dim),
@@ -892,6 +990,10 @@ impl WanVae {
             }
         }
         let bottom = dims[stages];
+        let frame_wise_from = layers
+            .iter()
+            .rposition(|layer| matches!(layer, Layer::Up(up) if up.time_conv.is_some()))
+            .map_or(0, |last| last + 1);
         Ok(Coder {
             conv_in: CausalConv3d::new(
                 (config.z_dim, dims[0]),
@@ -903,6 +1005,7 @@ impl WanVae {
             mid: MidBlock::new(dims[0], vb.pp("mid_block"))?,
             layers,
             mid_first: true,
+            frame_wise_from: Some(frame_wise_from),
             norm_out: ChannelRmsNorm::new(bottom, 3, vb.pp("norm_out"))?,
             conv_out: CausalConv3d::new((bottom, 3), (3, 3), (1, 1), 1, vb.pp("conv_out"))?,
         })
@@ -922,19 +1025,20 @@ impl WanVae {
 
     /// Encodes like [`WanVae::encode`] and returns the latent distribution: `(mean, log_var)`.
     pub fn encode_moments(&self, video: &Tensor) -> Result<(Tensor, Tensor)> {
+        let Encoding {
+            encoder,
+            quant_conv,
+        } = self.encoding_half()?;
         let frames = video.dim(2)?;
         let mut cache = TimeCache::new();
-        let mut chunks = vec![self.encoder.forward(&video.narrow(2, 0, 1)?, &mut cache)?];
+        let mut chunks = vec![encoder.forward(&video.narrow(2, 0, 1)?, &mut cache)?];
         let mut start = 1;
         while start < frames {
             let length = self.config.temporal_factor().min(frames - start);
-            chunks.push(
-                self.encoder
-                    .forward(&video.narrow(2, start, length)?, &mut cache)?,
-            );
+            chunks.push(encoder.forward(&video.narrow(2, start, length)?, &mut cache)?);
             start += length;
         }
-        let moments = self.quant_conv.forward(&Tensor::cat(&chunks, 2)?, None)?;
+        let moments = quant_conv.forward(&Tensor::cat(&chunks, 2)?, None)?;
         let z = self.config.z_dim;
         Ok((moments.narrow(1, 0, z)?, moments.narrow(1, z, z)?))
     }
@@ -1037,5 +1141,53 @@ mod tests {
         let x = Tensor::arange(0f32, 7.0, &Device::Cpu).unwrap();
         let kept = every_nth(&x, 0, 3).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(kept, [0.0, 3.0, 6.0]);
+    }
+
+    #[test]
+    fn a_lazily_loaded_encoder_encodes_as_an_eager_one() {
+        let config = WanVaeConfig {
+            base_dim: 8,
+            z_dim: 4,
+            dim_mult: vec![1, 2],
+            num_res_blocks: 1,
+            temperal_downsample: vec![true],
+            latents_mean: vec![0.0; 4],
+            latents_std: vec![1.0; 4],
+            ..WanVaeConfig::default_wan21()
+        };
+        let weights = candle_nn::VarMap::new();
+        let vb = || VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu);
+        WanVae::new(&config, vb()).unwrap();
+        for var in weights.all_vars() {
+            let random = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap();
+            var.set(&random).unwrap();
+        }
+        let eager = WanVae::new(&config, vb()).unwrap();
+        let shared = weights.clone();
+        let source: WeightSource =
+            Box::new(move || Ok(VarBuilder::from_varmap(&shared, DType::F32, &Device::Cpu)));
+        let lazy = WanVae::with_lazy_encoder(&config, vb(), source).unwrap();
+        assert!(lazy.encoding.get().is_none());
+        let video = Tensor::randn(0f32, 0.5, (1, 3, 5, 8, 8), &Device::Cpu).unwrap();
+        let expected = eager.encode(&video).unwrap();
+        let latents = lazy.encode(&video).unwrap();
+        assert!(
+            expected
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.1
+        );
+        assert_eq!(max_abs_difference(&latents, &expected).unwrap(), 0.0);
+
+        let failing: WeightSource = Box::new(|| candle_core::bail!("weights moved away"));
+        let without = WanVae::with_lazy_encoder(&config, vb(), failing).unwrap();
+        let error = without.encode(&video).unwrap_err().to_string();
+        assert!(error.contains("weights moved away"), "{error}");
+        let decoded = without.decode(&expected).unwrap();
+        assert_eq!(decoded.dims(), [1, 3, 5, 8, 8]);
     }
 }
