@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use himmel_core::Video;
 use himmel_world::render::{RenderSettings, render};
 use himmel_world::sample::clip_rng;
-use himmel_world::score::{Report, aggregate, score};
+use himmel_world::score::{Aggregate, Report, aggregate, score};
 use himmel_world::spec::{ObjectSpec, SceneSpec};
 use himmel_world::vocab::{Background, CameraMotion, Color, Direction, Motion, Shape, Size};
 
@@ -85,27 +85,31 @@ fn rendered_clips_score_at_least_0_98_on_every_measure() {
             })
             .collect();
         let total = aggregate(&reports);
-        let s = total.scores;
         println!(
             "{}x{}x{}: {total:?}",
             settings.width, settings.height, settings.frames
         );
-        for (name, value) in [
-            ("colour", s.color),
-            ("count", s.count),
-            ("shape", s.shape),
-            ("motion", s.motion),
-            ("physics", s.physics),
-            ("consistency", s.consistency),
-            ("fault-free clips", total.fault_free),
-        ] {
-            assert!(
-                value >= 0.98,
-                "{name} {value:.3} < 0.98 at {}x{}",
-                settings.width,
-                settings.height
-            );
-        }
+        assert_every_measure_at_least(&total, 0.98, &settings);
+    }
+}
+
+fn assert_every_measure_at_least(total: &Aggregate, floor: f64, settings: &RenderSettings) {
+    let s = total.scores;
+    for (name, value) in [
+        ("colour", s.color),
+        ("count", s.count),
+        ("shape", s.shape),
+        ("motion", s.motion),
+        ("physics", s.physics),
+        ("consistency", s.consistency),
+        ("fault-free clips", total.fault_free),
+    ] {
+        assert!(
+            value >= floor,
+            "{name} {value:.3} < {floor} at {}x{}",
+            settings.width,
+            settings.height
+        );
     }
 }
 
@@ -281,26 +285,12 @@ fn held_out_prompts_score_at_least_0_95_on_ground_truth() {
             })
             .collect();
         let total = aggregate(&reports);
-        let s = total.scores;
         println!(
             "{}x{}: {total:?}\n{}",
             settings.width,
             settings.height,
             misses.join("\n")
         );
-        for (name, value) in [
-            ("colour", s.color),
-            ("count", s.count),
-            ("shape", s.shape),
-            ("motion", s.motion),
-            ("fault-free clips", total.fault_free),
-        ] {
-            assert!(
-                value >= 0.95,
-                "{name} {value:.3} < 0.95 at {}x{}",
-                settings.width,
-                settings.height
-            );
-        }
+        assert_every_measure_at_least(&total, 0.95, &settings);
     }
 }
