@@ -204,12 +204,17 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
     let views: Vec<View> = (0..count)
         .map(|f| View::at(spec.camera, (f as f64 / video.fps()) as f32, width, height))
         .collect();
+    // The backdrop is drawn again only when the camera has moved.
+    let mut backdrop: Option<(View, Vec<u8>)> = None;
     let frames: Vec<Vec<Detection>> = rgb
         .chunks_exact(frame_size)
         .zip(&views)
         .map(|(frame, view)| {
-            let backdrop = render_backdrop(spec.background, view);
-            detect(frame, &backdrop, width, height, &colors)
+            let (_, behind) = match &mut backdrop {
+                Some(drawn) if drawn.0 == *view => drawn,
+                slot => slot.insert((*view, render_backdrop(spec.background, view))),
+            };
+            detect(frame, behind, width, height, &colors)
         })
         .collect();
     let tracks = merge_fragments(link(&frames, width));

@@ -808,12 +808,16 @@ struct Encoding {
 /// Opens the weights again, for an encoder built on first use.
 pub type WeightSource = Box<dyn Fn() -> Result<VarBuilder<'static>> + Send + Sync>;
 
+/// The encoding half, loaded with the decoder or on first use.
+enum EncoderWeights {
+    Loaded(Encoding),
+    OnFirstUse(WeightSource, std::sync::OnceLock<Encoding>),
+}
+
 /// Wan's video autoencoder.
 pub struct WanVae {
     config: WanVaeConfig,
-    encoding: std::sync::OnceLock<Encoding>,
-    /// Where a lazily built encoder reads its weights; `None` when built eagerly.
-    encoder_source: Option<WeightSource>,
+    encoder: EncoderWeights,
     decoder: Coder,
     post_quant_conv: CausalConv3d,
 }
@@ -822,8 +826,8 @@ impl WanVae {
     /// Loads the autoencoder from diffusers-named weights.
     pub fn new(config: &WanVaeConfig, vb: VarBuilder) -> Result<Self> {
         Self::check(config)?;
-        let encoding = std::sync::OnceLock::from(Self::encoding(config, vb.clone())?);
-        Self::with_encoding(config, vb, encoding, None)
+        let encoder = EncoderWeights::Loaded(Self::encoding(config, vb.clone())?);
+        Self::with_encoder(config, vb, encoder)
     }
 
     /// Loads the decoder from `vb` now and the encoder from `source` when something is first
@@ -834,19 +838,18 @@ impl WanVae {
         source: WeightSource,
     ) -> Result<Self> {
         Self::check(config)?;
-        Self::with_encoding(config, vb, std::sync::OnceLock::new(), Some(source))
+        let encoder = EncoderWeights::OnFirstUse(source, std::sync::OnceLock::new());
+        Self::with_encoder(config, vb, encoder)
     }
 
-    fn with_encoding(
+    fn with_encoder(
         config: &WanVaeConfig,
         vb: VarBuilder,
-        encoding: std::sync::OnceLock<Encoding>,
-        encoder_source: Option<WeightSource>,
+        encoder: EncoderWeights,
     ) -> Result<Self> {
         let z = config.z_dim;
         Ok(Self {
-            encoding,
-            encoder_source,
+            encoder,
             decoder: Self::decoder(config, vb.pp("decoder"))?,
             post_quant_conv: CausalConv3d::new(
                 (z, z),
@@ -869,14 +872,16 @@ impl WanVae {
 
     /// The encoding half, built from its source on first use.
     fn encoding_half(&self) -> Result<&Encoding> {
-        if let Some(encoding) = self.encoding.get() {
-            return Ok(encoding);
+        match &self.encoder {
+            EncoderWeights::Loaded(encoding) => Ok(encoding),
+            EncoderWeights::OnFirstUse(source, built) => {
+                if let Some(encoding) = built.get() {
+                    return Ok(encoding);
+                }
+                let encoding = Self::encoding(&self.config, source()?)?;
+                Ok(built.get_or_init(|| encoding))
+            }
         }
-        let Some(source) = &self.encoder_source else {
-            candle_core::bail!("the autoencoder was built without its encoder");
-        };
-        let built = Self::encoding(&self.config, source()?)?;
-        Ok(self.encoding.get_or_init(|| built))
     }
 
     /// Rejects configurations this implementation does not cover.
@@ -1167,7 +1172,9 @@ mod tests {
         let source: WeightSource =
             Box::new(move || Ok(VarBuilder::from_varmap(&shared, DType::F32, &Device::Cpu)));
         let lazy = WanVae::with_lazy_encoder(&config, vb(), source).unwrap();
-        assert!(lazy.encoding.get().is_none());
+        assert!(
+            matches!(&lazy.encoder, EncoderWeights::OnFirstUse(_, built) if built.get().is_none())
+        );
         let video = Tensor::randn(0f32, 0.5, (1, 3, 5, 8, 8), &Device::Cpu).unwrap();
         let expected = eager.encode(&video).unwrap();
         let latents = lazy.encode(&video).unwrap();
