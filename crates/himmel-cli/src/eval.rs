@@ -1,7 +1,9 @@
 //! `himmel eval`: held-out prompts (hand-written phrasings no training run sees, each with its
 //! own seed) through a himmel-mini model; every clip is scored by the world scorer against the
 //! scene its prompt expanded to, beside the same scene rendered (ground truth). With
-//! `--autoencoder`, the reconstruction quality of a trained autoencoder on held-out clips.
+//! `--autoencoder`, the reconstruction quality of a trained autoencoder on held-out clips (PSNR
+//! and the scorer's measures). A model's report also scores its ground truth through its own
+//! autoencoder: what the model's latents can show at best.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,8 +42,8 @@ pub struct EvalArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "eval.json")]
     out: PathBuf,
-    /// Evaluate the autoencoder of this `himmel train autoencoder` run instead: PSNR of
-    /// held-out world clips through it.
+    /// Evaluate the autoencoder of this `himmel train autoencoder` run instead: PSNR and the
+    /// world scorer's measures of held-out world clips through it.
     #[arg(long, conflicts_with = "model")]
     autoencoder: Option<PathBuf>,
     /// With --autoencoder: write the first clips beside their reconstructions as GIFs here.
@@ -115,6 +117,12 @@ fn psnr(
     Ok(Some(-10.0 * mse.log10()))
 }
 
+/// A clip `[1, 3, F, H, W]` in -1..=1 as a video.
+fn as_video(clip: &Tensor, fps: f64) -> Result<Video> {
+    let frames = ((clip.squeeze(0)?.permute((1, 2, 3, 0))? + 1.0)? / 2.0)?.clamp(0f32, 1f32)?;
+    Ok(Video::new(frames.contiguous()?, fps)?)
+}
+
 fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
     let trained = himmel_train::autoencoder::read_trained(dir)?;
     let device = Device::Cpu;
@@ -136,11 +144,16 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
             .with_context(|| format!("creating {}", examples.display()))?;
     }
     let mut results = Vec::new();
+    let (mut reconstructed_reports, mut original_reports) = (Vec::new(), Vec::new());
     for index in 0..count {
         let batch = clips.batch(index..index + 1, &device)?;
         let original = &batch.video;
         let reconstruction = vae.decode(&vae.encode(original)?)?;
         let objects = clips.object_masks(&batch, index)?;
+        if let Some(spec) = &batch.scenes[0] {
+            reconstructed_reports.push(score(&as_video(&reconstruction, shape.fps)?, spec)?);
+            original_reports.push(score(&as_video(original, shape.fps)?, spec)?);
+        }
         results.push(Reconstruction {
             index,
             psnr: psnr(&reconstruction, original, None)?.unwrap_or(f64::INFINITY),
@@ -150,18 +163,11 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
             && (index as usize) < EXAMPLE_CLIPS
         {
             let pair = Tensor::cat(&[original, &reconstruction], 4)?;
-            let frames =
-                ((pair.squeeze(0)?.permute((1, 2, 3, 0))? + 1.0)? / 2.0)?.clamp(0f32, 1f32)?;
             let path = examples.join(format!("{index:03}.gif"));
             let options = WriteOptions {
                 quality: himmel_media::Quality::Constant(20),
             };
-            write_video(
-                &Video::new(frames.contiguous()?, shape.fps)?,
-                &path,
-                &options,
-                &Silent,
-            )?;
+            write_video(&as_video(&pair, shape.fps)?, &path, &options, &Silent)?;
         }
     }
     let mean = results.iter().map(|r| r.psnr).sum::<f64>() / results.len().max(1) as f64;
@@ -173,6 +179,13 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
         dir.display(),
         objects.len()
     );
+    if !reconstructed_reports.is_empty() {
+        print_summary(
+            &aggregate(&reconstructed_reports),
+            &aggregate(&original_reports),
+            None,
+        );
+    }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;
     Ok(())
@@ -186,6 +199,8 @@ struct PromptResult {
     caption: String,
     model: Report,
     ground_truth: Report,
+    /// The ground truth through the model's autoencoder and back: what its latents can show.
+    autoencoded: Report,
 }
 
 /// The saved report.
@@ -193,6 +208,7 @@ struct PromptResult {
 struct EvalReport {
     model: Aggregate,
     ground_truth: Aggregate,
+    autoencoded: Aggregate,
     prompts: Vec<PromptResult>,
 }
 
@@ -237,6 +253,7 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
         let model = score(&video, &recaption.spec)?;
         let truth = render(&recaption.spec, &settings)?;
         let ground_truth = score(&truth.video, &recaption.spec)?;
+        let autoencoded = score(&pipeline.autoencode(&truth.video)?, &recaption.spec)?;
         if !quiet {
             let s = model.scores;
             eprintln!(
@@ -256,16 +273,23 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
             caption: recaption.caption,
             model,
             ground_truth,
+            autoencoded,
         });
     }
     let model_reports: Vec<Report> = results.iter().map(|r| r.model.clone()).collect();
     let truth_reports: Vec<Report> = results.iter().map(|r| r.ground_truth.clone()).collect();
+    let autoencoded_reports: Vec<Report> = results.iter().map(|r| r.autoencoded.clone()).collect();
     let report = EvalReport {
         model: aggregate(&model_reports),
         ground_truth: aggregate(&truth_reports),
+        autoencoded: aggregate(&autoencoded_reports),
         prompts: results,
     };
-    print_summary(&report.model, &report.ground_truth);
+    print_summary(
+        &report.model,
+        &report.ground_truth,
+        Some(&report.autoencoded),
+    );
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&args.out, json)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;
@@ -273,51 +297,44 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(model: &Aggregate, truth: &Aggregate) {
+/// Reads one measure of an aggregate.
+type Measure = fn(&Aggregate) -> f64;
+
+/// Prints the measures of `clips` (a model's, or an autoencoder's reconstructions) beside
+/// rendered ground truth and, for a model, ground truth through its autoencoder (the most the
+/// model's latents can show).
+fn print_summary(clips: &Aggregate, truth: &Aggregate, autoencoded: Option<&Aggregate>) {
+    let third = if autoencoded.is_some() {
+        "   autoencoded"
+    } else {
+        ""
+    };
     println!(
-        "{} held-out prompts         model   ground truth   target",
-        model.clips
+        "{} clips                    scored   ground truth{third}   target",
+        clips.clips
     );
-    let rows = [
+    let measures: [(&str, Measure, &str); 8] = [
+        ("colour agreement", |a| a.scores.color, ">= 0.90"),
+        ("shape agreement", |a| a.scores.shape, ">= 0.80"),
+        ("motion direction", |a| a.scores.motion, ">= 0.80"),
+        ("count", |a| a.scores.count, ""),
+        ("physics", |a| a.scores.physics, ""),
+        ("consistency", |a| a.scores.consistency, ""),
+        ("clips without faults", |a| a.fault_free, ">= 0.95"),
         (
-            "colour agreement",
-            model.scores.color,
-            truth.scores.color,
-            ">= 0.90",
-        ),
-        (
-            "shape agreement",
-            model.scores.shape,
-            truth.scores.shape,
-            ">= 0.80",
-        ),
-        (
-            "motion direction",
-            model.scores.motion,
-            truth.scores.motion,
-            ">= 0.80",
-        ),
-        ("count", model.scores.count, truth.scores.count, ""),
-        ("physics", model.scores.physics, truth.scores.physics, ""),
-        (
-            "consistency",
-            model.scores.consistency,
-            truth.scores.consistency,
-            "",
-        ),
-        (
-            "clips without faults",
-            model.fault_free,
-            truth.fault_free,
-            ">= 0.95",
+            "physics residual",
+            |a| a.physics_residual,
+            "<= 2x ground truth",
         ),
     ];
-    for (name, ours, reference, target) in rows {
-        println!("{name:<26}{ours:>7.3}{reference:>15.3}   {target}");
+    for (name, measure, target) in measures {
+        let third = autoencoded
+            .map(|a| format!("{:>14.4}", measure(a)))
+            .unwrap_or_default();
+        println!(
+            "{name:<26}{:>7.4}{:>15.4}{third}   {target}",
+            measure(clips),
+            measure(truth),
+        );
     }
-    let ratio = model.physics_residual / truth.physics_residual.max(1e-9);
-    println!(
-        "{:<26}{:>7.4}{:>15.4}   <= 2x ground truth (now {ratio:.2}x)",
-        "physics residual", model.physics_residual, truth.physics_residual
-    );
 }

@@ -108,10 +108,27 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
         report.to_str().unwrap(),
     ]);
     assert!(summary.contains("colour agreement"), "{summary}");
+    assert!(summary.contains("autoencoded"), "{summary}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(json["model"]["clips"], 2);
+    assert_eq!(json["autoencoded"]["clips"], 2);
     assert_eq!(json["prompts"].as_array().unwrap().len(), 2);
+
+    // The autoencoder alone: PSNR and the scorer's measures of held-out clips through it.
+    let summary = himmel_ok(&[
+        "eval",
+        "--autoencoder",
+        dir.path().join("autoencoder").to_str().unwrap(),
+        "--limit",
+        "2",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        summary.contains("mean PSNR") && summary.contains("colour agreement"),
+        "{summary}"
+    );
 
     // Broken weights are named.
     let weights = model.join("model.safetensors");

@@ -16,6 +16,7 @@ use himmel_world::caption::detailed_caption;
 use himmel_world::expand::expand;
 use himmel_world::render::{RenderSettings, render};
 
+use crate::conditioning::encode_start;
 use crate::denoise::{Inputs, denoise};
 use crate::error::PipelineError;
 use crate::preview::{LatentPreview, PREVIEW_FIT_CLIPS};
@@ -143,6 +144,27 @@ impl MiniPipeline {
             frames: self.limits().max_frames,
             overlap: 2,
         }
+    }
+
+    /// `video` through the model's autoencoder and back: the most any latents the denoiser
+    /// makes can show. Its size must be one the model could generate.
+    pub fn autoencode(&self, video: &Video) -> Result<Video, PipelineError> {
+        let (width, height, frames) = (video.width(), video.height(), video.num_frames());
+        self.validate(GenerationRequest::new(
+            "",
+            (width, height, frames),
+            video.fps(),
+        ))?;
+        let latent_frames = (frames - 1) / self.limits().temporal_factor + 1;
+        let autoencoder = &self.model.autoencoder;
+        let latents = encode_start(
+            autoencoder,
+            video,
+            latent_frames,
+            (width, height),
+            &self.device,
+        )?;
+        decode_to_video(autoencoder, &latents, video.fps())
     }
 
     /// Checks a request against the model's limits.

@@ -1,10 +1,12 @@
-//! CPU kernels for inference where candle's general ops are slow: the Wan VAE's video
-//! convolutions and norms, linear layers over bf16 weights, and fused attention. Each applies to f32 (or bf16
-//! weights) on the CPU without gradients; callers keep candle's ops for everything else.
+//! CPU kernels where candle's general ops are slow: the Wan VAE's video convolutions and norms,
+//! linear layers over bf16 weights, and fused attention, for inference (f32, or bf16 weights,
+//! on the CPU without gradients); and the video convolution with its backward pass for
+//! training in f32 on the CPU. Callers keep candle's ops for everything else.
 
 pub mod attention;
 pub mod bf16_linear;
 pub mod video;
+pub mod video_training;
 mod winograd;
 
 use candle_core::{Result, Storage, bail};

@@ -67,30 +67,12 @@ pub fn conv3d_after(
         None => 0,
     };
     let frames = front_frames + rest_frames;
-    let (outputs, weight_channels, kt, kh, kw) = weight.dims5()?;
-    if weight_channels != channels {
-        bail!("conv3d: input has {channels} channels, the weight expects {weight_channels}");
-    }
-    let (padded_height, padded_width) = (height + 2 * padding, width + 2 * padding);
-    if frames < kt || padded_height < kh || padded_width < kw || time_stride == 0 {
-        bail!(
-            "conv3d: input {frames}x{height}x{width} (padding {padding}) is smaller than the \
-             kernel {kt}x{kh}x{kw}"
-        );
-    }
-    let shape = Conv {
-        batch,
-        channels,
-        frames,
-        padded_height,
-        padded_width,
-        outputs,
-        kernel: (kt, kh, kw),
+    let shape = Conv::new(
+        (batch, channels, frames, height, width),
+        weight.dims5()?,
+        padding,
         time_stride,
-        out_frames: (frames - kt) / time_stride + 1,
-        out_height: padded_height - kh + 1,
-        out_width: padded_width - kw + 1,
-    };
+    )?;
     let weight = weight.contiguous()?;
     let (weight_storage, weight_layout) = weight.storage_and_layout();
     let weight = cpu_slice(
@@ -99,46 +81,49 @@ pub fn conv3d_after(
         weight.elem_count(),
     )?;
     let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    if bias.len() != outputs {
-        bail!("conv3d: {} biases for {outputs} outputs", bias.len());
+    if bias.len() != shape.outputs {
+        bail!(
+            "conv3d: {} biases for {} outputs",
+            bias.len(),
+            shape.outputs
+        );
     }
-    let out = if winograd::applies(&shape) {
-        let front = front.map(Tensor::contiguous).transpose()?;
-        let front_storage = front.as_ref().map(Tensor::storage_and_layout);
-        let x = x.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let clip = Clip {
-            front: match (&front, &front_storage) {
-                (Some(front), Some((storage, layout))) => {
-                    cpu_slice(storage, layout.start_offset(), front.elem_count())?
-                }
-                _ => &[],
-            },
-            front_frames,
-            rest: cpu_slice(&storage, layout.start_offset(), x.elem_count())?,
-            channels,
-            frames,
-            frame_size: height * width,
-        };
-        winograd::conv(&shape, &clip, padding, weight, &bias)
-    } else {
-        let joined = match front {
-            Some(front) => Tensor::cat(&[front, x], 2)?,
-            None => x.clone(),
-        };
-        direct(&shape, &pad_frames(&joined, padding)?, weight, &bias)
+    let front = front.map(Tensor::contiguous).transpose()?;
+    let front_storage = front.as_ref().map(Tensor::storage_and_layout);
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let clip = Clip {
+        front: match (&front, &front_storage) {
+            (Some(front), Some((storage, layout))) => {
+                cpu_slice(storage, layout.start_offset(), front.elem_count())?
+            }
+            _ => &[],
+        },
+        front_frames,
+        rest: cpu_slice(&storage, layout.start_offset(), x.elem_count())?,
+        channels,
+        frames,
+        frame_size: height * width,
     };
-    Tensor::from_vec(
-        out,
-        (
-            batch,
-            outputs,
-            shape.out_frames,
-            shape.out_height,
-            shape.out_width,
-        ),
-        x.device(),
-    )
+    let out = convolve(&shape, &clip, padding, weight, &bias);
+    Tensor::from_vec(out, shape.output_dims(), x.device())
+}
+
+/// The convolution `shape` describes of `clip` (not padded in space) with `weight`
+/// `[O, C, kt, kh, kw]` and `bias` `[O]`, as `[B, O, T', H', W']` values: Winograd's where it
+/// applies, else one product per tap.
+pub(super) fn convolve(
+    shape: &Conv,
+    clip: &Clip,
+    padding: usize,
+    weight: &[f32],
+    bias: &[f32],
+) -> Vec<f32> {
+    if winograd::applies(shape) {
+        winograd::conv(shape, clip, padding, weight, bias)
+    } else {
+        direct(shape, &pad_frames(shape, clip, padding), weight, bias)
+    }
 }
 
 /// A convolution's input, `[B, C, T, H, W]` f32, whose first frames may lie apart from the rest.
@@ -201,6 +186,50 @@ pub(super) struct Conv {
 }
 
 impl Conv {
+    /// The convolution of an input `(B, C, T, H, W)` (already padded in time) with a weight
+    /// `(O, C, kt, kh, kw)`, `padding` zeros on each side in space; an error when they do not fit.
+    pub fn new(
+        (batch, channels, frames, height, width): (usize, usize, usize, usize, usize),
+        (outputs, weight_channels, kt, kh, kw): (usize, usize, usize, usize, usize),
+        padding: usize,
+        time_stride: usize,
+    ) -> Result<Self> {
+        if weight_channels != channels {
+            bail!("conv3d: input has {channels} channels, the weight expects {weight_channels}");
+        }
+        let (padded_height, padded_width) = (height + 2 * padding, width + 2 * padding);
+        if frames < kt || padded_height < kh || padded_width < kw || time_stride == 0 {
+            bail!(
+                "conv3d: input {frames}x{height}x{width} (padding {padding}) is smaller than the \
+                 kernel {kt}x{kh}x{kw}"
+            );
+        }
+        Ok(Self {
+            batch,
+            channels,
+            frames,
+            padded_height,
+            padded_width,
+            outputs,
+            kernel: (kt, kh, kw),
+            time_stride,
+            out_frames: (frames - kt) / time_stride + 1,
+            out_height: padded_height - kh + 1,
+            out_width: padded_width - kw + 1,
+        })
+    }
+
+    /// The output's dimensions, `(B, O, T', H', W')`.
+    pub fn output_dims(&self) -> (usize, usize, usize, usize, usize) {
+        (
+            self.batch,
+            self.outputs,
+            self.out_frames,
+            self.out_height,
+            self.out_width,
+        )
+    }
+
     /// Elements of the output, `[B, O, T', H', W']`.
     pub fn output_len(&self) -> usize {
         self.batch * self.outputs * self.out_frames * self.out_height * self.out_width
@@ -296,7 +325,6 @@ fn direct(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32
 /// in one pass over the input and one over the output.
 pub fn channel_rms_norm(x: &Tensor, gain: &Tensor, silu: bool) -> Result<Tensor> {
     let (batch, channels) = (x.dim(0)?, x.dim(1)?);
-    let positions = x.elem_count() / (batch * channels).max(1);
     let gain = gain.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     if gain.len() != channels {
         bail!(
@@ -307,9 +335,19 @@ pub fn channel_rms_norm(x: &Tensor, gain: &Tensor, silu: bool) -> Result<Tensor>
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let data = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
+    let out = normalise_channels(data, &gain, batch, silu);
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// Positions each task of the channel norm takes.
+pub(super) const SPAN: usize = 4096;
+
+/// [`channel_rms_norm`] of `data` `[batch, gain.len(), positions]`.
+pub(super) fn normalise_channels(data: &[f32], gain: &[f32], batch: usize, silu: bool) -> Vec<f32> {
+    let channels = gain.len();
+    let positions = data.len() / (batch * channels).max(1);
     let mut out = vec![0f32; data.len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
-    const SPAN: usize = 4096;
     let spans = positions.div_ceil(SPAN);
     (0..batch * spans).into_par_iter().for_each(|task| {
         let (item, first) = (task / spans, task % spans * SPAN);
@@ -341,30 +379,33 @@ pub fn channel_rms_norm(x: &Tensor, gain: &Tensor, silu: bool) -> Result<Tensor>
             }
         }
     });
-    Tensor::from_vec(out, x.shape(), x.device())
+    out
 }
 
-/// The frames of `x` `[B, C, T, H, W]` with `padding` zeros around each, flattened, plus a row
-/// of slack at the end for the last taps' reads of unused columns.
-fn pad_frames(x: &Tensor, padding: usize) -> Result<Vec<f32>> {
-    let (batch, channels, frames, height, width) = x.dims5()?;
-    let padded_width = width + 2 * padding;
-    let frame_size = (height + 2 * padding) * padded_width;
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let data = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
-    let count = batch * channels * frames * frame_size;
+/// The frames of `clip` with `padding` zeros around each (the sizes `shape` gives), flattened,
+/// plus a row of slack at the end for the last taps' reads of unused columns.
+pub(super) fn pad_frames(shape: &Conv, clip: &Clip, padding: usize) -> Vec<f32> {
+    let padded_width = shape.padded_width;
+    let width = padded_width - 2 * padding;
+    let frame_size = shape.padded_height * padded_width;
+    let (channels, frames) = (shape.channels, shape.frames);
+    let count = shape.batch * channels * frames * frame_size;
     let mut padded = vec![0f32; count + padded_width];
     padded[..count]
         .par_chunks_mut(frame_size)
-        .zip(data.par_chunks(height * width))
-        .for_each(|(target, source)| {
+        .enumerate()
+        .for_each(|(index, target)| {
+            let source = clip.plane(
+                index / frames / channels,
+                index / frames % channels,
+                index % frames,
+            );
             for (row, values) in source.chunks_exact(width).enumerate() {
                 let start = (row + padding) * padded_width + padding;
                 target[start..start + width].copy_from_slice(values);
             }
         });
-    Ok(padded)
+    padded
 }
 
 #[cfg(test)]

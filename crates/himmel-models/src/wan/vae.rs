@@ -9,7 +9,7 @@ use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::video;
+use crate::kernels::{video, video_training};
 
 /// Configuration of the Wan VAE, as in a diffusers `vae/config.json` (defaults: Wan 2.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,6 +403,15 @@ impl CausalConv3d {
             x = Tensor::cat(&[cached, &x], 2)?;
         }
         let x = x.pad_with_zeros(2, front, 0)?.contiguous()?;
+        if video_training::applies(&x, &self.weight) {
+            return video_training::conv3d(
+                &x,
+                &self.weight,
+                &self.bias,
+                self.spatial_padding,
+                self.time_stride,
+            );
+        }
         let frames = x.dim(2)?;
         let outputs = (frames - self.weight.dim(2)?) / self.time_stride + 1;
         let config = Conv2dConfig {
@@ -484,6 +493,9 @@ impl ChannelRmsNorm {
         let gain = (&self.gamma * self.scale)?;
         if video::applies(x, &self.gamma) {
             return video::channel_rms_norm(x, &gain, silu);
+        }
+        if video_training::applies(x, &self.gamma) {
+            return video_training::channel_rms_norm(x, &gain, silu);
         }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
@@ -705,7 +717,7 @@ impl Upsample {
             }
         }
         if let Some(bias) = self.spatial.bias()
-            && video::applies(&x, self.spatial.weight())
+            && video_training::applies(&x, self.spatial.weight())
         {
             // Nearest upsampling and a per-frame convolution need no per-frame layout here.
             let (batch, channels, frames, height, width) = x.dims5()?;
@@ -714,7 +726,11 @@ impl Upsample {
                 .upsample_nearest2d(2 * height, 2 * width)?
                 .reshape((batch, channels, frames, 2 * height, 2 * width))?;
             let weight = self.spatial.weight().unsqueeze(2)?;
-            return video::conv3d(&upsampled, &weight, bias, 1, 1);
+            return if video::applies(&upsampled, &weight) {
+                video::conv3d(&upsampled, &weight, bias, 1, 1)
+            } else {
+                video_training::conv3d(&upsampled, &weight, bias, 1, 1)
+            };
         }
         per_frame(&x, |frames| {
             let (_, _, height, width) = frames.dims4()?;
