@@ -116,7 +116,7 @@ pub fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
 }
 
 /// The f32 values of a contiguous CPU tensor.
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else {
         bail!("the fused training ops take f32 tensors")
     };

@@ -409,13 +409,13 @@ pub(super) fn pad_frames(shape: &Conv, clip: &Clip, padding: usize) -> Vec<f32> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::Device;
     use himmel_core::compare::max_abs_difference;
 
     /// The same convolution composed from candle's conv2d, one time tap at a time.
-    fn reference(
+    pub(in crate::kernels) fn reference(
         x: &Tensor,
         weight: &Tensor,
         bias: &Tensor,
@@ -442,33 +442,54 @@ mod tests {
         Tensor::cat(&outputs, 2)?.broadcast_add(&bias.reshape((1, (), 1, 1, 1))?)
     }
 
+    /// `(batch, channels, frames, height, width, outputs, kt, k, padding, time stride)`.
+    pub(in crate::kernels) type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+
+    /// Convolutions to check: ragged sizes, both time strides, both kernel paths.
+    pub(in crate::kernels) const CASES: [Case; 11] = [
+        (1, 3, 3, 5, 7, 4, 3, 3, 1, 1),
+        (2, 5, 4, 6, 4, 3, 3, 3, 1, 1),
+        (1, 4, 5, 3, 9, 6, 3, 1, 0, 2),
+        (2, 3, 2, 4, 4, 5, 1, 1, 0, 1),
+        (1, 2, 1, 17, 3, 70, 1, 3, 1, 1),
+        (1, 6, 3, 8, 8, 2, 2, 3, 0, 1),
+        (2, 4, 6, 4, 5, 4, 3, 1, 0, 2),
+        // Winograd's path: 3x3 in space with 16 or more channels on both sides.
+        (1, 16, 4, 7, 9, 17, 3, 3, 1, 1),
+        (2, 20, 5, 5, 6, 16, 3, 3, 1, 2),
+        (1, 16, 1, 33, 3, 24, 1, 3, 1, 1),
+        (1, 17, 2, 6, 5, 16, 2, 3, 0, 1),
+    ];
+
+    /// The largest difference relative to the largest magnitude of `theirs` (Winograd's
+    /// transforms round differently, so errors scale with the outputs).
+    pub(in crate::kernels) fn relative_error(ours: &Tensor, theirs: &Tensor) -> Result<f32> {
+        let largest = |t: &Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
+        Ok(largest(&(ours - theirs)?)? / largest(theirs)?.max(1e-12))
+    }
+
     #[test]
     fn matches_candles_conv2d_summed_over_time_taps() -> Result<()> {
         let device = Device::Cpu;
-        // (batch, channels, frames, height, width, outputs, kt, k, padding, time stride)
-        let cases = [
-            (1, 3, 3, 5, 7, 4, 3, 3, 1, 1),
-            (2, 5, 4, 6, 4, 3, 3, 3, 1, 1),
-            (1, 4, 5, 3, 9, 6, 3, 1, 0, 2),
-            (2, 3, 2, 4, 4, 5, 1, 1, 0, 1),
-            (1, 2, 1, 17, 3, 70, 1, 3, 1, 1),
-            (1, 6, 3, 8, 8, 2, 2, 3, 0, 1),
-            // Winograd's path: 3x3 in space with 16 or more channels on both sides.
-            (1, 16, 4, 7, 9, 17, 3, 3, 1, 1),
-            (2, 20, 5, 5, 6, 16, 3, 3, 1, 2),
-            (1, 16, 1, 33, 3, 24, 1, 3, 1, 1),
-            (1, 17, 2, 6, 5, 16, 2, 3, 0, 1),
-        ];
-        for (batch, channels, frames, height, width, outputs, kt, k, padding, stride) in cases {
+        for (batch, channels, frames, height, width, outputs, kt, k, padding, stride) in CASES {
             let x = Tensor::randn(0f32, 1.0, (batch, channels, frames, height, width), &device)?;
             let weight = Tensor::randn(0f32, 1.0, (outputs, channels, kt, k, k), &device)?;
             let bias = Tensor::randn(0f32, 1.0, outputs, &device)?;
             let ours = conv3d(&x, &weight, &bias, padding, stride)?;
             let theirs = reference(&x, &weight, &bias, padding, stride)?;
             assert_eq!(ours.dims(), theirs.dims());
-            let largest = |t: &Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
-            // Relative to the largest output: Winograd's transforms round differently.
-            let error = largest(&(ours - &theirs)?)? / largest(&theirs)?;
+            let error = relative_error(&ours, &theirs)?;
             assert!(
                 error < 3e-5,
                 "case {channels}x{frames}x{height}x{width}: {error}"

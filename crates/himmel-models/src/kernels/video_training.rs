@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::video::{Clip, Conv, SPAN, convolve, normalise_channels, pad_frames};
 use super::{SendPtr, product};
+use crate::ops::contiguous_f32;
 
 /// Whether [`conv3d`] can run on `x` with `weight`: both f32 on the CPU.
 pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
@@ -53,17 +54,6 @@ pub fn conv3d(
 struct Conv3d {
     padding: usize,
     time_stride: usize,
-}
-
-/// The f32 values of a contiguous CPU tensor.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        bail!("conv3d with gradients takes f32 tensors")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => bail!("conv3d with gradients takes contiguous tensors"),
-    }
 }
 
 /// `x`'s sizes as a [`Conv`] with a weight of `weight_dims`, and `x` as its clip.
@@ -111,13 +101,13 @@ impl CustomOp3 for Conv3d {
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (shape, clip) = clip_of(
-            values(x, x_layout)?,
+            contiguous_f32(x, x_layout)?,
             x_layout.dims(),
             weight_layout.dims(),
             self.padding,
             self.time_stride,
         )?;
-        let bias = values(bias, bias_layout)?;
+        let bias = contiguous_f32(bias, bias_layout)?;
         if bias.len() != shape.outputs {
             bail!(
                 "conv3d: {} biases for {} outputs",
@@ -129,7 +119,7 @@ impl CustomOp3 for Conv3d {
             &shape,
             &clip,
             self.padding,
-            values(weight, weight_layout)?,
+            contiguous_f32(weight, weight_layout)?,
             bias,
         );
         Ok((CpuStorage::F32(out), Shape::from(shape.output_dims())))
@@ -213,7 +203,7 @@ impl Conv3d {
             bail!("conv3d with gradients runs on the CPU");
         };
         let (shape, clip) = clip_of(
-            values(storage, layout)?,
+            contiguous_f32(storage, layout)?,
             x.dims(),
             weight.dims(),
             self.padding,
@@ -241,7 +231,7 @@ impl Conv3d {
         let candle_core::Storage::Cpu(grad_storage) = &*grad_storage else {
             bail!("conv3d with gradients runs on the CPU");
         };
-        let grad = values(grad_storage, grad_layout)?;
+        let grad = contiguous_f32(grad_storage, grad_layout)?;
         let frame_size = padded_height * padded_width;
         let rows = out_height * padded_width;
         let per_tap: Vec<Vec<f32>> = (0..kt * kh * kw)
@@ -308,7 +298,7 @@ impl CustomOp2 for ChannelRmsNorm {
         gain: &CpuStorage,
         gain_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gain = values(gain, gain_layout)?;
+        let gain = contiguous_f32(gain, gain_layout)?;
         if x_layout.dims().get(1) != Some(&gain.len()) {
             bail!(
                 "channel_rms_norm: {} gains for input {:?}",
@@ -316,7 +306,12 @@ impl CustomOp2 for ChannelRmsNorm {
                 x_layout.dims()
             );
         }
-        let out = normalise_channels(values(x, x_layout)?, gain, x_layout.dims()[0], self.silu);
+        let out = normalise_channels(
+            contiguous_f32(x, x_layout)?,
+            gain,
+            x_layout.dims()[0],
+            self.silu,
+        );
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 
@@ -406,58 +401,13 @@ impl CustomOp2 for ChannelRmsNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::video::tests::{CASES, reference, relative_error};
     use candle_core::{Device, Var};
-
-    /// The same convolution and its gradients composed from candle's ops.
-    fn reference(
-        x: &Tensor,
-        weight: &Tensor,
-        bias: &Tensor,
-        padding: usize,
-        time_stride: usize,
-    ) -> Result<Tensor> {
-        let frames = x.dim(2)?;
-        let kt = weight.dim(2)?;
-        let out_frames = (frames - kt) / time_stride + 1;
-        let mut outputs = Vec::new();
-        for frame in 0..out_frames {
-            let mut sum: Option<Tensor> = None;
-            for dt in 0..kt {
-                let input = x.narrow(2, frame * time_stride + dt, 1)?.squeeze(2)?;
-                let tap = weight.narrow(2, dt, 1)?.squeeze(2)?;
-                let part = input.conv2d(&tap, padding, 1, 1, 1)?;
-                sum = Some(match sum {
-                    Some(total) => (total + part)?,
-                    None => part,
-                });
-            }
-            outputs.push(sum.unwrap().unsqueeze(2)?);
-        }
-        Tensor::cat(&outputs, 2)?.broadcast_add(&bias.reshape((1, (), 1, 1, 1))?)
-    }
-
-    fn relative_error(ours: &Tensor, theirs: &Tensor) -> Result<f32> {
-        let largest = |t: &Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
-        Ok(largest(&(ours - theirs)?)? / largest(theirs)?.max(1e-12))
-    }
 
     #[test]
     fn output_and_gradients_match_candles_ops() -> Result<()> {
         let device = Device::Cpu;
-        // (batch, channels, frames, height, width, outputs, kt, k, padding, time stride)
-        let cases = [
-            (1, 3, 5, 5, 7, 4, 3, 3, 1, 1),
-            (2, 5, 4, 6, 4, 3, 3, 3, 1, 1),
-            (1, 4, 5, 3, 9, 6, 3, 1, 0, 2),
-            (2, 4, 6, 4, 5, 4, 3, 1, 0, 2),
-            (2, 3, 2, 4, 4, 5, 1, 1, 0, 1),
-            (1, 6, 3, 8, 8, 2, 2, 3, 0, 1),
-            (1, 5, 1, 7, 6, 3, 1, 3, 1, 1),
-            // Winograd's forward path: 3x3 in space with 16 or more channels on both sides.
-            (1, 16, 4, 7, 9, 17, 3, 3, 1, 1),
-            (2, 16, 5, 5, 6, 16, 3, 3, 1, 2),
-        ];
-        for (batch, channels, frames, height, width, outputs, kt, k, padding, stride) in cases {
+        for (batch, channels, frames, height, width, outputs, kt, k, padding, stride) in CASES {
             let x = Var::randn(0f32, 1.0, (batch, channels, frames, height, width), &device)?;
             let weight = Var::randn(0f32, 1.0, (outputs, channels, kt, k, k), &device)?;
             let bias = Var::randn(0f32, 1.0, outputs, &device)?;
