@@ -153,7 +153,8 @@ impl KnownLatents {
         let [_, channels, frames, height, width] = shape[..] else {
             unreachable!("latent shapes have five dimensions")
         };
-        let size = (width * 8, height * 8);
+        let factor = vae.config().spatial_factor();
+        let size = (width * factor, height * factor);
         let mut latents = Tensor::zeros(shape, DType::F32, device)?;
         let mut mask = vec![0f32; frames];
         for clip in clips {
@@ -282,6 +283,40 @@ mod tests {
         // A 2x2 clip fitted to 4x2 is scaled up to 4x4 and keeps its middle rows.
         let wide = fit(&fitted, 4, 2).unwrap();
         assert_eq!((wide.width(), wide.height()), (4, 2));
+    }
+
+    #[test]
+    fn clips_are_encoded_at_the_size_the_autoencoder_maps_to_the_timeline() {
+        // A 4x autoencoder (two downsamplings): a 16x8 output is a 4x2 latent grid.
+        let config = himmel_models::wan::WanVaeConfig {
+            base_dim: 4,
+            z_dim: 2,
+            dim_mult: vec![1, 1, 1],
+            num_res_blocks: 1,
+            temperal_downsample: vec![true, true],
+            latents_mean: vec![0.0; 2],
+            latents_std: vec![1.0; 2],
+            ..himmel_models::wan::WanVaeConfig::default_wan21()
+        };
+        let weights = candle_nn::VarMap::new();
+        let device = Device::Cpu;
+        let vae = WanVae::new(
+            &config,
+            candle_nn::VarBuilder::from_varmap(&weights, DType::F32, &device),
+        )
+        .unwrap();
+        let clips = [clip(5, Anchor::Start)];
+        let known = KnownLatents::encode(&vae, &clips, &[1, 2, 3, 2, 4], &device)
+            .unwrap()
+            .unwrap();
+        assert_eq!(known.latents().dims(), [1, 2, 3, 2, 4]);
+        let mask = known
+            .mask()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(mask, [[1f32; 8], [1.0; 8], [0.0; 8]].concat());
     }
 
     #[test]

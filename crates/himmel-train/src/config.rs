@@ -127,6 +127,10 @@ pub struct DenoiserRecipe {
     pub vocabulary_clips: u64,
     /// Clips whose latents give the per-channel normalisation.
     pub statistics_clips: u64,
+    /// Whether the first latent frame (one frame encoded, the others four each) gets its own
+    /// normalisation; off by default, so runs made before it resume as they were.
+    #[serde(default)]
+    pub first_frame_statistics: bool,
     /// Encoded clips kept to draw batches from (encoding costs more than a denoiser step).
     pub pool_clips: u64,
     /// Clips of the pool replaced by new ones at every step.

@@ -13,7 +13,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
-use himmel_models::wan::{CellReduction, WanVae, latent_cells};
+use himmel_models::wan::{CellReduction, LatentStatistics, WanVae, latent_cells};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_distr::{Distribution, StandardNormal};
@@ -122,7 +122,16 @@ impl DenoiserStage {
             let end = (start + ENCODE_BATCH).min(recipe.statistics_clips);
             latents.push(vae.encode(&clips.batch(start..end, device)?.video)?);
         }
-        let (mean, std) = channel_statistics(&Tensor::cat(&latents, 0)?)?;
+        let latents = Tensor::cat(&latents, 0)?;
+        let frames = latents.dim(2)?;
+        let rest = if recipe.first_frame_statistics && frames > 1 {
+            let (mean, std) = channel_statistics(&latents.narrow(2, 0, 1)?)?;
+            autoencoder_config.first_frame_latents = Some(LatentStatistics { mean, std });
+            latents.narrow(2, 1, frames - 1)?
+        } else {
+            latents
+        };
+        let (mean, std) = channel_statistics(&rest)?;
         autoencoder_config.latents_mean = mean;
         autoencoder_config.latents_std = std;
 

@@ -79,6 +79,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
         short_prompt_rate: 0.1,
         vocabulary_clips: 20,
         statistics_clips: 4,
+        first_frame_statistics: true,
         pool_clips: 8,
         pool_refresh: 2,
         max_prompt_tokens: 32,
@@ -231,7 +232,13 @@ fn the_denoiser_learns_and_resumes_exactly() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let whole = train(&stage(), &options(dir.path(), 40, None, false));
     assert_falls(&whole.rows);
-    assert!(dir.path().join("model/config.json").exists());
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("model/config.json")).expect("model config"),
+    )
+    .expect("JSON");
+    // The first latent frame got its own statistics, one per latent channel.
+    let first = &config["autoencoder"]["first_frame_latents"];
+    assert_eq!(first["std"].as_array().map(Vec::len), Some(4), "{first}");
 
     let split = tempfile::tempdir().expect("temporary folder");
     train(&stage(), &options(split.path(), 40, Some(5), false));

@@ -11,4 +11,4 @@ pub mod vae;
 
 pub use config::WanTransformerConfig;
 pub use transformer::{StepCache, WanTransformer};
-pub use vae::{CellReduction, WanVae, WanVaeConfig, WeightSource, latent_cells};
+pub use vae::{CellReduction, LatentStatistics, WanVae, WanVaeConfig, WeightSource, latent_cells};

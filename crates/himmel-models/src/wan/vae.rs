@@ -35,6 +35,11 @@ pub struct WanVaeConfig {
     /// Per-channel latent standard deviations; default Wan 2.1's.
     #[serde(default = "default_std")]
     pub latents_std: Vec<f64>,
+    /// Statistics of the first latent frame where they differ from the others' (it encodes one
+    /// frame, the others four each): himmel-mini's small autoencoders give it about half their
+    /// spread. Default none: every frame normalises alike, as Wan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_frame_latents: Option<LatentStatistics>,
     /// Attention at these scales outside the middle blocks; default none (the only supported).
     #[serde(default)]
     pub attn_scales: Vec<f64>,
@@ -71,6 +76,15 @@ fn default_std() -> Vec<f64> {
     ]
 }
 
+/// Per-channel mean and standard deviation of latents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatentStatistics {
+    /// Means, one per latent channel.
+    pub mean: Vec<f64>,
+    /// Standard deviations, one per latent channel.
+    pub std: Vec<f64>,
+}
+
 impl WanVaeConfig {
     /// Wan 2.1's VAE (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers/vae`).
     pub fn default_wan21() -> Self {
@@ -82,6 +96,7 @@ impl WanVaeConfig {
             temperal_downsample: default_temporal(),
             latents_mean: default_mean(),
             latents_std: default_std(),
+            first_frame_latents: None,
             attn_scales: Vec::new(),
             is_residual: false,
         }
@@ -913,6 +928,14 @@ impl WanVae {
                 config.z_dim
             );
         }
+        if let Some(first) = &config.first_frame_latents
+            && (first.mean.len() != config.z_dim || first.std.len() != config.z_dim)
+        {
+            candle_core::bail!(
+                "first_frame_latents needs {} means and standard deviations",
+                config.z_dim
+            );
+        }
         if config.dim_mult.is_empty()
             || config.temperal_downsample.len() + 1 != config.dim_mult.len()
         {
@@ -1080,20 +1103,37 @@ impl WanVae {
         Tensor::cat(&frames, 2)
     }
 
-    /// `(mean, std)` as `[1, z, 1, 1, 1]` tensors on `device`.
+    /// `(mean, std)` to normalise `like` `[B, z, F, h, w]` (a whole encoding, from its first
+    /// latent frame): `[1, z, 1, 1, 1]`, or `[1, z, F, 1, 1]` when the first frame has its own.
     fn statistics(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
         let shape = (1, self.config.z_dim, 1, 1, 1);
         let to_tensor = |values: &[f64]| -> Result<Tensor> {
             let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
             Tensor::from_vec(values, shape, like.device())?.to_dtype(like.dtype())
         };
-        Ok((
+        let (mean, std) = (
             to_tensor(&self.config.latents_mean)?,
             to_tensor(&self.config.latents_std)?,
-        ))
+        );
+        let frames = like.dim(2)?;
+        match &self.config.first_frame_latents {
+            Some(first) if frames > 0 => {
+                let rest = (1, self.config.z_dim, frames - 1, 1, 1);
+                let join = |first: Tensor, rest_values: &Tensor| {
+                    Tensor::cat(&[first, rest_values.broadcast_as(rest)?.contiguous()?], 2)
+                };
+                Ok((
+                    join(to_tensor(&first.mean)?, &mean)?,
+                    join(to_tensor(&first.std)?, &std)?,
+                ))
+            }
+            _ => Ok((mean, std)),
+        }
     }
 
-    /// Latents as the denoiser sees them: `(mean_latent - latents_mean) / latents_std`.
+    /// Latents as the denoiser sees them: `(mean_latent - latents_mean) / latents_std`, with the
+    /// first latent frame's own statistics where the config has them. `latents` must start at
+    /// an encoding's first latent frame.
     pub fn normalize(&self, latents: &Tensor) -> Result<Tensor> {
         let (mean, std) = self.statistics(latents)?;
         latents.broadcast_sub(&mean)?.broadcast_div(&std)
@@ -1155,6 +1195,49 @@ mod tests {
         let mut expected = vec![0f32; 12];
         expected[2 * 4 + 2] = 1.0;
         assert_eq!(cells, expected);
+    }
+
+    #[test]
+    fn the_first_latent_frame_normalises_with_its_own_statistics() {
+        let mut config = WanVaeConfig {
+            base_dim: 4,
+            z_dim: 2,
+            dim_mult: vec![1, 2],
+            num_res_blocks: 1,
+            temperal_downsample: vec![true],
+            latents_mean: vec![1.0, -1.0],
+            latents_std: vec![2.0, 4.0],
+            ..WanVaeConfig::default_wan21()
+        };
+        config.first_frame_latents = Some(LatentStatistics {
+            mean: vec![0.5, 0.0],
+            std: vec![0.5, 1.0],
+        });
+        let weights = candle_nn::VarMap::new();
+        let vae = WanVae::new(
+            &config,
+            VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        // Channel values 3 in every frame: frame 0 normalises to (3 - 0.5) / 0.5 = 5 and
+        // 3 / 1 = 3, later frames to (3 - 1) / 2 = 1 and 4 / 4 = 1.
+        let latents = Tensor::full(3f32, (1, 2, 3, 1, 1), &Device::Cpu).unwrap();
+        let normed = vae.normalize(&latents).unwrap();
+        let values = normed.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values, [5.0, 1.0, 1.0, 3.0, 1.0, 1.0]);
+        let back = vae.denormalize(&normed).unwrap();
+        assert_eq!(max_abs_difference(&back, &latents).unwrap(), 0.0);
+        config.first_frame_latents = Some(LatentStatistics {
+            mean: vec![0.0],
+            std: vec![1.0],
+        });
+        let error = WanVae::new(
+            &config,
+            VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu),
+        )
+        .err()
+        .unwrap();
+        assert!(error.to_string().contains("first_frame_latents"), "{error}");
     }
 
     #[test]
