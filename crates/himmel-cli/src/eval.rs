@@ -117,6 +117,26 @@ fn psnr(
     Ok(Some(-10.0 * mse.log10()))
 }
 
+/// The RMS of each latent frame of `latents` `[B, z, F, h, w]` normalised per channel over all
+/// frames: whether some frames (the first encodes one frame, the others four) need their own
+/// normalisation.
+fn latent_spread_by_frame(latents: &Tensor) -> Result<Vec<f64>> {
+    let (mean, std) = himmel_train::autoencoder::channel_statistics(latents)?;
+    let column = |values: Vec<f64>| {
+        let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
+        Tensor::from_vec(values, (1, mean.len(), 1, 1, 1), latents.device())
+    };
+    let normalised = latents
+        .broadcast_sub(&column(mean.clone())?)?
+        .broadcast_div(&column(std)?)?;
+    (0..latents.dim(2)?)
+        .map(|frame| {
+            let mean_square = normalised.narrow(2, frame, 1)?.sqr()?.mean_all()?;
+            Ok(f64::from(mean_square.to_scalar::<f32>()?).sqrt())
+        })
+        .collect()
+}
+
 /// A clip `[1, 3, F, H, W]` in -1..=1 as a video.
 fn as_video(clip: &Tensor, fps: f64) -> Result<Video> {
     let frames = ((clip.squeeze(0)?.permute((1, 2, 3, 0))? + 1.0)? / 2.0)?.clamp(0f32, 1f32)?;
@@ -145,10 +165,13 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
     }
     let mut results = Vec::new();
     let (mut reconstructed_reports, mut original_reports) = (Vec::new(), Vec::new());
+    let mut latents = Vec::new();
     for index in 0..count {
         let batch = clips.batch(index..index + 1, &device)?;
         let original = &batch.video;
-        let reconstruction = vae.decode(&vae.encode(original)?)?;
+        let encoded = vae.encode(original)?;
+        let reconstruction = vae.decode(&encoded)?;
+        latents.push(encoded);
         let objects = clips.object_masks(&batch, index)?;
         if let Some(spec) = &batch.scenes[0] {
             reconstructed_reports.push(score(&as_video(&reconstruction, shape.fps)?, spec)?);
@@ -179,6 +202,14 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
         dir.display(),
         objects.len()
     );
+    if !latents.is_empty() {
+        let spread = latent_spread_by_frame(&Tensor::cat(&latents, 0)?)?;
+        let spread: Vec<String> = spread.iter().map(|s| format!("{s:.2}")).collect();
+        println!(
+            "latent spread by latent frame (RMS under one normalisation for all): {}",
+            spread.join(" ")
+        );
+    }
     if !reconstructed_reports.is_empty() {
         print_summary(
             &aggregate(&reconstructed_reports),

@@ -126,7 +126,9 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
         report.to_str().unwrap(),
     ]);
     assert!(
-        summary.contains("mean PSNR") && summary.contains("colour agreement"),
+        summary.contains("mean PSNR")
+            && summary.contains("colour agreement")
+            && summary.contains("latent spread by latent frame"),
         "{summary}"
     );
 
