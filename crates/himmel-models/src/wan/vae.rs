@@ -1117,7 +1117,8 @@ impl WanVae {
         );
         let frames = like.dim(2)?;
         match &self.config.first_frame_latents {
-            Some(first) if frames > 0 => {
+            Some(first) if frames == 1 => Ok((to_tensor(&first.mean)?, to_tensor(&first.std)?)),
+            Some(first) if frames > 1 => {
                 let rest = (1, self.config.z_dim, frames - 1, 1, 1);
                 let join = |first: Tensor, rest_values: &Tensor| {
                     Tensor::cat(&[first, rest_values.broadcast_as(rest)?.contiguous()?], 2)
@@ -1227,6 +1228,10 @@ mod tests {
         assert_eq!(values, [5.0, 1.0, 1.0, 3.0, 1.0, 1.0]);
         let back = vae.denormalize(&normed).unwrap();
         assert_eq!(max_abs_difference(&back, &latents).unwrap(), 0.0);
+        // A single latent frame (an image) is a first frame.
+        let image = latents.narrow(2, 0, 1).unwrap();
+        let values = vae.normalize(&image).unwrap().flatten_all().unwrap();
+        assert_eq!(values.to_vec1::<f32>().unwrap(), [5.0, 3.0]);
         config.first_frame_latents = Some(LatentStatistics {
             mean: vec![0.0],
             std: vec![1.0],
