@@ -368,4 +368,6 @@ fn print_summary(clips: &Aggregate, truth: &Aggregate, autoencoded: Option<&Aggr
             measure(truth),
         );
     }
+    let ratio = clips.physics_residual / truth.physics_residual.max(1e-9);
+    println!("physics residual: {ratio:.2}x ground truth's");
 }

@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::video::{Clip, Conv, SPAN, convolve, normalise_channels, pad_frames};
-use super::{SendPtr, product};
+use super::{SendPtr, cpu_slice, product};
 use crate::ops::contiguous_f32;
 
 /// Whether [`conv3d`] can run on `x` with `weight`: both f32 on the CPU.
@@ -199,11 +199,8 @@ impl Conv3d {
     fn weight_gradient(&self, x: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<Tensor> {
         let x = x.detach().contiguous()?;
         let (storage, layout) = x.storage_and_layout();
-        let candle_core::Storage::Cpu(storage) = &*storage else {
-            bail!("conv3d with gradients runs on the CPU");
-        };
         let (shape, clip) = clip_of(
-            contiguous_f32(storage, layout)?,
+            cpu_slice(&storage, layout.start_offset(), x.elem_count())?,
             x.dims(),
             weight.dims(),
             self.padding,
@@ -228,10 +225,7 @@ impl Conv3d {
             .pad_with_zeros(4, 0, padded_width - out_width)?
             .contiguous()?;
         let (grad_storage, grad_layout) = grad.storage_and_layout();
-        let candle_core::Storage::Cpu(grad_storage) = &*grad_storage else {
-            bail!("conv3d with gradients runs on the CPU");
-        };
-        let grad = contiguous_f32(grad_storage, grad_layout)?;
+        let grad = cpu_slice(&grad_storage, grad_layout.start_offset(), grad.elem_count())?;
         let frame_size = padded_height * padded_width;
         let rows = out_height * padded_width;
         let per_tap: Vec<Vec<f32>> = (0..kt * kh * kw)
@@ -326,8 +320,10 @@ impl CustomOp2 for ChannelRmsNorm {
         let grad = grad.detach().contiguous()?;
         let gain_values = gain.detach().to_vec1::<f32>()?;
         let (batch, channels, positions) = x.dims3()?;
-        let x_values = x.flatten_all()?.to_vec1::<f32>()?;
-        let grad_values = grad.flatten_all()?.to_vec1::<f32>()?;
+        let (x_storage, x_layout) = x.storage_and_layout();
+        let x_values = cpu_slice(&x_storage, x_layout.start_offset(), x.elem_count())?;
+        let (grad_storage, grad_layout) = grad.storage_and_layout();
+        let grad_values = cpu_slice(&grad_storage, grad_layout.start_offset(), grad.elem_count())?;
         let mut input_grad = vec![0f32; x_values.len()];
         let input_ptr = SendPtr(input_grad.as_mut_ptr());
         let spans = positions.div_ceil(SPAN);
