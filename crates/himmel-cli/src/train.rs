@@ -11,11 +11,11 @@ use himmel_pipeline::layout::{read_json, weight_files};
 use himmel_pipeline::mini::is_mini_dir;
 use himmel_pipeline::preview::{LatentPreview, PREVIEW_FILE};
 use himmel_pipeline::wan::load_vae;
-use himmel_train::autoencoder::{AutoencoderStage, read_trained};
+use himmel_train::autoencoder::{AutoencoderStage, TrainedAutoencoder, read_trained};
 use himmel_train::config::{
     AutoencoderRecipe, DenoiserRecipe, LoopConfig, OptimizerConfig, read_recipe,
 };
-use himmel_train::denoiser::DenoiserStage;
+use himmel_train::denoiser::{DenoiserStage, read_model};
 use himmel_train::log::LogRow;
 use himmel_train::trainer::{RunOptions, Stage, run};
 
@@ -30,8 +30,9 @@ pub struct TrainArgs {
 enum TrainStage {
     /// Train the video autoencoder on crops of world clips.
     Autoencoder {
-        /// Start from this autoencoder run's export instead of fresh weights (needed by
-        /// recipes with `decoder_only`, which fine-tune its decoder and keep its encoder).
+        /// Start from this autoencoder run's export (or a himmel-mini model's autoencoder)
+        /// instead of fresh weights (needed by recipes with `decoder_only`, which fine-tune
+        /// its decoder and keep its encoder).
         #[arg(long)]
         from: Option<PathBuf>,
         #[command(flatten)]
@@ -50,8 +51,13 @@ enum TrainStage {
     /// Train the denoiser and text encoder on a trained autoencoder's latents.
     Denoiser {
         /// Folder of an autoencoder run (its `autoencoder.json` and `autoencoder.safetensors`).
+        /// With `--from`: a newer decoder for the model's encoder, carried into the export.
+        #[arg(long, required_unless_present = "from")]
+        autoencoder: Option<PathBuf>,
+        /// Start from this himmel-mini model (a denoiser run's `model/` folder, a shipped
+        /// model): its autoencoder, vocabulary, latent statistics and weights.
         #[arg(long)]
-        autoencoder: PathBuf,
+        from: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -68,6 +74,11 @@ struct Common {
     /// Continue from the newest checkpoint in the run's folder.
     #[arg(long)]
     resume: bool,
+    /// With `--from`: the weights are this recipe's own run, exported at the step their file
+    /// records; go on from that step (fresh optimizer moments, warmed up again) instead of
+    /// starting the schedule anew. How a run is carried where its checkpoints are not kept.
+    #[arg(long = "continue", requires = "from")]
+    continue_schedule: bool,
     /// Stop after this many steps in all (the schedule still spans the recipe's steps).
     #[arg(long)]
     until: Option<u64>,
@@ -83,46 +94,47 @@ pub fn run_command(args: &TrainArgs, quiet: bool) -> Result<()> {
         TrainStage::Preview { model, clips } => fit_preview(model, *clips),
         TrainStage::Autoencoder { from, common } => {
             let recipe: AutoencoderRecipe = read_recipe(&common.config)?;
+            let mut start_step = 0;
             let stage = match from {
                 Some(dir) => {
-                    let start = read_trained(dir).with_context(|| {
-                        format!("reading the autoencoder to start from in {}", dir.display())
-                    })?;
+                    let start = read_autoencoder(dir)?;
+                    start_step = continued_step(common, dir, start.step)?;
                     AutoencoderStage::fine_tune(&recipe, start, &device)?
                 }
                 None => AutoencoderStage::new(&recipe, &device)?,
             };
-            train(
-                &stage,
-                common,
-                options(common, &recipe.run, &recipe.optimizer),
-                quiet,
-            )
+            let options = options(common, &recipe.run, &recipe.optimizer, start_step);
+            train(&stage, common, options, quiet)
         }
         TrainStage::Denoiser {
             autoencoder,
+            from,
             common,
         } => {
             let recipe: DenoiserRecipe = read_recipe(&common.config)?;
-            let trained = read_trained(autoencoder).with_context(|| {
-                format!(
-                    "reading the trained autoencoder in {}",
-                    autoencoder.display()
-                )
-            })?;
-            if !quiet {
-                eprintln!(
-                    "measuring latents of {} clips and the vocabulary of {} ...",
-                    recipe.statistics_clips, recipe.vocabulary_clips
-                );
-            }
-            let stage = DenoiserStage::new(&recipe, trained, &device)?;
-            train(
-                &stage,
-                common,
-                options(common, &recipe.run, &recipe.optimizer),
-                quiet,
-            )
+            let autoencoder = autoencoder.as_deref().map(read_autoencoder).transpose()?;
+            let mut start_step = 0;
+            let stage = match (from, autoencoder) {
+                (Some(dir), decoder) => {
+                    let model = read_model(dir).with_context(|| {
+                        format!("reading the model to start from in {}", dir.display())
+                    })?;
+                    start_step = continued_step(common, dir, model.step)?;
+                    DenoiserStage::from_model(&recipe, model, decoder, &device)?
+                }
+                (None, Some(trained)) => {
+                    if !quiet {
+                        eprintln!(
+                            "measuring latents of {} clips and the vocabulary of {} ...",
+                            recipe.statistics_clips, recipe.vocabulary_clips
+                        );
+                    }
+                    DenoiserStage::new(&recipe, trained, &device)?
+                }
+                (None, None) => anyhow::bail!("give --autoencoder or --from"),
+            };
+            let options = options(common, &recipe.run, &recipe.optimizer, start_step);
+            train(&stage, common, options, quiet)
         }
     }
 }
@@ -144,13 +156,38 @@ fn fit_preview(dir: &Path, clips: u64) -> Result<()> {
     Ok(())
 }
 
-fn options(common: &Common, run: &LoopConfig, optimizer: &OptimizerConfig) -> RunOptions {
+/// Reads the trained autoencoder in `dir`, naming the folder if that fails.
+fn read_autoencoder(dir: &Path) -> Result<TrainedAutoencoder> {
+    read_trained(dir)
+        .with_context(|| format!("reading the trained autoencoder in {}", dir.display()))
+}
+
+/// The step a run begins at: with `--continue`, the one the export in `dir` records.
+fn continued_step(common: &Common, dir: &Path, recorded: Option<u64>) -> Result<u64> {
+    if !common.continue_schedule {
+        return Ok(0);
+    }
+    recorded.with_context(|| {
+        format!(
+            "{} records no training step to continue from; start its schedule anew without --continue",
+            dir.display()
+        )
+    })
+}
+
+fn options(
+    common: &Common,
+    run: &LoopConfig,
+    optimizer: &OptimizerConfig,
+    start_step: u64,
+) -> RunOptions {
     RunOptions {
         dir: common.out.clone(),
         total_steps: run.steps,
         stop_after: common.until,
         checkpoint_every: run.checkpoint_every,
         resume: common.resume,
+        start_step,
         optimizer: optimizer.clone(),
     }
 }

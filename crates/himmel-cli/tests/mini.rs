@@ -169,6 +169,43 @@ fn training_resumes_and_refuses_bad_recipes() {
         himmel_ok(&borrowed);
     };
     run(&["--until", "2"]);
+    // A run's export carries it on where its checkpoints are gone: after its step 2, steps 3 and 4 of 4.
+    let carried = dir.path().join("carried");
+    let export = out.to_str().unwrap();
+    himmel_ok(&[
+        "train",
+        "autoencoder",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--from",
+        export,
+        "--continue",
+        "--out",
+        carried.to_str().unwrap(),
+    ]);
+    let log = std::fs::read_to_string(carried.join("loss.csv")).unwrap();
+    let steps: Vec<&str> = log
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').next())
+        .collect();
+    assert_eq!(steps, ["3", "4"], "{log}");
+    // Exports that record no step (the shipped model's) cannot be continued.
+    let message = himmel_err(&[
+        "train",
+        "denoiser",
+        "--config",
+        fixtures().join("denoiser.toml").to_str().unwrap(),
+        "--from",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/himmel-mini")
+            .to_str()
+            .unwrap(),
+        "--continue",
+        "--out",
+        carried.to_str().unwrap(),
+    ]);
+    assert!(message.contains("records no training step"), "{message}");
     run(&["--resume"]);
     let log = std::fs::read_to_string(out.join("loss.csv")).unwrap();
     assert_eq!(log.lines().count(), 5, "{log}");

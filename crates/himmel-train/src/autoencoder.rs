@@ -5,7 +5,8 @@
 //! It can also start from a trained autoencoder and fine-tune it, or only its decoder: the
 //! encoder, and so the latents a denoiser learnt, stay as they were.
 //!
-//! Exports `autoencoder.json` (the config) and `autoencoder.safetensors` (averaged weights).
+//! Exports `autoencoder.json` (the config) and `autoencoder.safetensors` (averaged weights, with
+//! the step they were taken at in the metadata).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +20,7 @@ use crate::checkpoint::{read_safetensors, write_safetensors};
 use crate::config::AutoencoderRecipe;
 use crate::config::clip_source;
 use crate::data::ClipSource;
+use crate::denoiser::{MODEL_CONFIG, read_model};
 use crate::error::TrainError;
 use crate::frozen::FrozenAndTrained;
 use crate::init::initialize;
@@ -29,6 +31,8 @@ use crate::trainer::Stage;
 pub const WEIGHTS: &str = "autoencoder.safetensors";
 /// File name of the exported config.
 pub const CONFIG: &str = "autoencoder.json";
+/// Metadata key of an export's training step (in autoencoder and model exports alike).
+pub const STEP_METADATA: &str = "autoencoder_step";
 
 /// Training state of the autoencoder stage.
 pub struct AutoencoderStage {
@@ -164,9 +168,7 @@ impl AutoencoderStage {
             }
             weights = start.weights;
         }
-        let fixed = |name: &str| {
-            recipe.decoder_only && (name.starts_with("encoder.") || name.starts_with("quant_conv."))
-        };
+        let fixed = |name: &str| recipe.decoder_only && TrainedAutoencoder::is_encoder_weight(name);
         let frozen: HashMap<String, Tensor> = weights
             .iter()
             .filter(|(name, _)| fixed(name))
@@ -290,14 +292,20 @@ impl Stage for AutoencoderStage {
         Ok((l1 + (kl * self.recipe.kl_weight)?)?)
     }
 
-    fn export(&self, averages: &[(String, Tensor)], dir: &Path) -> Result<(), TrainError> {
+    fn export(
+        &self,
+        averages: &[(String, Tensor)],
+        step: u64,
+        dir: &Path,
+    ) -> Result<(), TrainError> {
         let tensors: HashMap<String, Tensor> = self
             .frozen
             .iter()
             .map(|(name, tensor)| (name.clone(), tensor.clone()))
             .chain(averages.iter().cloned())
             .collect();
-        write_safetensors(&dir.join(WEIGHTS), &tensors, HashMap::new())?;
+        let metadata = HashMap::from([(STEP_METADATA.to_string(), step.to_string())]);
+        write_safetensors(&dir.join(WEIGHTS), &tensors, metadata)?;
         let json = serde_json::to_string_pretty(&self.config).expect("configs serialise");
         std::fs::write(dir.join(CONFIG), json).map_err(|source| TrainError::Io {
             path: dir.join(CONFIG),
@@ -310,13 +318,26 @@ impl Stage for AutoencoderStage {
 pub struct TrainedAutoencoder {
     /// The config (latent statistics still zero and one).
     pub config: WanVaeConfig,
-    /// The weights, named as [`WanVae`] names them.
+    /// The weights in f32, named as [`WanVae`] names them.
     pub weights: HashMap<String, Tensor>,
+    /// The step of its run it was exported at, where the export records one.
+    pub step: Option<u64>,
 }
 
-/// Reads the export of an autoencoder run from `dir`.
+impl TrainedAutoencoder {
+    /// Whether `name` is a weight of the encoder side (what the latents depend on).
+    pub fn is_encoder_weight(name: &str) -> bool {
+        name.starts_with("encoder.") || name.starts_with("quant_conv.")
+    }
+}
+
+/// Reads a trained autoencoder from `dir`: an autoencoder run's export, or the autoencoder of a
+/// himmel-mini model folder (a denoiser run's `model/`, a shipped model).
 pub fn read_trained(dir: &Path) -> Result<TrainedAutoencoder, TrainError> {
     let config_path = dir.join(CONFIG);
+    if !config_path.exists() && dir.join(MODEL_CONFIG).exists() {
+        return Ok(read_model(dir)?.autoencoder());
+    }
     let text = std::fs::read_to_string(&config_path).map_err(|source| TrainError::Io {
         path: config_path.clone(),
         source,
@@ -325,8 +346,39 @@ pub fn read_trained(dir: &Path) -> Result<TrainedAutoencoder, TrainError> {
         path: config_path,
         message: error.to_string(),
     })?;
-    let (weights, _) = read_safetensors(&dir.join(WEIGHTS))?;
-    Ok(TrainedAutoencoder { config, weights })
+    let path = dir.join(WEIGHTS);
+    let (weights, metadata) = read_safetensors(&path)?;
+    Ok(TrainedAutoencoder {
+        config,
+        weights: in_f32(weights)?,
+        step: recorded_step(&metadata, STEP_METADATA, &path)?,
+    })
+}
+
+/// `weights` converted to f32 (exports of models are f16).
+pub fn in_f32(weights: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, TrainError> {
+    weights
+        .into_iter()
+        .map(|(name, tensor)| Ok((name, tensor.to_dtype(DType::F32)?)))
+        .collect()
+}
+
+/// The step an export's `metadata` records under `key`, if any; a malformed one is an error
+/// naming `path`.
+pub fn recorded_step(
+    metadata: &HashMap<String, String>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<u64>, TrainError> {
+    metadata
+        .get(key)
+        .map(|value| {
+            value.parse().map_err(|_| TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!("its metadata {key} is not a step: {value:?}"),
+            })
+        })
+        .transpose()
 }
 
 /// Per-channel mean and standard deviation of latents `[B, z, F, h, w]`.

@@ -14,6 +14,8 @@ use crate::optim::AdamW;
 
 const PREFIX: &str = "checkpoint-";
 const EXTENSION: &str = ".safetensors";
+/// Metadata key of the step the optimizer's moments started at (absent in older checkpoints: 0).
+const MOMENTS_FROM: &str = "moments_from";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
@@ -103,13 +105,15 @@ pub fn save(
     let metadata = HashMap::from([
         ("stage".to_string(), stage.to_string()),
         ("step".to_string(), step.to_string()),
+        (MOMENTS_FROM.to_string(), optimizer.origin.to_string()),
     ]);
     let path = dir.join(format!("{PREFIX}{step:07}{EXTENSION}"));
     write_safetensors(&path, &tensors, metadata)?;
     Ok(path)
 }
 
-/// Restores weights, moments and averages from a checkpoint of `stage`; returns its step.
+/// Restores weights, moments (and where they started) and averages from a checkpoint of
+/// `stage`; returns its step.
 pub fn restore(
     path: &Path,
     stage: &str,
@@ -131,6 +135,12 @@ pub fn restore(
         .get("step")
         .and_then(|step| step.parse().ok())
         .ok_or_else(|| corrupt("its metadata has no step".into()))?;
+    optimizer.origin = match metadata.get(MOMENTS_FROM) {
+        Some(origin) => origin
+            .parse()
+            .map_err(|_| corrupt(format!("its {MOMENTS_FROM} is not a step: {origin:?}")))?,
+        None => 0,
+    };
     let take = |key: String, like: &Tensor| -> Result<Tensor, TrainError> {
         let tensor = tensors
             .get(&key)

@@ -4,7 +4,10 @@
 //! latent frames (first frame, first or last part, both ends) are given as extra channels, so
 //! the model learns image to video, extension, loops and connections.
 //!
-//! Exports a complete model to `model/` (`config.json`, `model.safetensors` in f16).
+//! Exports a complete model to `model/` (`config.json`, `model.safetensors` in f16, with the
+//! denoiser's and the autoencoder's training steps in its metadata). A run can also start
+//! from such a model: its vocabulary, latent statistics and weights, with a newer decoder for
+//! the same encoder if one is given.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -13,13 +16,16 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
-use himmel_models::wan::{CellReduction, LatentStatistics, WanVae, latent_cells};
+use himmel_models::wan::{CellReduction, LatentStatistics, WanVae, WanVaeConfig, latent_cells};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::autoencoder::{TrainedAutoencoder, channel_statistics, sorted_vars};
-use crate::checkpoint::write_safetensors;
+use crate::autoencoder::{
+    STEP_METADATA as AUTOENCODER_STEP, TrainedAutoencoder, channel_statistics, in_f32,
+    recorded_step, sorted_vars,
+};
+use crate::checkpoint::{read_safetensors, write_safetensors};
 use crate::config::clip_source;
 use crate::config::{DenoiserRecipe, MaskRates};
 use crate::data::{Captions, ClipSource};
@@ -37,6 +43,8 @@ pub const MODEL_CONFIG: &str = "config.json";
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
 /// Prefix of the autoencoder's weights in a model file.
 const AUTOENCODER: &str = "autoencoder";
+/// Metadata key of a model export's denoiser training step.
+const STEP_METADATA: &str = "denoiser_step";
 /// Clips encoded at once when filling the pool.
 const ENCODE_BATCH: u64 = 8;
 
@@ -55,12 +63,71 @@ struct LatentPool {
     entries: VecDeque<PoolEntry>,
 }
 
+/// A himmel-mini model read back from a folder: a denoiser run's `model/` or a shipped model.
+pub struct TrainedModel {
+    /// Its config: vocabulary and latent statistics included.
+    pub config: MiniConfig,
+    /// All its weights in f32, named as [`HimmelMini`] names them.
+    pub weights: HashMap<String, Tensor>,
+    /// The denoiser's training step it was exported at, where the export records one.
+    pub step: Option<u64>,
+    /// The step of the autoencoder run its autoencoder came from, where recorded.
+    pub autoencoder_step: Option<u64>,
+}
+
+impl TrainedModel {
+    /// Its autoencoder, as an autoencoder run exports it (latent statistics zero and one).
+    pub fn autoencoder(self) -> TrainedAutoencoder {
+        let mut config = self.config.autoencoder;
+        config.latents_mean = vec![0.0; config.z_dim];
+        config.latents_std = vec![1.0; config.z_dim];
+        config.first_frame_latents = None;
+        let prefix = format!("{AUTOENCODER}.");
+        let weights = self
+            .weights
+            .into_iter()
+            .filter_map(|(name, tensor)| Some((name.strip_prefix(&prefix)?.to_string(), tensor)))
+            .collect();
+        TrainedAutoencoder {
+            config,
+            weights,
+            step: self.autoencoder_step,
+        }
+    }
+}
+
+/// Reads the himmel-mini model in `dir` (`config.json`, `model.safetensors`).
+pub fn read_model(dir: &Path) -> Result<TrainedModel, TrainError> {
+    let config_path = dir.join(MODEL_CONFIG);
+    let text = std::fs::read_to_string(&config_path).map_err(|source| TrainError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let invalid = |message: String| TrainError::Checkpoint {
+        path: config_path.clone(),
+        message,
+    };
+    let config: MiniConfig =
+        serde_json::from_str(&text).map_err(|error| invalid(error.to_string()))?;
+    config.check().map_err(invalid)?;
+    let path = dir.join(MODEL_WEIGHTS);
+    let (weights, metadata) = read_safetensors(&path)?;
+    Ok(TrainedModel {
+        config,
+        weights: in_f32(weights)?,
+        step: recorded_step(&metadata, STEP_METADATA, &path)?,
+        autoencoder_step: recorded_step(&metadata, AUTOENCODER_STEP, &path)?,
+    })
+}
+
 /// Training state of the denoiser stage.
 pub struct DenoiserStage {
     recipe: DenoiserRecipe,
     config: MiniConfig,
     model: HimmelMini,
     frozen: HashMap<String, Tensor>,
+    /// The step of the autoencoder run the frozen autoencoder came from, where known.
+    autoencoder_step: Option<u64>,
     vars: Vec<(String, Var)>,
     clips: ClipSource,
     pool: RefCell<LatentPool>,
@@ -92,6 +159,80 @@ fn known_frames(rates: &MaskRates, frames: usize, rng: &mut impl Rng) -> Vec<usi
         return vec![0, frames - 1];
     }
     Vec::new()
+}
+
+/// The model config of `recipe` over an autoencoder (latent statistics included) and a
+/// vocabulary.
+fn config_for(
+    recipe: &DenoiserRecipe,
+    autoencoder: WanVaeConfig,
+    vocabulary: Vec<String>,
+) -> MiniConfig {
+    let z = autoencoder.z_dim;
+    let mut denoiser = recipe.denoiser.clone();
+    denoiser.in_channels = 2 * z + 1;
+    denoiser.out_channels = z;
+    denoiser.text_dim = recipe.text_encoder.d_model;
+    let mut text_encoder = recipe.text_encoder.clone();
+    text_encoder.vocab_size = WordTokenizer::new(vocabulary.clone()).size();
+    MiniConfig {
+        autoencoder,
+        denoiser,
+        text_encoder,
+        vocabulary,
+        max_prompt_tokens: recipe.max_prompt_tokens,
+        video: recipe.video,
+        sampling: recipe.sampling,
+    }
+}
+
+/// Puts `decoder`'s decoder-side weights into `autoencoder`, after checking that its encoder
+/// side is `autoencoder`'s (equal in the f16 the models are stored in).
+fn replace_decoder(
+    autoencoder: &mut HashMap<String, Tensor>,
+    decoder: HashMap<String, Tensor>,
+) -> Result<(), TrainError> {
+    let mismatch = |name: &str, reason: &str| TrainError::Setting {
+        name: "autoencoder",
+        value: name.to_string(),
+        reason: reason.into(),
+    };
+    if decoder.len() != autoencoder.len() {
+        return Err(mismatch(
+            "the decoder's",
+            "has other weights than the model's autoencoder",
+        ));
+    }
+    for (name, tensor) in decoder {
+        let Some(current) = autoencoder.get_mut(&name) else {
+            return Err(mismatch(
+                &name,
+                "is not a weight of the model's autoencoder",
+            ));
+        };
+        if current.dims() != tensor.dims() {
+            return Err(mismatch(
+                &name,
+                "has another shape in the model's autoencoder",
+            ));
+        }
+        if TrainedAutoencoder::is_encoder_weight(&name) {
+            let difference = (current.to_dtype(DType::F16)?.to_dtype(DType::F32)?
+                - tensor.to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+            if difference != 0.0 {
+                return Err(mismatch(
+                    &name,
+                    "differs from the model's: the decoder belongs to another encoder",
+                ));
+            }
+        } else {
+            *current = tensor;
+        }
+    }
+    Ok(())
 }
 
 impl DenoiserStage {
@@ -135,24 +276,76 @@ impl DenoiserStage {
         autoencoder_config.latents_mean = mean;
         autoencoder_config.latents_std = std;
 
-        let z = autoencoder_config.z_dim;
-        let mut denoiser = recipe.denoiser.clone();
-        denoiser.in_channels = 2 * z + 1;
-        denoiser.out_channels = z;
-        denoiser.text_dim = recipe.text_encoder.d_model;
-        let mut text_encoder = recipe.text_encoder.clone();
-        text_encoder.vocab_size = tokenizer.size();
-        let config = MiniConfig {
-            autoencoder: autoencoder_config,
-            denoiser,
-            text_encoder,
-            vocabulary: tokenizer.vocabulary().to_vec(),
-            max_prompt_tokens: recipe.max_prompt_tokens,
-            video: recipe.video,
-            sampling: recipe.sampling,
-        };
+        let config = config_for(recipe, autoencoder_config, tokenizer.vocabulary().to_vec());
+        let stage = Self::assemble(recipe, config, weights, autoencoder.step, clips, device)?;
+        initialize(&stage.vars, recipe.run.seed)?;
+        Ok(stage)
+    }
 
-        let frozen: HashMap<String, Tensor> = weights
+    /// Builds the stage on a trained model: its vocabulary, latent statistics, autoencoder and
+    /// weights (the recipe must have the model's architecture). A `decoder` (an autoencoder
+    /// run's export) replaces the model's decoder; its encoder must be the model's, so the
+    /// latents the denoiser learnt stay as they were.
+    pub fn from_model(
+        recipe: &DenoiserRecipe,
+        model: TrainedModel,
+        decoder: Option<TrainedAutoencoder>,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let config = config_for(
+            recipe,
+            model.config.autoencoder.clone(),
+            model.config.vocabulary.clone(),
+        );
+        let differs = |part: &'static str| TrainError::Setting {
+            name: part,
+            value: "the recipe's".into(),
+            reason: "differs from the architecture of the model to start from".into(),
+        };
+        if config.denoiser != model.config.denoiser {
+            return Err(differs("denoiser"));
+        }
+        if config.text_encoder != model.config.text_encoder {
+            return Err(differs("text_encoder"));
+        }
+        let mut weights = model.weights;
+        let prefix = format!("{AUTOENCODER}.");
+        let mut autoencoder: HashMap<String, Tensor> = weights
+            .iter()
+            .filter_map(|(name, tensor)| {
+                Some((name.strip_prefix(&prefix)?.to_string(), tensor.clone()))
+            })
+            .collect();
+        weights.retain(|name, _| !name.starts_with(&prefix));
+        let mut autoencoder_step = model.autoencoder_step;
+        if let Some(decoder) = decoder {
+            replace_decoder(&mut autoencoder, decoder.weights)?;
+            autoencoder_step = decoder.step;
+        }
+        let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
+        let stage = Self::assemble(recipe, config, autoencoder, autoencoder_step, clips, device)?;
+        for (name, var) in &stage.vars {
+            let weight = weights.get(name).ok_or_else(|| TrainError::Setting {
+                name: "denoiser",
+                value: name.clone(),
+                reason: "is missing from the model to start from".into(),
+            })?;
+            var.set(weight)?;
+        }
+        Ok(stage)
+    }
+
+    /// The stage for `config` over the frozen `autoencoder` weights, its own variables created
+    /// (not yet initialised).
+    fn assemble(
+        recipe: &DenoiserRecipe,
+        config: MiniConfig,
+        autoencoder: HashMap<String, Tensor>,
+        autoencoder_step: Option<u64>,
+        clips: ClipSource,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let frozen: HashMap<String, Tensor> = autoencoder
             .into_iter()
             .map(|(name, tensor)| (format!("{AUTOENCODER}.{name}"), tensor))
             .collect();
@@ -164,12 +357,12 @@ impl DenoiserStage {
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         let model = HimmelMini::new(&config, vb)?;
         let vars = sorted_vars(&trained);
-        initialize(&vars, recipe.run.seed)?;
         Ok(Self {
             recipe: recipe.clone(),
             config,
             model,
             frozen,
+            autoencoder_step,
             vars,
             clips,
             pool: RefCell::new(LatentPool {
@@ -317,7 +510,12 @@ impl Stage for DenoiserStage {
         Ok(squared.div(&count)?)
     }
 
-    fn export(&self, averages: &[(String, Tensor)], dir: &Path) -> Result<(), TrainError> {
+    fn export(
+        &self,
+        averages: &[(String, Tensor)],
+        step: u64,
+        dir: &Path,
+    ) -> Result<(), TrainError> {
         let model_dir = dir.join(MODEL_DIR);
         std::fs::create_dir_all(&model_dir).map_err(|source| TrainError::Io {
             path: model_dir.clone(),
@@ -330,7 +528,11 @@ impl Stage for DenoiserStage {
             .chain(averages.iter().map(|(name, tensor)| (name, tensor)))
             .map(|(name, tensor)| Ok((name.clone(), tensor.to_dtype(DType::F16)?)))
             .collect::<candle_core::Result<HashMap<_, _>>>()?;
-        write_safetensors(&model_dir.join(MODEL_WEIGHTS), &tensors, HashMap::new())?;
+        let mut metadata = HashMap::from([(STEP_METADATA.to_string(), step.to_string())]);
+        if let Some(autoencoder_step) = self.autoencoder_step {
+            metadata.insert(AUTOENCODER_STEP.to_string(), autoencoder_step.to_string());
+        }
+        write_safetensors(&model_dir.join(MODEL_WEIGHTS), &tensors, metadata)?;
         let json = serde_json::to_string_pretty(&self.config).expect("configs serialise");
         std::fs::write(model_dir.join(MODEL_CONFIG), json).map_err(|source| TrainError::Io {
             path: model_dir.join(MODEL_CONFIG),

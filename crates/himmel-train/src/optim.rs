@@ -1,22 +1,28 @@
 //! AdamW with decoupled weight decay, a warm-up and cosine learning-rate schedule, and
 //! clipping by the global gradient norm. Its moments are plain tensors so checkpoints can hold
-//! them and a resumed run continues exactly.
+//! them and a resumed run continues exactly. A warm start (weights from an export, fresh
+//! moments) warms the learning rate up again from the step it starts at.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
 use crate::config::OptimizerConfig;
 
-/// The learning rate at `step` (0-based) of a run of `total` steps.
-pub fn learning_rate(config: &OptimizerConfig, step: u64, total: u64) -> f64 {
+/// The learning rate at `step` (0-based) of a run of `total` steps whose optimizer moments
+/// started at step `origin` (0, or where a warm start began): the cosine schedule, scaled by a
+/// linear warm-up over the first `warmup_steps` steps from `origin`.
+pub fn learning_rate(config: &OptimizerConfig, step: u64, origin: u64, total: u64) -> f64 {
     let peak = config.learning_rate;
-    if step < config.warmup_steps {
-        return peak * (step + 1) as f64 / config.warmup_steps as f64;
-    }
     let decay_steps = total.saturating_sub(config.warmup_steps).max(1);
-    let progress = ((step - config.warmup_steps) as f64 / decay_steps as f64).min(1.0);
+    let progress = (step.saturating_sub(config.warmup_steps) as f64 / decay_steps as f64).min(1.0);
     let floor = peak * config.final_learning_rate_ratio;
-    floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    let scheduled = floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    let since = step.saturating_sub(origin);
+    if since < config.warmup_steps {
+        scheduled * (since + 1) as f64 / config.warmup_steps as f64
+    } else {
+        scheduled
+    }
 }
 
 /// One trained variable and its Adam moments.
@@ -38,6 +44,9 @@ pub struct AdamW {
     config: OptimizerConfig,
     /// The variables and their moments, in name order.
     pub slots: Vec<Slot>,
+    /// The step the moments started at: 0, or where a warm start began. Bias correction and
+    /// warm-up count from it.
+    pub origin: u64,
 }
 
 /// What one optimizer step did.
@@ -67,6 +76,7 @@ impl AdamW {
         Ok(Self {
             config: config.clone(),
             slots,
+            origin: 0,
         })
     }
 
@@ -81,9 +91,9 @@ impl AdamW {
         }
         let gradient_norm = squared.sqrt();
         let clip = (self.config.gradient_clip / (gradient_norm + 1e-6)).min(1.0);
-        let learning_rate = learning_rate(&self.config, step, total);
+        let learning_rate = learning_rate(&self.config, step, self.origin, total);
         let (beta1, beta2) = self.config.betas;
-        let t = (step + 1) as i32;
+        let t = i32::try_from(step.saturating_sub(self.origin) + 1).unwrap_or(i32::MAX);
         let first_correction = 1.0 - beta1.powi(t);
         let second_correction = 1.0 - beta2.powi(t);
         for slot in &mut self.slots {
@@ -129,10 +139,25 @@ mod tests {
     #[test]
     fn schedule_warms_up_then_decays_to_its_floor() {
         let config = config();
-        assert!((learning_rate(&config, 0, 110) - 0.01).abs() < 1e-12);
-        assert!((learning_rate(&config, 9, 110) - 0.1).abs() < 1e-12);
-        assert!((learning_rate(&config, 60, 110) - 0.055).abs() < 1e-9);
-        assert!((learning_rate(&config, 110, 110) - 0.01).abs() < 1e-12);
+        assert!((learning_rate(&config, 0, 0, 110) - 0.01).abs() < 1e-12);
+        assert!((learning_rate(&config, 9, 0, 110) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(&config, 60, 0, 110) - 0.055).abs() < 1e-9);
+        assert!((learning_rate(&config, 110, 0, 110) - 0.01).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_warm_start_warms_the_schedule_up_again() {
+        let config = config();
+        let scheduled = learning_rate(&config, 60, 0, 110);
+        assert!((learning_rate(&config, 60, 60, 110) - scheduled / 10.0).abs() < 1e-12);
+        assert!(
+            (learning_rate(&config, 64, 60, 110) / learning_rate(&config, 64, 0, 110) - 0.5).abs()
+                < 1e-12
+        );
+        assert_eq!(
+            learning_rate(&config, 70, 60, 110),
+            learning_rate(&config, 70, 0, 110)
+        );
     }
 
     #[test]

@@ -22,9 +22,14 @@ pub trait Stage {
     /// The loss of step `step` (0-based); its data and noise depend on the step alone, so a
     /// resumed run repeats an uninterrupted one.
     fn loss(&self, step: u64) -> Result<Tensor, TrainError>;
-    /// Writes `averages` (the variables' EMA, in [`Stage::variables`] order) as a usable model
-    /// into `dir`.
-    fn export(&self, averages: &[(String, Tensor)], dir: &Path) -> Result<(), TrainError>;
+    /// Writes `averages` (the variables' EMA, in [`Stage::variables`] order, after `step` steps)
+    /// as a usable model into `dir`; the export records `step` so a warm start can go on.
+    fn export(
+        &self,
+        averages: &[(String, Tensor)],
+        step: u64,
+        dir: &Path,
+    ) -> Result<(), TrainError>;
 }
 
 /// Where and how long a stage runs.
@@ -40,6 +45,10 @@ pub struct RunOptions {
     pub checkpoint_every: u64,
     /// Continue from the newest checkpoint in `dir` instead of starting afresh.
     pub resume: bool,
+    /// Steps of this schedule the starting weights have already trained (a warm start from an
+    /// export: the run begins there with fresh optimizer moments, warmed up again); 0 for a
+    /// fresh start. A resumed checkpoint overrides it.
+    pub start_step: u64,
     /// The optimizer.
     pub optimizer: OptimizerConfig,
 }
@@ -47,7 +56,7 @@ pub struct RunOptions {
 /// What a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSummary {
-    /// The step it started from (0, or the resumed checkpoint's).
+    /// The step it started from (0, the warm start's, or the resumed checkpoint's).
     pub first_step: u64,
     /// Steps done when it stopped.
     pub last_step: u64,
@@ -77,7 +86,8 @@ pub fn run(
     let vars = stage.variables();
     let mut optimizer = AdamW::new(&options.optimizer, vars)?;
     let mut ema = Ema::new(options.optimizer.ema_decay, vars)?;
-    let mut first_step = 0;
+    let mut first_step = options.start_step;
+    optimizer.origin = options.start_step;
     if options.resume
         && let Some(path) = checkpoint::latest(&options.dir)?
     {
@@ -122,7 +132,7 @@ pub fn run(
                 &optimizer,
                 &ema,
             )?);
-            stage.export(&ema.averages, &options.dir)?;
+            stage.export(&ema.averages, done, &options.dir)?;
             log.plot()?;
         }
     }

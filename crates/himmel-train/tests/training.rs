@@ -12,7 +12,7 @@ use himmel_train::autoencoder::{AutoencoderStage, read_trained};
 use himmel_train::config::{
     AutoencoderRecipe, Crop, DenoiserRecipe, LoopConfig, MaskRates, OptimizerConfig,
 };
-use himmel_train::denoiser::DenoiserStage;
+use himmel_train::denoiser::{DenoiserStage, read_model};
 use himmel_train::log::LogRow;
 use himmel_train::trainer::{RunOptions, RunSummary, Stage, run};
 
@@ -125,8 +125,17 @@ fn options(dir: &Path, total_steps: u64, stop_after: Option<u64>, resume: bool) 
         stop_after,
         checkpoint_every: 3,
         resume,
+        start_step: 0,
         optimizer: optimizer(1e-2),
     }
+}
+
+/// Options whose exports are the weights themselves (no averaging), started at `start_step`.
+fn unaveraged(dir: &Path, total_steps: u64, stop_after: u64, start_step: u64) -> RunOptions {
+    let mut options = options(dir, total_steps, Some(stop_after), false);
+    options.optimizer.ema_decay = 0.0;
+    options.start_step = start_step;
+    options
 }
 
 fn train(stage: &dyn Stage, options: &RunOptions) -> RunSummary {
@@ -246,6 +255,87 @@ fn the_denoiser_learns_and_resumes_exactly() {
     let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
     let uninterrupted: Vec<f64> = whole.rows[5..9].iter().map(|row| row.loss).collect();
     assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn an_autoencoder_export_carries_its_run_on() {
+    let device = Device::Cpu;
+    let recipe = autoencoder_recipe(12);
+    let whole_dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::new(&recipe, &device).expect("stage");
+    let whole = train(&stage, &unaveraged(whole_dir.path(), 12, 8, 0));
+
+    let head_dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::new(&recipe, &device).expect("stage");
+    train(&stage, &unaveraged(head_dir.path(), 12, 4, 0));
+    let export = read_trained(head_dir.path()).expect("export");
+    assert_eq!(export.step, Some(4));
+
+    let tail_dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::fine_tune(&recipe, export, &device).expect("stage");
+    let tail = train(&stage, &unaveraged(tail_dir.path(), 12, 8, 4));
+    assert_eq!(tail.first_step, 4);
+    assert_eq!(tail.rows[0].step, 5);
+    // The same weights give the same loss; fresh moments warm the learning rate up again.
+    assert_eq!(tail.rows[0].loss, whole.rows[4].loss);
+    let ratio = tail.rows[0].learning_rate / whole.rows[4].learning_rate;
+    assert!((ratio - 1.0 / 3.0).abs() < 1e-9, "{ratio}");
+    assert_eq!(tail.rows[3].learning_rate, whole.rows[7].learning_rate);
+}
+
+#[test]
+fn a_denoiser_goes_on_from_its_model() {
+    let device = Device::Cpu;
+    let autoencoder_dir = tempfile::tempdir().expect("temporary folder");
+    let autoencoder = AutoencoderStage::new(&autoencoder_recipe(3), &device).expect("stage");
+    train(
+        &autoencoder,
+        &options(autoencoder_dir.path(), 3, None, false),
+    );
+    let recipe = denoiser_recipe(20);
+    let fresh = || {
+        let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+        DenoiserStage::new(&recipe, trained, &device).expect("stage")
+    };
+    let whole_dir = tempfile::tempdir().expect("temporary folder");
+    let whole = train(&fresh(), &unaveraged(whole_dir.path(), 20, 8, 0));
+    let head_dir = tempfile::tempdir().expect("temporary folder");
+    train(&fresh(), &unaveraged(head_dir.path(), 20, 5, 0));
+
+    let model_dir = head_dir.path().join("model");
+    let model = read_model(&model_dir).expect("model export");
+    assert_eq!((model.step, model.autoencoder_step), (Some(5), Some(3)));
+    // The model's own autoencoder counts as a decoder for its encoder.
+    let decoder = read_trained(&model_dir).expect("the model's autoencoder");
+    let stage = DenoiserStage::from_model(&recipe, model, Some(decoder), &device).expect("stage");
+    let tail_dir = tempfile::tempdir().expect("temporary folder");
+    let tail = train(&stage, &unaveraged(tail_dir.path(), 20, 8, 5));
+    assert_eq!(tail.rows[0].step, 6);
+    // The model is stored in f16, so the loss agrees to that precision.
+    let (went_on, uninterrupted) = (tail.rows[0].loss, whole.rows[5].loss);
+    let error = (went_on - uninterrupted).abs() / uninterrupted;
+    assert!(error < 1e-3, "{went_on} vs {uninterrupted}");
+    let exported = read_model(&tail_dir.path().join("model")).expect("export");
+    assert_eq!(exported.step, Some(8));
+
+    // A decoder of another encoder, or another architecture, is refused.
+    let other_dir = tempfile::tempdir().expect("temporary folder");
+    let mut other_recipe = autoencoder_recipe(2);
+    other_recipe.run.seed = 70;
+    let other = AutoencoderStage::new(&other_recipe, &device).expect("stage");
+    train(&other, &options(other_dir.path(), 2, None, false));
+    let model = || read_model(&model_dir).expect("model export");
+    let other = read_trained(other_dir.path()).expect("export");
+    let Err(error) = DenoiserStage::from_model(&recipe, model(), Some(other), &device) else {
+        panic!("a decoder of another encoder was accepted")
+    };
+    assert!(error.to_string().contains("another encoder"), "{error}");
+    let mut deeper = denoiser_recipe(20);
+    deeper.denoiser.num_layers = 3;
+    let Err(error) = DenoiserStage::from_model(&deeper, model(), None, &device) else {
+        panic!("a recipe of another architecture was accepted")
+    };
+    assert!(error.to_string().contains("architecture"), "{error}");
 }
 
 #[test]
