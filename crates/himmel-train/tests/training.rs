@@ -142,6 +142,14 @@ fn train(stage: &dyn Stage, options: &RunOptions) -> RunSummary {
     run(stage, options, &mut |_: &LogRow| {}).expect("training runs")
 }
 
+/// A folder with the export of a 3-step autoencoder run, for denoisers to train over.
+fn tiny_autoencoder(device: &Device) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let autoencoder = AutoencoderStage::new(&autoencoder_recipe(3), device).expect("stage");
+    train(&autoencoder, &options(dir.path(), 3, None, false));
+    dir
+}
+
 fn mean_loss(rows: &[LogRow]) -> f64 {
     rows.iter().map(|row| row.loss).sum::<f64>() / rows.len() as f64
 }
@@ -226,12 +234,7 @@ fn a_decoder_fine_tunes_over_a_fixed_encoder() {
 #[test]
 fn the_denoiser_learns_and_resumes_exactly() {
     let device = Device::Cpu;
-    let autoencoder_dir = tempfile::tempdir().expect("temporary folder");
-    let autoencoder = AutoencoderStage::new(&autoencoder_recipe(3), &device).expect("stage");
-    train(
-        &autoencoder,
-        &options(autoencoder_dir.path(), 3, None, false),
-    );
+    let autoencoder_dir = tiny_autoencoder(&device);
 
     let recipe = denoiser_recipe(40);
     let stage = || {
@@ -286,12 +289,7 @@ fn an_autoencoder_export_carries_its_run_on() {
 #[test]
 fn a_denoiser_goes_on_from_its_model() {
     let device = Device::Cpu;
-    let autoencoder_dir = tempfile::tempdir().expect("temporary folder");
-    let autoencoder = AutoencoderStage::new(&autoencoder_recipe(3), &device).expect("stage");
-    train(
-        &autoencoder,
-        &options(autoencoder_dir.path(), 3, None, false),
-    );
+    let autoencoder_dir = tiny_autoencoder(&device);
     let recipe = denoiser_recipe(20);
     let fresh = || {
         let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
