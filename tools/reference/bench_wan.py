@@ -3,6 +3,7 @@ bf16 and f32) and the VAE decode (f32) at 256x256x17 on this machine, for BENCHM
 
     /tmp/ref/bin/python tools/reference/bench_wan.py
     /tmp/ref/bin/python tools/reference/bench_wan.py --vae-only   # its time and peak memory alone
+    /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae     # the transformer alone
 """
 
 import argparse
@@ -14,6 +15,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--vae-only", action="store_true", help="skip the transformer")
+parser.add_argument("--no-vae", action="store_true", help="skip the VAE decode")
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -29,9 +31,10 @@ if not args.vae_only:
             model(latents.to(dtype), timestep, prompt.to(dtype), return_dict=False)
             print(f"transformer forward {dtype}: {time.perf_counter() - start:.2f}s", flush=True)
     del model
-vae = AutoencoderKLWan().eval()
-with torch.no_grad():
-    start = time.perf_counter()
-    vae.decode(latents, return_dict=False)
-    print(f"VAE decode f32: {time.perf_counter() - start:.2f}s", flush=True)
+if not args.no_vae:
+    vae = AutoencoderKLWan().eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        vae.decode(latents, return_dict=False)
+        print(f"VAE decode f32: {time.perf_counter() - start:.2f}s", flush=True)
 print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024:.2f} GiB")

@@ -1,6 +1,7 @@
 //! `himmel bench`: named workloads timed end to end. `media` measures encode and decode speed
 //! of every video format; `world` the procedural world's clip rate; `wan` a Wan 2.1 1.3B
-//! forward and VAE decode; `mini` the built-in model's default clip, stage by stage.
+//! forward and VAE decode; `mini` the built-in model's default clip, stage by stage; `gemm` the
+//! bf16 matrix product on Wan's shapes.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,6 +36,17 @@ enum Workload {
     /// Wan 2.1's text encoder (UMT5-XXL): one encoding of a prompt of the pipeline's length,
     /// with random weights.
     Text(TextArgs),
+    /// The bf16 linear layers' matrix product (bf16 inputs and weights, f32 sums) on 2048^3 and
+    /// on Wan 2.1 1.3B's shapes at 256x256x17, the best of several runs each.
+    Gemm(GemmArgs),
+}
+
+/// Arguments of `himmel bench gemm`.
+#[derive(Args)]
+struct GemmArgs {
+    /// Runs per shape; the fastest is reported.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
 }
 
 /// Arguments of `himmel bench text`.
@@ -118,6 +130,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Workload::Wan(wan) => run_wan(wan),
         Workload::Mini(mini) => run_mini(mini),
         Workload::Text(text) => run_text(text),
+        Workload::Gemm(gemm) => run_gemm(gemm),
     }
 }
 
@@ -310,6 +323,40 @@ fn run_wan(args: &WanArgs) -> Result<()> {
         print_rate("VAE decode (f32)", seconds, flops);
     }
     print_peak_memory();
+    Ok(())
+}
+
+/// `(name, rows, outputs, inputs)` of the products `himmel bench gemm` times: 2048^3, then Wan
+/// 2.1 1.3B's at 256x256x17 (1280 tokens, 512 text tokens).
+const GEMM_SHAPES: [(&str, usize, usize, usize); 6] = [
+    ("square 2048^3", 2048, 2048, 2048),
+    ("attention q/k/v/o", 1280, 1536, 1536),
+    ("cross-attention k/v", 512, 1536, 1536),
+    ("text embedding", 512, 1536, 4096),
+    ("feed-forward up", 1280, 8960, 1536),
+    ("feed-forward down", 1280, 1536, 8960),
+];
+
+fn run_gemm(args: &GemmArgs) -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+
+    #[cfg(target_arch = "x86_64")]
+    let fast = himmel_models::kernels::bf16_gemm::is_available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let fast = false;
+    let kernel = if fast { "AVX-512 BF16" } else { "bf16 weights widened to f32" };
+    println!("bf16 product x w^T ({kernel}, {} threads)", rayon::current_num_threads());
+    for (name, rows, outputs, inputs) in GEMM_SHAPES {
+        let x = Tensor::randn(0f32, 1.0, (rows, inputs), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let w = Tensor::randn(0f32, 1.0, (outputs, inputs), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let seconds = best_seconds(args.repeat, || {
+            himmel_models::kernels::bf16_linear::matmul_transposed(&x, &w)?;
+            Ok(())
+        })?;
+        let gflops = 2.0 * (rows * outputs * inputs) as f64 / seconds / 1e9;
+        let shape = format!("{rows}x{outputs}x{inputs}");
+        println!("  {name:<20} {shape:>15} {:8.2} ms {gflops:6.0} GFLOP/s", seconds * 1e3);
+    }
     Ok(())
 }
 

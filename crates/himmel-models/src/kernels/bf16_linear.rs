@@ -1,7 +1,9 @@
-//! Linear layers with bf16 weights on the CPU, computed in f32: candle's bf16 matrix product
-//! has no fast kernel on CPUs without AVX-512 BF16 (it ran at two thirds of its f32 speed), so
-//! the weights stay bf16 in memory (half of f32's) and are widened to f32 a panel of rows at a
-//! time, each panel small enough to stay in cache while one f32 product uses it.
+//! Linear layers with bf16 weights on the CPU, summed in f32. Where the CPU has AVX-512 BF16 the
+//! inputs are rounded to bf16 and multiplied pairwise by [`super::bf16_gemm`] (as PyTorch does
+//! in bf16). Elsewhere candle's bf16 matrix product has no fast kernel (it ran at two thirds of
+//! its f32 speed), so the weights stay bf16 in memory (half of f32's) and are widened to f32 a
+//! panel of rows at a time, each panel small enough to stay in cache while one f32 product uses
+//! it.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use candle_nn::Linear;
@@ -50,31 +52,47 @@ fn widened(layer: &Linear, x: &Tensor) -> Result<Option<Tensor>> {
     if !applies {
         return Ok(None);
     }
-    let out = matmul_transposed(&x.to_dtype(DType::F32)?, weight)?;
+    let out = matmul_transposed(x, weight)?;
     Ok(Some(match layer.bias() {
         Some(bias) => out.broadcast_add(&bias.to_dtype(DType::F32)?)?,
         None => out,
     }))
 }
 
-/// `x` `[..., K]` (f32) times the transpose of `weight` `[N, K]` (bf16): `[..., N]` in f32.
+/// `x` `[..., K]` (f32 or bf16) times the transpose of `weight` `[N, K]` (bf16): `[..., N]` in
+/// f32.
 pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (outputs, inner) = weight.dims2()?;
     let mut shape = x.dims().to_vec();
     if shape.last() != Some(&inner) {
         bail!("bf16 linear: input {:?} does not end in {inner}", x.dims());
     }
-    let rows = x.elem_count() / inner.max(1);
-    let x = x.contiguous()?;
-    let (x_storage, x_layout) = x.storage_and_layout();
-    let x_data = cpu_slice(&x_storage, x_layout.start_offset(), x.elem_count())?;
+    *shape.last_mut().expect("checked above") = outputs;
     let weight = weight.contiguous()?;
     let (w_storage, w_layout) = weight.storage_and_layout();
     let w_data = match &*w_storage {
         Storage::Cpu(CpuStorage::BF16(data)) => &data[w_layout.start_offset()..],
         _ => bail!("bf16 linear: the weight must be bf16 on the CPU"),
     };
+    let rows = x.elem_count() / inner.max(1);
     let mut out = vec![0f32; rows * outputs];
+    #[cfg(target_arch = "x86_64")]
+    if super::bf16_gemm::is_available() {
+        let x = x.to_dtype(DType::BF16)?.contiguous()?;
+        let (x_storage, x_layout) = x.storage_and_layout();
+        let x_rows = match &*x_storage {
+            Storage::Cpu(CpuStorage::BF16(data)) => {
+                let start = x_layout.start_offset();
+                super::bf16_gemm::Rows::new(&data[start..start + x.elem_count()], inner, |v| v)
+            }
+            _ => bail!("bf16 linear: the input must be on the CPU"),
+        };
+        super::bf16_gemm::matmul_transposed(&x_rows, &w_data[..outputs * inner], outputs, &mut out);
+        return Tensor::from_vec(out, shape, x.device());
+    }
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let x_data = cpu_slice(&x_storage, x_layout.start_offset(), x.elem_count())?;
     let out_ptr = SendPtr(out.as_mut_ptr());
     w_data[..outputs * inner]
         .par_chunks(PANEL_ROWS * inner)
@@ -95,7 +113,6 @@ pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
                 );
             }
         });
-    *shape.last_mut().expect("checked above") = outputs;
     Tensor::from_vec(out, shape, x.device())
 }
 
@@ -108,7 +125,10 @@ mod tests {
     fn matches_the_f32_product_of_the_widened_weights() -> Result<()> {
         let device = Device::Cpu;
         for (batch, tokens, inner, outputs) in [(1, 7, 16, 5), (2, 33, 48, 300), (1, 1, 3, 513)] {
-            let x = Tensor::randn(0f32, 1.0, (batch, tokens, inner), &device)?;
+            // Values bf16 holds exactly: the AVX-512 BF16 path rounds inputs to bf16.
+            let x = Tensor::randn(0f32, 1.0, (batch, tokens, inner), &device)?
+                .to_dtype(DType::BF16)?
+                .to_dtype(DType::F32)?;
             let weight =
                 Tensor::randn(0f32, 1.0, (outputs, inner), &device)?.to_dtype(DType::BF16)?;
             let bias = Tensor::randn(0f32, 1.0, outputs, &device)?.to_dtype(DType::BF16)?;

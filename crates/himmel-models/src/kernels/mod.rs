@@ -4,6 +4,8 @@
 //! training in f32 on the CPU. Callers keep candle's ops for everything else.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16_gemm;
 pub mod bf16_linear;
 pub mod video;
 pub mod video_training;
