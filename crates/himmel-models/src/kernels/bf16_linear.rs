@@ -19,8 +19,8 @@ const PANEL_ROWS: usize = 128;
 /// `layer` applied to `x` `[..., in]`: in f32 over bf16 weights on the CPU when inference runs
 /// in bf16 there, else candle's own. The result has `x`'s dtype.
 pub fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    match widened(layer, x)? {
-        Some(out) => out.to_dtype(x.dtype()),
+    match widened(layer, x, |v| v)? {
+        Some(out) => Ok(out),
         None => crate::ops::linear(layer, x),
     }
 }
@@ -28,40 +28,67 @@ pub fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
 /// [`forward`] followed by the tanh-approximated GELU, applied in f32 before narrowing back to
 /// bf16 where the product ran in f32.
 pub fn forward_gelu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    let Some(out) = widened(layer, x)? else {
-        return crate::ops::gelu(&crate::ops::linear(layer, x)?);
-    };
-    let mut values = out.flatten_all()?.to_vec1::<f32>()?;
-    values.par_chunks_mut(1 << 14).for_each(|chunk| {
-        for value in chunk {
-            // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3).
-            let v = *value;
-            let u = 0.797_884_6 * (v + 0.044_715 * v * v * v);
-            *value = v / (1.0 + (-2.0 * u).exp());
-        }
-    });
-    Tensor::from_vec(values, out.shape(), out.device())?.to_dtype(x.dtype())
+    // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3).
+    let gelu = |v: f32| v / (1.0 + (-2.0 * 0.797_884_6 * (v + 0.044_715 * v * v * v)).exp());
+    match widened(layer, x, gelu)? {
+        Some(out) => Ok(out),
+        None => crate::ops::gelu(&crate::ops::linear(layer, x)?),
+    }
 }
 
-/// The layer's output in f32 through [`matmul_transposed`], or `None` where that does not apply
-/// (other devices or dtypes, or gradients wanted).
-fn widened(layer: &Linear, x: &Tensor) -> Result<Option<Tensor>> {
+/// `activation(x w^T + bias)` in `x`'s dtype, the sums through [`matmul_transposed`] and the
+/// rest in one pass over them, or `None` where that does not apply (other devices or dtypes,
+/// or gradients wanted).
+fn widened(
+    layer: &Linear,
+    x: &Tensor,
+    activation: impl Fn(f32) -> f32 + Sync,
+) -> Result<Option<Tensor>> {
     let weight = layer.weight();
     let applies =
         x.device().is_cpu() && weight.dtype() == DType::BF16 && !x.track_op() && !weight.track_op();
     if !applies {
         return Ok(None);
     }
-    let out = matmul_transposed(x, weight)?;
-    Ok(Some(match layer.bias() {
-        Some(bias) => out.broadcast_add(&bias.to_dtype(DType::F32)?)?,
-        None => out,
-    }))
+    let (mut sums, shape) = sums(x, weight)?;
+    let outputs = weight.dim(0)?;
+    let bias = match layer.bias() {
+        Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        None => vec![0.0; outputs],
+    };
+    let finish = |row: &mut [f32]| {
+        for (value, bias) in row.iter_mut().zip(&bias) {
+            *value = activation(*value + bias);
+        }
+    };
+    let out = if x.dtype() == DType::BF16 {
+        let mut narrowed = vec![half::bf16::ZERO; sums.len()];
+        let rows = narrowed
+            .par_chunks_mut(outputs)
+            .zip(sums.par_chunks_mut(outputs));
+        rows.for_each(|(narrowed, row)| {
+            finish(row);
+            for (narrow, value) in narrowed.iter_mut().zip(row.iter()) {
+                *narrow = half::bf16::from_f32(*value);
+            }
+        });
+        Tensor::from_vec(narrowed, shape, x.device())?
+    } else {
+        sums.par_chunks_mut(outputs).for_each(finish);
+        Tensor::from_vec(sums, shape, x.device())?.to_dtype(x.dtype())?
+    };
+    Ok(Some(out))
 }
 
 /// `x` `[..., K]` (f32 or bf16) times the transpose of `weight` `[N, K]` (bf16): `[..., N]` in
 /// f32.
 pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (sums, shape) = sums(x, weight)?;
+    Tensor::from_vec(sums, shape, x.device())
+}
+
+/// [`matmul_transposed`]'s values and shape.
+fn sums(x: &Tensor, weight: &Tensor) -> Result<(Vec<f32>, Vec<usize>)> {
     let (outputs, inner) = weight.dims2()?;
     let mut shape = x.dims().to_vec();
     if shape.last() != Some(&inner) {
@@ -88,7 +115,7 @@ pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             _ => bail!("bf16 linear: the input must be on the CPU"),
         };
         super::bf16_gemm::matmul_transposed(&x_rows, &w_data[..outputs * inner], outputs, &mut out);
-        return Tensor::from_vec(out, shape, x.device());
+        return Ok((out, shape));
     }
     let x = x.to_dtype(DType::F32)?.contiguous()?;
     let (x_storage, x_layout) = x.storage_and_layout();
@@ -113,7 +140,7 @@ pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
                 );
             }
         });
-    Tensor::from_vec(out, shape, x.device())
+    Ok((out, shape))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_gemm;
 pub mod bf16_linear;
+pub mod modulation;
 pub mod video;
 pub mod video_training;
 mod winograd;

@@ -8,6 +8,7 @@ use candle_nn::{Linear, VarBuilder, linear};
 use crate::kernels::{
     self,
     bf16_linear::{self, forward as dense},
+    modulation,
 };
 use crate::ops;
 
@@ -39,9 +40,13 @@ impl AffineLayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The norm of `x` in `dtype`.
+    fn forward(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        if modulation::applies(x) {
+            return modulation::affine_layer_norm(x, &self.weight, &self.bias, self.eps, dtype);
+        }
         let scaled = ops::broadcast_mul(&plain_layer_norm(x, self.eps)?, &self.weight)?;
-        ops::broadcast_add(&scaled, &self.bias)
+        ops::broadcast_add(&scaled, &self.bias)?.to_dtype(dtype)
     }
 }
 
@@ -213,24 +218,32 @@ impl Block {
         let (ff_shift, ff_scale, ff_gate) = (part(3)?, part(4)?, part(5)?);
 
         let modulate = |x: &Tensor, shift: &Tensor, scale: &Tensor| -> Result<Tensor> {
+            if modulation::applies(x) {
+                return modulation::modulated_layer_norm(x, shift, scale, self.eps, dtype);
+            }
             let scaled = ops::broadcast_mul(&plain_layer_norm(x, self.eps)?, &(scale + 1.0)?)?;
             ops::broadcast_add(&scaled, shift)?.to_dtype(dtype)
         };
+        // x + y * gate in f32, back in the block's dtype.
+        let gated = |x: &Tensor, y: &Tensor, gate: &Tensor| -> Result<Tensor> {
+            if modulation::applies(x) && modulation::applies(y) {
+                return modulation::gated_residual(x, y, gate, dtype);
+            }
+            let y = ops::broadcast_mul(&y.to_dtype(DType::F32)?, gate)?;
+            (x.to_dtype(DType::F32)? + y)?.to_dtype(dtype)
+        };
         let normed = modulate(x, &shift, &scale)?;
         let attended = self.attn1.forward(&normed, &normed, Some(rotary))?;
-        let x = (x.to_dtype(DType::F32)?
-            + ops::broadcast_mul(&attended.to_dtype(DType::F32)?, &gate)?)?
-        .to_dtype(dtype)?;
+        let x = gated(x, &attended, &gate)?;
 
         let normed = match &self.norm2 {
-            Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
+            Some(norm) => norm.forward(&x, dtype)?,
             None => x.clone(),
         };
         let x = (&x + self.attn2.forward(&normed, text, None)?)?;
 
         let fed = self.ffn.forward(&modulate(&x, &ff_shift, &ff_scale)?)?;
-        (x.to_dtype(DType::F32)? + ops::broadcast_mul(&fed.to_dtype(DType::F32)?, &ff_gate)?)?
-            .to_dtype(dtype)
+        gated(&x, &fed, &ff_gate)
     }
 }
 
