@@ -3,9 +3,12 @@
 //! running maximum and sum of its softmax, so the scores of a query block and key block are the
 //! only ones that ever exist (in cache) and no pass over a score matrix goes through memory.
 //! Queries, keys and values are read in place from `[B, L, heads, head_dim]` and the output is
-//! written in place to `[B, L, heads * head_dim]`: no transposes.
+//! written in place to `[B, L, heads * head_dim]`: no transposes. bf16 inputs on CPUs with
+//! AVX-512 BF16 multiply in bf16 pairs with f32 sums ([`super::bf16_gemm`]); the softmax and
+//! its running statistics stay in f32, and the probabilities are rounded to bf16 for the product
+//! with the values, as PyTorch's bf16 attention does.
 
-use candle_core::{DType, Result, Tensor, bail};
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 
 use super::{SendPtr, cpu_slice, product};
@@ -17,11 +20,23 @@ const QUERY_BLOCK: usize = 64;
 /// Keys per step of a task.
 const KEY_BLOCK: usize = 512;
 
-/// Whether [`attention`] can run on these inputs: f32 on the CPU, no gradients wanted.
+/// Whether [`attention`] can run on these inputs: f32 (or bf16 where the CPU has AVX-512 BF16)
+/// on the CPU, no gradients wanted.
 pub fn applies(query: &Tensor, key: &Tensor, value: &Tensor) -> bool {
-    [query, key, value]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+    let dtype = query.dtype();
+    let dtype_runs = dtype == DType::F32 || (dtype == DType::BF16 && bf16_runs());
+    dtype_runs
+        && [query, key, value]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == dtype && !t.track_op())
+}
+
+/// Whether this CPU multiplies bf16 pairs ([`super::bf16_gemm`]).
+fn bf16_runs() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::bf16_gemm::is_available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// `softmax(q kᵀ / sqrt(head_dim)) v` per batch item and head: `query` `[B, L, heads, D]`,
@@ -44,58 +59,48 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
     let (query_storage, query_layout) = query.storage_and_layout();
     let (key_storage, key_layout) = key.storage_and_layout();
     let (value_storage, value_layout) = value.storage_and_layout();
-    let q = cpu_slice(
-        &query_storage,
-        query_layout.start_offset(),
-        query.elem_count(),
+    let operands = Operands::new(
+        (
+            &query_storage,
+            query_layout.start_offset(),
+            query.elem_count(),
+        ),
+        (&key_storage, key_layout.start_offset(), key.elem_count()),
+        (
+            &value_storage,
+            value_layout.start_offset(),
+            value.elem_count(),
+        ),
     )?;
-    let k = cpu_slice(&key_storage, key_layout.start_offset(), key.elem_count())?;
-    let v = cpu_slice(
-        &value_storage,
-        value_layout.start_offset(),
-        value.elem_count(),
-    )?;
-    // Rows of every operand are whole tokens: `heads * head_dim` floats apart.
+    // Rows of every operand are whole tokens: `heads * head_dim` values apart.
     let row = heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let blocks = tokens.div_ceil(QUERY_BLOCK);
     let mut out = vec![0f32; batch * tokens * row];
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..batch * heads * blocks).into_par_iter().for_each_init(
-        || {
-            (
-                vec![0f32; QUERY_BLOCK * KEY_BLOCK],
-                vec![0f32; QUERY_BLOCK * head_dim],
-                vec![0f32; 2 * QUERY_BLOCK],
-            )
-        },
-        |(scores, output, statistics), task| {
+        || Scratch::new(head_dim),
+        |scratch, task| {
             let (item, head, block) = (task / blocks / heads, task / blocks % heads, task % blocks);
             let first = block * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(tokens - first);
-            let queries = &q[(item * tokens + first) * row + head * head_dim..];
-            let output = &mut output[..rows * head_dim];
-            let (maxima, sums) = statistics.split_at_mut(QUERY_BLOCK);
+            let queries = (item * tokens + first) * row + head * head_dim;
+            let output = &mut scratch.output[..rows * head_dim];
+            let (maxima, sums) = scratch.statistics.split_at_mut(QUERY_BLOCK);
             maxima.fill(f32::NEG_INFINITY);
             sums.fill(0.0);
             for start in (0..keys).step_by(KEY_BLOCK) {
                 let columns = KEY_BLOCK.min(keys - start);
-                let offset = (item * keys + start) * row + head * head_dim;
-                let scores = &mut scores[..rows * columns];
-                // SAFETY: `queries` holds `rows x head_dim` and the keys `columns x head_dim`,
-                // rows `row` apart; `scores` is `rows x columns`, row-major.
-                unsafe {
-                    product(
-                        (rows, columns, head_dim),
-                        (scores.as_mut_ptr(), columns),
-                        (queries.as_ptr(), row, 1),
-                        (k.as_ptr().add(offset), 1, row),
-                        false,
-                        scale,
-                    );
-                }
+                let keys_at = (item * keys + start) * row + head * head_dim;
+                let scores = &mut scratch.scores[..rows * columns];
+                let block = (rows, columns, head_dim, row);
+                operands.scores(block, queries, keys_at, scores, &mut scratch.pairs);
                 for (i, scores) in scores.chunks_exact_mut(columns).enumerate() {
-                    let maximum = scores.iter().fold(maxima[i], |a, &b| a.max(b));
+                    let mut maximum = maxima[i];
+                    for score in scores.iter_mut() {
+                        *score *= scale;
+                        maximum = maximum.max(*score);
+                    }
                     let correction = (maxima[i] - maximum).exp();
                     let mut sum = 0.0;
                     for score in scores.iter_mut() {
@@ -110,18 +115,14 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
                         }
                     }
                 }
-                // SAFETY: `scores` is `rows x columns`, the values `columns x head_dim` with
-                // rows `row` apart, `output` `rows x head_dim`, row-major.
-                unsafe {
-                    product(
-                        (rows, head_dim, columns),
-                        (output.as_mut_ptr(), head_dim),
-                        (scores.as_ptr(), columns, 1),
-                        (v.as_ptr().add(offset), row, 1),
-                        start > 0,
-                        1.0,
-                    );
-                }
+                operands.weigh_values(
+                    block,
+                    scores,
+                    keys_at,
+                    output,
+                    start > 0,
+                    &mut scratch.pairs,
+                );
             }
             for (i, values) in output.chunks_exact(head_dim).enumerate() {
                 let target = (item * tokens + first + i) * row + head * head_dim;
@@ -136,6 +137,155 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
         },
     );
     Tensor::from_vec(out, (batch, tokens, row), query.device())
+}
+
+/// Queries, keys and values, each whole tokens `heads * head_dim` apart.
+enum Operands<'a> {
+    F32([&'a [f32]; 3]),
+    #[cfg(target_arch = "x86_64")]
+    Bf16([&'a [half::bf16]; 3]),
+}
+
+/// `(rows, columns, head_dim, token stride)` of one block of queries and keys.
+type BlockShape = (usize, usize, usize, usize);
+
+impl<'a> Operands<'a> {
+    /// The operands in `(storage, start, count)`, all f32 or all bf16.
+    fn new(
+        query: (&'a Storage, usize, usize),
+        key: (&'a Storage, usize, usize),
+        value: (&'a Storage, usize, usize),
+    ) -> Result<Self> {
+        let all = [query, key, value];
+        if all
+            .iter()
+            .all(|(s, ..)| matches!(s, Storage::Cpu(CpuStorage::F32(_))))
+        {
+            let slice = |(storage, start, count)| cpu_slice(storage, start, count);
+            return Ok(Self::F32([slice(query)?, slice(key)?, slice(value)?]));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if bf16_runs() {
+            let slice = |(storage, start, count): (&'a Storage, usize, usize)| match storage {
+                Storage::Cpu(CpuStorage::BF16(values)) => Some(&values[start..start + count]),
+                _ => None,
+            };
+            if let (Some(q), Some(k), Some(v)) = (slice(query), slice(key), slice(value)) {
+                return Ok(Self::Bf16([q, k, v]));
+            }
+        }
+        bail!("fused attention takes f32 (or bf16 with AVX-512 BF16) inputs on the CPU")
+    }
+
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    /// `scores` (`rows x columns`) = the queries from `queries` times the keys from `keys`.
+    fn scores(
+        &self,
+        (rows, columns, head_dim, row): BlockShape,
+        queries: usize,
+        keys: usize,
+        scores: &mut [f32],
+        pairs: &mut Pairs,
+    ) {
+        match self {
+            Self::F32([q, k, _]) => {
+                // SAFETY: the queries hold `rows x head_dim` and the keys `columns x head_dim`,
+                // rows `row` apart; `scores` is `rows x columns`, row-major.
+                unsafe {
+                    product(
+                        (rows, columns, head_dim),
+                        (scores.as_mut_ptr(), columns),
+                        (q.as_ptr().add(queries), row, 1),
+                        (k.as_ptr().add(keys), 1, row),
+                        false,
+                        1.0,
+                    );
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Bf16([q, k, _]) => {
+                pairs
+                    .queries
+                    .refill(rows, head_dim, |r, d| q[queries + r * row + d]);
+                pairs
+                    .keys
+                    .refill(columns, head_dim, |c, d| k[keys + c * row + d]);
+                super::bf16_gemm::product(&pairs.queries, &pairs.keys, scores, columns, false);
+            }
+        }
+    }
+
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    /// `output` (`rows x head_dim`) = (or `+=` with `accumulate`) the weights `scores` times
+    /// the values from `values`.
+    fn weigh_values(
+        &self,
+        (rows, columns, head_dim, row): BlockShape,
+        scores: &[f32],
+        values: usize,
+        output: &mut [f32],
+        accumulate: bool,
+        pairs: &mut Pairs,
+    ) {
+        match self {
+            Self::F32([_, _, v]) => {
+                // SAFETY: `scores` is `rows x columns`, the values `columns x head_dim` with
+                // rows `row` apart, `output` `rows x head_dim`, row-major.
+                unsafe {
+                    product(
+                        (rows, head_dim, columns),
+                        (output.as_mut_ptr(), head_dim),
+                        (scores.as_ptr(), columns, 1),
+                        (v.as_ptr().add(values), row, 1),
+                        accumulate,
+                        1.0,
+                    );
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Bf16([_, _, v]) => {
+                let weight = |r: usize, c: usize| half::bf16::from_f32(scores[r * columns + c]);
+                pairs.weights.refill(rows, columns, weight);
+                pairs
+                    .values
+                    .refill(head_dim, columns, |d, c| v[values + c * row + d]);
+                let (weights, packed) = (&pairs.weights, &pairs.values);
+                super::bf16_gemm::product(weights, packed, output, head_dim, accumulate);
+            }
+        }
+    }
+}
+
+/// A task's operands packed for the bf16 products (empty for f32).
+#[derive(Default)]
+struct Pairs {
+    #[cfg(target_arch = "x86_64")]
+    queries: super::bf16_gemm::Rows,
+    #[cfg(target_arch = "x86_64")]
+    keys: super::bf16_gemm::Panels,
+    #[cfg(target_arch = "x86_64")]
+    weights: super::bf16_gemm::Rows,
+    #[cfg(target_arch = "x86_64")]
+    values: super::bf16_gemm::Panels,
+}
+
+/// One task's working memory: a block of scores, the running output and softmax statistics.
+struct Scratch {
+    scores: Vec<f32>,
+    output: Vec<f32>,
+    statistics: Vec<f32>,
+    pairs: Pairs,
+}
+
+impl Scratch {
+    fn new(head_dim: usize) -> Self {
+        Self {
+            scores: vec![0f32; QUERY_BLOCK * KEY_BLOCK],
+            output: vec![0f32; QUERY_BLOCK * head_dim],
+            statistics: vec![0f32; 2 * QUERY_BLOCK],
+            pairs: Pairs::default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +328,33 @@ mod tests {
             let error = max_abs_difference(&ours, &theirs)?;
             assert!(
                 error < 1e-5,
+                "case {tokens}x{keys}x{heads}x{head_dim}: {error}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_inputs_match_composed_attention_in_f32() -> Result<()> {
+        if !bf16_runs() {
+            eprintln!("skipped: this CPU lacks AVX-512 BF16");
+            return Ok(());
+        }
+        let device = Device::Cpu;
+        for (batch, tokens, keys, heads, head_dim) in [(1, 5, 7, 2, 8), (2, 130, 600, 3, 16)] {
+            let draw = |len: usize, scale: f64| -> Result<Tensor> {
+                let values = Tensor::randn(0f32, 1.0, (batch, len, heads, head_dim), &device)?;
+                (values * scale)?.to_dtype(DType::BF16)
+            };
+            let (query, key, value) = (draw(tokens, 1.0)?, draw(keys, 1.0)?, draw(keys, 1.0)?);
+            assert!(applies(&query, &key, &value));
+            let ours = attention(&query, &key, &value)?;
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let theirs = reference(&f32(&query)?, &f32(&key)?, &f32(&value)?)?;
+            // The probabilities are rounded to bf16 (2^-9 relative) before the values.
+            let error = max_abs_difference(&ours, &theirs)?;
+            assert!(
+                error < 1e-2,
                 "case {tokens}x{keys}x{heads}x{head_dim}: {error}"
             );
         }

@@ -39,6 +39,7 @@ pub fn is_available() -> bool {
 /// The left operand `x` (`rows x k`) as the products read it: strips of `MR` rows (the last
 /// padded with zero rows), each strip its `k.div_ceil(2)` pairs in order with the strip's rows
 /// side by side, an odd `k`'s last pair padded with zero.
+#[derive(Default)]
 pub struct Rows {
     words: Vec<u32>,
     rows: usize,
@@ -68,6 +69,82 @@ impl Rows {
         }
         Self { words, rows, k }
     }
+
+    /// `rows x k` values `value(row, index)` in strips, on the calling thread, reusing this
+    /// operand's memory.
+    pub fn refill(&mut self, rows: usize, k: usize, value: impl Fn(usize, usize) -> bf16) {
+        let k_pairs = k.div_ceil(2);
+        self.words.clear();
+        self.words.resize(rows.div_ceil(MR) * MR * k_pairs, 0);
+        (self.rows, self.k) = (rows, k);
+        for r in 0..rows {
+            let strip = &mut self.words[r / MR * MR * k_pairs..];
+            for p in 0..k_pairs {
+                let high = if 2 * p + 1 < k {
+                    value(r, 2 * p + 1).to_bits()
+                } else {
+                    0
+                };
+                strip[p * MR + r % MR] =
+                    u32::from(value(r, 2 * p).to_bits()) | u32::from(high) << 16;
+            }
+        }
+    }
+}
+
+/// The right operand `w` (`n x k`) packed whole, for products of small operands on one thread
+/// (attention's keys and values).
+#[derive(Default)]
+pub struct Panels {
+    words: Vec<u32>,
+    n: usize,
+    k: usize,
+}
+
+impl Panels {
+    /// `n x k` values `value(column, index)` in panels, reusing this operand's memory.
+    pub fn refill(&mut self, n: usize, k: usize, value: impl Fn(usize, usize) -> bf16) {
+        let k_pairs = k.div_ceil(2);
+        self.words.resize(n.div_ceil(NR) * NR * k_pairs, 0);
+        (self.n, self.k) = (n, k);
+        pack_with(
+            |column, index| value(column, index).to_bits(),
+            k,
+            0..n,
+            0..k_pairs,
+            &mut self.words,
+        );
+    }
+}
+
+/// `out` (`x.rows x w.n`, rows `out_stride` apart) = `x w^T`, or `+=` with `accumulate`, on the
+/// calling thread.
+///
+/// # Panics
+/// If the CPU lacks AVX-512 BF16, the operands' `k` differ, or `out` is too short.
+pub fn product(x: &Rows, w: &Panels, out: &mut [f32], out_stride: usize, accumulate: bool) {
+    assert!(is_available(), "bf16 product: this CPU lacks AVX-512 BF16");
+    assert_eq!(x.k, w.k, "bf16 product: operands of different depth");
+    let (m, n) = (x.rows, w.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        n <= out_stride && out.len() >= (m - 1) * out_stride + n,
+        "bf16 product: out too short"
+    );
+    if x.k == 0 {
+        if !accumulate {
+            out.chunks_mut(out_stride)
+                .for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    let pairs = 0..x.k.div_ceil(2);
+    let out = OutPtr(out.as_mut_ptr());
+    // SAFETY: the CPU has the features (checked above); the operands hold what they say, and
+    // `out` is this thread's own.
+    unsafe { block((m, out_stride), x, pairs, &w.words, 0..n, out, accumulate) };
 }
 
 /// `out` (`x.rows x n`, f32) = `x` times the transpose of `w` (`n x x.k`, row-major). Runs on
@@ -104,17 +181,27 @@ pub fn matmul_transposed(x: &Rows, w: &[bf16], n: usize, out: &mut [f32]) {
             let mut packed = vec![0u32; KC_PAIRS * panels_per_task * NR];
             for k0 in (0..k_pairs).step_by(KC_PAIRS) {
                 let pairs = k0..k_pairs.min(k0 + KC_PAIRS);
-                pack(w, k, columns.clone(), pairs.clone(), &mut packed);
-                // SAFETY: the CPU has the features (checked above); `x` holds `m` rows of `k_pairs`
-                // in strips, `packed` this block, and each task writes its own columns of `out`.
-                unsafe { block((m, n), x, pairs, &packed, columns.clone(), out) };
+                let accumulate = pairs.start > 0;
+                let value = |column: usize, index: usize| w[column * k + index].to_bits();
+                pack_with(value, k, columns.clone(), pairs.clone(), &mut packed);
+                // SAFETY: the CPU has the features (checked above); `x` holds `m` rows of
+                // `k_pairs` in strips, `packed` this block, and each task writes its own columns
+                // of `out`.
+                unsafe { block((m, n), x, pairs, &packed, columns.clone(), out, accumulate) };
             }
         });
 }
 
-/// Packs rows `columns` of `w` (`? x k`) at `pairs` into `packed`: a panel of `pairs.len() x
-/// NR` words for each `NR` columns, zero past the last column and past `k`.
-fn pack(w: &[bf16], k: usize, columns: Range<usize>, pairs: Range<usize>, packed: &mut [u32]) {
+/// Packs columns `columns` of `w` (`w(column, index)`: bf16 bits, `index < k`) at `pairs` into
+/// `packed`: a panel of `pairs.len() x NR` words for each `NR` columns, zero past the last
+/// column and past `k`.
+fn pack_with(
+    w: impl Fn(usize, usize) -> u16,
+    k: usize,
+    columns: Range<usize>,
+    pairs: Range<usize>,
+    packed: &mut [u32],
+) {
     let kc = pairs.len();
     for (panel, start) in columns.clone().step_by(NR).enumerate() {
         let panel = &mut packed[panel * kc * NR..(panel + 1) * kc * NR];
@@ -124,12 +211,13 @@ fn pack(w: &[bf16], k: usize, columns: Range<usize>, pairs: Range<usize>, packed
                 (0..kc).for_each(|p| panel[p * NR + c] = 0);
                 continue;
             }
-            let row = &w[column * k..(column + 1) * k];
             for (p, pair) in pairs.clone().enumerate() {
-                let low = u32::from(row[2 * pair].to_bits());
-                let high = row
-                    .get(2 * pair + 1)
-                    .map_or(0, |value| u32::from(value.to_bits()));
+                let low = u32::from(w(column, 2 * pair));
+                let high = if 2 * pair + 1 < k {
+                    u32::from(w(column, 2 * pair + 1))
+                } else {
+                    0
+                };
                 panel[p * NR + c] = low | high << 16;
             }
         }
@@ -144,8 +232,8 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// All rows of `out` (`m x n`) in `columns` for `pairs` (stored for the first block of pairs,
-/// added after), from the packed block.
+/// All rows of `out` (`m` rows `n` apart) in `columns` for `pairs` (stored, or added with
+/// `accumulate`), from the packed block.
 ///
 /// # Safety
 /// The CPU has AVX-512 BF16, `x` and `packed` hold what [`matmul_transposed`] says, and no
@@ -158,8 +246,9 @@ unsafe fn block(
     packed: &[u32],
     columns: Range<usize>,
     out: OutPtr,
+    accumulate: bool,
 ) {
-    let (kc, k_pairs, accumulate) = (pairs.len(), x.k.div_ceil(2), pairs.start > 0);
+    let (kc, k_pairs) = (pairs.len(), x.k.div_ceil(2));
     for r0 in (0..m).step_by(MR) {
         let rows = MR.min(m - r0);
         let strip = x.words[r0 * k_pairs + pairs.start * MR..].as_ptr();

@@ -74,16 +74,16 @@ impl RmsNorm {
 const SCORE_BUDGET: usize = 64 << 20;
 
 /// Scaled dot-product attention over `[B, L, heads, head_dim]` inputs, returning `[B, L, D]`.
-/// Without gradients on the CPU it runs fused ([`kernels::attention`]), bf16 inputs in f32
-/// (candle's bf16 products are slow there).
+/// Without gradients on the CPU it runs fused ([`kernels::attention`]); bf16 inputs in f32
+/// where the CPU lacks AVX-512 BF16 (candle's bf16 products are slow there).
 fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
     let dtype = query.dtype();
+    if kernels::attention::applies(query, key, value) {
+        return kernels::attention::attention(query, key, value)?.to_dtype(dtype);
+    }
     if query.device().is_cpu() && dtype == DType::BF16 && !query.track_op() {
         let f32 = |t: &Tensor| t.to_dtype(DType::F32);
         return attention(&f32(query)?, &f32(key)?, &f32(value)?)?.to_dtype(dtype);
-    }
-    if kernels::attention::applies(query, key, value) {
-        return kernels::attention::attention(query, key, value);
     }
     attention_within(query, key, value, SCORE_BUDGET)
 }
