@@ -89,6 +89,8 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
             let (maxima, sums) = scratch.statistics.split_at_mut(QUERY_BLOCK);
             maxima.fill(f32::NEG_INFINITY);
             sums.fill(0.0);
+            let queries_shape = (rows, head_dim, row);
+            operands.load_queries(queries_shape, queries, &mut scratch.pairs);
             for start in (0..keys).step_by(KEY_BLOCK) {
                 let columns = KEY_BLOCK.min(keys - start);
                 let keys_at = (item * keys + start) * row + head * head_dim;
@@ -178,7 +180,25 @@ impl<'a> Operands<'a> {
     }
 
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    /// `scores` (`rows x columns`) = the queries from `queries` times the keys from `keys`.
+    /// Packs a task's `rows x head_dim` queries from `queries` for the bf16 products (the f32
+    /// products read them in place).
+    fn load_queries(
+        &self,
+        (rows, head_dim, row): (usize, usize, usize),
+        queries: usize,
+        pairs: &mut Pairs,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Self::Bf16([q, ..]) = self {
+            pairs
+                .queries
+                .refill(rows, head_dim, |r, d| q[queries + r * row + d]);
+        }
+    }
+
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    /// `scores` (`rows x columns`) = the queries (packed by [`Self::load_queries`] for bf16)
+    /// from `queries` times the keys from `keys`.
     fn scores(
         &self,
         (rows, columns, head_dim, row): BlockShape,
@@ -203,10 +223,7 @@ impl<'a> Operands<'a> {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            Self::Bf16([q, k, _]) => {
-                pairs
-                    .queries
-                    .refill(rows, head_dim, |r, d| q[queries + r * row + d]);
+            Self::Bf16([_, k, _]) => {
                 pairs
                     .keys
                     .refill(columns, head_dim, |c, d| k[keys + c * row + d]);

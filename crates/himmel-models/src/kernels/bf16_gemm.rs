@@ -205,21 +205,21 @@ fn pack_with(
     let kc = pairs.len();
     for (panel, start) in columns.clone().step_by(NR).enumerate() {
         let panel = &mut packed[panel * kc * NR..(panel + 1) * kc * NR];
-        for c in 0..NR {
-            let column = start + c;
-            if column >= columns.end {
-                (0..kc).for_each(|p| panel[p * NR + c] = 0);
-                continue;
-            }
-            for (p, pair) in pairs.clone().enumerate() {
-                let low = u32::from(w(column, 2 * pair));
-                let high = if 2 * pair + 1 < k {
-                    u32::from(w(column, 2 * pair + 1))
+        let width = NR.min(columns.end - start);
+        // Pair by pair, so that writes are sequential and reads of a column's neighbouring
+        // pairs (or of neighbouring columns, where `w` is stored by `index`) share cache lines.
+        for (words, pair) in panel.chunks_exact_mut(NR).zip(pairs.clone()) {
+            let has_high = 2 * pair + 1 < k;
+            for (c, word) in words[..width].iter_mut().enumerate() {
+                let low = u32::from(w(start + c, 2 * pair));
+                let high = if has_high {
+                    u32::from(w(start + c, 2 * pair + 1))
                 } else {
                     0
                 };
-                panel[p * NR + c] = low | high << 16;
+                *word = low | high << 16;
             }
+            words[width..].fill(0);
         }
     }
 }
