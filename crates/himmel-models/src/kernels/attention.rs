@@ -261,8 +261,7 @@ impl<'a> Operands<'a> {
             }
             #[cfg(target_arch = "x86_64")]
             Self::Bf16([_, _, v]) => {
-                let weight = |r: usize, c: usize| half::bf16::from_f32(scores[r * columns + c]);
-                pairs.weights.refill(rows, columns, weight);
+                pairs.weights.refill_rounded(rows, columns, scores);
                 pairs
                     .values
                     .refill(head_dim, columns, |d, c| v[values + c * row + d]);

@@ -9,9 +9,10 @@
 //! a packed block stays in L2 and a strip of `x` in L1 while a block is swept.
 
 use std::arch::x86_64::{
-    __m512, __m512bh, _MM_HINT_T0, _mm_prefetch, _mm512_add_ps, _mm512_dpbf16_ps, _mm512_loadu_ps,
-    _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32,
-    _mm512_setzero_ps, _mm512_storeu_ps,
+    __m256i, __m512, __m512bh, _MM_HINT_T0, _mm_prefetch, _mm256_storeu_si256, _mm512_add_ps,
+    _mm512_cvtneps_pbh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
+    _mm512_storeu_ps,
 };
 use std::ops::Range;
 
@@ -34,6 +35,40 @@ const NC: usize = 256;
 pub fn is_available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// `dst[i] = src[i]` rounded to bf16 (to nearest, ties to even, as `bf16::from_f32` rounds
+/// normal values; AVX-512 BF16 flushes subnormals to zero), sixteen at a time with AVX-512 BF16
+/// where the CPU has it.
+pub fn narrow(src: &[f32], dst: &mut [bf16]) {
+    let len = src.len().min(dst.len());
+    let mut done = 0;
+    if is_available() {
+        // SAFETY: the features were checked; both slices hold `len` values.
+        unsafe { narrow_vectors(&src[..len], &mut dst[..len]) };
+        done = len / 16 * 16;
+    }
+    for (dst, src) in dst[done..len].iter_mut().zip(&src[done..len]) {
+        *dst = bf16::from_f32(*src);
+    }
+}
+
+/// [`narrow`]'s whole vectors of sixteen.
+///
+/// # Safety
+/// The CPU has AVX-512 BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn narrow_vectors(src: &[f32], dst: &mut [bf16]) {
+    for (src, dst) in src.chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
+        // SAFETY: each chunk holds sixteen values; `bf16` is 16 bits.
+        unsafe {
+            let narrowed = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr()));
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().cast(),
+                std::mem::transmute::<_, __m256i>(narrowed),
+            );
+        }
+    }
 }
 
 /// The left operand `x` (`rows x k`) as the products read it: strips of `MR` rows (the last
@@ -68,6 +103,24 @@ impl Rows {
                 });
         }
         Self { words, rows, k }
+    }
+
+    /// `values` (`rows x k`, row-major f32) rounded to bf16 in strips, on the calling thread,
+    /// reusing this operand's memory.
+    pub fn refill_rounded(&mut self, rows: usize, k: usize, values: &[f32]) {
+        let mut narrowed = vec![bf16::ZERO; k];
+        let k_pairs = k.div_ceil(2);
+        self.words.clear();
+        self.words.resize(rows.div_ceil(MR) * MR * k_pairs, 0);
+        (self.rows, self.k) = (rows, k);
+        for (r, row) in values.chunks_exact(k.max(1)).take(rows).enumerate() {
+            narrow(row, &mut narrowed);
+            let strip = &mut self.words[r / MR * MR * k_pairs..];
+            for (p, pair) in narrowed.chunks(2).enumerate() {
+                let high = pair.get(1).map_or(0, |value| value.to_bits());
+                strip[p * MR + r % MR] = u32::from(pair[0].to_bits()) | u32::from(high) << 16;
+            }
+        }
     }
 
     /// `rows x k` values `value(row, index)` in strips, on the calling thread, reusing this
@@ -397,6 +450,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn narrowing_rounds_as_bf16_from_f32() {
+        let src: Vec<f32> = (0..37)
+            .map(|i| (i as f32 * 0.377 - 5.0) * (1.0 + 1.0 / 512.0 + i as f32 * 1e-4))
+            .chain([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, 0.0, -0.0])
+            .collect();
+        let mut dst = vec![bf16::ZERO; src.len()];
+        narrow(&src, &mut dst);
+        for (ours, value) in dst.iter().zip(&src) {
+            assert_eq!(ours.to_bits(), bf16::from_f32(*value).to_bits(), "{value}");
+        }
+        let mut rows = Rows::default();
+        rows.refill_rounded(2, 3, &src[..6]);
+        let mut expected = Rows::default();
+        expected.refill(2, 3, |r, i| bf16::from_f32(src[r * 3 + i]));
+        assert_eq!(rows.words, expected.words);
     }
 
     #[test]

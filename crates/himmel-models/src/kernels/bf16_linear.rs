@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
-use super::{SendPtr, cpu_slice, product};
+use super::{SendPtr, cpu_slice, narrow, product};
 
 /// Weight rows widened and multiplied at once (128 rows of 1536 are 768 KiB of f32). On
 /// `himmel bench wan --width 256 --height 256 --frames 5 --no-vae`: 32 to 128 rows 16.4-17.0 s,
@@ -68,9 +68,7 @@ fn widened(
             .zip(sums.par_chunks_mut(outputs));
         rows.for_each(|(narrowed, row)| {
             finish(row);
-            for (narrow, value) in narrowed.iter_mut().zip(row.iter()) {
-                *narrow = half::bf16::from_f32(*value);
-            }
+            narrow(row, narrowed);
         });
         Tensor::from_vec(narrowed, shape, x.device())?
     } else {

@@ -14,6 +14,17 @@ mod winograd;
 
 use candle_core::{Result, Storage, bail};
 
+/// `dst[i] = src[i]` rounded to bf16 (to nearest, ties to even), with AVX-512 BF16 where the
+/// CPU has it.
+fn narrow(src: &[f32], dst: &mut [half::bf16]) {
+    #[cfg(target_arch = "x86_64")]
+    bf16_gemm::narrow(src, dst);
+    #[cfg(not(target_arch = "x86_64"))]
+    for (dst, src) in dst.iter_mut().zip(src) {
+        *dst = half::bf16::from_f32(*src);
+    }
+}
+
 /// The `count` f32 values of a CPU storage from `start` (a contiguous tensor's own part of a
 /// storage it may share with others).
 fn cpu_slice(storage: &Storage, start: usize, count: usize) -> Result<&[f32]> {

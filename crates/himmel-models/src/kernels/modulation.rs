@@ -57,8 +57,9 @@ fn layer_norm(
             x.dims()
         );
     }
-    map_rows(x, None, dtype, |batch, row, _, out| {
-        let dim = row.len() as f32;
+    let tokens = x.dim(1)?.max(1);
+    map_rows(x, None, dtype, |index, row, _, out| {
+        let (batch, dim) = (index / tokens, row.len() as f32);
         let mean = row.iter().sum::<f32>() / dim;
         let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim;
         let inverse = 1.0 / (variance + eps as f32).sqrt();
@@ -75,9 +76,10 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor, dtype: DType) -> Re
     if x.dims() != y.dims() {
         bail!("gated residual: {:?} and {:?} differ", x.dims(), y.dims());
     }
-    let gate = per_batch(gate, x)?;
-    map_rows(x, Some(y), dtype, |batch, row, other, out| {
-        for (((out, value), other), gate) in out.iter_mut().zip(row).zip(other).zip(&gate[batch]) {
+    let (gate, tokens) = (per_batch(gate, x)?, x.dim(1)?.max(1));
+    map_rows(x, Some(y), dtype, |index, row, other, out| {
+        let gate = &gate[index / tokens];
+        for (((out, value), other), gate) in out.iter_mut().zip(row).zip(other).zip(gate) {
             *out = value + other * gate;
         }
     })
@@ -114,15 +116,16 @@ impl Rows<'_> {
     }
 }
 
-/// `x` `[B, L, D]` row by row through `f(batch, x row, y row, out row)` (`y` rows are empty
-/// without `y`), all in f32, the result written in `dtype`.
-fn map_rows(
+/// `x` `[B, L, D]` row by row through `f(row index, x row, y row, out row)` (row index
+/// `batch * L + token`; `y` rows are empty without `y`), all in f32, the result written in
+/// `dtype`.
+pub(crate) fn map_rows(
     x: &Tensor,
     y: Option<&Tensor>,
     dtype: DType,
     f: impl Fn(usize, &[f32], &[f32], &mut [f32]) + Sync,
 ) -> Result<Tensor> {
-    let (_, tokens, dim) = x.dims3()?;
+    let dim = x.dim(2)?;
     let x = x.contiguous()?;
     let y = y.map(Tensor::contiguous).transpose()?;
     let (x_storage, x_layout) = x.storage_and_layout();
@@ -145,7 +148,7 @@ fn map_rows(
             }
             None => &[],
         };
-        f(index / tokens.max(1), value, other, out);
+        f(index, value, other, out);
     };
     let dim = dim.max(1);
     let count = x.elem_count() / dim;
@@ -164,10 +167,7 @@ fn map_rows(
             let rows = out.par_chunks_mut(dim).enumerate();
             rows.for_each_init(Vec::new, |scratch, (index, out)| {
                 row(index, scratch);
-                let wide = &scratch[2 * dim..];
-                out.iter_mut()
-                    .zip(wide)
-                    .for_each(|(out, value)| *out = bf16::from_f32(*value));
+                super::narrow(&scratch[2 * dim..], out);
             });
             Tensor::from_vec(out, x.dims(), x.device())
         }
