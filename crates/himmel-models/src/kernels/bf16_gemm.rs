@@ -9,8 +9,8 @@
 //! a packed block stays in L2 and a strip of `x` in L1 while a block is swept.
 
 use std::arch::x86_64::{
-    __m256i, __m512, __m512bh, _MM_HINT_T0, _mm_prefetch, _mm256_storeu_si256, _mm512_add_ps,
-    _mm512_cvtneps_pbh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+    __m256bh, __m256i, __m512, __m512bh, _MM_HINT_T0, _mm_prefetch, _mm256_storeu_si256,
+    _mm512_add_ps, _mm512_cvtneps_pbh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512,
     _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
     _mm512_storeu_ps,
 };
@@ -65,7 +65,7 @@ unsafe fn narrow_vectors(src: &[f32], dst: &mut [bf16]) {
             let narrowed = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr()));
             _mm256_storeu_si256(
                 dst.as_mut_ptr().cast(),
-                std::mem::transmute::<_, __m256i>(narrowed),
+                std::mem::transmute::<__m256bh, __m256i>(narrowed),
             );
         }
     }
