@@ -344,8 +344,15 @@ fn run_gemm(args: &GemmArgs) -> Result<()> {
     let fast = himmel_models::kernels::bf16_gemm::is_available();
     #[cfg(not(target_arch = "x86_64"))]
     let fast = false;
-    let kernel = if fast { "AVX-512 BF16" } else { "bf16 weights widened to f32" };
-    println!("bf16 product x w^T ({kernel}, {} threads)", rayon::current_num_threads());
+    let kernel = if fast {
+        "AVX-512 BF16"
+    } else {
+        "bf16 weights widened to f32"
+    };
+    println!(
+        "bf16 product x w^T ({kernel}, {} threads)",
+        rayon::current_num_threads()
+    );
     for (name, rows, outputs, inputs) in GEMM_SHAPES {
         let x = Tensor::randn(0f32, 1.0, (rows, inputs), &Device::Cpu)?.to_dtype(DType::BF16)?;
         let w = Tensor::randn(0f32, 1.0, (outputs, inputs), &Device::Cpu)?.to_dtype(DType::BF16)?;
@@ -355,7 +362,10 @@ fn run_gemm(args: &GemmArgs) -> Result<()> {
         })?;
         let gflops = 2.0 * (rows * outputs * inputs) as f64 / seconds / 1e9;
         let shape = format!("{rows}x{outputs}x{inputs}");
-        println!("  {name:<20} {shape:>15} {:8.2} ms {gflops:6.0} GFLOP/s", seconds * 1e3);
+        println!(
+            "  {name:<20} {shape:>15} {:8.2} ms {gflops:6.0} GFLOP/s",
+            seconds * 1e3
+        );
     }
     Ok(())
 }
