@@ -82,22 +82,21 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// `values` (`rows x k`, row-major) rounded to bf16 (`to_bf16` is `bf16::from_f32` for f32,
-    /// the identity for bf16) and laid out in strips.
-    pub fn new<T: Copy + Sync>(values: &[T], k: usize, to_bf16: impl Fn(T) -> bf16 + Sync) -> Self {
+    /// `values` (`rows x k`, row-major) laid out in strips, in parallel.
+    pub fn new(values: &[bf16], k: usize) -> Self {
         let rows = values.len().checked_div(k).unwrap_or(0);
         let k_pairs = k.div_ceil(2);
         let mut words = vec![0u32; rows.div_ceil(MR) * MR * k_pairs];
         if k > 0 {
-            let bits = |value: T| u32::from(to_bf16(value).to_bits());
+            let bits = |value: &bf16| u32::from(value.to_bits());
             let strips = words.par_chunks_mut(MR * k_pairs);
             strips
                 .zip(values.par_chunks(MR * k))
                 .for_each(|(strip, rows)| {
                     for (r, row) in rows.chunks_exact(k).enumerate() {
                         for (p, pair) in row.chunks(2).enumerate() {
-                            let high = pair.get(1).map_or(0, |&value| bits(value));
-                            strip[p * MR + r] = bits(pair[0]) | high << 16;
+                            let high = pair.get(1).map_or(0, bits);
+                            strip[p * MR + r] = bits(&pair[0]) | high << 16;
                         }
                     }
                 });
@@ -108,19 +107,9 @@ impl Rows {
     /// `values` (`rows x k`, row-major f32) rounded to bf16 in strips, on the calling thread,
     /// reusing this operand's memory.
     pub fn refill_rounded(&mut self, rows: usize, k: usize, values: &[f32]) {
-        let mut narrowed = vec![bf16::ZERO; k];
-        let k_pairs = k.div_ceil(2);
-        self.words.clear();
-        self.words.resize(rows.div_ceil(MR) * MR * k_pairs, 0);
-        (self.rows, self.k) = (rows, k);
-        for (r, row) in values.chunks_exact(k.max(1)).take(rows).enumerate() {
-            narrow(row, &mut narrowed);
-            let strip = &mut self.words[r / MR * MR * k_pairs..];
-            for (p, pair) in narrowed.chunks(2).enumerate() {
-                let high = pair.get(1).map_or(0, |value| value.to_bits());
-                strip[p * MR + r % MR] = u32::from(pair[0].to_bits()) | u32::from(high) << 16;
-            }
-        }
+        let mut narrowed = vec![bf16::ZERO; rows * k];
+        narrow(&values[..rows * k], &mut narrowed);
+        self.refill(rows, k, |r, i| narrowed[r * k + i]);
     }
 
     /// `rows x k` values `value(row, index)` in strips, on the calling thread, reusing this
@@ -435,7 +424,7 @@ mod tests {
             let x = values(m * k, 2 * seed as u64);
             let w = values(n * k, 2 * seed as u64 + 1);
             let mut out = vec![f32::NAN; m * n];
-            matmul_transposed(&Rows::new(&x, k, |v| v), &w, n, &mut out);
+            matmul_transposed(&Rows::new(&x, k), &w, n, &mut out);
             for i in 0..m {
                 for j in 0..n {
                     let expected: f64 = (0..k)
@@ -473,7 +462,7 @@ mod tests {
     #[test]
     fn rounds_f32_rows_to_bf16_and_pads_odd_k() {
         let x = [1.0f32, 2.0, 3.0, 1.0 + 1.0 / 1024.0, 5.0, 6.0];
-        let rows = Rows::new(&x, 3, bf16::from_f32);
+        let rows = Rows::new(&x.map(bf16::from_f32), 3);
         assert_eq!((rows.rows, rows.k), (2, 3));
         let word = |row: usize, pair: usize| rows.words[pair * MR + row];
         let bits = |value: f32| u32::from(bf16::from_f32(value).to_bits());

@@ -108,7 +108,7 @@ fn sums(x: &Tensor, weight: &Tensor) -> Result<(Vec<f32>, Vec<usize>)> {
         let x_rows = match &*x_storage {
             Storage::Cpu(CpuStorage::BF16(data)) => {
                 let start = x_layout.start_offset();
-                super::bf16_gemm::Rows::new(&data[start..start + x.elem_count()], inner, |v| v)
+                super::bf16_gemm::Rows::new(&data[start..start + x.elem_count()], inner)
             }
             _ => bail!("bf16 linear: the input must be on the CPU"),
         };
