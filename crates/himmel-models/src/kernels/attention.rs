@@ -11,13 +11,13 @@
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::{SendPtr, cpu_slice, product};
+use super::{SendPtr, cpu_slice, elementwise, product};
 
 /// Queries per task: a block of scores (`QUERY_BLOCK x KEY_BLOCK`, 128 KiB) and the running
 /// output stay in a core's L2 cache.
 const QUERY_BLOCK: usize = 64;
 
-/// Keys per step of a task.
+/// Keys per step of a task (a multiple of the bf16 products' panels of 64 keys).
 const KEY_BLOCK: usize = 512;
 
 /// Whether [`attention`] can run on these inputs: f32 (or bf16 where the CPU has AVX-512 BF16)
@@ -59,21 +59,14 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
     let (query_storage, query_layout) = query.storage_and_layout();
     let (key_storage, key_layout) = key.storage_and_layout();
     let (value_storage, value_layout) = value.storage_and_layout();
-    let operands = Operands::new(
-        (
-            &query_storage,
-            query_layout.start_offset(),
-            query.elem_count(),
-        ),
-        (&key_storage, key_layout.start_offset(), key.elem_count()),
-        (
-            &value_storage,
-            value_layout.start_offset(),
-            value.elem_count(),
-        ),
-    )?;
     // Rows of every operand are whole tokens: `heads * head_dim` values apart.
     let row = heads * head_dim;
+    let operands = Operands::new(
+        (&query_storage, query_layout.start_offset()),
+        (&key_storage, key_layout.start_offset()),
+        (&value_storage, value_layout.start_offset()),
+        (batch, tokens, keys, heads, head_dim),
+    )?;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let blocks = tokens.div_ceil(QUERY_BLOCK);
     let mut out = vec![0f32; batch * tokens * row];
@@ -90,25 +83,18 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
             maxima.fill(f32::NEG_INFINITY);
             sums.fill(0.0);
             let queries_shape = (rows, head_dim, row);
-            operands.load_queries(queries_shape, queries, &mut scratch.pairs);
+            let head_operands = operands.head(item * heads + head);
+            head_operands.load_queries(queries_shape, queries, &mut scratch.pairs);
             for start in (0..keys).step_by(KEY_BLOCK) {
                 let columns = KEY_BLOCK.min(keys - start);
                 let keys_at = (item * keys + start) * row + head * head_dim;
                 let scores = &mut scratch.scores[..rows * columns];
                 let block = (rows, columns, head_dim, row);
-                operands.scores(block, queries, keys_at, scores, &mut scratch.pairs);
+                head_operands.scores(block, queries, (keys_at, start), scores, &scratch.pairs);
                 for (i, scores) in scores.chunks_exact_mut(columns).enumerate() {
-                    let mut maximum = maxima[i];
-                    for score in scores.iter_mut() {
-                        *score *= scale;
-                        maximum = maximum.max(*score);
-                    }
+                    let maximum = elementwise::scale_and_max(scores, scale, maxima[i]);
                     let correction = (maxima[i] - maximum).exp();
-                    let mut sum = 0.0;
-                    for score in scores.iter_mut() {
-                        *score = (*score - maximum).exp();
-                        sum += *score;
-                    }
+                    let sum = elementwise::exp_shifted(scores, maximum);
                     sums[i] = sums[i] * correction + sum;
                     maxima[i] = maximum;
                     if start > 0 {
@@ -117,12 +103,14 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
                         }
                     }
                 }
-                operands.weigh_values(
+                let values_at = (keys_at, start);
+                let accumulate = start > 0;
+                head_operands.weigh_values(
                     block,
                     scores,
-                    keys_at,
+                    values_at,
                     output,
-                    start > 0,
+                    accumulate,
                     &mut scratch.pairs,
                 );
             }
@@ -141,44 +129,95 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
     Tensor::from_vec(out, (batch, tokens, row), query.device())
 }
 
-/// Queries, keys and values, each whole tokens `heads * head_dim` apart.
+/// Queries, keys and values, each whole tokens `heads * head_dim` apart; for the bf16
+/// products each head's keys and values packed once, for all its blocks of queries.
 enum Operands<'a> {
     F32([&'a [f32]; 3]),
     #[cfg(target_arch = "x86_64")]
-    Bf16([&'a [half::bf16]; 3]),
+    Bf16(&'a [half::bf16], Vec<KeysValues>),
 }
 
-/// `(rows, columns, head_dim, token stride)` of one block of queries and keys.
-type BlockShape = (usize, usize, usize, usize);
+/// One batch item's head's keys (`keys x head_dim`) and values (`head_dim x keys`) packed.
+#[cfg(target_arch = "x86_64")]
+struct KeysValues {
+    keys: super::bf16_gemm::Panels,
+    values: super::bf16_gemm::Panels,
+}
+
+/// `(batch, tokens, keys, heads, head_dim)`.
+type Dims = (usize, usize, usize, usize, usize);
 
 impl<'a> Operands<'a> {
-    /// The operands in `(storage, start, count)`, all f32 or all bf16.
+    /// The operands in `(storage, start)`, all f32 or all bf16, of `dims`.
     fn new(
-        query: (&'a Storage, usize, usize),
-        key: (&'a Storage, usize, usize),
-        value: (&'a Storage, usize, usize),
+        query: (&'a Storage, usize),
+        key: (&'a Storage, usize),
+        value: (&'a Storage, usize),
+        (batch, tokens, keys, heads, head_dim): Dims,
     ) -> Result<Self> {
+        let row = heads * head_dim;
+        let (query_count, key_count) = (batch * tokens * row, batch * keys * row);
+        let counts = [query_count, key_count, key_count];
         let all = [query, key, value];
         if all
             .iter()
-            .all(|(s, ..)| matches!(s, Storage::Cpu(CpuStorage::F32(_))))
+            .all(|(s, _)| matches!(s, Storage::Cpu(CpuStorage::F32(_))))
         {
-            let slice = |(storage, start, count)| cpu_slice(storage, start, count);
-            return Ok(Self::F32([slice(query)?, slice(key)?, slice(value)?]));
+            let slice = |i: usize| cpu_slice(all[i].0, all[i].1, counts[i]);
+            return Ok(Self::F32([slice(0)?, slice(1)?, slice(2)?]));
         }
         #[cfg(target_arch = "x86_64")]
         if bf16_runs() {
-            let slice = |(storage, start, count): (&'a Storage, usize, usize)| match storage {
-                Storage::Cpu(CpuStorage::BF16(values)) => Some(&values[start..start + count]),
+            let slice = |i: usize| match all[i].0 {
+                Storage::Cpu(CpuStorage::BF16(values)) => {
+                    Some(&values[all[i].1..all[i].1 + counts[i]])
+                }
                 _ => None,
             };
-            if let (Some(q), Some(k), Some(v)) = (slice(query), slice(key), slice(value)) {
-                return Ok(Self::Bf16([q, k, v]));
+            if let (Some(q), Some(k), Some(v)) = (slice(0), slice(1), slice(2)) {
+                let packed = (0..batch * heads)
+                    .into_par_iter()
+                    .map(|task| {
+                        let (item, head) = (task / heads, task % heads);
+                        let at = item * keys * row + head * head_dim;
+                        let mut packed = KeysValues {
+                            keys: Default::default(),
+                            values: Default::default(),
+                        };
+                        let key = |c: usize, d: usize| k[at + c * row + d];
+                        packed.keys.refill(keys, head_dim, key);
+                        let value = |d: usize, c: usize| v[at + c * row + d];
+                        packed.values.refill(head_dim, keys, value);
+                        packed
+                    })
+                    .collect();
+                return Ok(Self::Bf16(q, packed));
             }
         }
         bail!("fused attention takes f32 (or bf16 with AVX-512 BF16) inputs on the CPU")
     }
 
+    /// The operands of one batch item's head (`item * heads + head`).
+    fn head(&self, index: usize) -> HeadOperands<'_> {
+        match self {
+            Self::F32(all) => HeadOperands::F32(*all),
+            #[cfg(target_arch = "x86_64")]
+            Self::Bf16(queries, packed) => HeadOperands::Bf16(queries, &packed[index]),
+        }
+    }
+}
+
+/// [`Operands`] of one batch item's head.
+enum HeadOperands<'a> {
+    F32([&'a [f32]; 3]),
+    #[cfg(target_arch = "x86_64")]
+    Bf16(&'a [half::bf16], &'a KeysValues),
+}
+
+/// `(rows, columns, head_dim, token stride)` of one block of queries and keys.
+type BlockShape = (usize, usize, usize, usize);
+
+impl HeadOperands<'_> {
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     /// Packs a task's `rows x head_dim` queries from `queries` for the bf16 products (the f32
     /// products read them in place).
@@ -189,7 +228,7 @@ impl<'a> Operands<'a> {
         pairs: &mut Pairs,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if let Self::Bf16([q, ..]) = self {
+        if let Self::Bf16(q, _) = self {
             pairs
                 .queries
                 .refill(rows, head_dim, |r, d| q[queries + r * row + d]);
@@ -198,14 +237,14 @@ impl<'a> Operands<'a> {
 
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     /// `scores` (`rows x columns`) = the queries (packed by [`Self::load_queries`] for bf16)
-    /// from `queries` times the keys from `keys`.
+    /// from `queries` times the keys from `(offset, first key)`.
     fn scores(
         &self,
         (rows, columns, head_dim, row): BlockShape,
         queries: usize,
-        keys: usize,
+        (keys, first): (usize, usize),
         scores: &mut [f32],
-        pairs: &mut Pairs,
+        pairs: &Pairs,
     ) {
         match self {
             Self::F32([q, k, _]) => {
@@ -223,23 +262,28 @@ impl<'a> Operands<'a> {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            Self::Bf16([_, k, _]) => {
-                pairs
-                    .keys
-                    .refill(columns, head_dim, |c, d| k[keys + c * row + d]);
-                super::bf16_gemm::product(&pairs.queries, &pairs.keys, scores, columns, false);
+            Self::Bf16(_, packed) => {
+                let keys = (first..first + columns, 0);
+                super::bf16_gemm::product(
+                    &pairs.queries,
+                    &packed.keys,
+                    keys,
+                    scores,
+                    columns,
+                    false,
+                );
             }
         }
     }
 
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     /// `output` (`rows x head_dim`) = (or `+=` with `accumulate`) the weights `scores` times
-    /// the values from `values`.
+    /// the values from `(offset, first key)`.
     fn weigh_values(
         &self,
         (rows, columns, head_dim, row): BlockShape,
         scores: &[f32],
-        values: usize,
+        (values, first): (usize, usize),
         output: &mut [f32],
         accumulate: bool,
         pairs: &mut Pairs,
@@ -260,13 +304,19 @@ impl<'a> Operands<'a> {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            Self::Bf16([_, _, v]) => {
+            Self::Bf16(_, packed) => {
                 pairs.weights.refill_rounded(rows, columns, scores);
-                pairs
-                    .values
-                    .refill(head_dim, columns, |d, c| v[values + c * row + d]);
-                let (weights, packed) = (&pairs.weights, &pairs.values);
-                super::bf16_gemm::product(weights, packed, output, head_dim, accumulate);
+                // Key blocks start at even keys: at a pair of the packed values.
+                let values = (0..head_dim, first / 2);
+                let weights = &pairs.weights;
+                super::bf16_gemm::product(
+                    weights,
+                    &packed.values,
+                    values,
+                    output,
+                    head_dim,
+                    accumulate,
+                );
             }
         }
     }
@@ -278,11 +328,7 @@ struct Pairs {
     #[cfg(target_arch = "x86_64")]
     queries: super::bf16_gemm::Rows,
     #[cfg(target_arch = "x86_64")]
-    keys: super::bf16_gemm::Panels,
-    #[cfg(target_arch = "x86_64")]
     weights: super::bf16_gemm::Rows,
-    #[cfg(target_arch = "x86_64")]
-    values: super::bf16_gemm::Panels,
 }
 
 /// One task's working memory: a block of scores, the running output and softmax statistics.

@@ -3,16 +3,16 @@
 //!
 //! `out = x w^T` with `x` `m x k` and `w` `n x k` (a linear layer's weight as stored). Both are
 //! read as pairs of neighbouring `k` values (one 32-bit word): `x`'s pairs are broadcast to all
-//! lanes from strips of `MR` rows ([`Rows`]), `w`'s are packed for each block of `KC_PAIRS x NC`
-//! into panels of `NR` columns, so that one vector load takes a pair from sixteen columns. The
-//! microkernel keeps `MR x NR` sums in 24 of the 32 vector registers; blocks are sized so that
-//! a packed block stays in L2 and a strip of `x` in L1 while a block is swept.
+//! lanes from strips of `MR` rows ([`Rows`]), `w`'s are packed once into panels of `NR` columns
+//! ([`Panels`]), so that one vector load takes a pair from sixteen columns. The microkernel
+//! keeps `MR x NR` sums in 24 of the 32 vector registers; [`product_tiles`] sweeps blocks sized
+//! so that a block of panels stays in L2 and a strip of `x` in L1, and hands each tile of sums
+//! to the caller while it is in cache.
 
 use std::arch::x86_64::{
-    __m256bh, __m256i, __m512, __m512bh, _MM_HINT_T0, _mm_prefetch, _mm256_storeu_si256,
-    _mm512_add_ps, _mm512_cvtneps_pbh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512,
-    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
-    _mm512_storeu_ps,
+    __m256bh, __m256i, __m512, __m512bh, _mm256_storeu_si256, _mm512_add_ps, _mm512_cvtneps_pbh,
+    _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps,
+    _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_storeu_ps,
 };
 use std::ops::Range;
 
@@ -25,13 +25,13 @@ const MR: usize = 6;
 const NV: usize = 4;
 /// Output columns per packed panel.
 const NR: usize = 16 * NV;
-/// Pairs of `k` per packed block. On 2048^3 (2 threads): 128 pairs 292 GFLOP/s, 256 362,
+/// Pairs of `k` per block of [`product_tiles`]. On 2048^3 (2 threads): 128 pairs 292 GFLOP/s, 256 362,
 /// 384 (with 256 columns) 371.
 const KC_PAIRS: usize = 384;
-/// Output columns per packed block (384 pairs x 256 columns are 384 KiB).
+/// Output columns per task of [`product_tiles`] (384 pairs x 256 columns are 384 KiB).
 const NC: usize = 256;
 
-/// Whether this CPU runs [`matmul_transposed`].
+/// Whether this CPU runs these products.
 pub fn is_available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bf16")
@@ -134,8 +134,9 @@ impl Rows {
     }
 }
 
-/// The right operand `w` (`n x k`) packed whole, for products of small operands on one thread
-/// (attention's keys and values).
+/// The right operand `w` (`n x k`, a linear layer's weight as stored) packed whole: a panel of
+/// `k.div_ceil(2) x NR` words for each `NR` columns, zero past the last column and past `k`.
+/// Weights are packed once when a layer is made; attention packs each head's keys and values.
 #[derive(Default)]
 pub struct Panels {
     words: Vec<u32>,
@@ -144,6 +145,25 @@ pub struct Panels {
 }
 
 impl Panels {
+    /// `w` (`n x k`, row-major) packed, in parallel.
+    ///
+    /// # Panics
+    /// If `w` holds fewer than `n x k` values.
+    pub fn new(w: &[bf16], n: usize, k: usize) -> Self {
+        assert!(w.len() >= n * k, "bf16 panels: weight too short");
+        let k_pairs = k.div_ceil(2);
+        let mut words = vec![0u32; n.div_ceil(NR) * NR * k_pairs];
+        if k_pairs > 0 {
+            let value = |column: usize, index: usize| w[column * k + index].to_bits();
+            let panels = words.par_chunks_mut(k_pairs * NR).enumerate();
+            panels.for_each(|(panel, words)| {
+                let columns = panel * NR..n.min((panel + 1) * NR);
+                pack_with(value, k, columns, 0..k_pairs, words);
+            });
+        }
+        Self { words, n, k }
+    }
+
     /// `n x k` values `value(column, index)` in panels, reusing this operand's memory.
     pub fn refill(&mut self, n: usize, k: usize, value: impl Fn(usize, usize) -> bf16) {
         let k_pairs = k.div_ceil(2);
@@ -157,17 +177,41 @@ impl Panels {
             &mut self.words,
         );
     }
+
+    /// Columns (`n`) and depth (`k`).
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// The panel holding `column` (a multiple of `NR`) from pair `pair` on.
+    fn panel(&self, column: usize, pair: usize) -> *const u32 {
+        let k_pairs = self.k.div_ceil(2);
+        self.words[column / NR * NR * k_pairs + pair * NR..].as_ptr()
+    }
 }
 
-/// `out` (`x.rows x w.n`, rows `out_stride` apart) = `x w^T`, or `+=` with `accumulate`, on the
-/// calling thread.
+/// `out` (`x.rows x columns.len()`, rows `out_stride` apart) = `x` times the transpose of
+/// `w`'s `columns` (starting at a multiple of 64) over `w`'s pairs of `k` from `first_pair` on,
+/// as many as `x` has; or `+=` with `accumulate`. On the calling thread.
 ///
 /// # Panics
-/// If the CPU lacks AVX-512 BF16, the operands' `k` differ, or `out` is too short.
-pub fn product(x: &Rows, w: &Panels, out: &mut [f32], out_stride: usize, accumulate: bool) {
+/// If the CPU lacks AVX-512 BF16, the operands do not reach, or `out` is too short.
+pub fn product(
+    x: &Rows,
+    w: &Panels,
+    (columns, first_pair): (Range<usize>, usize),
+    out: &mut [f32],
+    out_stride: usize,
+    accumulate: bool,
+) {
     assert!(is_available(), "bf16 product: this CPU lacks AVX-512 BF16");
-    assert_eq!(x.k, w.k, "bf16 product: operands of different depth");
-    let (m, n) = (x.rows, w.n);
+    let (m, n, kc) = (x.rows, columns.len(), x.k.div_ceil(2));
+    assert!(
+        columns.start.is_multiple_of(NR)
+            && columns.end <= w.n
+            && first_pair + kc <= w.k.div_ceil(2),
+        "bf16 product: operands do not fit"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -175,63 +219,59 @@ pub fn product(x: &Rows, w: &Panels, out: &mut [f32], out_stride: usize, accumul
         n <= out_stride && out.len() >= (m - 1) * out_stride + n,
         "bf16 product: out too short"
     );
-    if x.k == 0 {
+    if kc == 0 {
         if !accumulate {
             out.chunks_mut(out_stride)
                 .for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
-    let pairs = 0..x.k.div_ceil(2);
-    let out = OutPtr(out.as_mut_ptr());
-    // SAFETY: the CPU has the features (checked above); the operands hold what they say, and
-    // `out` is this thread's own.
-    unsafe { block((m, out_stride), x, pairs, &w.words, 0..n, out, accumulate) };
+    let panels = (w, columns, first_pair);
+    let out = (out.as_mut_ptr(), out_stride, false);
+    // SAFETY: the CPU has the features and the operands reach (checked above); `out` is this
+    // thread's own.
+    unsafe { sweep((x, 0..m, 0), panels, kc, out, accumulate) };
 }
 
-/// `out` (`x.rows x n`, f32) = `x` times the transpose of `w` (`n x x.k`, row-major). Runs on
-/// rayon's pool.
+/// Rows of the output summed per task of [`product_tiles`].
+const MC: usize = 192;
+
+/// `x w^T` (`x.rows x w.n`) on rayon's pool: each task sums a tile of up to `MC x NC` in f32
+/// (in blocks of `KC_PAIRS`, so that a block of the weight stays in L2) and hands it on row by
+/// row: `finish(row, columns, sums)`.
 ///
 /// # Panics
-/// If the CPU lacks AVX-512 BF16 (check [`is_available`]) or `w` or `out` is shorter than the
-/// sizes say.
-pub fn matmul_transposed(x: &Rows, w: &[bf16], n: usize, out: &mut [f32]) {
+/// If the CPU lacks AVX-512 BF16 (check [`is_available`]) or the operands' `k` differ.
+pub fn product_tiles(
+    x: &Rows,
+    w: &Panels,
+    finish: impl Fn(usize, Range<usize>, &mut [f32]) + Sync,
+) {
     assert!(is_available(), "bf16 product: this CPU lacks AVX-512 BF16");
-    let (m, k) = (x.rows, x.k);
-    assert!(
-        w.len() >= n * k && out.len() >= m * n,
-        "bf16 product: operands too short"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        out[..m * n].fill(0.0);
-        return;
-    }
-    // Tasks of whole panels, as many for each thread, so that the cores get equal work.
-    let threads = rayon::current_num_threads();
-    let panels = n.div_ceil(NR);
-    let tasks = panels.div_ceil(NC / NR).div_ceil(threads) * threads;
-    let panels_per_task = panels.div_ceil(tasks);
-    let out = OutPtr(out.as_mut_ptr());
-    let k_pairs = k.div_ceil(2);
-    (0..panels.div_ceil(panels_per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let columns = task * panels_per_task * NR..((task + 1) * panels_per_task * NR).min(n);
-            let mut packed = vec![0u32; KC_PAIRS * panels_per_task * NR];
-            for k0 in (0..k_pairs).step_by(KC_PAIRS) {
-                let pairs = k0..k_pairs.min(k0 + KC_PAIRS);
-                let accumulate = pairs.start > 0;
-                let value = |column: usize, index: usize| w[column * k + index].to_bits();
-                pack_with(value, k, columns.clone(), pairs.clone(), &mut packed);
-                // SAFETY: the CPU has the features (checked above); `x` holds `m` rows of
-                // `k_pairs` in strips, `packed` this block, and each task writes its own columns
-                // of `out`.
-                unsafe { block((m, n), x, pairs, &packed, columns.clone(), out, accumulate) };
+    assert_eq!(x.k, w.k, "bf16 product: operands of different depth");
+    let (m, n, k_pairs) = (x.rows, w.n, x.k.div_ceil(2));
+    let (row_tiles, column_tiles) = (m.div_ceil(MC), n.div_ceil(NC));
+    (0..row_tiles * column_tiles).into_par_iter().for_each_init(
+        || vec![0f32; MC * NC],
+        |sums, task| {
+            let rows = task % row_tiles * MC..m.min((task % row_tiles + 1) * MC);
+            let columns = task / row_tiles * NC..n.min((task / row_tiles + 1) * NC);
+            if k_pairs == 0 {
+                sums.fill(0.0);
             }
-        });
+            for k0 in (0..k_pairs).step_by(KC_PAIRS) {
+                let kc = KC_PAIRS.min(k_pairs - k0);
+                let (x_part, w_part) = ((x, rows.clone(), k0), (w, columns.clone(), k0));
+                let out = (sums.as_mut_ptr(), NC, true);
+                // SAFETY: the CPU has the features (checked above); the parts lie inside the
+                // operands, and `sums` holds `MC x NC`.
+                unsafe { sweep(x_part, w_part, kc, out, k0 > 0) };
+            }
+            for (r, sums) in rows.clone().zip(sums.chunks_exact_mut(NC)) {
+                finish(r, columns.clone(), &mut sums[..columns.len()]);
+            }
+        },
+    );
 }
 
 /// Packs columns `columns` of `w` (`w(column, index)`: bf16 bits, `index < k`) at `pairs` into
@@ -266,49 +306,36 @@ fn pack_with(
     }
 }
 
-/// The pointer to `out` that the tasks share, each writing its own columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the tasks write disjoint columns.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-/// All rows of `out` (`m` rows `n` apart) in `columns` for `pairs` (stored, or added with
-/// `accumulate`), from the packed block.
+/// The sums over `kc` pairs of `x`'s `rows` (a multiple of `MR` on, from its pair `x_pair`)
+/// and `w`'s `columns` (a multiple of `NR` on, from its pair `w_pair`), stored to (or added
+/// into, with `accumulate`) `out`: `(pointer to the sums of the first row and column, row
+/// stride, padded)`; `padded` says that each row has room for whole panels, so that the last
+/// panel's padding columns are written too (unmasked stores).
 ///
 /// # Safety
-/// The CPU has AVX-512 BF16, `x` and `packed` hold what [`matmul_transposed`] says, and no
-/// other thread touches `columns` of `out`.
+/// The CPU has AVX-512 BF16; both operands hold `kc` pairs from their first; `out` holds
+/// `rows.len()` rows of `columns.len()` (rounded up to `NR` where `padded`) and no other
+/// thread touches them.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn block(
-    (m, n): (usize, usize),
-    x: &Rows,
-    pairs: Range<usize>,
-    packed: &[u32],
-    columns: Range<usize>,
-    out: OutPtr,
+unsafe fn sweep(
+    (x, rows, x_pair): (&Rows, Range<usize>, usize),
+    (w, columns, w_pair): (&Panels, Range<usize>, usize),
+    kc: usize,
+    (out, out_stride, padded): (*mut f32, usize, bool),
     accumulate: bool,
 ) {
-    let (kc, k_pairs) = (pairs.len(), x.k.div_ceil(2));
-    for r0 in (0..m).step_by(MR) {
-        let rows = MR.min(m - r0);
-        let strip = x.words[r0 * k_pairs + pairs.start * MR..].as_ptr();
-        for (panel, c0) in columns.clone().step_by(NR).enumerate() {
-            let b = packed[panel * kc * NR..].as_ptr();
-            let width = NR.min(columns.end - c0);
-            // SAFETY: `strip` holds `kc` pairs of `MR` rows, `b` a panel of `kc x NR`, and `out`
-            // the `rows x width` tile at `(r0, c0)` and the next strip's (caller's promise).
+    let k_pairs = x.k.div_ceil(2);
+    for r0 in rows.clone().step_by(MR) {
+        let strip = x.words[r0 * k_pairs + x_pair * MR..].as_ptr();
+        for c0 in columns.clone().step_by(NR) {
+            let width = if padded { NR } else { NR.min(columns.end - c0) };
+            // SAFETY: `strip` holds `kc` pairs of `MR` rows, the panel `kc x NR` from
+            // `w_pair`, and `out` this tile (caller's promise).
             unsafe {
-                let dst = out.0.add(r0 * n + c0);
-                // The next strip's tile, read when this one is done.
-                for r in 0..MR.min(m.saturating_sub(r0 + MR)) {
-                    for v in 0..width.div_ceil(16) {
-                        _mm_prefetch::<_MM_HINT_T0>(dst.add((MR + r) * n + 16 * v).cast());
-                    }
-                }
-                let tile = (dst, n, width, accumulate);
-                match rows {
+                let dst = out.add((r0 - rows.start) * out_stride + c0 - columns.start);
+                let tile = (dst, out_stride, width, accumulate);
+                let b = w.panel(c0, w_pair);
+                match MR.min(rows.end - r0) {
                     6 => microkernel::<6>(kc, strip, b, tile),
                     5 => microkernel::<5>(kc, strip, b, tile),
                     4 => microkernel::<4>(kc, strip, b, tile),
@@ -405,37 +432,91 @@ mod tests {
             .collect()
     }
 
+    /// `x_i . w_j` over `k` values from `w`'s value `offset` on, in f64.
+    fn exact(
+        x: &[bf16],
+        w: &[bf16],
+        (k, w_k, offset): (usize, usize, usize),
+        i: usize,
+        j: usize,
+    ) -> f64 {
+        let x = &x[i * k..(i + 1) * k];
+        let w = &w[j * w_k + offset..j * w_k + offset + k];
+        x.iter()
+            .zip(w)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum()
+    }
+
     #[test]
-    fn matches_f64_sums_on_ragged_shapes() {
+    fn tiles_match_f64_sums_on_ragged_shapes() {
         if !is_available() {
             eprintln!("skipped: this CPU lacks AVX-512 BF16");
             return;
         }
-        // Rows past a strip, columns past a panel and a block, odd k, k past a block of pairs.
+        // Rows past a strip and a tile, columns past a panel and a tile, odd k, k past a block
+        // of pairs.
         let shapes = [
             (1, 1, 1),
             (5, 63, 7),
             (13, 65, 129),
             (7, 130, 300),
-            (64, 600, 769),
+            (200, 600, 769),
             (6, 64, 2),
         ];
         for (seed, &(m, n, k)) in shapes.iter().enumerate() {
             let x = values(m * k, 2 * seed as u64);
             let w = values(n * k, 2 * seed as u64 + 1);
-            let mut out = vec![f32::NAN; m * n];
-            matmul_transposed(&Rows::new(&x, k), &w, n, &mut out);
+            let out = std::sync::Mutex::new(vec![f32::NAN; m * n]);
+            product_tiles(
+                &Rows::new(&x, k),
+                &Panels::new(&w, n, k),
+                |i, columns, sums| {
+                    out.lock().unwrap()[i * n..][columns].copy_from_slice(sums);
+                },
+            );
+            let out = out.into_inner().unwrap();
             for i in 0..m {
                 for j in 0..n {
-                    let expected: f64 = (0..k)
-                        .map(|t| f64::from(x[i * k + t]) * f64::from(w[j * k + t]))
-                        .sum();
-                    let error = (f64::from(out[i * n + j]) - expected).abs();
+                    let error = (f64::from(out[i * n + j]) - exact(&x, &w, (k, k, 0), i, j)).abs();
                     // f32 sums of k terms below 1 each.
-                    assert!(
-                        error <= 1e-6 * k as f64,
-                        "{m}x{n}x{k} at ({i}, {j}): {error}"
-                    );
+                    let bound = 1e-6 * k as f64;
+                    assert!(error <= bound, "{m}x{n}x{k} at ({i}, {j}): {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn products_take_columns_and_pairs_from_within_the_panels() {
+        if !is_available() {
+            eprintln!("skipped: this CPU lacks AVX-512 BF16");
+            return;
+        }
+        // (rows, x's k, w's columns, w's k, first column, first pair): odd and even depths,
+        // a part of `w`'s depth, columns past a panel.
+        for (seed, &(m, k, n, w_k, first, pair)) in [
+            (5, 7, 70, 7, 0, 0),
+            (13, 9, 200, 40, 64, 3),
+            (6, 64, 130, 130, 128, 33),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = values(m * k, 3 * seed as u64);
+            let w = values(n * w_k, 3 * seed as u64 + 1);
+            let mut panels = Panels::default();
+            panels.refill(n, w_k, |c, i| w[c * w_k + i]);
+            let width = n - first;
+            let mut out = vec![f32::NAN; m * width];
+            let rows = Rows::new(&x, k);
+            product(&rows, &panels, (first..n, pair), &mut out, width, false);
+            product(&rows, &panels, (first..n, pair), &mut out, width, true);
+            for i in 0..m {
+                for j in 0..width {
+                    let expected = 2.0 * exact(&x, &w, (k, w_k, 2 * pair), i, first + j);
+                    let error = (f64::from(out[i * width + j]) - expected).abs();
+                    assert!(error <= 2e-6 * k as f64, "{m}x{k} at ({i}, {j}): {error}");
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! it.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
-use candle_nn::Linear;
+use candle_nn::{Linear, VarBuilder};
 use rayon::prelude::*;
 
 use super::{SendPtr, cpu_slice, narrow, product};
@@ -16,9 +16,168 @@ use super::{SendPtr, cpu_slice, narrow, product};
 /// 256 rows 19.5 s, 1024 rows 21.7 s.
 const PANEL_ROWS: usize = 128;
 
+/// A linear layer for inference and training: with a bf16 weight on a CPU with AVX-512 BF16
+/// and no gradients wanted, the weight is packed once for [`super::bf16_gemm`] (in place of the
+/// stored one: the same memory) and each product's tiles get bias and activation and are
+/// written in the input's dtype while in cache; otherwise candle's layer as [`forward`] runs it.
+pub struct Dense(Kind);
+
+/// How a [`Dense`] layer runs.
+enum Kind {
+    /// candle's layer.
+    Layer(Linear),
+    /// The weight packed for the bf16 products, with the bias in f32.
+    #[cfg(target_arch = "x86_64")]
+    Packed {
+        weight: super::bf16_gemm::Panels,
+        bias: Vec<f32>,
+    },
+}
+
+impl Dense {
+    /// The layer `inputs -> outputs` with bias from `vb` (`weight`, `bias`).
+    pub fn load(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new(candle_nn::linear(inputs, outputs, vb)?)
+    }
+
+    /// The layer `inputs -> outputs` without bias from `vb` (`weight`).
+    pub fn load_no_bias(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new(candle_nn::linear_no_bias(inputs, outputs, vb)?)
+    }
+
+    /// `layer`, its weight packed where that applies.
+    pub fn new(layer: Linear) -> Result<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let weight = layer.weight();
+            let packs = super::bf16_gemm::is_available()
+                && weight.device().is_cpu()
+                && weight.dtype() == DType::BF16
+                && !weight.track_op();
+            if packs {
+                let (outputs, inputs) = weight.dims2()?;
+                let weight = weight.contiguous()?;
+                let (storage, layout) = weight.storage_and_layout();
+                let Storage::Cpu(CpuStorage::BF16(data)) = &*storage else {
+                    bail!("dense: a bf16 weight on the CPU holds bf16 values")
+                };
+                let data = &data[layout.start_offset()..layout.start_offset() + outputs * inputs];
+                let packed = super::bf16_gemm::Panels::new(data, outputs, inputs);
+                let bias = match layer.bias() {
+                    Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                    None => vec![0.0; outputs],
+                };
+                if bias.len() != outputs {
+                    bail!("dense: {} biases for {outputs} outputs", bias.len());
+                }
+                return Ok(Self(Kind::Packed {
+                    weight: packed,
+                    bias,
+                }));
+            }
+        }
+        Ok(Self(Kind::Layer(layer)))
+    }
+
+    /// The layer applied to `x` `[..., in]`, in `x`'s dtype.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
+    }
+
+    /// [`Self::forward`] followed by the tanh-approximated GELU, applied in f32 before the
+    /// result is written in `x`'s dtype.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        match &self.0 {
+            Kind::Layer(layer) if gelu => forward_gelu(layer, x),
+            Kind::Layer(layer) => forward(layer, x),
+            #[cfg(target_arch = "x86_64")]
+            Kind::Packed { weight, bias } => packed(weight, bias, x, gelu),
+        }
+    }
+}
+
+/// `x w^T + bias` (then GELU with `gelu`) through the packed weight, written in `x`'s dtype
+/// (bf16 or f32) tile by tile.
+#[cfg(target_arch = "x86_64")]
+fn packed(
+    weight: &super::bf16_gemm::Panels,
+    bias: &[f32],
+    x: &Tensor,
+    gelu: bool,
+) -> Result<Tensor> {
+    use super::bf16_gemm::Rows;
+
+    let (outputs, inputs) = weight.dims();
+    let mut shape = x.dims().to_vec();
+    if shape.last() != Some(&inputs) || x.track_op() || !x.device().is_cpu() {
+        bail!(
+            "dense: input {:?} is not a CPU tensor without gradients ending in {inputs}",
+            x.dims()
+        );
+    }
+    *shape.last_mut().expect("checked above") = outputs;
+    let rows = {
+        let x = x.to_dtype(DType::BF16)?.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(CpuStorage::BF16(data)) = &*storage else {
+            bail!("dense: the input must be on the CPU")
+        };
+        let start = layout.start_offset();
+        Rows::new(&data[start..start + x.elem_count()], inputs)
+    };
+    let count = x.elem_count() / inputs.max(1) * outputs;
+    let finish = |sums: &mut [f32], columns: std::ops::Range<usize>| {
+        if gelu {
+            super::elementwise::bias_gelu(sums, &bias[columns]);
+        } else {
+            sums.iter_mut()
+                .zip(&bias[columns])
+                .for_each(|(v, b)| *v += b);
+        }
+    };
+    match x.dtype() {
+        DType::BF16 => {
+            let out = tiles_written(&rows, weight, count, finish, narrow);
+            Tensor::from_vec(out, shape, x.device())
+        }
+        dtype => {
+            let copy = |sums: &[f32], out: &mut [f32]| out.copy_from_slice(sums);
+            let out = tiles_written(&rows, weight, count, finish, copy);
+            Tensor::from_vec(out, shape, x.device())?.to_dtype(dtype)
+        }
+    }
+}
+
+/// The `count` values of `x w^T`, each tile's sums changed by `finish(sums, columns)` and
+/// written by `write(sums, out)` while in cache.
+#[cfg(target_arch = "x86_64")]
+fn tiles_written<T: Copy + Default + Send>(
+    x: &super::bf16_gemm::Rows,
+    weight: &super::bf16_gemm::Panels,
+    count: usize,
+    finish: impl Fn(&mut [f32], std::ops::Range<usize>) + Sync,
+    write: impl Fn(&[f32], &mut [T]) + Sync,
+) -> Vec<T> {
+    let outputs = weight.dims().0;
+    let mut out = vec![T::default(); count];
+    let at = SendPtr(out.as_mut_ptr());
+    super::bf16_gemm::product_tiles(x, weight, |row, columns, sums| {
+        let start = row * outputs + columns.start;
+        finish(sums, columns);
+        // SAFETY: tiles are disjoint parts of `out`'s rows of `outputs`.
+        let out = unsafe { std::slice::from_raw_parts_mut(at.get().add(start), sums.len()) };
+        write(sums, out);
+    });
+    out
+}
+
 /// `layer` applied to `x` `[..., in]`: in f32 over bf16 weights on the CPU when inference runs
 /// in bf16 there, else candle's own. The result has `x`'s dtype.
-pub fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     match widened(layer, x, |v| v)? {
         Some(out) => Ok(out),
         None => crate::ops::linear(layer, x),
@@ -27,7 +186,7 @@ pub fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
 
 /// [`forward`] followed by the tanh-approximated GELU, applied in f32 before narrowing back to
 /// bf16 where the product ran in f32.
-pub fn forward_gelu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+fn forward_gelu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3).
     let gelu = |v: f32| v / (1.0 + (-2.0 * 0.797_884_6 * (v + 0.044_715 * v * v * v)).exp());
     match widened(layer, x, gelu)? {
@@ -78,14 +237,8 @@ fn widened(
     Ok(Some(out))
 }
 
-/// `x` `[..., K]` (f32 or bf16) times the transpose of `weight` `[N, K]` (bf16): `[..., N]` in
-/// f32.
-pub fn matmul_transposed(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let (sums, shape) = sums(x, weight)?;
-    Tensor::from_vec(sums, shape, x.device())
-}
-
-/// [`matmul_transposed`]'s values and shape.
+/// `x` `[..., K]` (f32 or bf16) times the transpose of `weight` `[N, K]` (bf16), each panel of
+/// the weight widened to f32: values and shape `[..., N]`.
 fn sums(x: &Tensor, weight: &Tensor) -> Result<(Vec<f32>, Vec<usize>)> {
     let (outputs, inner) = weight.dims2()?;
     let mut shape = x.dims().to_vec();
@@ -101,20 +254,6 @@ fn sums(x: &Tensor, weight: &Tensor) -> Result<(Vec<f32>, Vec<usize>)> {
     };
     let rows = x.elem_count() / inner.max(1);
     let mut out = vec![0f32; rows * outputs];
-    #[cfg(target_arch = "x86_64")]
-    if super::bf16_gemm::is_available() {
-        let x = x.to_dtype(DType::BF16)?.contiguous()?;
-        let (x_storage, x_layout) = x.storage_and_layout();
-        let x_rows = match &*x_storage {
-            Storage::Cpu(CpuStorage::BF16(data)) => {
-                let start = x_layout.start_offset();
-                super::bf16_gemm::Rows::new(&data[start..start + x.elem_count()], inner)
-            }
-            _ => bail!("bf16 linear: the input must be on the CPU"),
-        };
-        super::bf16_gemm::matmul_transposed(&x_rows, &w_data[..outputs * inner], outputs, &mut out);
-        return Ok((out, shape));
-    }
     let x = x.to_dtype(DType::F32)?.contiguous()?;
     let (x_storage, x_layout) = x.storage_and_layout();
     let x_data = cpu_slice(&x_storage, x_layout.start_offset(), x.elem_count())?;
@@ -149,7 +288,13 @@ mod tests {
     #[test]
     fn matches_the_f32_product_of_the_widened_weights() -> Result<()> {
         let device = Device::Cpu;
-        for (batch, tokens, inner, outputs) in [(1, 7, 16, 5), (2, 33, 48, 300), (1, 1, 3, 513)] {
+        // Rows and columns past the packed products' tiles; odd depths.
+        for (batch, tokens, inner, outputs) in [
+            (1, 7, 16, 5),
+            (2, 33, 48, 300),
+            (1, 1, 3, 513),
+            (1, 200, 129, 260),
+        ] {
             // Values bf16 holds exactly: the AVX-512 BF16 path rounds inputs to bf16.
             let x = Tensor::randn(0f32, 1.0, (batch, tokens, inner), &device)?
                 .to_dtype(DType::BF16)?
@@ -158,23 +303,30 @@ mod tests {
                 Tensor::randn(0f32, 1.0, (outputs, inner), &device)?.to_dtype(DType::BF16)?;
             let bias = Tensor::randn(0f32, 1.0, outputs, &device)?.to_dtype(DType::BF16)?;
             let layer = Linear::new(weight.clone(), Some(bias.clone()));
-            let ours = forward(&layer, &x)?;
             let expected = x
                 .broadcast_matmul(&weight.to_dtype(DType::F32)?.t()?)?
                 .broadcast_add(&bias.to_dtype(DType::F32)?)?;
-            assert_eq!(ours.dims(), expected.dims());
-            let error = (ours - &expected)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
-            assert!(error < 1e-4, "{tokens}x{inner}x{outputs}: {error}");
-            let ours = forward_gelu(&layer, &x)?;
-            let error = (ours - expected.gelu()?)?.abs()?.flatten_all()?.max(0)?;
-            assert!(
-                error.to_scalar::<f32>()? < 1e-4,
-                "gelu {tokens}x{inner}x{outputs}"
-            );
+            let largest = |t: &Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
+            // Packed where the CPU has AVX-512 BF16, and candle's layer over widened weights.
+            for dense in [
+                Dense::new(layer.clone())?,
+                Dense(Kind::Layer(layer.clone())),
+            ] {
+                let shape = format!("{tokens}x{inner}x{outputs}");
+                let ours = dense.forward(&x)?;
+                assert_eq!(ours.dims(), expected.dims());
+                assert!(largest(&(ours - &expected)?)? < 1e-4, "{shape}");
+                let ours = dense.forward_gelu(&x)?;
+                assert!(largest(&(ours - expected.gelu()?)?)? < 1e-4, "gelu {shape}");
+                // bf16 inputs give the same sums, rounded to bf16.
+                let ours = dense.forward(&x.to_dtype(DType::BF16)?)?;
+                assert_eq!(ours.dtype(), DType::BF16);
+                let error = largest(&(ours.to_dtype(DType::F32)? - &expected)?)?;
+                assert!(
+                    error <= largest(&expected)? / 128.0,
+                    "bf16 {shape}: {error}"
+                );
+            }
         }
         Ok(())
     }

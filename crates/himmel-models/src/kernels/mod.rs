@@ -7,6 +7,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_gemm;
 pub mod bf16_linear;
+mod elementwise;
 pub mod modulation;
 pub mod video;
 pub mod video_training;
@@ -77,16 +78,23 @@ unsafe fn product(
 }
 
 /// A pointer parallel tasks share, each writing its own disjoint elements.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+struct SendPtr<T>(*mut T);
 
-impl SendPtr {
-    fn get(self) -> *mut f32 {
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
         self.0
     }
 }
 
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SendPtr<T> {}
+
 // SAFETY: the tasks that share it write disjoint elements.
-unsafe impl Send for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Sync for SendPtr<T> {}

@@ -3,10 +3,10 @@
 //! then a final RMS norm.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder, linear_no_bias};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::config::Umt5Config;
-use crate::kernels::bf16_linear::{self, forward as dense};
+use crate::kernels::bf16_linear::Dense;
 
 /// T5's norm: scale by the root mean square (no mean subtraction, no bias), in f32.
 struct T5Norm {
@@ -49,10 +49,10 @@ fn relative_bucket(relative: i64, buckets: usize, max_distance: usize) -> usize 
 }
 
 struct SelfAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    o: Dense,
     relative_bias: Embedding,
     heads: usize,
     head_dim: usize,
@@ -68,10 +68,10 @@ impl SelfAttention {
             "relative_attention_bias.weight",
         )?;
         Ok(Self {
-            q: linear_no_bias(config.d_model, inner, vb.pp("q"))?,
-            k: linear_no_bias(config.d_model, inner, vb.pp("k"))?,
-            v: linear_no_bias(config.d_model, inner, vb.pp("v"))?,
-            o: linear_no_bias(inner, config.d_model, vb.pp("o"))?,
+            q: Dense::load_no_bias(config.d_model, inner, vb.pp("q"))?,
+            k: Dense::load_no_bias(config.d_model, inner, vb.pp("k"))?,
+            v: Dense::load_no_bias(config.d_model, inner, vb.pp("v"))?,
+            o: Dense::load_no_bias(inner, config.d_model, vb.pp("o"))?,
             relative_bias: Embedding::new(bias, config.num_heads),
             heads: config.num_heads,
             head_dim: config.d_kv,
@@ -104,9 +104,9 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let query = heads(dense(&self.q, x)?)?;
-        let key = heads(dense(&self.k, x)?)?;
-        let value = heads(dense(&self.v, x)?)?;
+        let query = heads(self.q.forward(x)?)?;
+        let key = heads(self.k.forward(x)?)?;
+        let value = heads(self.v.forward(x)?)?;
         let bias = self
             .position_bias(length, x.device())?
             .to_dtype(DType::F32)?;
@@ -120,28 +120,28 @@ impl SelfAttention {
             length,
             self.heads * self.head_dim,
         ))?;
-        dense(&self.o, &attended)
+        self.o.forward(&attended)
     }
 }
 
 struct GatedGelu {
-    wi_0: Linear,
-    wi_1: Linear,
-    wo: Linear,
+    wi_0: Dense,
+    wi_1: Dense,
+    wo: Dense,
 }
 
 impl GatedGelu {
     fn new(config: &Umt5Config, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            wi_0: linear_no_bias(config.d_model, config.d_ff, vb.pp("wi_0"))?,
-            wi_1: linear_no_bias(config.d_model, config.d_ff, vb.pp("wi_1"))?,
-            wo: linear_no_bias(config.d_ff, config.d_model, vb.pp("wo"))?,
+            wi_0: Dense::load_no_bias(config.d_model, config.d_ff, vb.pp("wi_0"))?,
+            wi_1: Dense::load_no_bias(config.d_model, config.d_ff, vb.pp("wi_1"))?,
+            wo: Dense::load_no_bias(config.d_ff, config.d_model, vb.pp("wo"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = bf16_linear::forward_gelu(&self.wi_0, x)?;
-        dense(&self.wo, &(gate * dense(&self.wi_1, x)?)?)
+        let gate = self.wi_0.forward_gelu(x)?;
+        self.wo.forward(&(gate * self.wi_1.forward(x)?)?)
     }
 }
 

@@ -3,13 +3,9 @@
 //! per-block modulation table) and on text (cross-attention), and put back together.
 
 use candle_core::{D, DType, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::{Linear, VarBuilder};
 
-use crate::kernels::{
-    self,
-    bf16_linear::{self, forward as dense},
-    modulation,
-};
+use crate::kernels::{self, bf16_linear::Dense, modulation};
 use crate::ops;
 
 use super::config::WanTransformerConfig;
@@ -111,10 +107,10 @@ fn attention_within(query: &Tensor, key: &Tensor, value: &Tensor, budget: usize)
 
 /// Self- or cross-attention with RMS-normed queries and keys.
 struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: Dense,
+    to_k: Dense,
+    to_v: Dense,
+    to_out: Dense,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
     heads: usize,
@@ -124,10 +120,10 @@ impl Attention {
     fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
         let dim = config.inner_dim();
         Ok(Self {
-            to_q: linear(dim, dim, vb.pp("to_q"))?,
-            to_k: linear(dim, dim, vb.pp("to_k"))?,
-            to_v: linear(dim, dim, vb.pp("to_v"))?,
-            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            to_q: Dense::load(dim, dim, vb.pp("to_q"))?,
+            to_k: Dense::load(dim, dim, vb.pp("to_k"))?,
+            to_v: Dense::load(dim, dim, vb.pp("to_v"))?,
+            to_out: Dense::load(dim, dim, vb.pp("to_out.0"))?,
             norm_q: RmsNorm::new(dim, config.eps, vb.pp("norm_q"))?,
             norm_k: RmsNorm::new(dim, config.eps, vb.pp("norm_k"))?,
             heads: config.num_attention_heads,
@@ -141,34 +137,34 @@ impl Attention {
             let (batch, tokens, dim) = t.dims3()?;
             t.reshape((batch, tokens, self.heads, dim / self.heads))
         };
-        let mut query = split(self.norm_q.forward(&dense(&self.to_q, x)?)?)?;
-        let mut key = split(self.norm_k.forward(&dense(&self.to_k, context)?)?)?;
-        let value = split(dense(&self.to_v, context)?)?;
+        let mut query = split(self.norm_q.forward(&self.to_q.forward(x)?)?)?;
+        let mut key = split(self.norm_k.forward(&self.to_k.forward(context)?)?)?;
+        let value = split(self.to_v.forward(context)?)?;
         if let Some(rotary) = rotary {
             query = rotary.apply(&query)?;
             key = rotary.apply(&key)?;
         }
-        dense(&self.to_out, &attention(&query, &key, &value)?)
+        self.to_out.forward(&attention(&query, &key, &value)?)
     }
 }
 
 /// Feed-forward: Linear, tanh-approximated GELU, Linear.
 struct FeedForward {
-    up: Linear,
-    down: Linear,
+    up: Dense,
+    down: Dense,
 }
 
 impl FeedForward {
     fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
         let (dim, hidden) = (config.inner_dim(), config.ffn_dim);
         Ok(Self {
-            up: linear(dim, hidden, vb.pp("net.0.proj"))?,
-            down: linear(hidden, dim, vb.pp("net.2"))?,
+            up: Dense::load(dim, hidden, vb.pp("net.0.proj"))?,
+            down: Dense::load(hidden, dim, vb.pp("net.2"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        dense(&self.down, &bf16_linear::forward_gelu(&self.up, x)?)
+        self.down.forward(&self.up.forward_gelu(x)?)
     }
 }
 
@@ -316,14 +312,14 @@ fn timestep_sinusoid(timestep: &Tensor, channels: usize) -> Result<Tensor> {
 /// Wan's diffusion transformer.
 pub struct WanTransformer {
     config: WanTransformerConfig,
-    patch_embedding: Linear,
-    time_embedder: (Linear, Linear),
-    time_proj: Linear,
-    text_embedder: (Linear, Linear),
+    patch_embedding: Dense,
+    time_embedder: (Dense, Dense),
+    time_proj: Dense,
+    text_embedder: (Dense, Dense),
     blocks: Vec<Block>,
     /// `[1, 2, D]`: shift and scale of the output norm, added to the time embedding.
     scale_shift_table: Tensor,
-    proj_out: Linear,
+    proj_out: Dense,
 }
 
 impl WanTransformer {
@@ -336,10 +332,10 @@ impl WanTransformer {
             (dim, config.in_channels, pt, ph, pw),
             "patch_embedding.weight",
         )?;
-        let patch_embedding = Linear::new(
+        let patch_embedding = Dense::new(Linear::new(
             patch_weight.reshape((dim, patch_inputs))?,
             Some(vb.get(dim, "patch_embedding.bias")?),
-        );
+        ))?;
         let condition = vb.pp("condition_embedder");
         let time = condition.pp("time_embedder");
         let text = condition.pp("text_embedder");
@@ -351,19 +347,19 @@ impl WanTransformer {
             config: config.clone(),
             patch_embedding,
             time_embedder: (
-                linear(config.freq_dim, dim, time.pp("linear_1"))?,
-                linear(dim, dim, time.pp("linear_2"))?,
+                Dense::load(config.freq_dim, dim, time.pp("linear_1"))?,
+                Dense::load(dim, dim, time.pp("linear_2"))?,
             ),
-            time_proj: linear(dim, 6 * dim, condition.pp("time_proj"))?,
+            time_proj: Dense::load(dim, 6 * dim, condition.pp("time_proj"))?,
             text_embedder: (
-                linear(config.text_dim, dim, text.pp("linear_1"))?,
-                linear(dim, dim, text.pp("linear_2"))?,
+                Dense::load(config.text_dim, dim, text.pp("linear_1"))?,
+                Dense::load(dim, dim, text.pp("linear_2"))?,
             ),
             blocks,
             scale_shift_table: vb
                 .get((1, 2, dim), "scale_shift_table")?
                 .to_dtype(DType::F32)?,
-            proj_out: linear(dim, outputs, vb.pp("proj_out"))?,
+            proj_out: Dense::load(dim, outputs, vb.pp("proj_out"))?,
         })
     }
 
@@ -399,16 +395,18 @@ impl WanTransformer {
             .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((batch, grid.0 * grid.1 * grid.2, channels * pt * ph * pw))?
             .to_dtype(dtype)?;
-        let x = dense(&self.patch_embedding, &patches)?;
+        let x = self.patch_embedding.forward(&patches)?;
 
         let sinusoid = timestep_sinusoid(timestep, self.config.freq_dim)?;
         let (time_1, time_2) = &self.time_embedder;
-        let temb = dense(time_2, &dense(time_1, &sinusoid.to_dtype(dtype)?)?.silu()?)?;
-        let modulation = dense(&self.time_proj, &temb.silu()?)?
+        let temb = time_2.forward(&time_1.forward(&sinusoid.to_dtype(dtype)?)?.silu()?)?;
+        let modulation = self
+            .time_proj
+            .forward(&temb.silu()?)?
             .reshape((batch, 6, dim))?
             .to_dtype(DType::F32)?;
         let (text_1, text_2) = &self.text_embedder;
-        let text = dense(text_2, &ops::gelu(&dense(text_1, text)?)?)?;
+        let text = text_2.forward(&text_1.forward_gelu(text)?)?;
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
         let run = |blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
@@ -440,7 +438,7 @@ impl WanTransformer {
         let (shift, scale) = (head.narrow(1, 0, 1)?, head.narrow(1, 1, 1)?);
         let x = ops::broadcast_mul(&plain_layer_norm(&x, self.config.eps)?, &(scale + 1.0)?)?;
         let x = ops::broadcast_add(&x, &shift)?;
-        let x = dense(&self.proj_out, &x.to_dtype(dtype)?)?;
+        let x = self.proj_out.forward(&x.to_dtype(dtype)?)?;
 
         let out = self.config.out_channels;
         x.reshape(&[batch, grid.0, grid.1, grid.2, pt, ph, pw, out][..])?

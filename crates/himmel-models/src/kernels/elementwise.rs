@@ -1,0 +1,269 @@
+//! Elementwise passes over rows of f32 that the kernels' softmax and epilogues make: scaling
+//! with a running maximum, `exp` with a running sum, and bias with GELU. With AVX-512 they run
+//! sixteen lanes at a time, `exp` as Cephes' single-precision polynomial (within 2 ulp of the
+//! true value, NaN stays NaN); elsewhere one value at a time with libm's `exp`. Called per row
+//! of a block, so in attention they replace a call to `expf` for every score.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{
+    __m512, __mmask16, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT, _mm512_add_ps, _mm512_div_ps,
+    _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_loadu_ps, _mm512_mask_add_ps, _mm512_mask_max_ps,
+    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps,
+    _mm512_reduce_add_ps, _mm512_reduce_max_ps, _mm512_roundscale_ps, _mm512_scalef_ps,
+    _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps, _mm512_sub_ps,
+};
+
+/// Multiplies `values` by `scale` in place; gives the largest of them and `floor`.
+pub fn scale_and_max(values: &mut [f32], scale: f32, floor: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if vectors() {
+        // SAFETY: the CPU has AVX-512F (checked).
+        return unsafe { scale_and_max_avx512(values, scale, floor) };
+    }
+    values.iter_mut().fold(floor, |maximum, value| {
+        *value *= scale;
+        maximum.max(*value)
+    })
+}
+
+/// Replaces each value `v` with `exp(v - shift)`; gives their sum.
+pub fn exp_shifted(values: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if vectors() {
+        // SAFETY: the CPU has AVX-512F (checked).
+        return unsafe { exp_shifted_avx512(values, shift) };
+    }
+    values.iter_mut().fold(0.0, |sum, value| {
+        *value = (*value - shift).exp();
+        sum + *value
+    })
+}
+
+/// `row[i] = gelu(row[i] + bias[i])`, GELU with the tanh approximation written as
+/// `v / (1 + exp(-2 sqrt(2/pi) (v + 0.044715 v^3)))`.
+pub fn bias_gelu(row: &mut [f32], bias: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if vectors() {
+        // SAFETY: the CPU has AVX-512F (checked).
+        return unsafe { bias_gelu_avx512(row, bias) };
+    }
+    for (value, bias) in row.iter_mut().zip(bias) {
+        let v = *value + bias;
+        *value = v / (1.0 + (-2.0 * GELU_SCALE * (v + GELU_CUBIC * v * v * v)).exp());
+    }
+}
+
+/// `sqrt(2/pi)`.
+const GELU_SCALE: f32 = 0.797_884_6;
+/// The cubic term's weight in GELU's tanh approximation.
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// Whether the sixteen-lane passes run on this CPU.
+#[cfg(target_arch = "x86_64")]
+fn vectors() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// The lanes of a vector that the `len - start` values left hold.
+#[cfg(target_arch = "x86_64")]
+fn tail_mask(left: usize) -> __mmask16 {
+    ((1u32 << left.min(16)) - 1) as __mmask16
+}
+
+/// [`scale_and_max`] sixteen at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_and_max_avx512(values: &mut [f32], scale: f32, floor: f32) -> f32 {
+    let factor = _mm512_set1_ps(scale);
+    let mut maximum = _mm512_set1_ps(floor);
+    let mut chunks = values.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        // SAFETY: the chunk holds sixteen values.
+        unsafe {
+            let scaled = _mm512_mul_ps(_mm512_loadu_ps(chunk.as_ptr()), factor);
+            _mm512_storeu_ps(chunk.as_mut_ptr(), scaled);
+            maximum = _mm512_max_ps(maximum, scaled);
+        }
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mask = tail_mask(rest.len());
+        // SAFETY: the masked lanes lie inside `rest`.
+        unsafe {
+            let scaled = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, rest.as_ptr()), factor);
+            _mm512_mask_storeu_ps(rest.as_mut_ptr(), mask, scaled);
+            maximum = _mm512_mask_max_ps(maximum, mask, maximum, scaled);
+        }
+    }
+    _mm512_reduce_max_ps(maximum)
+}
+
+/// [`exp_shifted`] sixteen at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_avx512(values: &mut [f32], shift: f32) -> f32 {
+    let shift = _mm512_set1_ps(shift);
+    let mut sum = _mm512_setzero_ps();
+    let mut chunks = values.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        // SAFETY: the chunk holds sixteen values.
+        unsafe {
+            let value = exp16(_mm512_sub_ps(_mm512_loadu_ps(chunk.as_ptr()), shift));
+            _mm512_storeu_ps(chunk.as_mut_ptr(), value);
+            sum = _mm512_add_ps(sum, value);
+        }
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mask = tail_mask(rest.len());
+        // SAFETY: the masked lanes lie inside `rest`.
+        unsafe {
+            let value = exp16(_mm512_sub_ps(
+                _mm512_maskz_loadu_ps(mask, rest.as_ptr()),
+                shift,
+            ));
+            _mm512_mask_storeu_ps(rest.as_mut_ptr(), mask, value);
+            sum = _mm512_mask_add_ps(sum, mask, sum, value);
+        }
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// [`bias_gelu`] sixteen at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bias_gelu_avx512(row: &mut [f32], bias: &[f32]) {
+    let len = row.len().min(bias.len());
+    let (row, bias) = (&mut row[..len], &bias[..len]);
+    let gelu = |v: __m512| {
+        let cubic = _mm512_mul_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(GELU_CUBIC));
+        let inner = _mm512_fmadd_ps(cubic, v, v);
+        let exponent = _mm512_mul_ps(inner, _mm512_set1_ps(-2.0 * GELU_SCALE));
+        // SAFETY: the CPU has AVX-512F (the caller's promise).
+        let denominator = _mm512_add_ps(unsafe { exp16(exponent) }, _mm512_set1_ps(1.0));
+        _mm512_div_ps(v, denominator)
+    };
+    for start in (0..len).step_by(16) {
+        let mask = tail_mask(len - start);
+        // SAFETY: the masked lanes lie inside both slices.
+        unsafe {
+            let (out, bias) = (row.as_mut_ptr().add(start), bias.as_ptr().add(start));
+            let v = _mm512_add_ps(
+                _mm512_maskz_loadu_ps(mask, out),
+                _mm512_maskz_loadu_ps(mask, bias),
+            );
+            _mm512_mask_storeu_ps(out, mask, gelu(v));
+        }
+    }
+}
+
+/// `exp` of sixteen lanes: `x = n ln2 + r` with `|r| <= ln2 / 2`, Cephes' degree-7 polynomial
+/// for `exp(r)`, scaled by `2^n`. Below -104 the result is 0 (exp(-104) is below f32's
+/// smallest subnormal), above 89 infinity; NaN stays NaN.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp16(x: __m512) -> __m512 {
+    // With one NaN operand max/min give the second: NaN lanes stay NaN.
+    let x = _mm512_min_ps(
+        _mm512_set1_ps(89.0),
+        _mm512_max_ps(_mm512_set1_ps(-104.0), x),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    // ln 2 in two parts, so that `n` times the first is exact.
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for coefficient in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coefficient));
+    }
+    let one_plus_r = _mm512_add_ps(r, _mm512_set1_ps(1.0));
+    let y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), one_plus_r);
+    _mm512_scalef_ps(y, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative error of `ours` against the f64 value.
+    fn relative(ours: f32, exact: f64) -> f64 {
+        if exact == 0.0 {
+            f64::from(ours).abs()
+        } else {
+            (f64::from(ours) - exact).abs() / exact.abs()
+        }
+    }
+
+    #[test]
+    fn exp_is_within_2_ulp_over_its_range_and_at_its_edges() {
+        // A fine grid from underflow to overflow, 16 lanes plus a ragged tail.
+        let mut values: Vec<f32> = (0..40_003).map(|i| -103.0 + i as f32 * 0.0047).collect();
+        values.extend([0.0, -0.0, 1e-30, -1e-30, 88.7]);
+        let exact: Vec<f64> = values.iter().map(|v| f64::from(*v).exp()).collect();
+        exp_shifted(&mut values, 0.0);
+        let mut worst = 0f64;
+        for (ours, exact) in values.iter().zip(&exact) {
+            if *exact >= f64::from(f32::MIN_POSITIVE) {
+                worst = worst.max(relative(*ours, *exact));
+            } else {
+                // Subnormal results hold fewer digits: within two of their steps.
+                assert!(
+                    (f64::from(*ours) - exact).abs() <= 3e-45,
+                    "{ours} vs {exact}"
+                );
+            }
+        }
+        assert!(worst < 2.4e-7, "worst relative error {worst}");
+        let mut shifted: Vec<f32> = (0..37).map(|i| i as f32 * 0.5 - 9.0).collect();
+        let expected: f64 = shifted.iter().map(|v| (f64::from(*v) - 3.0).exp()).sum();
+        let sum = exp_shifted(&mut shifted, 3.0);
+        assert!(relative(sum, expected) < 1e-6, "sum {sum} vs {expected}");
+
+        let mut edges = [f32::NEG_INFINITY, -200.0, 100.0, f32::INFINITY, f32::NAN];
+        exp_shifted(&mut edges, 0.0);
+        assert_eq!(&edges[..4], &[0.0, 0.0, f32::INFINITY, f32::INFINITY]);
+        assert!(edges[4].is_nan());
+    }
+
+    #[test]
+    fn scaling_finds_the_maximum_of_ragged_rows() {
+        for len in [1, 15, 16, 17, 40] {
+            let mut values: Vec<f32> = (0..len).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+            let expected = values.iter().map(|v| v * 0.5).fold(f32::MIN, f32::max);
+            assert_eq!(scale_and_max(&mut values, 0.5, f32::NEG_INFINITY), expected);
+            assert_eq!(values[len - 1], (((len - 1) * 7) % 11) as f32 * 0.5 - 2.5);
+            assert_eq!(scale_and_max(&mut values, 1.0, 100.0), 100.0);
+        }
+    }
+
+    #[test]
+    fn gelu_matches_its_tanh_form() {
+        let row: Vec<f32> = (0..37).map(|i| i as f32 * 0.61 - 11.0).collect();
+        let bias: Vec<f32> = (0..37).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut ours = row.clone();
+        bias_gelu(&mut ours, &bias);
+        for ((ours, v), b) in ours.iter().zip(&row).zip(&bias) {
+            let v = f64::from(v + b);
+            let u = f64::from(GELU_SCALE) * (v + f64::from(GELU_CUBIC) * v * v * v);
+            let exact = 0.5 * v * (1.0 + u.tanh());
+            assert!(
+                (f64::from(*ours) - exact).abs() <= 1e-6 * exact.abs().max(1.0),
+                "{v}: {ours} vs {exact}"
+            );
+        }
+    }
+}
