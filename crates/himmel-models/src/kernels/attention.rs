@@ -229,9 +229,8 @@ impl HeadOperands<'_> {
     ) {
         #[cfg(target_arch = "x86_64")]
         if let Self::Bf16(q, _) = self {
-            pairs
-                .queries
-                .refill(rows, head_dim, |r, d| q[queries + r * row + d]);
+            let query = |r: usize| &q[queries + r * row..];
+            pairs.queries.refill(rows, head_dim, query);
         }
     }
 

@@ -88,15 +88,13 @@ impl Rows {
         let k_pairs = k.div_ceil(2);
         let mut words = vec![0u32; rows.div_ceil(MR) * MR * k_pairs];
         if k > 0 {
-            let bits = |value: &bf16| u32::from(value.to_bits());
             let strips = words.par_chunks_mut(MR * k_pairs);
             strips
                 .zip(values.par_chunks(MR * k))
                 .for_each(|(strip, rows)| {
                     for (r, row) in rows.chunks_exact(k).enumerate() {
                         for (p, pair) in row.chunks(2).enumerate() {
-                            let high = pair.get(1).map_or(0, bits);
-                            strip[p * MR + r] = bits(&pair[0]) | high << 16;
+                            strip[p * MR + r] = pair_word(pair);
                         }
                     }
                 });
@@ -104,31 +102,35 @@ impl Rows {
         Self { words, rows, k }
     }
 
+    /// Rows (`m`) and depth (`k`).
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.k)
+    }
+
     /// `values` (`rows x k`, row-major f32) rounded to bf16 in strips, on the calling thread,
     /// reusing this operand's memory.
     pub fn refill_rounded(&mut self, rows: usize, k: usize, values: &[f32]) {
-        let mut narrowed = vec![bf16::ZERO; rows * k];
-        narrow(&values[..rows * k], &mut narrowed);
-        self.refill(rows, k, |r, i| narrowed[r * k + i]);
+        self.refill_with(rows, k, |r, row| narrow(&values[r * k..(r + 1) * k], row));
     }
 
-    /// `rows x k` values `value(row, index)` in strips, on the calling thread, reusing this
-    /// operand's memory.
-    pub fn refill(&mut self, rows: usize, k: usize, value: impl Fn(usize, usize) -> bf16) {
+    /// `rows x k` values, row `r` being `row(r)`, in strips, on the calling thread, reusing
+    /// this operand's memory.
+    pub fn refill<'r>(&mut self, rows: usize, k: usize, row: impl Fn(usize) -> &'r [bf16]) {
+        self.refill_with(rows, k, |r, out| out.copy_from_slice(&row(r)[..k]));
+    }
+
+    /// `rows x k` values, each row written by `fill(r, row)`, in strips.
+    fn refill_with(&mut self, rows: usize, k: usize, mut fill: impl FnMut(usize, &mut [bf16])) {
         let k_pairs = k.div_ceil(2);
         self.words.clear();
         self.words.resize(rows.div_ceil(MR) * MR * k_pairs, 0);
         (self.rows, self.k) = (rows, k);
+        let mut row = vec![bf16::ZERO; k];
         for r in 0..rows {
-            let strip = &mut self.words[r / MR * MR * k_pairs..];
-            for p in 0..k_pairs {
-                let high = if 2 * p + 1 < k {
-                    value(r, 2 * p + 1).to_bits()
-                } else {
-                    0
-                };
-                strip[p * MR + r % MR] =
-                    u32::from(value(r, 2 * p).to_bits()) | u32::from(high) << 16;
+            fill(r, &mut row);
+            let strip = &mut self.words[r / MR * MR * k_pairs + r % MR..];
+            for (p, pair) in row.chunks(2).enumerate() {
+                strip[p * MR] = pair_word(pair);
             }
         }
     }
@@ -272,6 +274,38 @@ pub fn product_tiles(
             }
         },
     );
+}
+
+/// [`product_tiles`] whose finished rows of sums are rounded to bf16 into a new left operand
+/// (`x.rows x w.n`): the input of a next product, without a tensor between them.
+pub fn product_rows(
+    x: &Rows,
+    w: &Panels,
+    finish: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) -> Rows {
+    let (m, k) = (x.rows, w.n);
+    let k_pairs = k.div_ceil(2);
+    let mut words = vec![0u32; m.div_ceil(MR) * MR * k_pairs];
+    let at = super::SendPtr(words.as_mut_ptr());
+    product_tiles(x, w, |row, columns, sums| {
+        finish(columns.clone(), sums);
+        let mut narrowed = [bf16::ZERO; NC];
+        let narrowed = &mut narrowed[..sums.len()];
+        narrow(sums, narrowed);
+        // Tiles start at even columns (`NC` is even): at a pair.
+        let first = row / MR * MR * k_pairs + columns.start / 2 * MR + row % MR;
+        for (p, pair) in narrowed.chunks(2).enumerate() {
+            // SAFETY: `(row, pair)` words are this tile's own, inside `words`.
+            unsafe { *at.get().add(first + p * MR) = pair_word(pair) };
+        }
+    });
+    Rows { words, rows: m, k }
+}
+
+/// One or two neighbouring bf16 values as a pair word (the second zero where absent).
+fn pair_word(pair: &[bf16]) -> u32 {
+    let high = pair.get(1).map_or(0, |value| u32::from(value.to_bits()));
+    u32::from(pair[0].to_bits()) | high << 16
 }
 
 /// Packs columns `columns` of `w` (`w(column, index)`: bf16 bits, `index < k`) at `pairs` into
@@ -535,8 +569,9 @@ mod tests {
         }
         let mut rows = Rows::default();
         rows.refill_rounded(2, 3, &src[..6]);
+        let rounded: Vec<bf16> = src[..6].iter().map(|v| bf16::from_f32(*v)).collect();
         let mut expected = Rows::default();
-        expected.refill(2, 3, |r, i| bf16::from_f32(src[r * 3 + i]));
+        expected.refill(2, 3, |r| &rounded[r * 3..]);
         assert_eq!(rows.words, expected.words);
     }
 

@@ -90,6 +90,36 @@ impl Dense {
         self.apply(x, true)
     }
 
+    /// `next` applied to [`Self::forward_gelu`] of `x`; where both layers are packed, the
+    /// hidden values go from one product to the next in the products' own layout, never as a
+    /// tensor (the same values: both round them to bf16).
+    pub fn forward_gelu_into(&self, next: &Dense, x: &Tensor) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if let (
+            Kind::Packed { weight, bias },
+            Kind::Packed {
+                weight: next_weight,
+                bias: next_bias,
+            },
+        ) = (&self.0, &next.0)
+        {
+            let (hidden, inputs) = weight.dims();
+            if next_weight.dims().1 != hidden {
+                bail!(
+                    "dense: {hidden} outputs feed a layer of {} inputs",
+                    next_weight.dims().1
+                );
+            }
+            let rows = input_rows(x, inputs)?;
+            let finish = |columns: std::ops::Range<usize>, sums: &mut [f32]| {
+                finish(bias, true, columns, sums)
+            };
+            let hidden = super::bf16_gemm::product_rows(&rows, weight, finish);
+            return written(&hidden, (next_weight, next_bias, false), x);
+        }
+        next.forward(&self.forward_gelu(x)?)
+    }
+
     fn apply(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
         match &self.0 {
             Kind::Layer(layer) if gelu => forward_gelu(layer, x),
@@ -109,69 +139,92 @@ fn packed(
     x: &Tensor,
     gelu: bool,
 ) -> Result<Tensor> {
-    use super::bf16_gemm::Rows;
+    let rows = input_rows(x, weight.dims().1)?;
+    written(&rows, (weight, bias, gelu), x)
+}
 
-    let (outputs, inputs) = weight.dims();
-    let mut shape = x.dims().to_vec();
-    if shape.last() != Some(&inputs) || x.track_op() || !x.device().is_cpu() {
+/// `x` (`[..., inputs]`, a CPU tensor without gradients) rounded to bf16 as a left operand.
+#[cfg(target_arch = "x86_64")]
+fn input_rows(x: &Tensor, inputs: usize) -> Result<super::bf16_gemm::Rows> {
+    if x.dims().last() != Some(&inputs) || x.track_op() || !x.device().is_cpu() {
         bail!(
             "dense: input {:?} is not a CPU tensor without gradients ending in {inputs}",
             x.dims()
         );
     }
-    *shape.last_mut().expect("checked above") = outputs;
-    let rows = {
-        let x = x.to_dtype(DType::BF16)?.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(CpuStorage::BF16(data)) = &*storage else {
-            bail!("dense: the input must be on the CPU")
-        };
-        let start = layout.start_offset();
-        Rows::new(&data[start..start + x.elem_count()], inputs)
+    let x = x.to_dtype(DType::BF16)?.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(CpuStorage::BF16(data)) = &*storage else {
+        bail!("dense: the input must be on the CPU")
     };
-    let count = x.elem_count() / inputs.max(1) * outputs;
-    let finish = |sums: &mut [f32], columns: std::ops::Range<usize>| {
-        if gelu {
-            super::elementwise::bias_gelu(sums, &bias[columns]);
-        } else {
-            sums.iter_mut()
-                .zip(&bias[columns])
-                .for_each(|(v, b)| *v += b);
-        }
-    };
+    let start = layout.start_offset();
+    Ok(super::bf16_gemm::Rows::new(
+        &data[start..start + x.elem_count()],
+        inputs,
+    ))
+}
+
+/// A packed layer `(weight, bias, gelu)` applied to `rows` (the rows of `x`, or of what was
+/// computed from them): a tensor of `x`'s leading dimensions, dtype (bf16 or f32) and device.
+#[cfg(target_arch = "x86_64")]
+fn written(
+    rows: &super::bf16_gemm::Rows,
+    (weight, bias, gelu): (&super::bf16_gemm::Panels, &[f32], bool),
+    x: &Tensor,
+) -> Result<Tensor> {
+    let outputs = weight.dims().0;
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("inputs have a last dimension") = outputs;
+    let finish =
+        |columns: std::ops::Range<usize>, sums: &mut [f32]| finish(bias, gelu, columns, sums);
     match x.dtype() {
         DType::BF16 => {
-            let out = tiles_written(&rows, weight, count, finish, narrow);
+            let out = tiles_written(rows, weight, finish, narrow);
             Tensor::from_vec(out, shape, x.device())
         }
         dtype => {
             let copy = |sums: &[f32], out: &mut [f32]| out.copy_from_slice(sums);
-            let out = tiles_written(&rows, weight, count, finish, copy);
+            let out = tiles_written(rows, weight, finish, copy);
             Tensor::from_vec(out, shape, x.device())?.to_dtype(dtype)
         }
     }
 }
 
-/// The `count` values of `x w^T`, each tile's sums changed by `finish(sums, columns)` and
-/// written by `write(sums, out)` while in cache.
+/// Adds `bias`'s `columns` to a tile's row of sums, then GELU with `gelu`.
+fn finish(bias: &[f32], gelu: bool, columns: std::ops::Range<usize>, sums: &mut [f32]) {
+    if gelu {
+        super::elementwise::bias_gelu(sums, &bias[columns]);
+    } else {
+        sums.iter_mut()
+            .zip(&bias[columns])
+            .for_each(|(v, b)| *v += b);
+    }
+}
+
+/// The values of `x w^T` (`x.rows x outputs`), each tile's row of sums changed by
+/// `finish(columns, sums)` and written by `write(sums, out)` while in cache.
 #[cfg(target_arch = "x86_64")]
-fn tiles_written<T: Copy + Default + Send>(
+fn tiles_written<T: Copy + Send>(
     x: &super::bf16_gemm::Rows,
     weight: &super::bf16_gemm::Panels,
-    count: usize,
-    finish: impl Fn(&mut [f32], std::ops::Range<usize>) + Sync,
+    finish: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
     write: impl Fn(&[f32], &mut [T]) + Sync,
 ) -> Vec<T> {
     let outputs = weight.dims().0;
-    let mut out = vec![T::default(); count];
+    let count = x.dims().0 * outputs;
+    // Not zeroed first: the tiles write every value.
+    let mut out = Vec::<T>::with_capacity(count);
     let at = SendPtr(out.as_mut_ptr());
     super::bf16_gemm::product_tiles(x, weight, |row, columns, sums| {
         let start = row * outputs + columns.start;
-        finish(sums, columns);
-        // SAFETY: tiles are disjoint parts of `out`'s rows of `outputs`.
+        finish(columns, sums);
+        // SAFETY: tiles are disjoint parts of `out`'s `count` values, in its capacity; each is
+        // written whole before it is read.
         let out = unsafe { std::slice::from_raw_parts_mut(at.get().add(start), sums.len()) };
         write(sums, out);
     });
+    // SAFETY: the tiles cover all rows and columns: every value was written.
+    unsafe { out.set_len(count) };
     out
 }
 
@@ -328,6 +381,37 @@ mod tests {
                 );
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_feed_forward_gives_the_same_values_as_its_layers_one_after_the_other() -> Result<()> {
+        let device = Device::Cpu;
+        let random = |shape: (usize, usize)| -> Result<Tensor> {
+            Tensor::randn(0f32, 1.0, shape, &device)?.to_dtype(DType::BF16)
+        };
+        let layer = |outputs, inputs| -> Result<Dense> {
+            let bias = random((1, outputs))?.flatten_all()?;
+            Dense::new(Linear::new(random((outputs, inputs))?, Some(bias)))
+        };
+        // Hidden widths past a tile and odd; rows past a tile.
+        for (tokens, inner, hidden) in [(7, 16, 40), (200, 48, 301), (3, 5, 513)] {
+            let (up, down) = (layer(hidden, inner)?, layer(inner, hidden)?);
+            let x = random((tokens, inner))?.unsqueeze(0)?;
+            let fused = up.forward_gelu_into(&down, &x)?;
+            let apart = down.forward(&up.forward_gelu(&x)?)?;
+            assert_eq!(fused.dims(), &[1, tokens, inner]);
+            let difference = (fused.to_dtype(DType::F32)? - apart.to_dtype(DType::F32)?)?;
+            let largest = difference
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert_eq!(largest, 0.0, "{tokens}x{inner}x{hidden}");
+        }
+        let (up, wrong) = (layer(40, 16)?, layer(16, 41)?);
+        let x = random((2, 16))?;
+        assert!(up.forward_gelu_into(&wrong, &x).is_err());
         Ok(())
     }
 }

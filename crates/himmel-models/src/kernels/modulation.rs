@@ -1,7 +1,7 @@
 //! The elementwise steps around a Wan block's attention and feed-forward, each fused into one
 //! pass over the tokens for inference on the CPU: the modulated LayerNorm
-//! (`norm(x) (1 + scale) + shift`), the LayerNorm with weight and bias, and the gated residual
-//! (`x + y gate`). Both compute in f32
+//! (`norm(x) (1 + scale) + shift`), the LayerNorm with weight and bias, the queries' and keys'
+//! RMSNorm, and the gated residual (`x + y gate`). Both compute in f32
 //! from f32 or bf16 inputs and write the block's dtype; composed in candle's ops they took a
 //! dozen passes, each with a fresh tensor.
 
@@ -66,6 +66,22 @@ fn layer_norm(
         let (shift, factor) = (&shift[batch], &factor[batch]);
         for (((out, value), shift), factor) in out.iter_mut().zip(row).zip(shift).zip(factor) {
             *out = (value - mean) * inverse * factor + shift;
+        }
+    })
+}
+
+/// RMSNorm over `D` of `x` `[B, L, D]` with `weight` `[D]`: `x / sqrt(mean(x^2) + eps) * weight`
+/// in f32, written in `dtype`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, dtype: DType) -> Result<Tensor> {
+    let weight = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    if weight.len() != x.dim(2)? {
+        bail!("rms norm: {} weights for {:?}", weight.len(), x.dims());
+    }
+    map_rows(x, None, dtype, |_, row, _, out| {
+        let mean_square = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        let inverse = 1.0 / (mean_square + eps as f32).sqrt();
+        for ((out, value), weight) in out.iter_mut().zip(row).zip(&weight) {
+            *out = value * inverse * weight;
         }
     })
 }
@@ -218,6 +234,7 @@ mod tests {
             shift.flatten_all()?.narrow(0, 0, 48)?,
         );
         let affine = normed.broadcast_mul(&weight)?.broadcast_add(&bias)?;
+        let rms = candle_nn::ops::rms_norm(&x, &weight, 1e-6)?;
         for dtype in [DType::F32, DType::BF16] {
             let (xd, yd) = (x.to_dtype(dtype)?, y.to_dtype(dtype)?);
             // bf16 inputs round x by 2^-9 of its size before the norm.
@@ -229,12 +246,16 @@ mod tests {
             let ours = affine_layer_norm(&xd, &weight, &bias, 1e-6, dtype)?;
             let error = max_difference(&ours, &affine)?;
             assert!(error < tolerance, "{dtype:?} affine norm: {error}");
+            let ours = rms_norm(&xd, &weight.to_dtype(dtype)?, 1e-6, dtype)?;
+            let error = max_difference(&ours, &rms)?;
+            assert!(error < tolerance, "{dtype:?} rms norm: {error}");
             let ours = gated_residual(&xd, &yd, &scale, dtype)?;
             let error = max_difference(&ours, &residual)?;
             assert!(error < tolerance * 4.0, "{dtype:?} gated residual: {error}");
         }
         let wrong = Tensor::zeros((2, 4, 48), DType::F32, &device)?;
         assert!(gated_residual(&x, &wrong, &scale, DType::F32).is_err());
+        assert!(rms_norm(&wrong, &weight.narrow(0, 0, 47)?, 1e-6, DType::F32).is_err());
         Ok(())
     }
 }

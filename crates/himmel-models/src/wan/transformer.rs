@@ -61,6 +61,9 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if modulation::applies(x) {
+            return modulation::rms_norm(x, &self.weight, self.eps.into(), x.dtype());
+        }
         ops::rms_norm(x, &self.weight, self.eps)
     }
 }
@@ -164,7 +167,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.up.forward_gelu(x)?)
+        self.up.forward_gelu_into(&self.down, x)
     }
 }
 
