@@ -36,8 +36,9 @@ enum Workload {
     /// Wan 2.1's text encoder (UMT5-XXL): one encoding of a prompt of the pipeline's length,
     /// with random weights.
     Text(TextArgs),
-    /// The bf16 linear layers (weights packed once, bf16 inputs, f32 sums, bf16 outputs) on
-    /// 2048^3 and on Wan 2.1 1.3B's shapes at 256x256x17, the best of several runs each.
+    /// The bf16 linear layers (weights packed once, bf16 inputs, f32 sums, bf16 outputs) and
+    /// their int8 form on 2048^3 and on Wan 2.1 1.3B's shapes at 256x256x17, the best of
+    /// several runs each.
     Gemm(GemmArgs),
 }
 
@@ -338,7 +339,6 @@ const GEMM_SHAPES: [(&str, usize, usize, usize); 6] = [
 ];
 
 fn run_gemm(args: &GemmArgs) -> Result<()> {
-    use candle_core::{DType, Device, Tensor};
     use himmel_models::kernels::bf16_linear::Dense;
 
     #[cfg(target_arch = "x86_64")]
@@ -350,15 +350,33 @@ fn run_gemm(args: &GemmArgs) -> Result<()> {
     } else {
         "bf16 weights widened to f32"
     };
+    let threads = rayon::current_num_threads();
+    println!("bf16 product x w^T ({kernel}, {threads} threads)");
+    time_products(args.repeat, |linear| Ok(Some(Dense::new(linear)?)))?;
     println!(
-        "bf16 product x w^T ({kernel}, {} threads)",
-        rayon::current_num_threads()
+        "int8 product x w^T (AVX-512 VNNI, per-channel weights, per-row activations, {threads} threads)"
     );
+    if !time_products(args.repeat, |linear| Ok(Dense::quantised(&linear)?))? {
+        println!("  not run: this CPU lacks AVX-512 VNNI");
+    }
+    Ok(())
+}
+
+/// Times the layers `make` builds (bf16 inputs, bf16 weights) on [`GEMM_SHAPES`], printing a
+/// line per shape; false where `make` builds none.
+fn time_products(
+    repeat: u32,
+    make: impl Fn(candle_nn::Linear) -> Result<Option<himmel_models::kernels::bf16_linear::Dense>>,
+) -> Result<bool> {
+    use candle_core::{DType, Device, Tensor};
+
     for (name, rows, outputs, inputs) in GEMM_SHAPES {
         let x = Tensor::randn(0f32, 1.0, (rows, inputs), &Device::Cpu)?.to_dtype(DType::BF16)?;
         let w = Tensor::randn(0f32, 1.0, (outputs, inputs), &Device::Cpu)?.to_dtype(DType::BF16)?;
-        let layer = Dense::new(candle_nn::Linear::new(w, None))?;
-        let seconds = best_seconds(args.repeat, || {
+        let Some(layer) = make(candle_nn::Linear::new(w, None))? else {
+            return Ok(false);
+        };
+        let seconds = best_seconds(repeat, || {
             layer.forward(&x)?;
             Ok(())
         })?;
@@ -369,7 +387,7 @@ fn run_gemm(args: &GemmArgs) -> Result<()> {
             seconds * 1e3
         );
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Records how long each stage of a generation takes.

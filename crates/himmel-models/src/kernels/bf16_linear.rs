@@ -32,6 +32,13 @@ enum Kind {
         weight: super::bf16_gemm::Panels,
         bias: Vec<f32>,
     },
+    /// The weight quantised to int8 per output channel for the VNNI products, with the bias in
+    /// f32.
+    #[cfg(target_arch = "x86_64")]
+    Int8 {
+        weight: super::int8_gemm::QuantizedWeight,
+        bias: Vec<f32>,
+    },
 }
 
 impl Dense {
@@ -43,6 +50,24 @@ impl Dense {
     /// The layer `inputs -> outputs` without bias from `vb` (`weight`).
     pub fn load_no_bias(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(candle_nn::linear_no_bias(inputs, outputs, vb)?)
+    }
+
+    /// `layer` with its weight quantised to int8 per output channel, its activations per row
+    /// when it runs, for AVX-512 VNNI; `None` where the CPU lacks it or the layer is trained.
+    pub fn quantised(layer: &Linear) -> Result<Option<Self>> {
+        #[cfg(target_arch = "x86_64")]
+        if super::int8_gemm::is_available() && !layer.weight().track_op() {
+            let (outputs, inputs) = layer.weight().dims2()?;
+            let weight = layer
+                .weight()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let weight = super::int8_gemm::QuantizedWeight::new(&weight, outputs, inputs);
+            let bias = bias_f32(&layer, outputs)?;
+            return Ok(Some(Self(Kind::Int8 { weight, bias })));
+        }
+        Ok(None)
     }
 
     /// `layer`, its weight packed where that applies.
@@ -63,13 +88,7 @@ impl Dense {
                 };
                 let data = &data[layout.start_offset()..layout.start_offset() + outputs * inputs];
                 let packed = super::bf16_gemm::Panels::new(data, outputs, inputs);
-                let bias = match layer.bias() {
-                    Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                    None => vec![0.0; outputs],
-                };
-                if bias.len() != outputs {
-                    bail!("dense: {} biases for {outputs} outputs", bias.len());
-                }
+                let bias = bias_f32(&layer, outputs)?;
                 return Ok(Self(Kind::Packed {
                     weight: packed,
                     bias,
@@ -126,8 +145,22 @@ impl Dense {
             Kind::Layer(layer) => forward(layer, x),
             #[cfg(target_arch = "x86_64")]
             Kind::Packed { weight, bias } => packed(weight, bias, x, gelu),
+            #[cfg(target_arch = "x86_64")]
+            Kind::Int8 { weight, bias } => int8(weight, bias, x, gelu),
         }
     }
+}
+
+/// `layer`'s bias in f32 (zeros without one).
+fn bias_f32(layer: &Linear, outputs: usize) -> Result<Vec<f32>> {
+    let bias = match layer.bias() {
+        Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        None => vec![0.0; outputs],
+    };
+    if bias.len() != outputs {
+        bail!("dense: {} biases for {outputs} outputs", bias.len());
+    }
+    Ok(bias)
 }
 
 /// `x w^T + bias` (then GELU with `gelu`) through the packed weight, written in `x`'s dtype
@@ -173,18 +206,62 @@ fn written(
     x: &Tensor,
 ) -> Result<Tensor> {
     let outputs = weight.dims().0;
+    let tiles = |each: &Tile| super::bf16_gemm::product_tiles(rows, weight, each);
+    tensor_of_tiles(tiles, (rows.dims().0, outputs), (bias, gelu), x)
+}
+
+/// `x w^T + bias` (then GELU with `gelu`) through the int8 weight, `x` quantised per row,
+/// written in `x`'s dtype (bf16 or f32) tile by tile.
+#[cfg(target_arch = "x86_64")]
+fn int8(
+    weight: &super::int8_gemm::QuantizedWeight,
+    bias: &[f32],
+    x: &Tensor,
+    gelu: bool,
+) -> Result<Tensor> {
+    let (outputs, inputs) = weight.dims();
+    if x.dims().last() != Some(&inputs) || x.track_op() || !x.device().is_cpu() {
+        bail!(
+            "dense: input {:?} is not a CPU tensor without gradients ending in {inputs}",
+            x.dims()
+        );
+    }
+    let rows = {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let values = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
+        super::int8_gemm::QuantizedRows::new(values, inputs)
+    };
+    let tiles = |each: &Tile| super::int8_gemm::product_tiles(&rows, weight, each);
+    let count = x.elem_count() / inputs.max(1);
+    tensor_of_tiles(tiles, (count, outputs), (bias, gelu), x)
+}
+
+/// What a product hands each finished row of a tile to: `(row, columns, values)`.
+type Tile<'a> = dyn Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync + 'a;
+
+/// The `rows x outputs` result of a product `tiles` (run with what to do with each row of a
+/// tile) with `(bias, gelu)` applied, as a tensor of `x`'s leading dimensions, dtype (bf16 or
+/// f32) and device.
+#[cfg(target_arch = "x86_64")]
+fn tensor_of_tiles(
+    tiles: impl FnOnce(&Tile),
+    (rows, outputs): (usize, usize),
+    (bias, gelu): (&[f32], bool),
+    x: &Tensor,
+) -> Result<Tensor> {
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("inputs have a last dimension") = outputs;
     let finish =
         |columns: std::ops::Range<usize>, sums: &mut [f32]| finish(bias, gelu, columns, sums);
     match x.dtype() {
         DType::BF16 => {
-            let out = tiles_written(rows, weight, finish, narrow);
+            let out = tiles_written(tiles, rows * outputs, outputs, finish, narrow);
             Tensor::from_vec(out, shape, x.device())
         }
         dtype => {
             let copy = |sums: &[f32], out: &mut [f32]| out.copy_from_slice(sums);
-            let out = tiles_written(rows, weight, finish, copy);
+            let out = tiles_written(tiles, rows * outputs, outputs, finish, copy);
             Tensor::from_vec(out, shape, x.device())?.to_dtype(dtype)
         }
     }
@@ -201,21 +278,20 @@ fn finish(bias: &[f32], gelu: bool, columns: std::ops::Range<usize>, sums: &mut 
     }
 }
 
-/// The values of `x w^T` (`x.rows x outputs`), each tile's row of sums changed by
-/// `finish(columns, sums)` and written by `write(sums, out)` while in cache.
+/// The `count` values (rows of `outputs`) of a product `tiles`, each tile's row of sums
+/// changed by `finish(columns, sums)` and written by `write(sums, out)` while in cache.
 #[cfg(target_arch = "x86_64")]
 fn tiles_written<T: Copy + Send>(
-    x: &super::bf16_gemm::Rows,
-    weight: &super::bf16_gemm::Panels,
+    tiles: impl FnOnce(&Tile),
+    count: usize,
+    outputs: usize,
     finish: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
     write: impl Fn(&[f32], &mut [T]) + Sync,
 ) -> Vec<T> {
-    let outputs = weight.dims().0;
-    let count = x.dims().0 * outputs;
     // Not zeroed first: the tiles write every value.
     let mut out = Vec::<T>::with_capacity(count);
     let at = SendPtr(out.as_mut_ptr());
-    super::bf16_gemm::product_tiles(x, weight, |row, columns, sums| {
+    tiles(&|row, columns, sums| {
         let start = row * outputs + columns.start;
         finish(columns, sums);
         // SAFETY: tiles are disjoint parts of `out`'s `count` values, in its capacity; each is
@@ -412,6 +488,37 @@ mod tests {
         let (up, wrong) = (layer(40, 16)?, layer(16, 41)?);
         let x = random((2, 16))?;
         assert!(up.forward_gelu_into(&wrong, &x).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn an_int8_layer_stays_within_its_quantisation_error() -> Result<()> {
+        let device = Device::Cpu;
+        let (tokens, inner, outputs) = (200, 300, 70);
+        let x = Tensor::randn(0f32, 1.0, (1, tokens, inner), &device)?;
+        let weight = Tensor::randn(0f32, 1.0, (outputs, inner), &device)?;
+        let bias = Tensor::randn(0f32, 1.0, outputs, &device)?;
+        let layer = Linear::new(weight.clone(), Some(bias.clone()));
+        let Some(dense) = Dense::quantised(&layer)? else {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return Ok(());
+        };
+        let expected = x.broadcast_matmul(&weight.t()?)?.broadcast_add(&bias)?;
+        let ours = dense.forward(&x)?;
+        assert_eq!(ours.dims(), expected.dims());
+        // Each term off by at most half a step of either operand (max / 127 / 2): typically a
+        // few tenths of a percent of the sums' spread.
+        let relative = |ours: &Tensor, expected: &Tensor| -> Result<f32> {
+            let error = (ours - expected)?.sqr()?.mean_all()?.sqrt()?;
+            let spread = expected.sqr()?.mean_all()?.sqrt()?;
+            (error / spread)?.to_scalar::<f32>()
+        };
+        let error = relative(&ours, &expected)?;
+        assert!(error < 0.02, "relative error {error}");
+        let ours = dense.forward_gelu(&x.to_dtype(DType::BF16)?)?;
+        assert_eq!(ours.dtype(), DType::BF16);
+        let error = relative(&ours.to_dtype(DType::F32)?, &expected.gelu()?)?;
+        assert!(error < 0.03, "gelu relative error {error}");
         Ok(())
     }
 }

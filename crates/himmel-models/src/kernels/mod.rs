@@ -8,6 +8,8 @@ pub mod attention;
 pub mod bf16_gemm;
 pub mod bf16_linear;
 mod elementwise;
+#[cfg(target_arch = "x86_64")]
+pub mod int8_gemm;
 pub mod modulation;
 pub mod video;
 pub mod video_training;

@@ -237,8 +237,9 @@ mod tests {
         let rms = candle_nn::ops::rms_norm(&x, &weight, 1e-6)?;
         for dtype in [DType::F32, DType::BF16] {
             let (xd, yd) = (x.to_dtype(dtype)?, y.to_dtype(dtype)?);
-            // bf16 inputs round x by 2^-9 of its size before the norm.
-            let tolerance = if dtype == DType::F32 { 1e-5 } else { 0.05 };
+            // bf16 rounds x by up to 2^-9 of its size before the norm, and the results (up to
+            // about 15 here) by 2^-9 of theirs.
+            let tolerance = if dtype == DType::F32 { 1e-5 } else { 0.08 };
             let ours = modulated_layer_norm(&xd, &shift, &scale, 1e-6, dtype)?;
             assert_eq!(ours.dtype(), dtype);
             let error = max_difference(&ours, &modulated)?;

@@ -1,0 +1,379 @@
+//! Matrix products of int8 weights and int8 activations with AVX-512 VNNI (`vpdpbusd`: sixteen
+//! lanes, each adding four products of an unsigned and a signed byte to an i32 sum), on CPUs
+//! that have it: twice the multiply-adds of `vdpbf16ps` per instruction.
+//!
+//! `out = x w^T` with `x` `m x k` and `w` `n x k` (a linear layer's weight as stored). The
+//! weight is quantised once per output channel (symmetric: `w ≈ scale_c q`, `|q| <= 127`) and
+//! packed in panels of `NR` columns, four neighbouring `k` of a column in a 32-bit word
+//! ([`QuantizedWeight`]); the activations are quantised per row when a product runs
+//! (`x ≈ scale_r (u - 128)`, `u` an unsigned byte) and laid out in strips of `MR` rows
+//! ([`QuantizedRows`]). The i32 sums become `scale_r scale_c (sum(u q) - 128 sum(q))`. Blocks and
+//! tiles are laid out as in [`super::bf16_gemm`].
+
+use std::arch::x86_64::{
+    __m512i, _mm512_add_epi32, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
+    _mm512_setzero_si512, _mm512_storeu_si512,
+};
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+/// Rows of `x` per microkernel call.
+const MR: usize = 6;
+/// Vectors of sixteen output columns per microkernel call.
+const NV: usize = 4;
+/// Output columns per packed panel.
+const NR: usize = 16 * NV;
+/// Quads of `k` per block of a tile (384 quads x 256 columns are 384 KiB).
+const KC_QUADS: usize = 384;
+/// Rows of the output summed per task.
+const MC: usize = 192;
+/// Output columns per task.
+const NC: usize = 256;
+/// The activations' zero point: stored bytes are `round(x / scale) + 128`.
+const ZERO_POINT: i32 = 128;
+
+/// Whether this CPU runs these products.
+pub fn is_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// `values` divided into steps of `max |value| / 127` (1 for an all-zero slice), rounded:
+/// the scale and the steps.
+fn quantise(values: &[f32]) -> (f32, impl Iterator<Item = i32> + '_) {
+    let scale = step_of(values);
+    let inverse = 1.0 / scale;
+    let steps = values.iter().map(move |v| rounded(v * inverse));
+    (scale, steps)
+}
+
+/// `max |value| / 127`, or 1 where all are zero.
+fn step_of(values: &[f32]) -> f32 {
+    // A compare and select rather than `f32::max`, so that the loop vectorises.
+    let largest = values
+        .iter()
+        .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    if largest > 0.0 { largest / 127.0 } else { 1.0 }
+}
+
+/// `steps` (within -127..=127) rounded to the nearest integer, halves up, without
+/// a call to libm's `round` (which baseline x86-64 has no instruction for).
+fn rounded(steps: f32) -> i32 {
+    // Shifted to be positive, truncation rounds down.
+    (steps + 128.5) as i32 - 128
+}
+
+/// A linear layer's weight (`n x k`) quantised per output channel and packed: a panel of
+/// `k.div_ceil(4) x NR` words for each `NR` columns, zero past the last column and past `k`.
+pub struct QuantizedWeight {
+    words: Vec<u32>,
+    /// Per column: `w ≈ scale q`.
+    scales: Vec<f32>,
+    /// Per column: the sum of its `q`, for the activations' zero point.
+    sums: Vec<i32>,
+    n: usize,
+    k: usize,
+}
+
+impl QuantizedWeight {
+    /// `w` (`n x k`, row-major) quantised and packed, in parallel.
+    ///
+    /// # Panics
+    /// If `w` holds fewer than `n x k` values.
+    pub fn new(w: &[f32], n: usize, k: usize) -> Self {
+        assert!(w.len() >= n * k, "int8 weight: too few values");
+        let k_quads = k.div_ceil(4);
+        let mut words = vec![0u32; n.div_ceil(NR) * NR * k_quads];
+        let mut scales = vec![1f32; n];
+        let mut sums = vec![0i32; n];
+        if k > 0 {
+            let panels = words
+                .par_chunks_mut(k_quads * NR)
+                .zip(scales.par_chunks_mut(NR))
+                .zip(sums.par_chunks_mut(NR));
+            panels
+                .enumerate()
+                .for_each(|(panel, ((words, scales), sums))| {
+                    for (c, (scale, sum)) in scales.iter_mut().zip(sums).enumerate() {
+                        let column = panel * NR + c;
+                        let (column_scale, steps) = quantise(&w[column * k..(column + 1) * k]);
+                        *scale = column_scale;
+                        for (i, step) in steps.enumerate() {
+                            *sum += step;
+                            words[i / 4 * NR + c] |= u32::from(step as i8 as u8) << (8 * (i % 4));
+                        }
+                    }
+                });
+        }
+        Self {
+            words,
+            scales,
+            sums,
+            n,
+            k,
+        }
+    }
+
+    /// Columns (`n`) and depth (`k`).
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+}
+
+/// The left operand `x` (`rows x k`) quantised per row and laid out in strips of `MR` rows
+/// (the last padded), each strip its `k.div_ceil(4)` quads in order with the strip's rows side
+/// by side.
+pub struct QuantizedRows {
+    words: Vec<u32>,
+    /// Per row: `x ≈ scale (u - 128)`.
+    scales: Vec<f32>,
+    rows: usize,
+    k: usize,
+}
+
+impl QuantizedRows {
+    /// `values` (`rows x k`, row-major) quantised, in parallel.
+    pub fn new(values: &[f32], k: usize) -> Self {
+        let rows = values.len().checked_div(k).unwrap_or(0);
+        let k_quads = k.div_ceil(4);
+        // Padding bytes are the zero point: they stand for 0 (and meet zero weights anyway).
+        let mut words = vec![0x8080_8080u32; rows.div_ceil(MR) * MR * k_quads];
+        let mut scales = vec![1f32; rows];
+        if k > 0 {
+            let strips = words
+                .par_chunks_mut(MR * k_quads)
+                .zip(scales.par_chunks_mut(MR))
+                .zip(values.par_chunks(MR * k));
+            strips.for_each(|((strip, scales), values)| {
+                let mut bytes = vec![ZERO_POINT as u8; k_quads * 4];
+                for (r, (row, scale)) in values.chunks_exact(k).zip(scales).enumerate() {
+                    *scale = step_of(row);
+                    let inverse = 1.0 / *scale;
+                    for (byte, value) in bytes.iter_mut().zip(row) {
+                        *byte = (rounded(value * inverse) + ZERO_POINT) as u8;
+                    }
+                    for (q, quad) in bytes.chunks_exact(4).enumerate() {
+                        strip[q * MR + r] =
+                            u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+                    }
+                }
+            });
+        }
+        Self {
+            words,
+            scales,
+            rows,
+            k,
+        }
+    }
+}
+
+/// `x w^T` (`x.rows x w.n`) on rayon's pool: each task sums a tile of up to `MC x NC` in i32
+/// and hands it on row by row, scaled back to f32: `finish(row, columns, values)`.
+///
+/// # Panics
+/// If the CPU lacks AVX-512 VNNI (check [`is_available`]) or the operands' `k` differ.
+pub fn product_tiles(
+    x: &QuantizedRows,
+    w: &QuantizedWeight,
+    finish: impl Fn(usize, Range<usize>, &mut [f32]) + Sync,
+) {
+    assert!(is_available(), "int8 product: this CPU lacks AVX-512 VNNI");
+    assert_eq!(x.k, w.k, "int8 product: operands of different depth");
+    let (m, n, k_quads) = (x.rows, w.n, x.k.div_ceil(4));
+    let (row_tiles, column_tiles) = (m.div_ceil(MC), n.div_ceil(NC));
+    (0..row_tiles * column_tiles).into_par_iter().for_each_init(
+        || (vec![0i32; MC * NC], vec![0f32; NC]),
+        |(sums, values), task| {
+            let rows = task % row_tiles * MC..m.min((task % row_tiles + 1) * MC);
+            let columns = task / row_tiles * NC..n.min((task / row_tiles + 1) * NC);
+            if k_quads == 0 {
+                sums.fill(0);
+            }
+            for k0 in (0..k_quads).step_by(KC_QUADS) {
+                let kc = KC_QUADS.min(k_quads - k0);
+                let parts = ((x, rows.clone()), (w, columns.clone()), k0..k0 + kc);
+                // SAFETY: the CPU has the features (checked above); the parts lie inside the
+                // operands, and `sums` holds `MC x NC`.
+                unsafe { sweep(parts, sums.as_mut_ptr(), k0 > 0) };
+            }
+            for (r, sums) in rows.clone().zip(sums.chunks_exact(NC)) {
+                let values = &mut values[..columns.len()];
+                let row_scale = x.scales[r];
+                for ((value, sum), c) in values.iter_mut().zip(sums).zip(columns.clone()) {
+                    let centred = sum - ZERO_POINT * w.sums[c];
+                    *value = centred as f32 * row_scale * w.scales[c];
+                }
+                finish(r, columns.clone(), values);
+            }
+        },
+    );
+}
+
+/// The i32 sums of `x`'s `rows` (from a multiple of `MR`) and `w`'s `columns` (from a
+/// multiple of `NR`) over `quads`, stored to (or added into, with `accumulate`) `out`, rows
+/// `NC` apart, whole panels wide.
+///
+/// # Safety
+/// The CPU has AVX-512 VNNI; the parts lie inside the operands; `out` holds `rows.len()` rows
+/// of `NC` and no other thread touches it.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn sweep(
+    ((x, rows), (w, columns), quads): (
+        (&QuantizedRows, Range<usize>),
+        (&QuantizedWeight, Range<usize>),
+        Range<usize>,
+    ),
+    out: *mut i32,
+    accumulate: bool,
+) {
+    let (x_quads, w_quads) = (x.k.div_ceil(4), w.k.div_ceil(4));
+    let kc = quads.len();
+    for r0 in rows.clone().step_by(MR) {
+        let strip = x.words[r0 * x_quads + quads.start * MR..].as_ptr();
+        for c0 in columns.clone().step_by(NR) {
+            let panel = w.words[c0 / NR * NR * w_quads + quads.start * NR..].as_ptr();
+            // SAFETY: the strip holds `kc` quads of `MR` rows, the panel `kc x NR`, and `out`
+            // this tile (caller's promise).
+            unsafe {
+                let tile = (
+                    out.add((r0 - rows.start) * NC + c0 - columns.start),
+                    accumulate,
+                );
+                match MR.min(rows.end - r0) {
+                    6 => microkernel::<6>(kc, strip, panel, tile),
+                    5 => microkernel::<5>(kc, strip, panel, tile),
+                    4 => microkernel::<4>(kc, strip, panel, tile),
+                    3 => microkernel::<3>(kc, strip, panel, tile),
+                    2 => microkernel::<2>(kc, strip, panel, tile),
+                    _ => microkernel::<1>(kc, strip, panel, tile),
+                }
+            }
+        }
+    }
+}
+
+/// `R x NR` i32 sums over `kc` quads of the strip `x` and the panel `b`, stored to (or, with
+/// `accumulate`, added into) the tile at `dst` (rows `NC` apart).
+///
+/// # Safety
+/// As [`sweep`]'s, for this tile.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn microkernel<const R: usize>(
+    kc: usize,
+    x: *const u32,
+    b: *const u32,
+    (dst, accumulate): (*mut i32, bool),
+) {
+    let mut sums = [[_mm512_setzero_si512(); NV]; R];
+    // SAFETY: reads stay inside the strip and the panel, writes inside the tile (caller's
+    // promise).
+    unsafe {
+        for p in 0..kc {
+            let columns: [__m512i; NV] =
+                std::array::from_fn(|v| _mm512_loadu_si512(b.add(p * NR + 16 * v).cast()));
+            for (r, row) in sums.iter_mut().enumerate() {
+                let quad = _mm512_set1_epi32(*x.add(p * MR + r) as i32);
+                for (sum, column) in row.iter_mut().zip(columns) {
+                    *sum = _mm512_dpbusd_epi32(*sum, quad, column);
+                }
+            }
+        }
+        for (r, row) in sums.iter().enumerate() {
+            for (v, sum) in row.iter().enumerate() {
+                let dst = dst.add(r * NC + 16 * v).cast();
+                let value = if accumulate {
+                    _mm512_add_epi32(_mm512_loadu_si512(dst), *sum)
+                } else {
+                    *sum
+                };
+                _mm512_storeu_si512(dst, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in -1..1 from a fixed sequence.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_the_product_of_the_quantised_values_exactly() {
+        if !is_available() {
+            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        // Rows past a strip and a tile, columns past a panel and a tile, k not a multiple of
+        // four, k past a block of quads, a zero row.
+        for (seed, &(m, n, k)) in [
+            (1, 1, 1),
+            (5, 63, 7),
+            (13, 65, 130),
+            (200, 300, 1603),
+            (6, 64, 4),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut x = values(m * k, 2 * seed as u64);
+            x[..k].fill(0.0);
+            let w = values(n * k, 2 * seed as u64 + 1);
+            let out = std::sync::Mutex::new(vec![f32::NAN; m * n]);
+            let (rows, weight) = (QuantizedRows::new(&x, k), QuantizedWeight::new(&w, n, k));
+            product_tiles(&rows, &weight, |i, columns, values| {
+                out.lock().unwrap()[i * n..][columns].copy_from_slice(values);
+            });
+            let out = out.into_inner().unwrap();
+            for i in 0..m {
+                let (x_scale, x_steps) = quantise(&x[i * k..(i + 1) * k]);
+                let x_steps: Vec<i32> = x_steps.collect();
+                for j in 0..n {
+                    let (w_scale, w_steps) = quantise(&w[j * k..(j + 1) * k]);
+                    let exact: i64 = x_steps
+                        .iter()
+                        .zip(w_steps)
+                        .map(|(a, b)| i64::from(a * b))
+                        .sum();
+                    let expected = exact as f64 * f64::from(x_scale) * f64::from(w_scale);
+                    let error = (f64::from(out[i * n + j]) - expected).abs();
+                    // The i32 sums are exact; only the final scaling rounds.
+                    assert!(
+                        error <= 1e-6 * expected.abs().max(1e-3),
+                        "{m}x{n}x{k} at ({i}, {j}): {error}"
+                    );
+                    // And the quantised product is close to the f32 one.
+                    let real: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum();
+                    assert!(
+                        (out[i * n + j] - real).abs() <= 0.02 * (k as f32).sqrt(),
+                        "{m}x{n}x{k} at ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantisation_keeps_the_largest_value_and_zero() {
+        let (scale, steps) = quantise(&[0.0, -2.54, 1.26, 0.004]);
+        assert!((scale - 0.02).abs() < 1e-8, "{scale}");
+        assert_eq!(steps.collect::<Vec<_>>(), vec![0, -127, 63, 0]);
+        let (scale, steps) = quantise(&[0.0; 3]);
+        assert_eq!((scale, steps.collect::<Vec<_>>()), (1.0, vec![0, 0, 0]));
+    }
+}
