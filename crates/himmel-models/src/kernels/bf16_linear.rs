@@ -64,7 +64,7 @@ impl Dense {
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             let weight = super::int8_gemm::QuantizedWeight::new(&weight, outputs, inputs);
-            let bias = bias_f32(&layer, outputs)?;
+            let bias = bias_f32(layer, outputs)?;
             return Ok(Some(Self(Kind::Int8 { weight, bias })));
         }
         Ok(None)

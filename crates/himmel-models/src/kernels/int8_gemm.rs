@@ -212,6 +212,9 @@ pub fn product_tiles(
     );
 }
 
+/// An operand and the rows (or columns) of it that a sweep reads.
+type Part<'a, T> = (&'a T, Range<usize>);
+
 /// The i32 sums of `x`'s `rows` (from a multiple of `MR`) and `w`'s `columns` (from a
 /// multiple of `NR`) over `quads`, stored to (or added into, with `accumulate`) `out`, rows
 /// `NC` apart, whole panels wide.
@@ -222,8 +225,8 @@ pub fn product_tiles(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn sweep(
     ((x, rows), (w, columns), quads): (
-        (&QuantizedRows, Range<usize>),
-        (&QuantizedWeight, Range<usize>),
+        Part<'_, QuantizedRows>,
+        Part<'_, QuantizedWeight>,
         Range<usize>,
     ),
     out: *mut i32,
