@@ -136,6 +136,11 @@ pub fn run(
             log.plot()?;
         }
     }
+    if first_step >= end {
+        // Nothing left to train: the weights are exported as they are, with whatever the
+        // stage was given (how a finished denoiser takes a newer autoencoder).
+        stage.export(&ema.averages, first_step, &options.dir)?;
+    }
     Ok(RunSummary {
         first_step,
         last_step: end.max(first_step),

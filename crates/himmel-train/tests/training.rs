@@ -316,6 +316,16 @@ fn a_denoiser_goes_on_from_its_model() {
     let exported = read_model(&tail_dir.path().join("model")).expect("export");
     assert_eq!(exported.step, Some(8));
 
+    // A finished run trains no more but exports again, with the decoder it is given.
+    let finished_dir = tempfile::tempdir().expect("temporary folder");
+    let decoder = read_trained(&model_dir).expect("the model's autoencoder");
+    let stage =
+        DenoiserStage::from_model(&recipe, exported, Some(decoder), &device).expect("stage");
+    let finished = train(&stage, &unaveraged(finished_dir.path(), 8, 8, 8));
+    assert!(finished.rows.is_empty());
+    let carried = read_model(&finished_dir.path().join("model")).expect("export");
+    assert_eq!((carried.step, carried.autoencoder_step), (Some(8), Some(3)));
+
     // A decoder of another encoder, or another architecture, is refused.
     let other_dir = tempfile::tempdir().expect("temporary folder");
     let mut other_recipe = autoencoder_recipe(2);
