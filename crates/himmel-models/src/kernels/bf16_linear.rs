@@ -227,10 +227,18 @@ fn int8(
         );
     }
     let rows = {
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let x = match x.dtype() {
+            DType::F32 | DType::BF16 => x.contiguous()?,
+            _ => x.to_dtype(DType::F32)?.contiguous()?,
+        };
         let (storage, layout) = x.storage_and_layout();
-        let values = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
-        super::int8_gemm::QuantizedRows::new(values, inputs)
+        let (start, count) = (layout.start_offset(), x.elem_count());
+        match &*storage {
+            Storage::Cpu(CpuStorage::BF16(values)) => {
+                super::int8_gemm::QuantizedRows::new(&values[start..start + count], inputs)
+            }
+            _ => super::int8_gemm::QuantizedRows::new(cpu_slice(&storage, start, count)?, inputs),
+        }
     };
     let tiles = |each: &Tile| super::int8_gemm::product_tiles(&rows, weight, each);
     let count = x.elem_count() / inputs.max(1);

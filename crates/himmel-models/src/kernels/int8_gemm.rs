@@ -134,8 +134,8 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// `values` (`rows x k`, row-major) quantised, in parallel.
-    pub fn new(values: &[f32], k: usize) -> Self {
+    /// `values` (`rows x k`, row-major; f32 or bf16) quantised, in parallel.
+    pub fn new<T: Copy + Into<f32> + Sync>(values: &[T], k: usize) -> Self {
         let rows = values.len().checked_div(k).unwrap_or(0);
         let k_quads = k.div_ceil(4);
         // Padding bytes are the zero point: they stand for 0 (and meet zero weights anyway).
@@ -147,11 +147,15 @@ impl QuantizedRows {
                 .zip(scales.par_chunks_mut(MR))
                 .zip(values.par_chunks(MR * k));
             strips.for_each(|((strip, scales), values)| {
+                let mut row = vec![0f32; k];
                 let mut bytes = vec![ZERO_POINT as u8; k_quads * 4];
-                for (r, (row, scale)) in values.chunks_exact(k).zip(scales).enumerate() {
-                    *scale = step_of(row);
+                for (r, (values, scale)) in values.chunks_exact(k).zip(scales).enumerate() {
+                    row.iter_mut()
+                        .zip(values)
+                        .for_each(|(out, value)| *out = (*value).into());
+                    *scale = step_of(&row);
                     let inverse = 1.0 / *scale;
-                    for (byte, value) in bytes.iter_mut().zip(row) {
+                    for (byte, value) in bytes.iter_mut().zip(&row) {
                         *byte = (rounded(value * inverse) + ZERO_POINT) as u8;
                     }
                     for (q, quad) in bytes.chunks_exact(4).enumerate() {
