@@ -252,12 +252,9 @@ pub fn product_tiles(
     assert!(is_available(), "bf16 product: this CPU lacks AVX-512 BF16");
     assert_eq!(x.k, w.k, "bf16 product: operands of different depth");
     let (m, n, k_pairs) = (x.rows, w.n, x.k.div_ceil(2));
-    let (row_tiles, column_tiles) = (m.div_ceil(MC), n.div_ceil(NC));
-    (0..row_tiles * column_tiles).into_par_iter().for_each_init(
+    super::output_tiles((m, n), (MC, NC)).for_each_init(
         || vec![0f32; MC * NC],
-        |sums, task| {
-            let rows = task % row_tiles * MC..m.min((task % row_tiles + 1) * MC);
-            let columns = task / row_tiles * NC..n.min((task / row_tiles + 1) * NC);
+        |sums, (rows, columns)| {
             if k_pairs == 0 {
                 sums.fill(0.0);
             }

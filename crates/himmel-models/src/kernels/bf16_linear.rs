@@ -54,6 +54,7 @@ impl Dense {
 
     /// `layer` with its weight quantised to int8 per output channel, its activations per row
     /// when it runs, for AVX-512 VNNI; `None` where the CPU lacks it or the layer is trained.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn quantised(layer: &Linear) -> Result<Option<Self>> {
         #[cfg(target_arch = "x86_64")]
         if super::int8_gemm::is_available() && !layer.weight().track_op() {
@@ -176,15 +177,22 @@ fn packed(
     written(&rows, (weight, bias, gelu), x)
 }
 
-/// `x` (`[..., inputs]`, a CPU tensor without gradients) rounded to bf16 as a left operand.
+/// An error unless `x` is a CPU tensor without gradients ending in `inputs`.
 #[cfg(target_arch = "x86_64")]
-fn input_rows(x: &Tensor, inputs: usize) -> Result<super::bf16_gemm::Rows> {
+fn check_input(x: &Tensor, inputs: usize) -> Result<()> {
     if x.dims().last() != Some(&inputs) || x.track_op() || !x.device().is_cpu() {
         bail!(
             "dense: input {:?} is not a CPU tensor without gradients ending in {inputs}",
             x.dims()
         );
     }
+    Ok(())
+}
+
+/// `x` (`[..., inputs]`, a CPU tensor without gradients) rounded to bf16 as a left operand.
+#[cfg(target_arch = "x86_64")]
+fn input_rows(x: &Tensor, inputs: usize) -> Result<super::bf16_gemm::Rows> {
+    check_input(x, inputs)?;
     let x = x.to_dtype(DType::BF16)?.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let Storage::Cpu(CpuStorage::BF16(data)) = &*storage else {
@@ -220,12 +228,7 @@ fn int8(
     gelu: bool,
 ) -> Result<Tensor> {
     let (outputs, inputs) = weight.dims();
-    if x.dims().last() != Some(&inputs) || x.track_op() || !x.device().is_cpu() {
-        bail!(
-            "dense: input {:?} is not a CPU tensor without gradients ending in {inputs}",
-            x.dims()
-        );
-    }
+    check_input(x, inputs)?;
     let rows = {
         let x = match x.dtype() {
             DType::F32 | DType::BF16 => x.contiguous()?,
@@ -246,6 +249,7 @@ fn int8(
 }
 
 /// What a product hands each finished row of a tile to: `(row, columns, values)`.
+#[cfg(target_arch = "x86_64")]
 type Tile<'a> = dyn Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync + 'a;
 
 /// The `rows x outputs` result of a product `tiles` (run with what to do with each row of a
@@ -315,7 +319,7 @@ fn tiles_written<T: Copy + Send>(
 /// `layer` applied to `x` `[..., in]`: in f32 over bf16 weights on the CPU when inference runs
 /// in bf16 there, else candle's own. The result has `x`'s dtype.
 fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    match widened(layer, x, |v| v)? {
+    match widened(layer, x, false)? {
         Some(out) => Ok(out),
         None => crate::ops::linear(layer, x),
     }
@@ -324,22 +328,16 @@ fn forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
 /// [`forward`] followed by the tanh-approximated GELU, applied in f32 before narrowing back to
 /// bf16 where the product ran in f32.
 fn forward_gelu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3).
-    let gelu = |v: f32| v / (1.0 + (-2.0 * 0.797_884_6 * (v + 0.044_715 * v * v * v)).exp());
-    match widened(layer, x, gelu)? {
+    match widened(layer, x, true)? {
         Some(out) => Ok(out),
         None => crate::ops::gelu(&crate::ops::linear(layer, x)?),
     }
 }
 
-/// `activation(x w^T + bias)` in `x`'s dtype, the sums through [`matmul_transposed`] and the
+/// `x w^T + bias` (then GELU with `gelu`) in `x`'s dtype, the sums through [`sums`] and the
 /// rest in one pass over them, or `None` where that does not apply (other devices or dtypes,
 /// or gradients wanted).
-fn widened(
-    layer: &Linear,
-    x: &Tensor,
-    activation: impl Fn(f32) -> f32 + Sync,
-) -> Result<Option<Tensor>> {
+fn widened(layer: &Linear, x: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
     let weight = layer.weight();
     let applies =
         x.device().is_cpu() && weight.dtype() == DType::BF16 && !x.track_op() && !weight.track_op();
@@ -348,15 +346,8 @@ fn widened(
     }
     let (mut sums, shape) = sums(x, weight)?;
     let outputs = weight.dim(0)?;
-    let bias = match layer.bias() {
-        Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-        None => vec![0.0; outputs],
-    };
-    let finish = |row: &mut [f32]| {
-        for (value, bias) in row.iter_mut().zip(&bias) {
-            *value = activation(*value + bias);
-        }
-    };
+    let bias = bias_f32(layer, outputs)?;
+    let finish = |row: &mut [f32]| finish(&bias, gelu, 0..outputs, row);
     let out = if x.dtype() == DType::BF16 {
         let mut narrowed = vec![half::bf16::ZERO; sums.len()];
         let rows = narrowed

@@ -187,12 +187,9 @@ pub fn product_tiles(
     assert!(is_available(), "int8 product: this CPU lacks AVX-512 VNNI");
     assert_eq!(x.k, w.k, "int8 product: operands of different depth");
     let (m, n, k_quads) = (x.rows, w.n, x.k.div_ceil(4));
-    let (row_tiles, column_tiles) = (m.div_ceil(MC), n.div_ceil(NC));
-    (0..row_tiles * column_tiles).into_par_iter().for_each_init(
+    super::output_tiles((m, n), (MC, NC)).for_each_init(
         || (vec![0i32; MC * NC], vec![0f32; NC]),
-        |(sums, values), task| {
-            let rows = task % row_tiles * MC..m.min((task % row_tiles + 1) * MC);
-            let columns = task / row_tiles * NC..n.min((task / row_tiles + 1) * NC);
+        |(sums, values), (rows, columns)| {
             if k_quads == 0 {
                 sums.fill(0);
             }

@@ -79,6 +79,26 @@ unsafe fn product(
     }
 }
 
+/// The tiles of an `m x n` output, `mc x nc` each (`(rows, columns)`, rows varying fastest), as
+/// parallel tasks.
+#[cfg(target_arch = "x86_64")]
+fn output_tiles(
+    (m, n): (usize, usize),
+    (mc, nc): (usize, usize),
+) -> impl rayon::iter::ParallelIterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> {
+    use rayon::prelude::*;
+    let row_tiles = m.div_ceil(mc);
+    (0..row_tiles * n.div_ceil(nc))
+        .into_par_iter()
+        .map(move |task| {
+            let (row, column) = (task % row_tiles, task / row_tiles);
+            (
+                row * mc..m.min((row + 1) * mc),
+                column * nc..n.min((column + 1) * nc),
+            )
+        })
+}
+
 /// A pointer parallel tasks share, each writing its own disjoint elements.
 struct SendPtr<T>(*mut T);
 
