@@ -90,6 +90,9 @@ struct WanArgs {
     /// Skip the transformer forward (the VAE decode and its peak memory alone).
     #[arg(long, conflicts_with = "no_vae")]
     no_transformer: bool,
+    /// The blocks' attention and feed-forward layers in int8 (needs AVX-512 VNNI).
+    #[arg(long, conflicts_with = "no_transformer")]
+    int8: bool,
 }
 
 /// Arguments of `himmel bench world`.
@@ -297,7 +300,15 @@ fn run_wan(args: &WanArgs) -> Result<()> {
     let latents = Tensor::randn(0f32, 1.0, (1, 16, latent_frames, h, w), &device)?;
     if !args.no_transformer {
         let start = Instant::now();
-        let transformer = WanTransformer::new(&config, random_weights(dtype))?;
+        let transformer = if args.int8 {
+            if !himmel_models::kernels::int8_available() {
+                anyhow::bail!("--int8 needs a CPU with AVX-512 VNNI");
+            }
+            println!("  blocks' layers in int8");
+            WanTransformer::new_int8(&config, random_weights(dtype))?
+        } else {
+            WanTransformer::new(&config, random_weights(dtype))?
+        };
         let timestep = Tensor::new(&[999f32], &device)?;
         let prompt =
             Tensor::randn(0f32, 1.0, (1, 512, config.text_dim), &device)?.to_dtype(dtype)?;

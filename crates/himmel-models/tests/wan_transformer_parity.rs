@@ -13,12 +13,19 @@ fn fixtures() -> PathBuf {
 }
 
 fn load(dtype: DType) -> (WanTransformer, std::collections::HashMap<String, Tensor>) {
+    load_with(dtype, WanTransformer::new)
+}
+
+fn load_with(
+    dtype: DType,
+    make: impl Fn(&WanTransformerConfig, VarBuilder) -> candle_core::Result<WanTransformer>,
+) -> (WanTransformer, std::collections::HashMap<String, Tensor>) {
     let dir = fixtures().join("transformer_tiny");
     let config: WanTransformerConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let weights = [dir.join("diffusion_pytorch_model.safetensors")];
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, dtype, &Device::Cpu) }.unwrap();
-    let model = WanTransformer::new(&config, vb).unwrap();
+    let model = make(&config, vb).unwrap();
     let io = candle_core::safetensors::load(
         fixtures().join("transformer_tiny_io.safetensors"),
         &Device::Cpu,
@@ -60,4 +67,35 @@ fn forward_in_bf16_stays_close() {
         error <= 0.05 * scale,
         "max abs error {error} against output range {scale}"
     );
+}
+
+#[test]
+fn forward_in_int8_stays_close() {
+    if !himmel_models::kernels::int8_available() {
+        eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+        return;
+    }
+    let (model, io) = load_with(DType::BF16, WanTransformer::new_int8);
+    let text = io["text"].to_dtype(DType::BF16).unwrap();
+    let output = model
+        .forward(&io["latents"], &io["timestep"], &text)
+        .unwrap();
+    let expected = &io["output"];
+    let spread = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let error = spread(&(output.to_dtype(DType::F32).unwrap() - expected).unwrap());
+    let relative = error / spread(expected);
+    println!("relative rms error {relative}");
+    // int8 steps are 1/127 of each token's and channel's largest value, on top of bf16.
+    assert!(relative <= 0.05, "relative rms error {relative}");
 }

@@ -47,6 +47,18 @@ impl Dense {
         Self::new(candle_nn::linear(inputs, outputs, vb)?)
     }
 
+    /// [`Self::load`], quantised to int8 with `int8` where [`Self::quantised`] runs.
+    pub fn load_in(inputs: usize, outputs: usize, vb: VarBuilder, int8: bool) -> Result<Self> {
+        let layer = candle_nn::linear(inputs, outputs, vb)?;
+        match int8 {
+            true => match Self::quantised(&layer)? {
+                Some(quantised) => Ok(quantised),
+                None => Self::new(layer),
+            },
+            false => Self::new(layer),
+        }
+    }
+
     /// The layer `inputs -> outputs` without bias from `vb` (`weight`).
     pub fn load_no_bias(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
         Self::new(candle_nn::linear_no_bias(inputs, outputs, vb)?)

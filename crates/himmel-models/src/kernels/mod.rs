@@ -17,6 +17,14 @@ mod winograd;
 
 use candle_core::{Result, Storage, bail};
 
+/// Whether this CPU runs the int8 products (`int8_gemm`: x86-64 with AVX-512 VNNI).
+pub fn int8_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return int8_gemm::is_available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// `dst[i] = src[i]` rounded to bf16 (to nearest, ties to even), with AVX-512 BF16 where the
 /// CPU has it.
 fn narrow(src: &[f32], dst: &mut [half::bf16]) {

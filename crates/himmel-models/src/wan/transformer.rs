@@ -120,13 +120,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(config: &WanTransformerConfig, vb: VarBuilder, int8: bool) -> Result<Self> {
         let dim = config.inner_dim();
+        let layer = |name: &str| Dense::load_in(dim, dim, vb.pp(name), int8);
         Ok(Self {
-            to_q: Dense::load(dim, dim, vb.pp("to_q"))?,
-            to_k: Dense::load(dim, dim, vb.pp("to_k"))?,
-            to_v: Dense::load(dim, dim, vb.pp("to_v"))?,
-            to_out: Dense::load(dim, dim, vb.pp("to_out.0"))?,
+            to_q: layer("to_q")?,
+            to_k: layer("to_k")?,
+            to_v: layer("to_v")?,
+            to_out: layer("to_out.0")?,
             norm_q: RmsNorm::new(dim, config.eps, vb.pp("norm_q"))?,
             norm_k: RmsNorm::new(dim, config.eps, vb.pp("norm_k"))?,
             heads: config.num_attention_heads,
@@ -158,11 +159,11 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(config: &WanTransformerConfig, vb: VarBuilder, int8: bool) -> Result<Self> {
         let (dim, hidden) = (config.inner_dim(), config.ffn_dim);
         Ok(Self {
-            up: Dense::load(dim, hidden, vb.pp("net.0.proj"))?,
-            down: Dense::load(hidden, dim, vb.pp("net.2"))?,
+            up: Dense::load_in(dim, hidden, vb.pp("net.0.proj"), int8)?,
+            down: Dense::load_in(hidden, dim, vb.pp("net.2"), int8)?,
         })
     }
 
@@ -184,17 +185,17 @@ struct Block {
 }
 
 impl Block {
-    fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(config: &WanTransformerConfig, vb: VarBuilder, int8: bool) -> Result<Self> {
         let dim = config.inner_dim();
         let norm2 = config
             .cross_attn_norm
             .then(|| AffineLayerNorm::new(dim, config.eps, vb.pp("norm2")))
             .transpose()?;
         Ok(Self {
-            attn1: Attention::new(config, vb.pp("attn1"))?,
-            attn2: Attention::new(config, vb.pp("attn2"))?,
+            attn1: Attention::new(config, vb.pp("attn1"), int8)?,
+            attn2: Attention::new(config, vb.pp("attn2"), int8)?,
             norm2,
-            ffn: FeedForward::new(config, vb.pp("ffn"))?,
+            ffn: FeedForward::new(config, vb.pp("ffn"), int8)?,
             scale_shift_table: vb
                 .get((1, 6, dim), "scale_shift_table")?
                 .to_dtype(DType::F32)?,
@@ -328,6 +329,17 @@ pub struct WanTransformer {
 impl WanTransformer {
     /// Loads the transformer from diffusers-named weights.
     pub fn new(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load(config, vb, false)
+    }
+
+    /// [`Self::new`] with the blocks' attention and feed-forward layers quantised to int8
+    /// (per output channel; activations per token as they run) where the CPU has AVX-512
+    /// VNNI ([`crate::kernels::int8_available`]), as [`Self::new`] loads them elsewhere.
+    pub fn new_int8(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load(config, vb, true)
+    }
+
+    fn load(config: &WanTransformerConfig, vb: VarBuilder, int8: bool) -> Result<Self> {
         let dim = config.inner_dim();
         let [pt, ph, pw] = config.patch_size;
         let patch_inputs = config.in_channels * pt * ph * pw;
@@ -343,7 +355,7 @@ impl WanTransformer {
         let time = condition.pp("time_embedder");
         let text = condition.pp("text_embedder");
         let blocks = (0..config.num_layers)
-            .map(|i| Block::new(config, vb.pp(format!("blocks.{i}"))))
+            .map(|i| Block::new(config, vb.pp(format!("blocks.{i}")), int8))
             .collect::<Result<_>>()?;
         let outputs = config.out_channels * pt * ph * pw;
         Ok(Self {
