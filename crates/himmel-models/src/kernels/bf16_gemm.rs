@@ -25,8 +25,8 @@ const MR: usize = 6;
 const NV: usize = 4;
 /// Output columns per packed panel.
 const NR: usize = 16 * NV;
-/// Pairs of `k` per block of [`product_tiles`]. On 2048^3 (2 threads): 128 pairs 292 GFLOP/s, 256 362,
-/// 384 (with 256 columns) 371.
+/// Pairs of `k` per block of [`product_tiles`]. On 2048^3 (2 threads): 128 pairs 292 GFLOP/s,
+/// 256 362, 384 (with 256 columns) 371.
 const KC_PAIRS: usize = 384;
 /// Output columns per task of [`product_tiles`] (384 pairs x 256 columns are 384 KiB).
 const NC: usize = 256;

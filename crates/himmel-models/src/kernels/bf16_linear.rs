@@ -1,9 +1,10 @@
-//! Linear layers with bf16 weights on the CPU, summed in f32. Where the CPU has AVX-512 BF16 the
-//! inputs are rounded to bf16 and multiplied pairwise by [`super::bf16_gemm`] (as PyTorch does
-//! in bf16). Elsewhere candle's bf16 matrix product has no fast kernel (it ran at two thirds of
-//! its f32 speed), so the weights stay bf16 in memory (half of f32's) and are widened to f32 a
-//! panel of rows at a time, each panel small enough to stay in cache while one f32 product uses
-//! it.
+//! Linear layers for inference ([`Dense`]), bf16 weights summed in f32. Where the CPU has
+//! AVX-512 BF16 the weights are packed once and the inputs rounded to bf16 and multiplied
+//! pairwise by [`super::bf16_gemm`] (as PyTorch does in bf16); on request, with AVX-512 VNNI, in
+//! int8 by [`super::int8_gemm`]. Elsewhere candle's bf16 matrix product has no fast kernel (it
+//! ran at two thirds of its f32 speed), so the weights stay bf16 in memory (half of f32's) and
+//! are widened to f32 a panel of rows at a time, each panel small enough to stay in cache while
+//! one f32 product uses it.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use candle_nn::{Linear, VarBuilder};
