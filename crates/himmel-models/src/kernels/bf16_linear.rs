@@ -45,19 +45,16 @@ enum Kind {
 impl Dense {
     /// The layer `inputs -> outputs` with bias from `vb` (`weight`, `bias`).
     pub fn load(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
-        Self::new(candle_nn::linear(inputs, outputs, vb)?)
+        Self::load_in(inputs, outputs, vb, false)
     }
 
     /// [`Self::load`], quantised to int8 with `int8` where [`Self::quantised`] runs.
     pub fn load_in(inputs: usize, outputs: usize, vb: VarBuilder, int8: bool) -> Result<Self> {
         let layer = candle_nn::linear(inputs, outputs, vb)?;
-        match int8 {
-            true => match Self::quantised(&layer)? {
-                Some(quantised) => Ok(quantised),
-                None => Self::new(layer),
-            },
-            false => Self::new(layer),
+        if int8 && let Some(quantised) = Self::quantised(&layer)? {
+            return Ok(quantised);
         }
+        Self::new(layer)
     }
 
     /// The layer `inputs -> outputs` without bias from `vb` (`weight`).
@@ -66,11 +63,15 @@ impl Dense {
     }
 
     /// `layer` with its weight quantised to int8 per output channel, its activations per row
-    /// when it runs, for AVX-512 VNNI; `None` where the CPU lacks it or the layer is trained.
+    /// when it runs, for AVX-512 VNNI; `None` where the CPU lacks it or the layer is trained or
+    /// on another device.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn quantised(layer: &Linear) -> Result<Option<Self>> {
         #[cfg(target_arch = "x86_64")]
-        if super::int8_gemm::is_available() && !layer.weight().track_op() {
+        if super::int8_gemm::is_available()
+            && layer.weight().device().is_cpu()
+            && !layer.weight().track_op()
+        {
             let (outputs, inputs) = layer.weight().dims2()?;
             let weight = layer
                 .weight()

@@ -146,16 +146,15 @@ impl QuantizedRows {
                 .par_chunks_mut(MR * k_quads)
                 .zip(scales.par_chunks_mut(MR))
                 .zip(values.par_chunks(MR * k));
-            strips.for_each(|((strip, scales), values)| {
-                let mut row = vec![0f32; k];
-                let mut bytes = vec![ZERO_POINT as u8; k_quads * 4];
+            let buffers = || (vec![0f32; k], vec![ZERO_POINT as u8; k_quads * 4]);
+            strips.for_each_init(buffers, |(row, bytes), ((strip, scales), values)| {
                 for (r, (values, scale)) in values.chunks_exact(k).zip(scales).enumerate() {
                     row.iter_mut()
                         .zip(values)
                         .for_each(|(out, value)| *out = (*value).into());
-                    *scale = step_of(&row);
+                    *scale = step_of(row);
                     let inverse = 1.0 / *scale;
-                    for (byte, value) in bytes.iter_mut().zip(&row) {
+                    for (byte, value) in bytes.iter_mut().zip(row.iter()) {
                         *byte = (rounded(value * inverse) + ZERO_POINT) as u8;
                     }
                     for (q, quad) in bytes.chunks_exact(4).enumerate() {
