@@ -30,6 +30,8 @@ enum DtypeArg {
     F32,
     Bf16,
     F16,
+    /// The transformer blocks' products in int8 (AVX-512 VNNI), the rest in bf16.
+    Int8,
 }
 
 /// Arguments of `himmel generate`.
@@ -114,7 +116,8 @@ pub struct GenerateArgs {
     /// comparison with other implementations).
     #[arg(long)]
     latents: Option<PathBuf>,
-    /// Compute precision of the transformer and text encoder (the VAE runs in f32).
+    /// Compute precision of the transformer and text encoder (the VAE runs in f32); int8
+    /// quantises the transformer blocks' products and keeps the rest in bf16.
     #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
     dtype: DtypeArg,
     /// Prompt tokens (padded or truncated); Wan was trained with 512.
@@ -433,6 +436,12 @@ fn generate_wan(
         DtypeArg::F32 => Precision::F32,
         DtypeArg::Bf16 => Precision::Bf16,
         DtypeArg::F16 => Precision::F16,
+        DtypeArg::Int8 => {
+            if !himmel_models::kernels::int8_available() {
+                eprintln!("warning: this CPU lacks AVX-512 VNNI; the transformer runs in bf16");
+            }
+            Precision::Int8
+        }
     };
     let mut pipeline = WanPipeline::load(source, precision, &Device::Cpu)?
         .with_max_sequence_length(args.max_sequence_length);

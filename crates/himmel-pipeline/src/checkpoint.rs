@@ -1,13 +1,15 @@
 //! Weights in any of the layouts users have: diffusers/transformers names, or the original Wan
 //! names (ComfyUI's repackaged files use them too, the transformer with a
-//! `model.diffusion_model.` prefix). Files are safetensors (memory-mapped) or, for the original
+//! `model.diffusion_model.` prefix). Files are safetensors (read a tensor at a time, not mapped:
+//! see `safetensors_files`) or, for the original
 //! VAE and text encoder, PyTorch `.pth` files read without running pickle code. The layout is
 //! detected from key names; models always ask for diffusers names and a rename maps them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use himmel_models::umt5::Umt5Config;
 use himmel_models::umt5::checkpoint::original_umt5_name;
@@ -15,12 +17,14 @@ use himmel_models::wan::WanTransformerConfig;
 use himmel_models::wan::checkpoint::original_transformer_name;
 
 use crate::PipelineError;
+use crate::safetensors_files::{SafetensorsFiles, SharedFiles};
 
 /// The tensors of one model part: their names and shapes, and where they are.
 pub struct Checkpoint {
     files: Vec<PathBuf>,
     shapes: HashMap<String, Vec<usize>>,
-    pickled: bool,
+    /// The safetensors files' tensors; `None` for a `.pth` file.
+    safetensors: Option<Arc<SafetensorsFiles>>,
 }
 
 /// Which naming a checkpoint uses.
@@ -45,28 +49,27 @@ impl Checkpoint {
             .extension()
             .is_some_and(|e| e == "pth" || e == "pt" || e == "ckpt");
         let mut shapes = HashMap::new();
-        if pickled {
+        let safetensors = if pickled {
             let tensors = candle_core::pickle::PthTensors::new(first, None)
                 .map_err(|e| PipelineError::load_tensor(first, e))?;
             for (name, info) in tensors.tensor_infos() {
                 shapes.insert(name.clone(), info.layout.shape().dims().to_vec());
             }
+            None
         } else {
-            for file in files {
-                let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }
-                    .map_err(|e| PipelineError::load_tensor(file, e))?;
-                for (name, view) in tensors.tensors() {
-                    shapes.insert(name, view.shape().to_vec());
-                }
+            let tensors = SafetensorsFiles::open(files)?;
+            for (name, shape) in tensors.shapes() {
+                shapes.insert(name.clone(), shape.to_vec());
             }
-        }
+            Some(Arc::new(tensors))
+        };
         if shapes.is_empty() {
             return Err(PipelineError::load(first, "holds no tensors"));
         }
         Ok(Self {
             files: files.to_vec(),
             shapes,
-            pickled,
+            safetensors,
         })
     }
 
@@ -142,12 +145,15 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> Result<VarBuilder<'static>, PipelineError> {
-        let vb = if self.pickled {
-            VarBuilder::from_pth(&self.files[0], dtype, device)
-        } else {
-            unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device) }
-        }
-        .map_err(|e| PipelineError::load_tensor(&self.files[0], e))?;
+        let vb = match &self.safetensors {
+            Some(files) => VarBuilder::from_backend(
+                Box::new(SharedFiles(files.clone())),
+                dtype,
+                device.clone(),
+            ),
+            None => VarBuilder::from_pth(&self.files[0], dtype, device)
+                .map_err(|e| PipelineError::load_tensor(&self.files[0], e))?,
+        };
         Ok(match layout {
             KeyLayout::Diffusers => vb,
             KeyLayout::Original { prefix } => {
@@ -155,6 +161,48 @@ impl Checkpoint {
                 vb.rename_f(move |name: &str| format!("{prefix}{}", original(name)))
             }
         })
+    }
+
+    /// Rows `ids` of the 2-D tensor `name` (as stored) as `[ids.len(), columns]` in `dtype`,
+    /// reading only those rows from safetensors files (a `.pth` file is read whole).
+    pub fn rows(
+        &self,
+        name: &str,
+        ids: &[u32],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor, PipelineError> {
+        let file = &self.files[0];
+        let fail = |e| PipelineError::load_tensor(file, e);
+        let rows = match self.shape(name) {
+            Some(&[rows, _]) => rows,
+            Some(shape) => {
+                return Err(PipelineError::load(
+                    file,
+                    format!("{name} has shape {shape:?}, expected 2 dimensions"),
+                ));
+            }
+            None => return Err(PipelineError::load(file, format!("missing tensor {name}"))),
+        };
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= rows) {
+            return Err(PipelineError::load(
+                file,
+                format!("token id {id} is past the {rows} rows of {name}"),
+            ));
+        }
+        let table = match &self.safetensors {
+            Some(files) => files.rows(name, ids, device).map_err(fail)?,
+            None => {
+                let table = candle_core::pickle::PthTensors::new(file, None)
+                    .and_then(|tensors| tensors.get(name))
+                    .map_err(fail)?
+                    .ok_or_else(|| PipelineError::load(file, format!("missing tensor {name}")))?;
+                table
+                    .to_device(device)?
+                    .index_select(&Tensor::new(ids, device)?, 0)?
+            }
+        };
+        Ok(table.to_dtype(dtype)?)
     }
 
     /// The transformer configuration of the real Wan 2.1 models (heads of 128 channels), read

@@ -12,6 +12,7 @@ pub mod mini;
 pub mod preview;
 pub mod prompt;
 pub mod request;
+mod safetensors_files;
 pub mod tasks;
 pub mod wan;
 

@@ -5,11 +5,12 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use himmel_models::umt5::{Umt5Config, Umt5Encoder};
+use candle_nn::VarBuilder;
+use himmel_models::umt5::{Umt5Config, Umt5Encoder, Umt5Source};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::PipelineError;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, KeyLayout};
 use himmel_models::umt5::checkpoint::original_umt5_name;
 
 /// The reference's prompt cleaning (without ftfy's mojibake repair).
@@ -27,6 +28,38 @@ pub struct TextEncoderWeights {
     pub files: Vec<std::path::PathBuf>,
     /// The configuration, when known.
     pub config: Option<Umt5Config>,
+}
+
+/// A text encoder's checkpoint read a part at a time: the embedding rows a prompt needs, then
+/// one layer after another (UMT5-XXL never whole in memory).
+struct CheckpointSource {
+    checkpoint: Checkpoint,
+    layout: KeyLayout,
+    dtype: DType,
+    device: Device,
+}
+
+impl Umt5Source for CheckpointSource {
+    fn embedding_rows(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let name = match &self.layout {
+            KeyLayout::Original { prefix } => {
+                format!("{prefix}{}", original_umt5_name("shared.weight"))
+            }
+            KeyLayout::Diffusers if self.checkpoint.shape("shared.weight").is_some() => {
+                "shared.weight".into()
+            }
+            KeyLayout::Diffusers => "encoder.embed_tokens.weight".into(),
+        };
+        self.checkpoint
+            .rows(&name, ids, self.dtype, &self.device)
+            .map_err(candle_core::Error::wrap)
+    }
+
+    fn open(&self) -> candle_core::Result<VarBuilder<'static>> {
+        self.checkpoint
+            .var_builder(&self.layout, original_umt5_name, self.dtype, &self.device)
+            .map_err(candle_core::Error::wrap)
+    }
 }
 
 /// A tokenizer and UMT5 encoder that turn prompts into `[B, max_length, d_model]` embeddings.
@@ -66,8 +99,13 @@ impl PromptEncoder {
             Some(config) => config.clone(),
             None => checkpoint.umt5_config(&layout)?,
         };
-        let vb = checkpoint.var_builder(&layout, original_umt5_name, dtype, device)?;
-        let encoder = Umt5Encoder::new(&config, vb)
+        let source = CheckpointSource {
+            checkpoint,
+            layout,
+            dtype,
+            device: device.clone(),
+        };
+        let encoder = Umt5Encoder::streamed(&config, Box::new(source))
             .map_err(|e| PipelineError::load_tensor(&weights.files[0], e))?;
         Ok(Self {
             tokenizer,
@@ -92,11 +130,22 @@ impl PromptEncoder {
             .iter()
             .flat_map(|e| e.get_attention_mask().to_vec())
             .collect();
-        let ids = Tensor::from_vec(ids, (batch, self.max_length), device)?;
-        let mask = Tensor::from_vec(mask, (batch, self.max_length), device)?;
+        // Padding comes after the tokens and no token attends to it, so the encoder runs over
+        // the longest prompt's tokens only: the same values for them as over all `max_length`
+        // positions (the rest are zeros either way), at a fraction of the work.
+        let used = encodings
+            .iter()
+            .map(|e| e.get_attention_mask().iter().filter(|&&m| m != 0).count())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let ids = Tensor::from_vec(ids, (batch, self.max_length), device)?.narrow(1, 0, used)?;
+        let mask = Tensor::from_vec(mask, (batch, self.max_length), device)?.narrow(1, 0, used)?;
         let hidden = self.encoder.forward(&ids, &mask)?;
         let keep = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
-        Ok(hidden.broadcast_mul(&keep)?)
+        Ok(hidden
+            .broadcast_mul(&keep)?
+            .pad_with_zeros(1, 0, self.max_length - used)?)
     }
 }
 

@@ -11,6 +11,7 @@ use himmel_models::umt5::checkpoint::original_umt5_name;
 use himmel_models::umt5::{Umt5Config, Umt5Encoder};
 use himmel_models::wan::checkpoint::{original_transformer_name, original_vae_name};
 use himmel_models::wan::{WanTransformerConfig, WanVaeConfig};
+use himmel_pipeline::Precision;
 use himmel_pipeline::checkpoint::{Checkpoint, KeyLayout};
 use himmel_pipeline::wan::{load_transformer, load_vae};
 
@@ -45,7 +46,7 @@ fn transformer_layouts_give_identical_outputs() {
         let model = load_transformer(
             &[file.to_path_buf()],
             Some(config.clone()),
-            DType::F32,
+            Precision::F32,
             &Device::Cpu,
         )
         .unwrap();
@@ -135,6 +136,29 @@ fn umt5_layouts_give_identical_outputs_and_configs() {
         let vb = checkpoint
             .var_builder(&layout, original_umt5_name, DType::F32, &Device::Cpu)
             .unwrap();
+        // The rows a prompt needs, read alone, are the table's rows.
+        let stored = match layout {
+            KeyLayout::Diffusers => "shared.weight".to_string(),
+            KeyLayout::Original { .. } => original_umt5_name("shared.weight"),
+        };
+        let picked = [3u32, 0, 3];
+        let rows = checkpoint
+            .rows(&stored, &picked, DType::F32, &Device::Cpu)
+            .unwrap();
+        let table = vb
+            .get((config.vocab_size, config.d_model), "shared.weight")
+            .unwrap();
+        let expected = table
+            .index_select(&Tensor::new(&picked, &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        assert_eq!(max_abs_difference(&rows, &expected).unwrap(), 0.0);
+        let past = checkpoint.rows(
+            &stored,
+            &[config.vocab_size as u32],
+            DType::F32,
+            &Device::Cpu,
+        );
+        assert!(past.unwrap_err().to_string().contains("past the"));
         Umt5Encoder::new(&config, vb)
             .unwrap()
             .forward(&ids, &io["attention_mask"])

@@ -76,3 +76,56 @@ fn video_to_video_matches_diffusers_from_the_same_noise() {
     println!("video to video: max abs error {error}");
     assert!(error <= 2e-3, "max abs error {error}");
 }
+
+/// Frames of the fixture's square clip made by the tiny pipeline in `precision`.
+fn square_clip(precision: Precision) -> candle_core::Tensor {
+    let source = ModelSource::Folder(fixtures().join("pipeline_tiny"));
+    let pipeline = WanPipeline::load(&source, precision, &Device::Cpu)
+        .unwrap()
+        .with_max_sequence_length(16);
+    let io = candle_core::safetensors::load(
+        fixtures().join("pipeline_tiny_io.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let request = GenerationRequest {
+        negative_prompt: "blurry".into(),
+        steps: 3,
+        guidance: 4.0,
+        initial_latents: Some(io["square_latents"].clone()),
+        ..GenerationRequest::new(PROMPT, (32, 32, 5), 16.0)
+    };
+    let request = pipeline.validate(request).unwrap();
+    pipeline
+        .generate(&request, &Silent)
+        .unwrap()
+        .frames()
+        .clone()
+}
+
+#[test]
+fn int8_transformer_stays_close_to_diffusers_and_bf16() {
+    if !himmel_models::kernels::int8_available() {
+        println!("skipped: this CPU lacks AVX-512 VNNI");
+        return;
+    }
+    let expected = &candle_core::safetensors::load(
+        fixtures().join("pipeline_tiny_io.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()["square_frames"];
+    let mean_square = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        let difference = (a - b).unwrap();
+        let mean = difference.sqr().unwrap().mean_all().unwrap();
+        mean.to_scalar::<f32>().unwrap()
+    };
+    let zeros = expected.zeros_like().unwrap();
+    let int8 = square_clip(Precision::Int8);
+    let bf16 = square_clip(Precision::Bf16);
+    let relative = |frames| (mean_square(frames, expected) / mean_square(expected, &zeros)).sqrt();
+    let (int8_error, bf16_error) = (relative(&int8), relative(&bf16));
+    // Frames are 0..1: PSNR against bf16's frames from the same noise.
+    let psnr = -10.0 * mean_square(&int8, &bf16).log10();
+    println!("relative RMS error: int8 {int8_error}, bf16 {bf16_error}; int8 vs bf16 {psnr:.1} dB");
+    assert!(int8_error <= 0.05, "int8 relative RMS error {int8_error}");
+}

@@ -173,40 +173,66 @@ impl Layer {
     }
 }
 
+/// Weights the encoder reads a part at a time as it runs ([`Umt5Encoder::streamed`]), so that
+/// at most one layer is in memory: UMT5-XXL is 11 GB in bf16, a layer 0.4 GB.
+pub trait Umt5Source: Send + Sync {
+    /// The embedding rows of `ids`, `[ids.len(), d_model]`, without reading the whole table
+    /// (2 GB for UMT5-XXL).
+    fn embedding_rows(&self, ids: &[u32]) -> Result<Tensor>;
+    /// All weights under transformers' names, opened afresh: dropping the builder releases
+    /// whatever was read through it.
+    fn open(&self) -> Result<VarBuilder<'static>>;
+}
+
+/// Where the encoder's weights are.
+enum Parts {
+    /// All in memory.
+    Resident {
+        embeddings: Embedding,
+        layers: Vec<Layer>,
+        final_norm: T5Norm,
+    },
+    /// Read from their source layer by layer during each forward.
+    Streamed(Box<dyn Umt5Source>),
+}
+
 /// The UMT5 encoder.
 pub struct Umt5Encoder {
-    embeddings: Embedding,
-    layers: Vec<Layer>,
-    final_norm: T5Norm,
+    config: Umt5Config,
+    parts: Parts,
 }
 
 impl Umt5Encoder {
     /// Loads the encoder from transformers-named weights (`shared.weight`, `encoder.*`).
     pub fn new(config: &Umt5Config, vb: VarBuilder) -> Result<Self> {
-        if config.feed_forward_proj != "gated-gelu" {
-            candle_core::bail!(
-                "UMT5 feed_forward_proj {:?} is not supported; expected gated-gelu",
-                config.feed_forward_proj
-            );
-        }
+        check(config)?;
         let shape = (config.vocab_size, config.d_model);
         let table = if vb.contains_tensor("shared.weight") {
             vb.get(shape, "shared.weight")?
         } else {
             vb.get(shape, "encoder.embed_tokens.weight")?
         };
-        let encoder = vb.pp("encoder");
         let layers = (0..config.num_layers)
-            .map(|i| Layer::new(config, encoder.pp(format!("block.{i}"))))
+            .map(|index| layer(config, &vb, index))
             .collect::<Result<_>>()?;
         Ok(Self {
-            embeddings: Embedding::new(table, config.d_model),
-            layers,
-            final_norm: T5Norm::new(
-                config.d_model,
-                config.layer_norm_epsilon,
-                encoder.pp("final_layer_norm"),
-            )?,
+            config: config.clone(),
+            parts: Parts::Resident {
+                embeddings: Embedding::new(table, config.d_model),
+                layers,
+                final_norm: final_norm(config, &vb)?,
+            },
+        })
+    }
+
+    /// An encoder that holds no weights: each forward reads the embedding rows it needs, then
+    /// one layer at a time, from `source`. The same results as [`Umt5Encoder::new`] over the
+    /// same weights, with a peak memory of one layer instead of the whole model.
+    pub fn streamed(config: &Umt5Config, source: Box<dyn Umt5Source>) -> Result<Self> {
+        check(config)?;
+        Ok(Self {
+            config: config.clone(),
+            parts: Parts::Streamed(source),
         })
     }
 
@@ -217,12 +243,54 @@ impl Umt5Encoder {
         let keep = attention_mask.to_dtype(DType::F32)?;
         // Padded keys get the most negative f32, as transformers does.
         let mask_bias = ((1.0 - keep)? * f64::from(f32::MIN))?.reshape((batch, 1, 1, length))?;
-        let mut x = self.embeddings.forward(ids)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &mask_bias)?;
+        match &self.parts {
+            Parts::Resident {
+                embeddings,
+                layers,
+                final_norm,
+            } => {
+                let mut x = embeddings.forward(ids)?;
+                for layer in layers {
+                    x = layer.forward(&x, &mask_bias)?;
+                }
+                final_norm.forward(&x)
+            }
+            Parts::Streamed(source) => {
+                let rows = source.embedding_rows(&ids.flatten_all()?.to_vec1::<u32>()?)?;
+                let mut x = rows.reshape((batch, length, self.config.d_model))?;
+                for index in 0..self.config.num_layers {
+                    // The layer's weights are dropped before the next one is read.
+                    x = layer(&self.config, &source.open()?, index)?.forward(&x, &mask_bias)?;
+                }
+                final_norm(&self.config, &source.open()?)?.forward(&x)
+            }
         }
-        self.final_norm.forward(&x)
     }
+}
+
+/// An error for configurations the encoder does not implement.
+fn check(config: &Umt5Config) -> Result<()> {
+    if config.feed_forward_proj != "gated-gelu" {
+        candle_core::bail!(
+            "UMT5 feed_forward_proj {:?} is not supported; expected gated-gelu",
+            config.feed_forward_proj
+        );
+    }
+    Ok(())
+}
+
+/// Layer `index` of the encoder whose weights `vb` holds.
+fn layer(config: &Umt5Config, vb: &VarBuilder, index: usize) -> Result<Layer> {
+    Layer::new(config, vb.pp(format!("encoder.block.{index}")))
+}
+
+/// The norm after the last layer.
+fn final_norm(config: &Umt5Config, vb: &VarBuilder) -> Result<T5Norm> {
+    T5Norm::new(
+        config.d_model,
+        config.layer_norm_epsilon,
+        vb.pp("encoder.final_layer_norm"),
+    )
 }
 
 #[cfg(test)]

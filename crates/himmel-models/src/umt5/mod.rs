@@ -8,4 +8,4 @@ mod config;
 mod encoder;
 
 pub use config::Umt5Config;
-pub use encoder::Umt5Encoder;
+pub use encoder::{Umt5Encoder, Umt5Source};
