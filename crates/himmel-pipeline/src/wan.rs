@@ -178,7 +178,6 @@ impl WanPipeline {
         precision: Precision,
         device: &Device,
     ) -> Result<Self, PipelineError> {
-        let dtype = precision.dtype();
         let (tokenizer, text_encoder, transformer, vae, scheduler) = match source {
             ModelSource::Folder(root) => {
                 let class = pipeline_class(root)?;
