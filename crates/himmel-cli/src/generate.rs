@@ -24,14 +24,31 @@ use himmel_world::render::RenderSettings;
 
 use crate::marks::{MarkArgs, marks, new_generation_id};
 
-/// Compute precision of the transformer and text encoder.
+/// Compute precision of a Wan model's transformer and text encoder.
 #[derive(Clone, Copy, ValueEnum)]
-enum DtypeArg {
+pub(crate) enum DtypeArg {
     F32,
     Bf16,
     F16,
     /// The transformer blocks' products in int8 (AVX-512 VNNI), the rest in bf16.
     Int8,
+}
+
+impl DtypeArg {
+    /// The pipeline's precision; int8 on a CPU without VNNI warns that it runs as bf16.
+    pub(crate) fn precision(self) -> Precision {
+        match self {
+            Self::F32 => Precision::F32,
+            Self::Bf16 => Precision::Bf16,
+            Self::F16 => Precision::F16,
+            Self::Int8 => {
+                if !himmel_models::kernels::int8_available() {
+                    eprintln!("warning: this CPU lacks AVX-512 VNNI; the transformer runs in bf16");
+                }
+                Precision::Int8
+            }
+        }
+    }
 }
 
 /// Arguments of `himmel generate`.
@@ -432,18 +449,7 @@ fn generate_wan(
             args.max_sequence_length
         );
     }
-    let precision = match args.dtype {
-        DtypeArg::F32 => Precision::F32,
-        DtypeArg::Bf16 => Precision::Bf16,
-        DtypeArg::F16 => Precision::F16,
-        DtypeArg::Int8 => {
-            if !himmel_models::kernels::int8_available() {
-                eprintln!("warning: this CPU lacks AVX-512 VNNI; the transformer runs in bf16");
-            }
-            Precision::Int8
-        }
-    };
-    let mut pipeline = WanPipeline::load(source, precision, &Device::Cpu)?
+    let mut pipeline = WanPipeline::load(source, args.dtype.precision(), &Device::Cpu)?
         .with_max_sequence_length(args.max_sequence_length);
     if args.preview.is_some() && pipeline.prepare_previews()? {
         eprintln!("note: the model has no preview.json; fitted a preview projection");

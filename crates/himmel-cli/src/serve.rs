@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use himmel_pipeline::mini;
 use himmel_pipeline::{ModelSource, Precision};
+
+use crate::generate::DtypeArg;
 use himmel_safety::provenance::Credentials;
 use himmel_serve::api::{ServerState, router};
 use himmel_serve::artifacts::Artifacts;
@@ -38,9 +40,13 @@ pub struct QueueArgs {
     #[arg(long)]
     db: Option<String>,
     /// The model served: `himmel-mini` (the built-in default), a himmel-mini folder, or a
-    /// Wan 2.1 diffusers folder (served under its folder's name, in bf16).
+    /// Wan 2.1 diffusers folder (served under its folder's name).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// A Wan model's compute precision (transformer and text encoder; the VAE runs in f32);
+    /// int8 quantises the transformer blocks' products and keeps the rest in bf16.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
+    dtype: DtypeArg,
     /// Longest video accepted, in seconds.
     #[arg(long, default_value_t = 20.0)]
     max_seconds: f64,
@@ -98,10 +104,14 @@ struct Queue {
 #[derive(Clone)]
 enum ServedModel {
     Mini(PathBuf),
-    Wan { root: PathBuf, name: String },
+    Wan {
+        root: PathBuf,
+        name: String,
+        precision: Precision,
+    },
 }
 
-fn choose_model(model: Option<&Path>) -> Result<ServedModel> {
+fn choose_model(model: Option<&Path>, dtype: DtypeArg) -> Result<ServedModel> {
     let mini_dir = match model {
         Some(path) if path.as_os_str() != mini::BUILTIN_NAME || path.exists() => {
             if mini::is_mini_dir(path) {
@@ -119,6 +129,7 @@ fn choose_model(model: Option<&Path>) -> Result<ServedModel> {
             return Ok(ServedModel::Wan {
                 root: path.to_path_buf(),
                 name,
+                precision: dtype.precision(),
             });
         }
         _ => mini::builtin_dir(),
@@ -159,7 +170,7 @@ fn open_queue(args: &QueueArgs) -> Result<Queue> {
     };
     let artifacts = Artifacts::new(&args.data)
         .with_context(|| format!("creating {}", args.data.join("videos").display()))?;
-    let model = choose_model(args.model.as_deref())?;
+    let model = choose_model(args.model.as_deref(), args.dtype)?;
     // Workers sharing the data directory share the local signing pair too.
     let (credentials, note) = args.marks.credentials(&args.data.join("c2pa"))?;
     if let Some(note) = note {
@@ -182,10 +193,14 @@ fn is_postgres(db: &str) -> bool {
 fn load_engine(model: &ServedModel, max_seconds: f64) -> Result<Box<dyn Engine>> {
     Ok(match model {
         ServedModel::Mini(dir) => Box::new(MiniEngine::load(dir, max_seconds)?),
-        ServedModel::Wan { root, name } => Box::new(WanEngine::load(
+        ServedModel::Wan {
+            root,
+            name,
+            precision,
+        } => Box::new(WanEngine::load(
             &ModelSource::Folder(root.clone()),
             name,
-            Precision::Bf16,
+            *precision,
             max_seconds,
         )?),
     })

@@ -75,30 +75,35 @@ fn generates_what_diffusers_generates() {
         let error = max_abs_difference(&written["video"], expected).unwrap();
         assert!(error <= 2e-3, "{name}: max abs error {error}");
     }
-    // The same model also writes an MP4 from seeded noise.
-    let mp4 = dir.path().join("seeded.mp4");
+    // The same model also writes an MP4 from seeded noise, in bf16 and in int8 (bf16 where the
+    // CPU lacks VNNI).
     let model = model.to_str().unwrap();
-    himmel_ok(&[
-        "generate",
-        "a blue cube",
-        "--model",
-        model,
-        "--height",
-        "32",
-        "--width",
-        "32",
-        "--frames",
-        "5",
-        "--steps",
-        "2",
-        "--max-sequence-length",
-        "16",
-        "--seed",
-        "7",
-        "-o",
-        mp4.to_str().unwrap(),
-    ]);
-    assert!(ffprobe(&mp4, "nb_read_frames").contains("nb_read_frames=5"));
+    for dtype in ["bf16", "int8"] {
+        let mp4 = dir.path().join(format!("seeded-{dtype}.mp4"));
+        himmel_ok(&[
+            "generate",
+            "a blue cube",
+            "--model",
+            model,
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--frames",
+            "5",
+            "--steps",
+            "2",
+            "--max-sequence-length",
+            "16",
+            "--seed",
+            "7",
+            "--dtype",
+            dtype,
+            "-o",
+            mp4.to_str().unwrap(),
+        ]);
+        assert!(ffprobe(&mp4, "nb_read_frames").contains("nb_read_frames=5"));
+    }
 }
 
 #[test]
