@@ -10,21 +10,14 @@ import time
 
 import torch
 from transformers import UMT5Config, UMT5EncoderModel
+from wan_sizes import UMT5_XXL
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--tokens", type=int, default=512)
 args = parser.parse_args()
 
 torch.manual_seed(0)
-config = UMT5Config(
-    vocab_size=256384,
-    d_model=4096,
-    d_kv=64,
-    d_ff=10240,
-    num_layers=24,
-    num_heads=64,
-    feed_forward_proj="gated-gelu",
-)
+config = UMT5Config(**UMT5_XXL)
 start = time.perf_counter()
 # Built in bf16 directly: the f32 model alone would need 23 GB.
 torch.set_default_dtype(torch.bfloat16)

@@ -12,6 +12,7 @@ import time
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from wan_sizes import WAN_1_3B
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--vae-only", action="store_true", help="skip the transformer")
@@ -23,7 +24,7 @@ latents = torch.randn(1, 16, 5, 32, 32)
 if not args.vae_only:
     prompt = torch.randn(1, 512, 4096)
     timestep = torch.tensor([999])
-    model = WanTransformer3DModel(num_attention_heads=12, ffn_dim=8960, num_layers=30).eval()
+    model = WanTransformer3DModel(**WAN_1_3B).eval()
     for dtype in (torch.bfloat16, torch.float32):
         model = model.to(dtype)
         with torch.no_grad():

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import WanTransformer3DModel
+from wan_sizes import WAN_14B
 
 parser = argparse.ArgumentParser()
 parser.add_argument("base", type=Path, help="a folder make_wan_random.py wrote")
 parser.add_argument("out", type=Path)
 args = parser.parse_args()
 
-shape = {"num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
 with torch.device("meta"):
-    model = WanTransformer3DModel(**shape)
+    model = WanTransformer3DModel(**WAN_14B)
 tensors = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
 
 args.out.mkdir(parents=True, exist_ok=True)
@@ -33,7 +33,7 @@ for part in ["scheduler", "text_encoder", "tokenizer", "vae", "model_index.json"
 folder = args.out / "transformer"
 folder.mkdir(exist_ok=True)
 config = json.loads((args.base / "transformer/config.json").read_text())
-(folder / "config.json").write_text(json.dumps({**config, **shape}, indent=2))
+(folder / "config.json").write_text(json.dumps({**config, **WAN_14B}, indent=2))
 
 header, offset = {}, 0
 for name, dims in tensors:

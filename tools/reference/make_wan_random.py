@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
 from diffusers import WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
+from wan_sizes import UMT5_XXL, WAN_1_3B
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out", type=Path)
@@ -23,18 +24,8 @@ torch.manual_seed(0)
 fixture = Path(__file__).resolve().parents[2] / "tests/fixtures/wan/pipeline_tiny"
 # Built in bf16 directly: the f32 text encoder alone would need 23 GB.
 torch.set_default_dtype(torch.bfloat16)
-text_encoder = UMT5EncoderModel(
-    UMT5Config(
-        vocab_size=256384,
-        d_model=4096,
-        d_kv=64,
-        d_ff=10240,
-        num_layers=24,
-        num_heads=64,
-        feed_forward_proj="gated-gelu",
-    )
-).eval()
-transformer = WanTransformer3DModel(num_attention_heads=12, ffn_dim=8960, num_layers=30).eval()
+text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval()
+transformer = WanTransformer3DModel(**WAN_1_3B).eval()
 torch.set_default_dtype(torch.float32)
 pipeline = WanPipeline(
     tokenizer=None,
