@@ -251,22 +251,18 @@ pub fn product_tiles(
 ) {
     assert!(is_available(), "bf16 product: this CPU lacks AVX-512 BF16");
     assert_eq!(x.k, w.k, "bf16 product: operands of different depth");
-    let (m, n, k_pairs) = (x.rows, w.n, x.k.div_ceil(2));
-    super::output_tiles((m, n), (MC, NC)).for_each_init(
-        || vec![0f32; MC * NC],
-        |sums, (rows, columns)| {
-            if k_pairs == 0 {
-                sums.fill(0.0);
-            }
-            for k0 in (0..k_pairs).step_by(KC_PAIRS) {
-                let kc = KC_PAIRS.min(k_pairs - k0);
-                let (x_part, w_part) = ((x, rows.clone(), k0), (w, columns.clone(), k0));
-                let out = (sums.as_mut_ptr(), NC, true);
-                // SAFETY: the CPU has the features (checked above); the parts lie inside the
-                // operands, and `sums` holds `MC x NC`.
-                unsafe { sweep(x_part, w_part, kc, out, k0 > 0) };
-            }
-            for (r, sums) in rows.clone().zip(sums.chunks_exact_mut(NC)) {
+    super::blocked_product(
+        (x.rows, w.n, x.k.div_ceil(2)),
+        (MC, NC, KC_PAIRS),
+        |rows, columns, pairs, sums: &mut [f32], accumulate| {
+            let (x_part, w_part) = ((x, rows, pairs.start), (w, columns, pairs.start));
+            let out = (sums.as_mut_ptr(), NC, true);
+            // SAFETY: the CPU has the features (checked above); the parts lie inside the
+            // operands, and `sums` holds `MC x NC`.
+            unsafe { sweep(x_part, w_part, pairs.len(), out, accumulate) };
+        },
+        |rows, columns, sums| {
+            for (r, sums) in rows.zip(sums.chunks_exact_mut(NC)) {
                 finish(r, columns.clone(), &mut sums[..columns.len()]);
             }
         },
@@ -366,14 +362,7 @@ unsafe fn sweep(
                 let dst = out.add((r0 - rows.start) * out_stride + c0 - columns.start);
                 let tile = (dst, out_stride, width, accumulate);
                 let b = w.panel(c0, w_pair);
-                match MR.min(rows.end - r0) {
-                    6 => microkernel::<6>(kc, strip, b, tile),
-                    5 => microkernel::<5>(kc, strip, b, tile),
-                    4 => microkernel::<4>(kc, strip, b, tile),
-                    3 => microkernel::<3>(kc, strip, b, tile),
-                    2 => microkernel::<2>(kc, strip, b, tile),
-                    _ => microkernel::<1>(kc, strip, b, tile),
-                }
+                with_strip_rows!(MR.min(rows.end - r0), microkernel(kc, strip, b, tile));
             }
         }
     }

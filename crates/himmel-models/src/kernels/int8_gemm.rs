@@ -185,22 +185,19 @@ pub fn product_tiles(
 ) {
     assert!(is_available(), "int8 product: this CPU lacks AVX-512 VNNI");
     assert_eq!(x.k, w.k, "int8 product: operands of different depth");
-    let (m, n, k_quads) = (x.rows, w.n, x.k.div_ceil(4));
-    super::output_tiles((m, n), (MC, NC)).for_each_init(
-        || (vec![0i32; MC * NC], vec![0f32; NC]),
-        |(sums, values), (rows, columns)| {
-            if k_quads == 0 {
-                sums.fill(0);
-            }
-            for k0 in (0..k_quads).step_by(KC_QUADS) {
-                let kc = KC_QUADS.min(k_quads - k0);
-                let parts = ((x, rows.clone()), (w, columns.clone()), k0..k0 + kc);
-                // SAFETY: the CPU has the features (checked above); the parts lie inside the
-                // operands, and `sums` holds `MC x NC`.
-                unsafe { sweep(parts, sums.as_mut_ptr(), k0 > 0) };
-            }
-            for (r, sums) in rows.clone().zip(sums.chunks_exact(NC)) {
-                let values = &mut values[..columns.len()];
+    super::blocked_product(
+        (x.rows, w.n, x.k.div_ceil(4)),
+        (MC, NC, KC_QUADS),
+        |rows, columns, quads, sums: &mut [i32], accumulate| {
+            let parts = ((x, rows), (w, columns), quads);
+            // SAFETY: the CPU has the features (checked above); the parts lie inside the
+            // operands, and `sums` holds `MC x NC`.
+            unsafe { sweep(parts, sums.as_mut_ptr(), accumulate) };
+        },
+        |rows, columns, sums| {
+            let mut values = [0f32; NC];
+            let values = &mut values[..columns.len()];
+            for (r, sums) in rows.zip(sums.chunks_exact(NC)) {
                 let row_scale = x.scales[r];
                 for ((value, sum), c) in values.iter_mut().zip(sums).zip(columns.clone()) {
                     let centred = sum - ZERO_POINT * w.sums[c];
@@ -245,14 +242,7 @@ unsafe fn sweep(
                     out.add((r0 - rows.start) * NC + c0 - columns.start),
                     accumulate,
                 );
-                match MR.min(rows.end - r0) {
-                    6 => microkernel::<6>(kc, strip, panel, tile),
-                    5 => microkernel::<5>(kc, strip, panel, tile),
-                    4 => microkernel::<4>(kc, strip, panel, tile),
-                    3 => microkernel::<3>(kc, strip, panel, tile),
-                    2 => microkernel::<2>(kc, strip, panel, tile),
-                    _ => microkernel::<1>(kc, strip, panel, tile),
-                }
+                with_strip_rows!(MR.min(rows.end - r0), microkernel(kc, strip, panel, tile));
             }
         }
     }

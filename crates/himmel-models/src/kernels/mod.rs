@@ -3,6 +3,22 @@
 //! on the CPU without gradients); and the video convolution with its backward pass for
 //! training in f32 on the CPU. Callers keep candle's ops for everything else.
 
+/// `$kernel::<R>(args)` with `R` the constant for `$rows`, the rows (1 to 6) of a strip that a
+/// microkernel of the blocked products sums.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_strip_rows {
+    ($rows:expr, $kernel:ident($($arg:expr),* $(,)?)) => {
+        match $rows {
+            6 => $kernel::<6>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            _ => $kernel::<1>($($arg),*),
+        }
+    };
+}
+
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_gemm;
@@ -14,6 +30,8 @@ pub mod modulation;
 pub mod video;
 pub mod video_training;
 mod winograd;
+
+use std::ops::Range;
 
 use candle_core::{Result, Storage, bail};
 
@@ -87,24 +105,39 @@ unsafe fn product(
     }
 }
 
-/// The tiles of an `m x n` output, `mc x nc` each (`(rows, columns)`, rows varying fastest), as
-/// parallel tasks.
+/// The blocked product that the bf16 and int8 kernels share, on rayon's pool: each task takes
+/// one `mc x nc` tile of the `m x n` output (rows varying fastest between tasks), sums it over
+/// `depth` steps, `kc` at a time (so that a block of the weight stays in L2), with
+/// `sweep(rows, columns, steps, sums, accumulate)` into a per-thread buffer of `mc` rows `nc`
+/// apart (storing on the first block, adding after), then hands it to
+/// `finish(rows, columns, sums)`.
 #[cfg(target_arch = "x86_64")]
-fn output_tiles(
-    (m, n): (usize, usize),
-    (mc, nc): (usize, usize),
-) -> impl rayon::iter::ParallelIterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> {
+fn blocked_product<S: Copy + Default + Send>(
+    (m, n, depth): (usize, usize, usize),
+    (mc, nc, kc): (usize, usize, usize),
+    sweep: impl Fn(Range<usize>, Range<usize>, Range<usize>, &mut [S], bool) + Sync,
+    finish: impl Fn(Range<usize>, Range<usize>, &mut [S]) + Sync,
+) {
     use rayon::prelude::*;
     let row_tiles = m.div_ceil(mc);
     (0..row_tiles * n.div_ceil(nc))
         .into_par_iter()
-        .map(move |task| {
-            let (row, column) = (task % row_tiles, task / row_tiles);
-            (
-                row * mc..m.min((row + 1) * mc),
-                column * nc..n.min((column + 1) * nc),
-            )
-        })
+        .for_each_init(
+            || vec![S::default(); mc * nc],
+            |sums, task| {
+                let (row, column) = (task % row_tiles, task / row_tiles);
+                let rows = row * mc..m.min((row + 1) * mc);
+                let columns = column * nc..n.min((column + 1) * nc);
+                if depth == 0 {
+                    sums.fill(S::default());
+                }
+                for k0 in (0..depth).step_by(kc) {
+                    let steps = k0..depth.min(k0 + kc);
+                    sweep(rows.clone(), columns.clone(), steps, sums, k0 > 0);
+                }
+                finish(rows, columns, sums);
+            },
+        );
 }
 
 /// A pointer parallel tasks share, each writing its own disjoint elements.
