@@ -27,6 +27,7 @@ mod elementwise;
 #[cfg(target_arch = "x86_64")]
 pub mod int8_gemm;
 pub mod modulation;
+mod panel_product;
 pub mod video;
 pub mod video_training;
 mod winograd;

@@ -8,8 +8,9 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
+use super::panel_product::{self, MR, NR};
 use super::video::{Clip, Conv};
-use super::{SendPtr, product};
 
 /// Outputs per tile side.
 const OUT: usize = 4;
@@ -43,14 +44,26 @@ pub(super) fn applies(shape: &Conv) -> bool {
 
 /// `G g`: a kernel's 3 taps along one axis, at the 6 interpolation points.
 fn weight_1d([g0, g1, g2]: [f32; 3]) -> [f32; TILE] {
+    const SIXTH: f32 = 1.0 / 6.0;
     [
-        g0 / 4.0,
-        -(g0 + g1 + g2) / 6.0,
-        -(g0 - g1 + g2) / 6.0,
-        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
-        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+        g0 * 0.25,
+        -(g0 + g1 + g2) * SIXTH,
+        -(g0 - g1 + g2) * SIXTH,
+        (g0 * 0.25 + g1 * 0.5 + g2) * SIXTH,
+        (g0 * 0.25 - g1 * 0.5 + g2) * SIXTH,
         g2,
     ]
+}
+
+/// [`weight_1d`] of a panel's `MR` kernels at once: `g[j][r]` is tap `j` of kernel `r`.
+fn weight_lanes(g: [[f32; MR]; 3]) -> [[f32; MR]; TILE] {
+    let mut out = [[0f32; MR]; TILE];
+    for r in 0..MR {
+        for (k, value) in weight_1d(array(|j| g[j][r])).into_iter().enumerate() {
+            out[k][r] = value;
+        }
+    }
+    out
 }
 
 /// `Bᵀ d`: 6 inputs along one axis, at the interpolation points.
@@ -77,13 +90,13 @@ fn output_1d([m0, m1, m2, m3, m4, m5]: [f32; TILE]) -> [f32; OUT] {
     ]
 }
 
-/// `G g Gᵀ` of every 3x3 kernel, `[outputs][36][kt][channels]`, outputs in parallel,
-/// into `transformed` (resized to fit).
+/// `G g Gᵀ` of every 3x3 kernel into `transformed` (resized to fit): for each of the 36
+/// positions, the `outputs x (kt * channels)` matrix packed for [`panel_product`] (depth step
+/// `dt * channels + c`), panels of outputs in parallel.
 fn transform_weights(shape: &Conv, weight: &[f32], transformed: &mut Vec<f32>) {
     let (kt, _, _) = shape.kernel;
-    let channels = shape.channels;
-    let per_output = kt * POSITIONS * channels;
-    let needed = shape.outputs * per_output;
+    let per_position = panel_product::packed_len(shape.outputs, kt * shape.channels);
+    let needed = POSITIONS * per_position;
     // Kept for the next call, but not at four times the size this one needs: the large
     // layers come at small frames, so a buffer held on for them would add to the peak of the
     // large frames' layers.
@@ -91,24 +104,77 @@ fn transform_weights(shape: &Conv, weight: &[f32], transformed: &mut Vec<f32>) {
         *transformed = Vec::new();
     }
     transformed.resize(needed, 0.0);
-    transformed
-        .par_chunks_mut(per_output)
-        .enumerate()
-        .for_each(|(o, target)| {
-            for c in 0..channels {
-                for dt in 0..kt {
-                    let g = &weight[((o * channels + c) * kt + dt) * 9..][..9];
-                    let columns: [[f32; TILE]; 3] =
-                        std::array::from_fn(|j| weight_1d([g[j], g[3 + j], g[6 + j]]));
-                    for i in 0..TILE {
-                        let row = weight_1d([columns[0][i], columns[1][i], columns[2][i]]);
-                        for (j, value) in row.into_iter().enumerate() {
-                            target[((i * TILE + j) * kt + dt) * channels + c] = value;
-                        }
+    let target = SendPtr(transformed.as_mut_ptr());
+    (0..shape.outputs.div_ceil(MR))
+        .into_par_iter()
+        // SAFETY: each panel writes its own rows of `transformed`, which holds them all.
+        .for_each(|panel| unsafe { transform_panel(shape, weight, panel, target.get()) });
+}
+
+/// [`transform_weights`] of the outputs `MR * panel..` (zeros past the last output).
+///
+/// # Safety
+/// `target` holds the transformed weights of `shape`; no other thread writes this panel's rows.
+unsafe fn transform_panel(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        /// [`transform_panel_portable`] compiled for AVX2.
+        ///
+        /// # Safety
+        /// As [`transform_panel`].
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
+            // SAFETY: as the caller promises.
+            unsafe { transform_panel_portable(shape, weight, panel, target) }
+        }
+        // SAFETY: the CPU has AVX2; the rest as the caller promises.
+        return unsafe { avx2(shape, weight, panel, target) };
+    }
+    // SAFETY: as the caller promises.
+    unsafe { transform_panel_portable(shape, weight, panel, target) }
+}
+
+/// [`transform_panel`] as built for any CPU of the target: the panel's kernels side by side, one
+/// per lane, so that each depth step writes its `MR` values together.
+///
+/// # Safety
+/// As [`transform_panel`].
+#[inline(always)]
+unsafe fn transform_panel_portable(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
+    let (kt, channels, outputs) = (shape.kernel.0, shape.channels, shape.outputs);
+    let depth = kt * channels;
+    let per_position = panel_product::packed_len(outputs, depth);
+    for c in 0..channels {
+        for dt in 0..kt {
+            let g: [[f32; MR]; 9] = array(|tap| {
+                array(|r| {
+                    let o = panel * MR + r;
+                    if o < outputs {
+                        weight[((o * channels + c) * kt + dt) * 9 + tap]
+                    } else {
+                        0.0
+                    }
+                })
+            });
+            let columns: [[[f32; MR]; TILE]; 3] =
+                array(|j| weight_lanes([g[j], g[3 + j], g[6 + j]]));
+            let at = panel_product::packed_index(panel * MR, dt * channels + c, depth);
+            for i in 0..TILE {
+                let row = weight_lanes([columns[0][i], columns[1][i], columns[2][i]]);
+                for (j, values) in row.iter().enumerate() {
+                    // SAFETY: the panel's `MR` values at this depth step lie together inside
+                    // `target` (caller's promise).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            values.as_ptr(),
+                            target.add((i * TILE + j) * per_position + at),
+                            MR,
+                        );
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 /// A frame as the tiles see it.
@@ -387,9 +453,18 @@ pub(super) fn conv(
     let tiles = tiles_high * tiles_wide;
     let frames_total = batch * out_frames;
     let blocks_for_threads = rayon::current_num_threads().div_ceil(frames_total);
-    let per_block = (BLOCK_FLOATS / (POSITIONS * (kt * channels + outputs)))
+    let depth = kt * channels;
+    let padded_outputs = outputs.div_ceil(MR) * MR;
+    let per_block = (BLOCK_FLOATS / (POSITIONS * (depth + padded_outputs)))
         .min(tiles.div_ceil(blocks_for_threads))
         .clamp(1, tiles);
+    // Whole product tiles, but for the last block.
+    let per_block = if per_block > NR {
+        per_block / NR * NR
+    } else {
+        per_block
+    };
+    let columns = per_block.div_ceil(NR) * NR;
     let blocks = tiles.div_ceil(per_block);
     let input_frame = Frame {
         height: padded_height - 2 * padding,
@@ -397,13 +472,14 @@ pub(super) fn conv(
         padding,
         tiles_wide,
     };
+    let per_position = panel_product::packed_len(outputs, depth);
     let mut out = vec![0f32; shape.output_len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..frames_total * blocks).into_par_iter().for_each_init(
         || {
             (
-                vec![0f32; POSITIONS * kt * channels * per_block],
-                vec![0f32; POSITIONS * outputs * per_block],
+                vec![0f32; POSITIONS * depth * columns],
+                vec![0f32; POSITIONS * padded_outputs * columns],
                 vec![0f32; 2 * TILE * (OUT * tiles_wide + 2)],
                 vec![0f32; OUT * tiles_wide + 2],
             )
@@ -412,8 +488,9 @@ pub(super) fn conv(
             let (item, frame, block) = shape.task(task, blocks);
             let first = block * per_block;
             let count = per_block.min(tiles - first);
-            // `[36][kt * channels][count]` (time tap major) and `[36][outputs][count]`.
-            let depth = kt * channels;
+            // `[36][kt * channels][columns]` (time tap major) and `[36][outputs][columns]`,
+            // tile `first + t` in column `t`; columns past `count` hold what an earlier block
+            // left there, and their products are never read.
             for dt in 0..kt {
                 for c in 0..channels {
                     let plane = x.plane(item, c, frame * time_stride + dt);
@@ -422,25 +499,21 @@ pub(super) fn conv(
                         &input_frame,
                         (first, count),
                         (scratch, zeros),
-                        &mut input[(dt * channels + c) * count..],
-                        depth * count,
+                        &mut input[(dt * channels + c) * columns..],
+                        depth * columns,
                     );
                 }
             }
+            let used = count.div_ceil(NR) * NR;
             for position in 0..POSITIONS {
-                // SAFETY: the weights at `position` are `outputs x depth` (rows `36 * depth`
-                // apart), the input slice `depth x count` and the products slice
-                // `outputs x count`, both row-major.
-                unsafe {
-                    product(
-                        (outputs, count, depth),
-                        (products.as_mut_ptr().add(position * outputs * count), count),
-                        (weights.as_ptr().add(position * depth), POSITIONS * depth, 1),
-                        (input.as_ptr().add(position * depth * count), count, 1),
-                        false,
-                        1.0,
-                    );
-                }
+                panel_product::product(
+                    (&weights[position * per_position..], outputs, depth),
+                    (&input[position * depth * columns..], columns, used),
+                    (
+                        &mut products[position * padded_outputs * columns..],
+                        columns,
+                    ),
+                );
             }
             let output_frame = Frame {
                 height: out_height,
@@ -454,8 +527,8 @@ pub(super) fn conv(
                 // channel's frame inside it.
                 unsafe {
                     untransform_block(
-                        &products[o * count..],
-                        outputs * count,
+                        &products[o * columns..],
+                        padded_outputs * columns,
                         (first, count),
                         &output_frame,
                         b,
