@@ -156,12 +156,11 @@ unsafe fn transform_panel_portable(shape: &Conv, weight: &[f32], panel: usize, t
                     }
                 })
             });
-            let columns: [[[f32; MR]; TILE]; 3] =
-                array(|j| weight_lanes([g[j], g[3 + j], g[6 + j]]));
+            let [first, second, third] = array(|j| weight_lanes([g[j], g[3 + j], g[6 + j]]));
             let at = panel_product::packed_index(panel * MR, dt * channels + c, depth);
-            for i in 0..TILE {
-                let row = weight_lanes([columns[0][i], columns[1][i], columns[2][i]]);
-                for (j, values) in row.iter().enumerate() {
+            let columns = first.into_iter().zip(second).zip(third);
+            for (i, ((top, middle), bottom)) in columns.enumerate() {
+                for (j, values) in weight_lanes([top, middle, bottom]).iter().enumerate() {
                     // SAFETY: the panel's `MR` values at this depth step lie together inside
                     // `target` (caller's promise).
                     unsafe {
