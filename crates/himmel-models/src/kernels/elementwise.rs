@@ -1,5 +1,6 @@
-//! Elementwise passes over rows of f32 that the kernels' softmax and epilogues make: scaling
-//! with a running maximum, `exp` with a running sum, and bias with GELU. With AVX-512 they run
+//! Elementwise passes over rows of f32 that the kernels' softmax, epilogues and norms make:
+//! scaling with a running maximum, `exp` with a running sum, bias with GELU, and scaling with
+//! SiLU. With AVX-512 they run
 //! sixteen lanes at a time, `exp` as Cephes' single-precision polynomial (within 2 ulp of the
 //! true value, NaN stays NaN); elsewhere one value at a time with libm's `exp`. Called per row
 //! of a block, so in attention they replace a call to `expf` for every score.
@@ -50,6 +51,32 @@ pub fn bias_gelu(row: &mut [f32], bias: &[f32]) {
     for (value, bias) in row.iter_mut().zip(bias) {
         let v = *value + bias;
         *value = v / (1.0 + (-2.0 * GELU_SCALE * (v + GELU_CUBIC * v * v * v)).exp());
+    }
+}
+
+/// `sums[i] += values[i]²`.
+pub fn add_squares(sums: &mut [f32], values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if vectors() {
+        // SAFETY: the CPU has AVX-512F (checked).
+        return unsafe { add_squares_avx512(sums, values) };
+    }
+    for (sum, value) in sums.iter_mut().zip(values) {
+        *sum += value * value;
+    }
+}
+
+/// `out[i] = values[i] * factors[i] * gain`, with `silu` passed through SiLU
+/// (`v / (1 + exp(-v))`).
+pub fn scale_silu(out: &mut [f32], values: &[f32], factors: &[f32], gain: f32, silu: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if vectors() {
+        // SAFETY: the CPU has AVX-512F (checked).
+        return unsafe { scale_silu_avx512(out, values, factors, gain, silu) };
+    }
+    for ((out, value), factor) in out.iter_mut().zip(values).zip(factors) {
+        let v = value * factor * gain;
+        *out = if silu { v / (1.0 + (-v).exp()) } else { v };
     }
 }
 
@@ -166,6 +193,63 @@ unsafe fn bias_gelu_avx512(row: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// [`add_squares`] sixteen at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_squares_avx512(sums: &mut [f32], values: &[f32]) {
+    let len = sums.len().min(values.len());
+    for start in (0..len).step_by(16) {
+        let mask = tail_mask(len - start);
+        // SAFETY: the masked lanes lie inside both slices.
+        unsafe {
+            let (sum, value) = (sums.as_mut_ptr().add(start), values.as_ptr().add(start));
+            let value = _mm512_maskz_loadu_ps(mask, value);
+            let total = _mm512_fmadd_ps(value, value, _mm512_maskz_loadu_ps(mask, sum));
+            _mm512_mask_storeu_ps(sum, mask, total);
+        }
+    }
+}
+
+/// [`scale_silu`] sixteen at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_silu_avx512(
+    out: &mut [f32],
+    values: &[f32],
+    factors: &[f32],
+    gain: f32,
+    silu: bool,
+) {
+    let len = out.len().min(values.len()).min(factors.len());
+    let gain = _mm512_set1_ps(gain);
+    for start in (0..len).step_by(16) {
+        let mask = tail_mask(len - start);
+        // SAFETY: the masked lanes lie inside all three slices.
+        unsafe {
+            let v = _mm512_mul_ps(
+                _mm512_maskz_loadu_ps(mask, values.as_ptr().add(start)),
+                _mm512_mul_ps(
+                    _mm512_maskz_loadu_ps(mask, factors.as_ptr().add(start)),
+                    gain,
+                ),
+            );
+            let v = if silu {
+                let negative = _mm512_sub_ps(_mm512_setzero_ps(), v);
+                _mm512_div_ps(v, _mm512_add_ps(exp16(negative), _mm512_set1_ps(1.0)))
+            } else {
+                v
+            };
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(start), mask, v);
+        }
+    }
+}
+
 /// `exp` of sixteen lanes: `x = n ln2 + r` with `|r| <= ln2 / 2`, Cephes' degree-7 polynomial
 /// for `exp(r)`, scaled by `2^n`. Below -104 the result is 0 (exp(-104) is below f32's
 /// smallest subnormal), above 89 infinity; NaN stays NaN.
@@ -247,6 +331,32 @@ mod tests {
             assert_eq!(scale_and_max(&mut values, 0.5, f32::NEG_INFINITY), expected);
             assert_eq!(values[len - 1], (((len - 1) * 7) % 11) as f32 * 0.5 - 2.5);
             assert_eq!(scale_and_max(&mut values, 1.0, 100.0), 100.0);
+        }
+    }
+
+    #[test]
+    fn squares_and_scaled_silu_match_their_formulas_on_ragged_rows() {
+        for len in [1, 16, 37] {
+            let values: Vec<f32> = (0..len).map(|i| i as f32 * 0.9 - 15.0).collect();
+            let factors: Vec<f32> = (0..len).map(|i| 0.5 + (i % 3) as f32).collect();
+            for silu in [false, true] {
+                let mut squares = vec![1.0; len];
+                add_squares(&mut squares, &values);
+                for (square, value) in squares.iter().zip(&values) {
+                    let exact = f64::from(*value).powi(2) + 1.0;
+                    assert!((f64::from(*square) - exact).abs() <= 1e-6 * exact);
+                }
+                let mut ours = vec![f32::NAN; len];
+                scale_silu(&mut ours, &values, &factors, 1.5, silu);
+                for ((ours, value), factor) in ours.iter().zip(&values).zip(&factors) {
+                    let v = f64::from(*value) * f64::from(*factor) * 1.5;
+                    let exact = if silu { v / (1.0 + (-v).exp()) } else { v };
+                    assert!(
+                        (f64::from(*ours) - exact).abs() <= 1e-6 * exact.abs().max(1.0),
+                        "{v}: {ours} vs {exact}"
+                    );
+                }
+            }
         }
     }
 
