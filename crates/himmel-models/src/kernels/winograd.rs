@@ -21,12 +21,38 @@ const TILE: usize = OUT + 2;
 /// Transformed tile positions (6x6).
 const POSITIONS: usize = TILE * TILE;
 
+/// Floats in a cache line.
+const LINE: usize = 16;
+
 /// Floats of one task's transformed input and accumulated products together (8 MiB): the
 /// products are thin (a block's tiles are their columns) and each reads its transformed
 /// weights again, so fewer tiles per block spend more on reading weights.
 const BLOCK_FLOATS: usize = 1 << 21;
 
+/// One thread's working buffers for the tasks of [`conv`]: the transformed input, the products,
+/// scratch for the transforms, and a row of zeros.
+#[derive(Default)]
+struct TaskBuffers {
+    input: Vec<f32>,
+    products: Vec<f32>,
+    scratch: Vec<f32>,
+    zeros: Vec<f32>,
+}
+
+/// The first `len` floats of `buffer`, grown (with zeros) to hold them.
+fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
 thread_local! {
+    /// Each worker's task buffers, kept from one task and call to the next: fresh ones for
+    /// every task cost more in zeroing and page faults than the transforms.
+    static TASK_BUFFERS: std::cell::RefCell<TaskBuffers> =
+        std::cell::RefCell::new(TaskBuffers::default());
+
     /// The calling thread's buffer of transformed weights, kept from one convolution to the
     /// next (while it is not far larger than needed): a fresh one for every call (64 MiB at
     /// 384 channels) cost more in page faults than the transform itself.
@@ -103,8 +129,7 @@ fn transform_weights(shape: &Conv, weight: &[f32], transformed: &mut Vec<f32>) {
     if transformed.capacity() > 4 * needed {
         *transformed = Vec::new();
     }
-    transformed.resize(needed, 0.0);
-    let target = SendPtr(transformed.as_mut_ptr());
+    let target = SendPtr(grown(transformed, needed).as_mut_ptr());
     (0..shape.outputs.div_ceil(MR))
         .into_par_iter()
         // SAFETY: each panel writes its own rows of `transformed`, which holds them all.
@@ -188,6 +213,27 @@ struct Frame {
     tiles_wide: usize,
 }
 
+impl Frame {
+    /// The stored floats that the tiles `first..first + count` read: whole rows.
+    fn rows_read(&self, first: usize, count: usize) -> std::ops::Range<usize> {
+        let top = (OUT * (first / self.tiles_wide)).saturating_sub(self.padding);
+        let bottom = OUT * (first + count).div_ceil(self.tiles_wide) + 2 - self.padding;
+        top.min(self.height) * self.width..bottom.min(self.height) * self.width
+    }
+}
+
+/// Asks the CPU to bring `values` into its L2 cache (nothing where that cannot be asked).
+fn prefetch(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in values.chunks(LINE) {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: a prefetch only hints; the address lies inside `values`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
 /// `std::array::from_fn`, always inlined: called from the AVX2 copies of the transforms, the
 /// standard one ran its closure as a call compiled for the baseline CPU.
 #[inline(always)]
@@ -199,8 +245,9 @@ fn array<T: Copy + Default, const N: usize>(f: impl Fn(usize) -> T) -> [T; N] {
     out
 }
 
-/// Tiles whose row transforms run side by side, one per vector lane.
-const LANES: usize = 8;
+/// Tiles whose row transforms run side by side, one per vector lane (and columns of the column
+/// transform).
+const LANES: usize = 16;
 
 /// [`input_1d`] of `LANES` tiles at once: `d[j][l]` is input `j` of tile `l`.
 fn input_lanes(d: [[f32; LANES]; TILE]) -> [[f32; LANES]; TILE] {
@@ -213,11 +260,17 @@ fn input_lanes(d: [[f32; LANES]; TILE]) -> [[f32; LANES]; TILE] {
     out
 }
 
+/// Floats of scratch that [`transform_block`] needs for frames `tiles_wide` tiles wide: the
+/// column-transformed rows and their four phases.
+fn transform_scratch(tiles_wide: usize) -> usize {
+    TILE * (OUT * tiles_wide + 2) + OUT * (tiles_wide + LANES + 1)
+}
+
 /// `Bᵀ d B` of the input tiles `first..first + count` of `plane`, tile row by tile row: the
 /// column transform runs along whole rows (vectorised over x), then the tiles' row transforms,
-/// `LANES` tiles at a time. `plane` holds the stored part of `frame`; `zeros` at least a row
-/// of the output's tiles (`4 * tiles_wide + 2`) of zeros. Position `k` of tile `first + t`
-/// goes to `target[k * stride + t]`.
+/// `LANES` tiles at a time. `plane` holds the stored part of `frame`; `scratch` at least
+/// [`transform_scratch`] floats, `zeros` a row of the output's tiles (`4 * tiles_wide + 2`) of
+/// zeros. Position `k` of tile `first + t` goes to `target[k * stride + t]`.
 fn transform_block(
     plane: &[f32],
     frame: &Frame,
@@ -226,6 +279,23 @@ fn transform_block(
     target: &mut [f32],
     stride: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        /// [`transform_block_portable`] compiled for AVX-512.
+        #[target_feature(enable = "avx512f")]
+        fn avx512(
+            plane: &[f32],
+            frame: &Frame,
+            tiles: (usize, usize),
+            scratch: (&mut [f32], &[f32]),
+            target: &mut [f32],
+            stride: usize,
+        ) {
+            transform_block_portable(plane, frame, tiles, scratch, target, stride);
+        }
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { avx512(plane, frame, tiles, scratch, target, stride) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         /// [`transform_block_portable`] compiled for AVX2.
@@ -252,7 +322,7 @@ fn transform_block_portable(
     plane: &[f32],
     frame: &Frame,
     (first, count): (usize, usize),
-    (columns, zeros): (&mut [f32], &[f32]),
+    (scratch, zeros): (&mut [f32], &[f32]),
     target: &mut [f32],
     stride: usize,
 ) {
@@ -280,7 +350,7 @@ fn transform_block_portable(
                 &zeros[..end - start]
             }
         });
-        let columns = &mut columns[..TILE * span];
+        let (columns, phases) = scratch.split_at_mut(TILE * span);
         let mut outputs = columns.chunks_exact_mut(span);
         let mut outputs: [&mut [f32]; TILE] = std::array::from_fn(|_| {
             let column = outputs.next().expect("6 columns");
@@ -301,23 +371,41 @@ fn transform_block_portable(
                 output[x] = value;
             }
         }
+        // Each transformed row apart by x mod 4 (`phases[p][m]` is x = 4m + p): input `j` of
+        // tiles `t..` is then the run from `m = t + j / 4` of phase `j % 4`.
+        let phase_len = tiles + LANES + 1;
+        let phases = &mut phases[..OUT * phase_len];
         for (i, column) in columns.chunks_exact(span).enumerate() {
+            let (zero_one, two_three) = phases.split_at_mut(2 * phase_len);
+            let (zero, one) = zero_one.split_at_mut(phase_len);
+            let (two, three) = two_three.split_at_mut(phase_len);
+            let quads = column.chunks_exact(OUT);
+            let last = quads.remainder();
+            for (m, quad) in quads.enumerate() {
+                (zero[m], one[m], two[m], three[m]) = (quad[0], quad[1], quad[2], quad[3]);
+            }
+            (zero[tiles], one[tiles]) = (last[0], last[1]);
             let mut positions = target.chunks_mut(stride).skip(i * TILE);
             let offset = tile - first;
             let mut targets: [&mut [f32]; TILE] = std::array::from_fn(|_| {
                 &mut positions.next().expect("36 positions")[offset..offset + tiles]
             });
-            let whole = tiles - tiles % LANES;
-            for t in (0..whole).step_by(LANES) {
-                let d = array(|j| array(|l| column[OUT * (t + l) + j]));
-                for (target, values) in targets.iter_mut().zip(input_lanes(d)) {
-                    target[t..t + LANES].copy_from_slice(&values);
-                }
-            }
-            for t in whole..tiles {
-                let transformed = input_1d(column[OUT * t..][..TILE].try_into().unwrap());
-                for (target, value) in targets.iter_mut().zip(transformed) {
-                    target[t] = value;
+            for t in (0..tiles).step_by(LANES) {
+                // Lanes past the last tile read what an earlier row left; they are not stored.
+                let d = array(|j| {
+                    phases[(j % OUT) * phase_len + t + j / OUT..][..LANES]
+                        .try_into()
+                        .unwrap()
+                });
+                let transformed = input_lanes(d);
+                if tiles - t >= LANES {
+                    for (target, values) in targets.iter_mut().zip(transformed) {
+                        target[t..t + LANES].copy_from_slice(&values);
+                    }
+                } else {
+                    for (target, values) in targets.iter_mut().zip(transformed) {
+                        target[t..].copy_from_slice(&values[..tiles - t]);
+                    }
                 }
             }
         }
@@ -472,34 +560,46 @@ pub(super) fn conv(
         tiles_wide,
     };
     let per_position = panel_product::packed_len(outputs, depth);
+    // Positions of the transformed input and of the products lie a cache line more than whole
+    // matrices apart: at a multiple of 4 KiB the 36 rows a tile writes (or reads) would share
+    // one set of the L1 cache.
+    let input_stride = depth * columns + LINE;
+    let products_stride = padded_outputs * columns + LINE;
     let mut out = vec![0f32; shape.output_len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..frames_total * blocks).into_par_iter().for_each_init(
-        || {
-            (
-                vec![0f32; POSITIONS * depth * columns],
-                vec![0f32; POSITIONS * padded_outputs * columns],
-                vec![0f32; 2 * TILE * (OUT * tiles_wide + 2)],
-                vec![0f32; OUT * tiles_wide + 2],
-            )
-        },
-        |(input, products, scratch, zeros), task| {
+    (0..frames_total * blocks).into_par_iter().for_each(|task| {
+        TASK_BUFFERS.with_borrow_mut(|buffers| {
+            let input = grown(&mut buffers.input, POSITIONS * input_stride);
+            let products = grown(&mut buffers.products, POSITIONS * products_stride);
+            let scratch_len = transform_scratch(tiles_wide).max(2 * TILE * OUT * tiles_wide);
+            let scratch = grown(&mut buffers.scratch, scratch_len);
+            let zeros = grown(&mut buffers.zeros, OUT * tiles_wide + 2);
             let (item, frame, block) = shape.task(task, blocks);
             let first = block * per_block;
             let count = per_block.min(tiles - first);
             // `[36][kt * channels][columns]` (time tap major) and `[36][outputs][columns]`,
             // tile `first + t` in column `t`; columns past `count` hold what an earlier block
             // left there, and their products are never read.
+            let rows = input_frame.rows_read(first, count);
             for dt in 0..kt {
                 for c in 0..channels {
                     let plane = x.plane(item, c, frame * time_stride + dt);
+                    // The next plane's rows load while this one is transformed.
+                    let next = if c + 1 < channels {
+                        Some((c + 1, dt))
+                    } else {
+                        (dt + 1 < kt).then_some((0, dt + 1))
+                    };
+                    if let Some((c, dt)) = next {
+                        prefetch(&x.plane(item, c, frame * time_stride + dt)[rows.clone()]);
+                    }
                     transform_block(
                         plane,
                         &input_frame,
                         (first, count),
                         (scratch, zeros),
                         &mut input[(dt * channels + c) * columns..],
-                        depth * columns,
+                        input_stride,
                     );
                 }
             }
@@ -507,11 +607,8 @@ pub(super) fn conv(
             for position in 0..POSITIONS {
                 panel_product::product(
                     (&weights[position * per_position..], outputs, depth),
-                    (&input[position * depth * columns..], columns, used),
-                    (
-                        &mut products[position * padded_outputs * columns..],
-                        columns,
-                    ),
+                    (&input[position * input_stride..], columns, used),
+                    (&mut products[position * products_stride..], columns),
                 );
             }
             let output_frame = Frame {
@@ -527,7 +624,7 @@ pub(super) fn conv(
                 unsafe {
                     untransform_block(
                         &products[o * columns..],
-                        padded_outputs * columns,
+                        products_stride,
                         (first, count),
                         &output_frame,
                         b,
@@ -536,8 +633,8 @@ pub(super) fn conv(
                     );
                 }
             }
-        },
-    );
+        })
+    });
     TRANSFORMED_WEIGHTS.set(weights);
     out
 }
