@@ -217,7 +217,8 @@ impl Frame {
     /// The stored floats that the tiles `first..first + count` read: whole rows.
     fn rows_read(&self, first: usize, count: usize) -> std::ops::Range<usize> {
         let top = (OUT * (first / self.tiles_wide)).saturating_sub(self.padding);
-        let bottom = OUT * (first + count).div_ceil(self.tiles_wide) + 2 - self.padding;
+        let bottom =
+            (OUT * (first + count).div_ceil(self.tiles_wide) + 2).saturating_sub(self.padding);
         top.min(self.height) * self.width..bottom.min(self.height) * self.width
     }
 }
@@ -279,39 +280,35 @@ fn transform_block(
     target: &mut [f32],
     stride: usize,
 ) {
+    /// Defines `$name`: [`transform_block_portable`] compiled for `$feature`.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        /// [`transform_block_portable`] compiled for AVX-512.
-        #[target_feature(enable = "avx512f")]
-        fn avx512(
-            plane: &[f32],
-            frame: &Frame,
-            tiles: (usize, usize),
-            scratch: (&mut [f32], &[f32]),
-            target: &mut [f32],
-            stride: usize,
-        ) {
-            transform_block_portable(plane, frame, tiles, scratch, target, stride);
-        }
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe { avx512(plane, frame, tiles, scratch, target, stride) };
+    macro_rules! compiled_for {
+        ($name:ident, $feature:literal) => {
+            #[target_feature(enable = $feature)]
+            fn $name(
+                plane: &[f32],
+                frame: &Frame,
+                tiles: (usize, usize),
+                scratch: (&mut [f32], &[f32]),
+                target: &mut [f32],
+                stride: usize,
+            ) {
+                transform_block_portable(plane, frame, tiles, scratch, target, stride);
+            }
+        };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        /// [`transform_block_portable`] compiled for AVX2.
-        #[target_feature(enable = "avx2")]
-        fn avx2(
-            plane: &[f32],
-            frame: &Frame,
-            tiles: (usize, usize),
-            scratch: (&mut [f32], &[f32]),
-            target: &mut [f32],
-            stride: usize,
-        ) {
-            transform_block_portable(plane, frame, tiles, scratch, target, stride);
+    {
+        compiled_for!(avx512, "avx512f");
+        compiled_for!(avx2, "avx2");
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { avx512(plane, frame, tiles, scratch, target, stride) };
         }
-        // SAFETY: the CPU has AVX2.
-        return unsafe { avx2(plane, frame, tiles, scratch, target, stride) };
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(plane, frame, tiles, scratch, target, stride) };
+        }
     }
     transform_block_portable(plane, frame, tiles, scratch, target, stride);
 }
