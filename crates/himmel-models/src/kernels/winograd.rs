@@ -81,10 +81,14 @@ fn weight_1d([g0, g1, g2]: [f32; 3]) -> [f32; TILE] {
     ]
 }
 
+/// Lanes of the weight transform: a panel's `MR` kernels and unused lanes up to a whole
+/// 16-lane vector (partial vectors stored and loaded again stall).
+const WEIGHT_LANES: usize = 16;
+
 /// [`weight_1d`] of a panel's `MR` kernels at once: `g[j][r]` is tap `j` of kernel `r`.
-fn weight_lanes(g: [[f32; MR]; 3]) -> [[f32; MR]; TILE] {
-    let mut out = [[0f32; MR]; TILE];
-    for r in 0..MR {
+fn weight_lanes(g: [[f32; WEIGHT_LANES]; 3]) -> [[f32; WEIGHT_LANES]; TILE] {
+    let mut out = [[0f32; WEIGHT_LANES]; TILE];
+    for r in 0..WEIGHT_LANES {
         for (k, value) in weight_1d(array(|j| g[j][r])).into_iter().enumerate() {
             out[k][r] = value;
         }
@@ -142,6 +146,20 @@ fn transform_weights(shape: &Conv, weight: &[f32], transformed: &mut Vec<f32>) {
 /// `target` holds the transformed weights of `shape`; no other thread writes this panel's rows.
 unsafe fn transform_panel(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        /// [`transform_panel_portable`] compiled for AVX-512.
+        ///
+        /// # Safety
+        /// As [`transform_panel`].
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
+            // SAFETY: as the caller promises.
+            unsafe { transform_panel_portable(shape, weight, panel, target) }
+        }
+        // SAFETY: the CPU has AVX-512F; the rest as the caller promises.
+        return unsafe { avx512(shape, weight, panel, target) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         /// [`transform_panel_portable`] compiled for AVX2.
         ///
@@ -166,21 +184,26 @@ unsafe fn transform_panel(shape: &Conv, weight: &[f32], panel: usize, target: *m
 /// As [`transform_panel`].
 #[inline(always)]
 unsafe fn transform_panel_portable(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
+    /// Channels whose taps are laid side by side before any is transformed: vector loads
+    /// straight after the scalar stores that fill them would stall.
+    const CHANNELS: usize = 16;
     let (kt, channels, outputs) = (shape.kernel.0, shape.channels, shape.outputs);
     let depth = kt * channels;
     let per_position = panel_product::packed_len(outputs, depth);
-    for c in 0..channels {
-        for dt in 0..kt {
-            let g: [[f32; MR]; 9] = array(|tap| {
-                array(|r| {
-                    let o = panel * MR + r;
-                    if o < outputs {
-                        weight[((o * channels + c) * kt + dt) * 9 + tap]
-                    } else {
-                        0.0
-                    }
-                })
-            });
+    // `taps[c * kt + dt][tap][r]`; lanes past the last output stay zero.
+    let mut taps = vec![[[0f32; WEIGHT_LANES]; 9]; CHANNELS * kt];
+    for c0 in (0..channels).step_by(CHANNELS) {
+        let chunk = CHANNELS.min(channels - c0);
+        for (r, o) in (panel * MR..outputs.min((panel + 1) * MR)).enumerate() {
+            let kernels = &weight[(o * channels + c0) * kt * 9..][..chunk * kt * 9];
+            for (lanes, kernel) in taps.iter_mut().zip(kernels.chunks_exact(9)) {
+                for (lane, &tap) in lanes.iter_mut().zip(kernel) {
+                    lane[r] = tap;
+                }
+            }
+        }
+        for (index, g) in taps[..chunk * kt].iter().enumerate() {
+            let (c, dt) = (c0 + index / kt, index % kt);
             let [first, second, third] = array(|j| weight_lanes([g[j], g[3 + j], g[6 + j]]));
             let at = panel_product::packed_index(panel * MR, dt * channels + c, depth);
             let columns = first.into_iter().zip(second).zip(third);
@@ -190,7 +213,7 @@ unsafe fn transform_panel_portable(shape: &Conv, weight: &[f32], panel: usize, t
                     // `target` (caller's promise).
                     unsafe {
                         std::ptr::copy_nonoverlapping(
-                            values.as_ptr(),
+                            values[..MR].as_ptr(),
                             target.add((i * TILE + j) * per_position + at),
                             MR,
                         );
