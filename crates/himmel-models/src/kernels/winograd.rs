@@ -120,6 +120,31 @@ fn output_1d([m0, m1, m2, m3, m4, m5]: [f32; TILE]) -> [f32; OUT] {
     ]
 }
 
+/// Returns `$portable(args)` compiled for the first of `features` this CPU has (the transforms
+/// are plain Rust that the compiler vectorises for what it may use); falls through where it has
+/// none. Used only where the portable function's contract is the caller's: the features are
+/// checked here.
+macro_rules! return_built_for {
+    ([], $($rest:tt)*) => {};
+    ([$feature:tt $(, $more:tt)*], $portable:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = $feature)]
+            #[allow(unused_unsafe)]
+            unsafe fn build($($arg: $ty),*) {
+                // SAFETY: the caller of the dispatching function keeps the portable one's
+                // contract.
+                unsafe { $portable($($arg),*) }
+            }
+            if std::arch::is_x86_feature_detected!($feature) {
+                // SAFETY: the CPU has the feature; the rest as above.
+                return unsafe { build($($arg),*) };
+            }
+        }
+        return_built_for!([$($more),*], $portable($($arg: $ty),*));
+    };
+}
+
 /// `G g Gᵀ` of every 3x3 kernel into `transformed` (resized to fit): for each of the 36
 /// positions, the `outputs x (kt * channels)` matrix packed for [`panel_product`] (depth step
 /// `dt * channels + c`), panels of outputs in parallel.
@@ -145,34 +170,10 @@ fn transform_weights(shape: &Conv, weight: &[f32], transformed: &mut Vec<f32>) {
 /// # Safety
 /// `target` holds the transformed weights of `shape`; no other thread writes this panel's rows.
 unsafe fn transform_panel(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        /// [`transform_panel_portable`] compiled for AVX-512.
-        ///
-        /// # Safety
-        /// As [`transform_panel`].
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
-            // SAFETY: as the caller promises.
-            unsafe { transform_panel_portable(shape, weight, panel, target) }
-        }
-        // SAFETY: the CPU has AVX-512F; the rest as the caller promises.
-        return unsafe { avx512(shape, weight, panel, target) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        /// [`transform_panel_portable`] compiled for AVX2.
-        ///
-        /// # Safety
-        /// As [`transform_panel`].
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
-            // SAFETY: as the caller promises.
-            unsafe { transform_panel_portable(shape, weight, panel, target) }
-        }
-        // SAFETY: the CPU has AVX2; the rest as the caller promises.
-        return unsafe { avx2(shape, weight, panel, target) };
-    }
+    return_built_for!(
+        ["avx512f", "avx2"],
+        transform_panel_portable(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32)
+    );
     // SAFETY: as the caller promises.
     unsafe { transform_panel_portable(shape, weight, panel, target) }
 }
@@ -303,36 +304,17 @@ fn transform_block(
     target: &mut [f32],
     stride: usize,
 ) {
-    /// Defines `$name`: [`transform_block_portable`] compiled for `$feature`.
-    #[cfg(target_arch = "x86_64")]
-    macro_rules! compiled_for {
-        ($name:ident, $feature:literal) => {
-            #[target_feature(enable = $feature)]
-            fn $name(
-                plane: &[f32],
-                frame: &Frame,
-                tiles: (usize, usize),
-                scratch: (&mut [f32], &[f32]),
-                target: &mut [f32],
-                stride: usize,
-            ) {
-                transform_block_portable(plane, frame, tiles, scratch, target, stride);
-            }
-        };
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        compiled_for!(avx512, "avx512f");
-        compiled_for!(avx2, "avx2");
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { avx512(plane, frame, tiles, scratch, target, stride) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { avx2(plane, frame, tiles, scratch, target, stride) };
-        }
-    }
+    return_built_for!(
+        ["avx512f", "avx2"],
+        transform_block_portable(
+            plane: &[f32],
+            frame: &Frame,
+            tiles: (usize, usize),
+            scratch: (&mut [f32], &[f32]),
+            target: &mut [f32],
+            stride: usize,
+        )
+    );
     transform_block_portable(plane, frame, tiles, scratch, target, stride);
 }
 
@@ -450,14 +432,9 @@ unsafe fn untransform_block(
     scratch: &mut [f32],
     plane: *mut f32,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        /// [`untransform_block_portable`] compiled for AVX2.
-        ///
-        /// # Safety
-        /// As [`untransform_block`].
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(
+    return_built_for!(
+        ["avx2"],
+        untransform_block_portable(
             products: &[f32],
             stride: usize,
             tiles: (usize, usize),
@@ -465,15 +442,8 @@ unsafe fn untransform_block(
             bias: f32,
             scratch: &mut [f32],
             plane: *mut f32,
-        ) {
-            // SAFETY: as the caller promises.
-            unsafe {
-                untransform_block_portable(products, stride, tiles, frame, bias, scratch, plane)
-            }
-        }
-        // SAFETY: the CPU has AVX2; the rest as the caller promises.
-        return unsafe { avx2(products, stride, tiles, frame, bias, scratch, plane) };
-    }
+        )
+    );
     // SAFETY: as the caller promises.
     unsafe { untransform_block_portable(products, stride, tiles, frame, bias, scratch, plane) }
 }
@@ -580,11 +550,8 @@ pub(super) fn conv(
         tiles_wide,
     };
     let per_position = panel_product::packed_len(outputs, depth);
-    // Positions of the transformed input and of the products lie a cache line more than whole
-    // matrices apart: at a multiple of 4 KiB the 36 rows a tile writes (or reads) would share
-    // one set of the L1 cache.
-    let input_stride = depth * columns + LINE;
-    let products_stride = padded_outputs * columns + LINE;
+    let input_stride = depth * columns;
+    let products_stride = padded_outputs * columns;
     let mut out = vec![0f32; shape.output_len()];
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..frames_total * blocks).into_par_iter().for_each(|task| {
