@@ -39,34 +39,39 @@ pub fn conv3d(
     padding: usize,
     time_stride: usize,
 ) -> Result<Tensor> {
-    conv3d_after(None, x, weight, bias, padding, time_stride)
+    conv3d_after(&[], x, weight, bias, padding, time_stride)
 }
 
-/// [`conv3d`] of `front` `[B, C, T0, H, W]` and `x` joined in time, without joining them where
-/// the kernel can read both in place (a causal cache in front of a chunk).
+/// [`conv3d`] of the frames `front` (tensors `[B, C, t, H, W]`, in time order) and `x` joined
+/// in time, without joining them: the kernel reads every part in place (a causal cache in front
+/// of a chunk).
 pub fn conv3d_after(
-    front: Option<&Tensor>,
+    front: &[Tensor],
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     padding: usize,
     time_stride: usize,
 ) -> Result<Tensor> {
-    let (batch, channels, rest_frames, height, width) = x.dims5()?;
-    let front_frames = match front {
-        Some(front) => {
-            let (b, c, frames, h, w) = front.dims5()?;
-            if (b, c, h, w) != (batch, channels, height, width) {
-                bail!(
-                    "conv3d: frames in front are {b}x{c}x{h}x{w}, the clip {batch}x{channels}x\
-                     {height}x{width}"
-                );
-            }
-            frames
+    let (batch, channels, _, height, width) = x.dims5()?;
+    for part in front {
+        let (b, c, _, h, w) = part.dims5()?;
+        if (b, c, h, w) != (batch, channels, height, width) {
+            bail!(
+                "conv3d: frames in front are {b}x{c}x{h}x{w}, the clip {batch}x{channels}x\
+                 {height}x{width}"
+            );
         }
-        None => 0,
-    };
-    let frames = front_frames + rest_frames;
+    }
+    let parts = front
+        .iter()
+        .chain(std::iter::once(x))
+        .map(Tensor::contiguous)
+        .collect::<Result<Vec<_>>>()?;
+    let frames = parts
+        .iter()
+        .map(|part| part.dim(2))
+        .sum::<Result<usize>>()?;
     let shape = Conv::new(
         (batch, channels, frames, height, width),
         weight.dims5()?,
@@ -88,23 +93,16 @@ pub fn conv3d_after(
             shape.outputs
         );
     }
-    let front = front.map(Tensor::contiguous).transpose()?;
-    let front_storage = front.as_ref().map(Tensor::storage_and_layout);
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let clip = Clip {
-        front: match (&front, &front_storage) {
-            (Some(front), Some((storage, layout))) => {
-                cpu_slice(storage, layout.start_offset(), front.elem_count())?
-            }
-            _ => &[],
-        },
-        front_frames,
-        rest: cpu_slice(&storage, layout.start_offset(), x.elem_count())?,
-        channels,
-        frames,
-        frame_size: height * width,
-    };
+    let storages = parts
+        .iter()
+        .map(Tensor::storage_and_layout)
+        .collect::<Vec<_>>();
+    let mut runs = Vec::with_capacity(parts.len());
+    for (part, (storage, layout)) in parts.iter().zip(&storages) {
+        let data = cpu_slice(storage, layout.start_offset(), part.elem_count())?;
+        runs.push((data, part.dim(2)?));
+    }
+    let clip = Clip::new(runs, channels, height * width);
     let out = convolve(&shape, &clip, padding, weight, &bias);
     Tensor::from_vec(out, shape.output_dims(), x.device())
 }
@@ -126,36 +124,41 @@ pub(super) fn convolve(
     }
 }
 
-/// A convolution's input, `[B, C, T, H, W]` f32, whose first frames may lie apart from the rest.
+/// A convolution's input, `[B, C, T, H, W]` f32, whose frames may lie in several runs apart.
 pub(super) struct Clip<'a> {
-    /// The first `front_frames` frames, `[B, C, front_frames, H, W]`.
-    pub front: &'a [f32],
-    /// Frames in `front`.
-    pub front_frames: usize,
-    /// The other frames, `[B, C, frames - front_frames, H, W]`.
-    pub rest: &'a [f32],
+    /// Runs of consecutive frames in time order: values `[B, C, frames, H, W]` and `frames`.
+    runs: Vec<(&'a [f32], usize)>,
     /// Channels.
-    pub channels: usize,
+    channels: usize,
     /// Frames in all.
-    pub frames: usize,
+    frames: usize,
     /// `H x W`.
-    pub frame_size: usize,
+    frame_size: usize,
 }
 
-impl Clip<'_> {
+impl<'a> Clip<'a> {
+    /// The clip made of `runs` (values `[B, C, frames, H, W]` and `frames`, in time order).
+    pub fn new(runs: Vec<(&'a [f32], usize)>, channels: usize, frame_size: usize) -> Self {
+        let frames = runs.iter().map(|&(_, frames)| frames).sum();
+        Self {
+            runs,
+            channels,
+            frames,
+            frame_size,
+        }
+    }
+
     /// Frame `t` of `channel` in clip `item`.
     pub fn plane(&self, item: usize, channel: usize, t: usize) -> &[f32] {
-        let (data, frames, t) = if t < self.front_frames {
-            (self.front, self.front_frames, t)
-        } else {
-            (
-                self.rest,
-                self.frames - self.front_frames,
-                t - self.front_frames,
-            )
-        };
-        &data[((item * self.channels + channel) * frames + t) * self.frame_size..]
-            [..self.frame_size]
+        let mut t = t;
+        for &(data, frames) in &self.runs {
+            if t < frames {
+                return &data[((item * self.channels + channel) * frames + t) * self.frame_size..]
+                    [..self.frame_size];
+            }
+            t -= frames;
+        }
+        panic!("frame past the clip's {} frames", self.frames)
     }
 }
 
@@ -493,23 +496,30 @@ pub(super) mod tests {
     #[test]
     fn frames_in_front_convolve_as_if_joined() -> Result<()> {
         let device = Device::Cpu;
-        // (batch, channels, front frames, frames, kt, k): Winograd's path, then the direct one.
-        for (batch, channels, front, frames, kt, k) in
-            [(2, 16, 2, 3, 3, 3), (1, 16, 1, 1, 2, 3), (2, 5, 2, 2, 3, 3)]
-        {
+        // (batch, channels, front frames, frames, kt, k): Winograd's path, then the direct one;
+        // the front frames are passed one tensor per frame, as a causal cache holds them.
+        for (batch, channels, front, frames, kt, k) in [
+            (2, 16, 2, 3, 3, 3),
+            (1, 16, 1, 1, 2, 3),
+            (1, 16, 3, 2, 3, 3),
+            (2, 5, 2, 2, 3, 3),
+        ] {
             let before = Tensor::randn(0f32, 1.0, (batch, channels, front, 6, 7), &device)?;
             let x = Tensor::randn(0f32, 1.0, (batch, channels, frames, 6, 7), &device)?;
             let weight = Tensor::randn(0f32, 1.0, (16, channels, kt, k, k), &device)?;
             let bias = Tensor::randn(0f32, 1.0, 16, &device)?;
             let joined = conv3d(&Tensor::cat(&[&before, &x], 2)?, &weight, &bias, 1, 1)?;
-            let apart = conv3d_after(Some(&before), &x, &weight, &bias, 1, 1)?;
+            let parts = (0..front)
+                .map(|t| before.narrow(2, t, 1))
+                .collect::<Result<Vec<_>>>()?;
+            let apart = conv3d_after(&parts, &x, &weight, &bias, 1, 1)?;
             assert_eq!(max_abs_difference(&apart, &joined)?, 0.0);
         }
         let other = Tensor::zeros((1, 16, 2, 5, 7), DType::F32, &device)?;
         let x = Tensor::zeros((1, 16, 1, 6, 7), DType::F32, &device)?;
         let weight = Tensor::zeros((16, 16, 3, 3, 3), DType::F32, &device)?;
         let bias = Tensor::zeros(16, DType::F32, &device)?;
-        let error = conv3d_after(Some(&other), &x, &weight, &bias, 1, 1).unwrap_err();
+        let error = conv3d_after(&[other], &x, &weight, &bias, 1, 1).unwrap_err();
         assert!(error.to_string().contains("frames in front"), "{error}");
         Ok(())
     }

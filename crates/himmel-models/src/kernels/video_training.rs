@@ -75,14 +75,7 @@ fn clip_of<'a>(
         padding,
         time_stride,
     )?;
-    let clip = Clip {
-        front: &[],
-        front_frames: 0,
-        rest: x,
-        channels,
-        frames,
-        frame_size: height * width,
-    };
+    let clip = Clip::new(vec![(x, frames)], channels, height * width);
     Ok((shape, clip))
 }
 

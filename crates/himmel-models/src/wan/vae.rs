@@ -220,20 +220,11 @@ pub fn latent_cells(
     cells.reshape(shape)
 }
 
-/// What a cache slot holds between chunks.
-#[derive(Debug, Clone)]
-enum Slot {
-    /// Nothing yet (first chunk).
-    Empty,
-    /// An upsampler that has seen its first chunk (which it passes through unchanged).
-    Repeat,
-    /// The last input frames the layer saw.
-    Frames(Tensor),
-}
-
-/// The per-layer caches of one encode or decode, handed out in call order.
+/// The per-layer caches of one encode or decode, handed out in call order. A slot is `None`
+/// before its layer's first chunk, then holds the last input frames the layer saw (at most
+/// two), oldest first, as the tensors they came in: the causal convolutions read them in place.
 struct TimeCache {
-    slots: Vec<Slot>,
+    slots: Vec<Option<Vec<Tensor>>>,
     cursor: usize,
 }
 
@@ -250,9 +241,9 @@ impl TimeCache {
         self.cursor = 0;
     }
 
-    fn next(&mut self) -> &mut Slot {
+    fn next(&mut self) -> &mut Option<Vec<Tensor>> {
         if self.cursor == self.slots.len() {
-            self.slots.push(Slot::Empty);
+            self.slots.push(None);
         }
         self.cursor += 1;
         &mut self.slots[self.cursor - 1]
@@ -267,6 +258,23 @@ fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     x.narrow(2, frames - n, n)?.force_contiguous()
+}
+
+/// The last `n` frames of the frame tensors `earlier` (oldest first) followed by `x`, oldest
+/// first: tensors kept whole are not copied, one cut is (see [`last_frames`]).
+fn keep_last(earlier: Vec<Tensor>, x: &Tensor, n: usize) -> Result<Vec<Tensor>> {
+    let mut kept = Vec::new();
+    let mut count = 0;
+    for frames in std::iter::once(x).chain(earlier.iter().rev()) {
+        if count == n {
+            break;
+        }
+        let part = last_frames(frames, n - count)?;
+        count += part.dim(2)?;
+        kept.push(part);
+    }
+    kept.reverse();
+    Ok(kept)
 }
 
 /// Applies a 2-D op to every frame of `[B, C, T, H, W]`.
@@ -389,21 +397,31 @@ impl CausalConv3d {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
-        let cache = cache.filter(|_| self.front > 0);
+    /// The convolution of `x` with the frames `before` (a cache, oldest first) in front of it,
+    /// and zeros in front of those up to the kernel's causal padding.
+    fn forward(&self, x: &Tensor, before: &[Tensor]) -> Result<Tensor> {
+        let before = if self.front > 0 { before } else { &[] };
+        let cached = before
+            .iter()
+            .map(|frames| frames.dim(2))
+            .sum::<Result<usize>>()?;
+        let Some(zeros) = self.front.checked_sub(cached) else {
+            candle_core::bail!(
+                "causal conv3d: {cached} cached frames for a padding of {}",
+                self.front
+            );
+        };
         if video::applies(x, &self.weight) {
-            // The cached frames (zeros before the first chunk) are read in place, not joined.
-            let front = match cache {
-                Some(cached) => Some(cached.pad_with_zeros(2, self.front - cached.dim(2)?, 0)?),
-                None if self.front > 0 => {
-                    let (batch, channels, _, height, width) = x.dims5()?;
-                    let shape = (batch, channels, self.front, height, width);
-                    Some(Tensor::zeros(shape, x.dtype(), x.device())?)
-                }
-                None => None,
-            };
+            // The cached frames (and zeros before the first chunk) are read in place, not joined.
+            let mut front = Vec::with_capacity(before.len() + 1);
+            if zeros > 0 {
+                let (batch, channels, _, height, width) = x.dims5()?;
+                let shape = (batch, channels, zeros, height, width);
+                front.push(Tensor::zeros(shape, x.dtype(), x.device())?);
+            }
+            front.extend_from_slice(before);
             return video::conv3d_after(
-                front.as_ref(),
+                &front,
                 x,
                 &self.weight,
                 &self.bias,
@@ -411,13 +429,11 @@ impl CausalConv3d {
                 self.time_stride,
             );
         }
-        let mut x = x.clone();
-        let mut front = self.front;
-        if let Some(cached) = cache {
-            front -= cached.dim(2)?;
-            x = Tensor::cat(&[cached, &x], 2)?;
-        }
-        let x = x.pad_with_zeros(2, front, 0)?.contiguous()?;
+        let mut parts = before.to_vec();
+        parts.push(x.clone());
+        let x = Tensor::cat(&parts, 2)?
+            .pad_with_zeros(2, zeros, 0)?
+            .contiguous()?;
         if video_training::applies(&x, &self.weight) {
             return video_training::conv3d(
                 &x,
@@ -460,18 +476,9 @@ impl CausalConv3d {
     /// Runs with the layer's cache slot: the cache holds the last two input frames.
     fn forward_cached(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         let slot = cache.next();
-        let previous = match slot {
-            Slot::Frames(frames) => Some(frames.clone()),
-            _ => None,
-        };
-        let mut keep = last_frames(x, 2)?;
-        if keep.dim(2)? < 2
-            && let Some(previous) = &previous
-        {
-            keep = Tensor::cat(&[&last_frames(previous, 1)?, &keep], 2)?;
-        }
-        let out = self.forward(x, previous.as_ref())?;
-        *slot = Slot::Frames(keep);
+        let before = slot.take().unwrap_or_default();
+        let out = self.forward(x, &before)?;
+        *slot = Some(keep_last(before, x, 2)?);
         Ok(out)
     }
 }
@@ -550,7 +557,7 @@ impl ResidualBlock {
 
     fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         let skip = match &self.shortcut {
-            Some(conv) => conv.forward(x, None)?,
+            Some(conv) => conv.forward(x, &[])?,
             None => x.clone(),
         };
         let h = self
@@ -656,18 +663,13 @@ impl Downsample {
         let Some(time_conv) = &self.time_conv else {
             return Ok(x);
         };
-        let slot = cache.next();
-        match slot {
-            Slot::Frames(previous) => {
-                let joined = Tensor::cat(&[&last_frames(previous, 1)?, &x], 2)?;
-                *slot = Slot::Frames(last_frames(&x, 1)?);
-                time_conv.forward(&joined, None)
+        match cache.next().replace(vec![last_frames(&x, 1)?]) {
+            Some(mut joined) => {
+                joined.push(x);
+                time_conv.forward(&Tensor::cat(&joined, 2)?, &[])
             }
-            _ => {
-                // The first chunk passes through; it is kept for the next one.
-                *slot = Slot::Frames(x.clone());
-                Ok(x)
-            }
+            // The first chunk passes through; its last frame is kept for the next one.
+            None => Ok(x),
         }
     }
 }
@@ -705,30 +707,17 @@ impl Upsample {
         let mut x = x.clone();
         if let Some(time_conv) = &self.time_conv {
             let slot = cache.next();
-            match slot.clone() {
-                Slot::Empty => *slot = Slot::Repeat,
-                previous => {
-                    let mut keep = last_frames(&x, 2)?;
-                    if keep.dim(2)? < 2 {
-                        let before = match &previous {
-                            Slot::Frames(frames) => last_frames(frames, 1)?,
-                            _ => keep.zeros_like()?,
-                        };
-                        keep = Tensor::cat(&[&before, &keep], 2)?;
-                    }
-                    let cached = match &previous {
-                        Slot::Frames(frames) => Some(frames),
-                        _ => None,
-                    };
-                    let doubled = time_conv.forward(&x, cached)?;
-                    *slot = Slot::Frames(keep);
-                    // Channels [0, C) are the earlier frame of each pair, [C, 2C) the later.
-                    let (batch, channels, frames, height, width) = x.dims5()?;
-                    x = doubled
-                        .reshape((batch, 2, channels, frames, height, width))?
-                        .permute((0, 2, 3, 1, 4, 5))?
-                        .reshape((batch, channels, 2 * frames, height, width))?;
-                }
+            // The first chunk passes through unchanged (leaving no frames in the cache, so the
+            // second sees zeros in front of it).
+            if let Some(before) = slot.replace(Vec::new()) {
+                let doubled = time_conv.forward(&x, &before)?;
+                *slot = Some(keep_last(before, &x, 2)?);
+                // Channels [0, C) are the earlier frame of each pair, [C, 2C) the later.
+                let (batch, channels, frames, height, width) = x.dims5()?;
+                x = doubled
+                    .reshape((batch, 2, channels, frames, height, width))?
+                    .permute((0, 2, 3, 1, 4, 5))?
+                    .reshape((batch, channels, 2 * frames, height, width))?;
             }
         }
         if let Some(bias) = self.spatial.bias()
@@ -1082,7 +1071,7 @@ impl WanVae {
             chunks.push(encoder.forward(&video.narrow(2, start, length)?, &mut cache)?);
             start += length;
         }
-        let moments = quant_conv.forward(&Tensor::cat(&chunks, 2)?, None)?;
+        let moments = quant_conv.forward(&Tensor::cat(&chunks, 2)?, &[])?;
         let z = self.config.z_dim;
         Ok((moments.narrow(1, 0, z)?, moments.narrow(1, z, z)?))
     }
@@ -1095,7 +1084,7 @@ impl WanVae {
 
     /// [`WanVae::decode`] without the final clamp (training needs gradients everywhere).
     pub fn decode_unclamped(&self, latents: &Tensor) -> Result<Tensor> {
-        let x = self.post_quant_conv.forward(latents, None)?;
+        let x = self.post_quant_conv.forward(latents, &[])?;
         let mut cache = TimeCache::new();
         let frames = (0..x.dim(2)?)
             .map(|i| self.decoder.forward(&x.narrow(2, i, 1)?, &mut cache))
