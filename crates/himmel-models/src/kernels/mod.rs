@@ -24,6 +24,7 @@ pub mod attention;
 pub mod bf16_gemm;
 pub mod bf16_linear;
 mod elementwise;
+mod few_outputs;
 #[cfg(target_arch = "x86_64")]
 pub mod int8_gemm;
 pub mod modulation;

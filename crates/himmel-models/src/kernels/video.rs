@@ -9,12 +9,13 @@
 //! the output (which carries `kw - 1` unused columns per row until it is copied out). Outputs
 //! are computed in blocks of rows small enough to stay in cache across the taps, blocks running
 //! in parallel. Kernels 3x3 in space with 16 or more channels on both sides take Winograd's
-//! minimal filtering instead (`winograd.rs`), which needs a quarter of the products.
+//! minimal filtering instead (`winograd.rs`), which needs a quarter of the products; layers
+//! with few outputs (RGB) sum each strip of a row in registers (`few_outputs.rs`).
 
 use candle_core::{DType, Result, Tensor, bail};
 use rayon::prelude::*;
 
-use super::{SendPtr, cpu_slice, elementwise, product, winograd};
+use super::{SendPtr, cpu_slice, elementwise, few_outputs, product, winograd};
 
 /// Floats of one block's accumulator: 512 KiB stays in a core's L2 cache across the taps
 /// (measured best of 128 KiB to 8 MiB on `himmel bench wan --width 128 --height 128 --frames 5`).
@@ -109,7 +110,7 @@ pub fn conv3d_after(
 
 /// The convolution `shape` describes of `clip` (not padded in space) with `weight`
 /// `[O, C, kt, kh, kw]` and `bias` `[O]`, as `[B, O, T', H', W']` values: Winograd's where it
-/// applies, else one product per tap.
+/// applies, sums in registers for few outputs, else one product per tap.
 pub(super) fn convolve(
     shape: &Conv,
     clip: &Clip,
@@ -119,6 +120,8 @@ pub(super) fn convolve(
 ) -> Vec<f32> {
     if winograd::applies(shape) {
         winograd::conv(shape, clip, padding, weight, bias)
+    } else if few_outputs::applies(shape) {
+        few_outputs::conv(shape, &pad_frames(shape, clip, padding), weight, bias)
     } else {
         direct(shape, &pad_frames(shape, clip, padding), weight, bias)
     }
@@ -376,14 +379,14 @@ pub(super) fn normalise_channels(data: &[f32], gain: &[f32], batch: usize, silu:
 }
 
 /// The frames of `clip` with `padding` zeros around each (the sizes `shape` gives), flattened,
-/// plus a row of slack at the end for the last taps' reads of unused columns.
+/// plus a row and a strip of slack at the end for the last taps' reads of unused columns.
 pub(super) fn pad_frames(shape: &Conv, clip: &Clip, padding: usize) -> Vec<f32> {
     let padded_width = shape.padded_width;
     let width = padded_width - 2 * padding;
     let frame_size = shape.padded_height * padded_width;
     let (channels, frames) = (shape.channels, shape.frames);
     let count = shape.batch * channels * frames * frame_size;
-    let mut padded = vec![0f32; count + padded_width];
+    let mut padded = vec![0f32; count + padded_width + few_outputs::STRIP];
     padded[..count]
         .par_chunks_mut(frame_size)
         .enumerate()
