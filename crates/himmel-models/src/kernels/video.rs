@@ -40,12 +40,12 @@ pub fn conv3d(
     padding: usize,
     time_stride: usize,
 ) -> Result<Tensor> {
-    conv3d_after(&[], x, weight, bias, padding, time_stride)
+    conv3d_after(&[], x, weight, bias, padding, time_stride, None)
 }
 
 /// [`conv3d`] of the frames `front` (tensors `[B, C, t, H, W]`, in time order) and `x` joined
 /// in time, without joining them: the kernel reads every part in place (a causal cache in front
-/// of a chunk).
+/// of a chunk). With `residual` (f32, the output's shape) the result is added to it, in place.
 pub fn conv3d_after(
     front: &[Tensor],
     x: &Tensor,
@@ -53,6 +53,7 @@ pub fn conv3d_after(
     bias: &Tensor,
     padding: usize,
     time_stride: usize,
+    residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (batch, channels, _, height, width) = x.dims5()?;
     for part in front {
@@ -104,8 +105,54 @@ pub fn conv3d_after(
         runs.push((data, part.dim(2)?));
     }
     let clip = Clip::new(runs, channels, height * width);
-    let out = convolve(&shape, &clip, padding, weight, &bias);
+    let mut out = convolve(&shape, &clip, padding, weight, &bias);
+    if let Some(residual) = residual {
+        let dims = shape.output_dims();
+        if residual.dims5()? != dims || residual.dtype() != DType::F32 {
+            bail!(
+                "conv3d: residual {:?} {:?} for an f32 output {dims:?}",
+                residual.dims(),
+                residual.dtype()
+            );
+        }
+        let residual = residual.contiguous()?;
+        let (storage, layout) = residual.storage_and_layout();
+        let values = cpu_slice(&storage, layout.start_offset(), residual.elem_count())?;
+        out.par_chunks_mut(SPAN)
+            .zip(values.par_chunks(SPAN))
+            .for_each(|(out, values)| {
+                for (out, value) in out.iter_mut().zip(values) {
+                    *out += value;
+                }
+            });
+    }
     Tensor::from_vec(out, shape.output_dims(), x.device())
+}
+
+/// Every frame of `x` `[B, C, T, H, W]` (f32 on the CPU) at twice its height and width by
+/// nearest neighbours, planes in parallel (candle's upsampling runs on one thread).
+pub fn upsample_nearest_twice(x: &Tensor) -> Result<Tensor> {
+    let (batch, channels, frames, height, width) = x.dims5()?;
+    let shape = (batch, channels, frames, 2 * height, 2 * width);
+    if x.elem_count() == 0 {
+        return Tensor::zeros(shape, DType::F32, x.device());
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let data = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
+    let mut out = vec![0f32; 4 * data.len()];
+    out.par_chunks_mut(4 * height * width)
+        .zip(data.par_chunks(height * width))
+        .for_each(|(target, plane)| {
+            for (rows, values) in target.chunks_exact_mut(4 * width).zip(plane.chunks(width)) {
+                let (upper, lower) = rows.split_at_mut(2 * width);
+                for (pair, &value) in upper.chunks_exact_mut(2).zip(values) {
+                    pair.fill(value);
+                }
+                lower.copy_from_slice(upper);
+            }
+        });
+    Tensor::from_vec(out, shape, x.device())
 }
 
 /// The convolution `shape` describes of `clip` (not padded in space) with `weight`
@@ -515,15 +562,46 @@ pub(super) mod tests {
             let parts = (0..front)
                 .map(|t| before.narrow(2, t, 1))
                 .collect::<Result<Vec<_>>>()?;
-            let apart = conv3d_after(&parts, &x, &weight, &bias, 1, 1)?;
+            let apart = conv3d_after(&parts, &x, &weight, &bias, 1, 1, None)?;
             assert_eq!(max_abs_difference(&apart, &joined)?, 0.0);
         }
         let other = Tensor::zeros((1, 16, 2, 5, 7), DType::F32, &device)?;
         let x = Tensor::zeros((1, 16, 1, 6, 7), DType::F32, &device)?;
         let weight = Tensor::zeros((16, 16, 3, 3, 3), DType::F32, &device)?;
         let bias = Tensor::zeros(16, DType::F32, &device)?;
-        let error = conv3d_after(&[other], &x, &weight, &bias, 1, 1).unwrap_err();
+        let error = conv3d_after(&[other], &x, &weight, &bias, 1, 1, None).unwrap_err();
         assert!(error.to_string().contains("frames in front"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_residual_is_added_to_the_output() -> Result<()> {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (1, 16, 1, 6, 7), &device)?;
+        let before = Tensor::randn(0f32, 1.0, (1, 16, 2, 6, 7), &device)?;
+        let weight = Tensor::randn(0f32, 1.0, (16, 16, 3, 3, 3), &device)?;
+        let bias = Tensor::randn(0f32, 1.0, 16, &device)?;
+        let residual = Tensor::randn(0f32, 1.0, (1, 16, 1, 6, 7), &device)?;
+        let front = std::slice::from_ref(&before);
+        let plain = conv3d_after(front, &x, &weight, &bias, 1, 1, None)?;
+        let added = conv3d_after(front, &x, &weight, &bias, 1, 1, Some(&residual))?;
+        assert_eq!(max_abs_difference(&added, &(plain + &residual)?)?, 0.0);
+        let wrong = Tensor::zeros((1, 16, 2, 6, 7), DType::F32, &device)?;
+        let error = conv3d_after(&[before], &x, &weight, &bias, 1, 1, Some(&wrong)).unwrap_err();
+        assert!(error.to_string().contains("residual"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn nearest_upsampling_matches_candles() -> Result<()> {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 2, 5, 7), &device)?;
+        let ours = upsample_nearest_twice(&x)?;
+        let theirs = x
+            .reshape((2, 6, 5, 7))?
+            .upsample_nearest2d(10, 14)?
+            .reshape((2, 3, 2, 10, 14))?;
+        assert_eq!(max_abs_difference(&ours, &theirs)?, 0.0);
         Ok(())
     }
 

@@ -398,8 +398,8 @@ impl CausalConv3d {
     }
 
     /// The convolution of `x` with the frames `before` (a cache, oldest first) in front of it,
-    /// and zeros in front of those up to the kernel's causal padding.
-    fn forward(&self, x: &Tensor, before: &[Tensor]) -> Result<Tensor> {
+    /// and zeros in front of those up to the kernel's causal padding; plus `residual` if given.
+    fn forward(&self, x: &Tensor, before: &[Tensor], residual: Option<&Tensor>) -> Result<Tensor> {
         let before = if self.front > 0 { before } else { &[] };
         let cached = before
             .iter()
@@ -427,8 +427,18 @@ impl CausalConv3d {
                 &self.bias,
                 self.spatial_padding,
                 self.time_stride,
+                residual,
             );
         }
+        let out = self.forward_joined(x, before, zeros)?;
+        match residual {
+            Some(residual) => out + residual,
+            None => Ok(out),
+        }
+    }
+
+    /// [`Self::forward`] without the kernels: the frames joined, then candle's ops.
+    fn forward_joined(&self, x: &Tensor, before: &[Tensor], zeros: usize) -> Result<Tensor> {
         let mut parts = before.to_vec();
         parts.push(x.clone());
         let x = Tensor::cat(&parts, 2)?
@@ -473,11 +483,17 @@ impl CausalConv3d {
         sum.broadcast_add(&self.bias.reshape((1, (), 1, 1, 1))?)
     }
 
-    /// Runs with the layer's cache slot: the cache holds the last two input frames.
-    fn forward_cached(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
+    /// Runs with the layer's cache slot (which holds the last two input frames), plus
+    /// `residual` if given.
+    fn forward_cached(
+        &self,
+        x: &Tensor,
+        cache: &mut TimeCache,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let slot = cache.next();
         let before = slot.take().unwrap_or_default();
-        let out = self.forward(x, &before)?;
+        let out = self.forward(x, &before, residual)?;
         *slot = Some(keep_last(before, x, 2)?);
         Ok(out)
     }
@@ -557,16 +573,14 @@ impl ResidualBlock {
 
     fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         let skip = match &self.shortcut {
-            Some(conv) => conv.forward(x, &[])?,
+            Some(conv) => conv.forward(x, &[], None)?,
             None => x.clone(),
         };
         let h = self
             .conv1
-            .forward_cached(&self.norm1.forward_silu(x)?, cache)?;
-        let h = self
-            .conv2
-            .forward_cached(&self.norm2.forward_silu(&h)?, cache)?;
-        h + skip
+            .forward_cached(&self.norm1.forward_silu(x)?, cache, None)?;
+        self.conv2
+            .forward_cached(&self.norm2.forward_silu(&h)?, cache, Some(&skip))
     }
 }
 
@@ -666,7 +680,7 @@ impl Downsample {
         match cache.next().replace(vec![last_frames(&x, 1)?]) {
             Some(mut joined) => {
                 joined.push(x);
-                time_conv.forward(&Tensor::cat(&joined, 2)?, &[])
+                time_conv.forward(&Tensor::cat(&joined, 2)?, &[], None)
             }
             // The first chunk passes through; its last frame is kept for the next one.
             None => Ok(x),
@@ -710,7 +724,7 @@ impl Upsample {
             // The first chunk passes through unchanged (leaving no frames in the cache, so the
             // second sees zeros in front of it).
             if let Some(before) = slot.replace(Vec::new()) {
-                let doubled = time_conv.forward(&x, &before)?;
+                let doubled = time_conv.forward(&x, &before, None)?;
                 *slot = Some(keep_last(before, &x, 2)?);
                 // Channels [0, C) are the earlier frame of each pair, [C, 2C) the later.
                 let (batch, channels, frames, height, width) = x.dims5()?;
@@ -724,12 +738,15 @@ impl Upsample {
             && video_training::applies(&x, self.spatial.weight())
         {
             // Nearest upsampling and a per-frame convolution need no per-frame layout here.
-            let (batch, channels, frames, height, width) = x.dims5()?;
-            let upsampled = x
-                .reshape((batch, channels * frames, height, width))?
-                .upsample_nearest2d(2 * height, 2 * width)?
-                .reshape((batch, channels, frames, 2 * height, 2 * width))?;
             let weight = self.spatial.weight().unsqueeze(2)?;
+            let upsampled = if video::applies(&x, &weight) {
+                video::upsample_nearest_twice(&x)?
+            } else {
+                let (batch, channels, frames, height, width) = x.dims5()?;
+                x.reshape((batch, channels * frames, height, width))?
+                    .upsample_nearest2d(2 * height, 2 * width)?
+                    .reshape((batch, channels, frames, 2 * height, 2 * width))?
+            };
             return if video::applies(&upsampled, &weight) {
                 video::conv3d(&upsampled, &weight, bias, 1, 1)
             } else {
@@ -781,7 +798,7 @@ struct Coder {
 impl Coder {
     fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
         cache.rewind();
-        let mut x = self.conv_in.forward_cached(x, cache)?;
+        let mut x = self.conv_in.forward_cached(x, cache, None)?;
         if self.mid_first {
             x = self.mid.forward(&x, cache)?;
         }
@@ -815,7 +832,7 @@ impl Coder {
             x = self.mid.forward(&x, cache)?;
         }
         self.conv_out
-            .forward_cached(&self.norm_out.forward_silu(&x)?, cache)
+            .forward_cached(&self.norm_out.forward_silu(&x)?, cache, None)
     }
 }
 
@@ -1071,7 +1088,7 @@ impl WanVae {
             chunks.push(encoder.forward(&video.narrow(2, start, length)?, &mut cache)?);
             start += length;
         }
-        let moments = quant_conv.forward(&Tensor::cat(&chunks, 2)?, &[])?;
+        let moments = quant_conv.forward(&Tensor::cat(&chunks, 2)?, &[], None)?;
         let z = self.config.z_dim;
         Ok((moments.narrow(1, 0, z)?, moments.narrow(1, z, z)?))
     }
@@ -1084,7 +1101,7 @@ impl WanVae {
 
     /// [`WanVae::decode`] without the final clamp (training needs gradients everywhere).
     pub fn decode_unclamped(&self, latents: &Tensor) -> Result<Tensor> {
-        let x = self.post_quant_conv.forward(latents, &[])?;
+        let x = self.post_quant_conv.forward(latents, &[], None)?;
         let mut cache = TimeCache::new();
         let frames = (0..x.dim(2)?)
             .map(|i| self.decoder.forward(&x.narrow(2, i, 1)?, &mut cache))
