@@ -89,50 +89,16 @@ fn strip(
     packed: &[f32],
     kw: usize,
 ) -> [[f32; STRIP]; GROUP] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { strip_avx512(padded, rows, x0, packed, kw) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { strip_avx2(padded, rows, x0, packed, kw) };
-        }
-    }
-    strip_portable(padded, rows, x0, packed, kw)
-}
-
-/// [`strip_portable`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn strip_avx512(
-    padded: &[f32],
-    rows: &[usize],
-    x0: usize,
-    packed: &[f32],
-    kw: usize,
-) -> [[f32; STRIP]; GROUP] {
-    strip_portable(padded, rows, x0, packed, kw)
-}
-
-/// [`strip_portable`] compiled for AVX2 with FMA.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn strip_avx2(
-    padded: &[f32],
-    rows: &[usize],
-    x0: usize,
-    packed: &[f32],
-    kw: usize,
-) -> [[f32; STRIP]; GROUP] {
+    return_built_for!(
+        [("avx512f"), ("avx2", "fma")],
+        strip_portable(
+            padded: &[f32],
+            rows: &[usize],
+            x0: usize,
+            packed: &[f32],
+            kw: usize,
+        ) -> [[f32; STRIP]; GROUP]
+    );
     strip_portable(padded, rows, x0, packed, kw)
 }
 

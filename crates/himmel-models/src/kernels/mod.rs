@@ -19,6 +19,34 @@ macro_rules! with_strip_rows {
     };
 }
 
+/// Returns `$portable(args)` compiled for the first group of CPU features (such as `("avx2",
+/// "fma")`) this CPU has all of: the portable function is plain Rust that the compiler
+/// vectorises for what it may use. Falls through where the CPU has none. Used only where the
+/// portable function's contract is the caller's: the features are checked here.
+macro_rules! return_built_for {
+    ([], $($rest:tt)*) => {};
+    (
+        [($($feature:tt),+) $(, $more:tt)*],
+        $portable:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
+    ) => {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature($(enable = $feature),+)]
+            #[allow(unused_unsafe)]
+            unsafe fn build($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: the caller of the dispatching function keeps the portable one's
+                // contract.
+                unsafe { $portable($($arg),*) }
+            }
+            if $(std::arch::is_x86_feature_detected!($feature))&&+ {
+                // SAFETY: the CPU has the features; the rest as above.
+                return unsafe { build($($arg),*) };
+            }
+        }
+        return_built_for!([$($more),*], $portable($($arg: $ty),*) $(-> $ret)?);
+    };
+}
+
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_gemm;

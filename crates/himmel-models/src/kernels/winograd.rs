@@ -120,31 +120,6 @@ fn output_1d([m0, m1, m2, m3, m4, m5]: [f32; TILE]) -> [f32; OUT] {
     ]
 }
 
-/// Returns `$portable(args)` compiled for the first of `features` this CPU has (the transforms
-/// are plain Rust that the compiler vectorises for what it may use); falls through where it has
-/// none. Used only where the portable function's contract is the caller's: the features are
-/// checked here.
-macro_rules! return_built_for {
-    ([], $($rest:tt)*) => {};
-    ([$feature:tt $(, $more:tt)*], $portable:ident($($arg:ident: $ty:ty),* $(,)?)) => {
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = $feature)]
-            #[allow(unused_unsafe)]
-            unsafe fn build($($arg: $ty),*) {
-                // SAFETY: the caller of the dispatching function keeps the portable one's
-                // contract.
-                unsafe { $portable($($arg),*) }
-            }
-            if std::arch::is_x86_feature_detected!($feature) {
-                // SAFETY: the CPU has the feature; the rest as above.
-                return unsafe { build($($arg),*) };
-            }
-        }
-        return_built_for!([$($more),*], $portable($($arg: $ty),*));
-    };
-}
-
 /// `G g Gᵀ` of every 3x3 kernel into `transformed` (resized to fit): for each of the 36
 /// positions, the `outputs x (kt * channels)` matrix packed for [`panel_product`] (depth step
 /// `dt * channels + c`), panels of outputs in parallel.
@@ -171,7 +146,7 @@ fn transform_weights(shape: &Conv, weight: &[f32], transformed: &mut Vec<f32>) {
 /// `target` holds the transformed weights of `shape`; no other thread writes this panel's rows.
 unsafe fn transform_panel(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32) {
     return_built_for!(
-        ["avx512f", "avx2"],
+        [("avx512f"), ("avx2")],
         transform_panel_portable(shape: &Conv, weight: &[f32], panel: usize, target: *mut f32)
     );
     // SAFETY: as the caller promises.
@@ -305,7 +280,7 @@ fn transform_block(
     stride: usize,
 ) {
     return_built_for!(
-        ["avx512f", "avx2"],
+        [("avx512f"), ("avx2")],
         transform_block_portable(
             plane: &[f32],
             frame: &Frame,
@@ -433,7 +408,7 @@ unsafe fn untransform_block(
     plane: *mut f32,
 ) {
     return_built_for!(
-        ["avx2"],
+        [("avx2")],
         untransform_block_portable(
             products: &[f32],
             stride: usize,
