@@ -4,6 +4,7 @@ bf16 and f32) and the VAE decode (f32) at 256x256x17 on this machine, for BENCHM
     /tmp/ref/bin/python tools/reference/bench_wan.py
     /tmp/ref/bin/python tools/reference/bench_wan.py --vae-only   # its time and peak memory alone
     /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae     # the transformer alone
+    /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae --prompt-tokens 24  # a padded prompt
 """
 
 import argparse
@@ -17,12 +18,19 @@ from wan_sizes import WAN_1_3B
 parser = argparse.ArgumentParser()
 parser.add_argument("--vae-only", action="store_true", help="skip the transformer")
 parser.add_argument("--no-vae", action="store_true", help="skip the VAE decode")
+parser.add_argument(
+    "--prompt-tokens",
+    type=int,
+    default=512,
+    help="rows of the 512 text rows that hold a prompt (random); the rest zeros, as the pipeline pads",
+)
 args = parser.parse_args()
 
 torch.manual_seed(0)
 latents = torch.randn(1, 16, 5, 32, 32)
 if not args.vae_only:
-    prompt = torch.randn(1, 512, 4096)
+    prompt = torch.zeros(1, 512, 4096)
+    prompt[:, : args.prompt_tokens] = torch.randn(1, args.prompt_tokens, 4096)
     timestep = torch.tensor([999])
     model = WanTransformer3DModel(**WAN_1_3B).eval()
     for dtype in (torch.bfloat16, torch.float32):

@@ -39,9 +39,15 @@ fn bf16_runs() -> bool {
     false
 }
 
-/// `softmax(q kᵀ / sqrt(head_dim)) v` per batch item and head: `query` `[B, L, heads, D]`,
-/// `key` and `value` `[B, S, heads, D]`; gives `[B, L, heads * D]`.
-pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
+/// `softmax(q kᵀ / sqrt(head_dim) + key_bias) v` per batch item and head: `query`
+/// `[B, L, heads, D]`, `key` and `value` `[B, S, heads, D]`, `key_bias` `[B, S]` (f32, added to
+/// every query's score of that key); gives `[B, L, heads * D]`.
+pub fn attention(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    key_bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (batch, tokens, heads, head_dim) = query.dims4()?;
     let (key_batch, keys, key_heads, key_dim) = key.dims4()?;
     if (key_batch, key_heads, key_dim) != (batch, heads, head_dim) || key.dims() != value.dims() {
@@ -68,6 +74,22 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
         (batch, tokens, keys, heads, head_dim),
     )?;
     let scale = 1.0 / (head_dim as f32).sqrt();
+    // Added to the scores before they are scaled.
+    let key_bias = match key_bias {
+        Some(bias) if bias.dims() == [batch, keys] => Some(
+            bias.to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(|bias| bias / scale)
+                .collect::<Vec<_>>(),
+        ),
+        Some(bias) => bail!(
+            "attention: key bias {:?} does not fit {batch} items of {keys} keys",
+            bias.dims()
+        ),
+        None => None,
+    };
     let blocks = tokens.div_ceil(QUERY_BLOCK);
     let mut out = vec![0f32; batch * tokens * row];
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -91,6 +113,14 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor>
                 let scores = &mut scratch.scores[..rows * columns];
                 let block = (rows, columns, head_dim, row);
                 head_operands.scores(block, queries, (keys_at, start), scores, &scratch.pairs);
+                if let Some(bias) = &key_bias {
+                    let bias = &bias[item * keys + start..][..columns];
+                    for scores in scores.chunks_exact_mut(columns) {
+                        for (score, bias) in scores.iter_mut().zip(bias) {
+                            *score += bias;
+                        }
+                    }
+                }
                 for (i, scores) in scores.chunks_exact_mut(columns).enumerate() {
                     let maximum = elementwise::scale_and_max(scores, scale, maxima[i]);
                     let correction = (maxima[i] - maximum).exp();
@@ -356,12 +386,20 @@ mod tests {
     use himmel_core::compare::max_abs_difference;
 
     /// The same attention from candle's composed ops.
-    fn reference(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
+    fn reference(
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        key_bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (batch, tokens, heads, head_dim) = query.dims4()?;
         let query = query.transpose(1, 2)?.contiguous()?;
         let key = key.transpose(1, 2)?.contiguous()?;
         let value = value.transpose(1, 2)?.contiguous()?;
-        let scores = (query.matmul(&key.t()?)? / (head_dim as f64).sqrt())?;
+        let mut scores = (query.matmul(&key.t()?)? / (head_dim as f64).sqrt())?;
+        if let Some(bias) = key_bias {
+            scores = scores.broadcast_add(&bias.unsqueeze(1)?.unsqueeze(1)?)?;
+        }
         candle_nn::ops::softmax_last_dim(&scores)?
             .matmul(&value)?
             .transpose(1, 2)?
@@ -383,14 +421,19 @@ mod tests {
             let query = Tensor::randn(0f32, spread, (batch, tokens, heads, head_dim), &device)?;
             let key = Tensor::randn(0f32, spread, (batch, keys, heads, head_dim), &device)?;
             let value = Tensor::randn(0f32, 1.0, (batch, keys, heads, head_dim), &device)?;
-            let ours = attention(&query, &key, &value)?;
-            let theirs = reference(&query, &key, &value)?;
-            assert_eq!(ours.dims(), theirs.dims());
-            let error = max_abs_difference(&ours, &theirs)?;
-            assert!(
-                error < 1e-5,
-                "case {tokens}x{keys}x{heads}x{head_dim}: {error}"
-            );
+            // Without a bias, and with one of several magnitudes per item and key.
+            let bias = (Tensor::rand(0f32, 3.0, (batch, keys), &device)? - 1.0)?;
+            for bias in [None, Some(&bias)] {
+                let ours = attention(&query, &key, &value, bias)?;
+                let theirs = reference(&query, &key, &value, bias)?;
+                assert_eq!(ours.dims(), theirs.dims());
+                let error = max_abs_difference(&ours, &theirs)?;
+                assert!(
+                    error < 1e-5,
+                    "case {tokens}x{keys}x{heads}x{head_dim}, bias {}: {error}",
+                    bias.is_some()
+                );
+            }
         }
         Ok(())
     }
@@ -409,9 +452,9 @@ mod tests {
             };
             let (query, key, value) = (draw(tokens, 1.0)?, draw(keys, 1.0)?, draw(keys, 1.0)?);
             assert!(applies(&query, &key, &value));
-            let ours = attention(&query, &key, &value)?;
+            let ours = attention(&query, &key, &value, None)?;
             let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            let theirs = reference(&f32(&query)?, &f32(&key)?, &f32(&value)?)?;
+            let theirs = reference(&f32(&query)?, &f32(&key)?, &f32(&value)?, None)?;
             // The probabilities are rounded to bf16 (2^-9 relative) before the values.
             let error = max_abs_difference(&ours, &theirs)?;
             assert!(
@@ -427,8 +470,11 @@ mod tests {
         let device = Device::Cpu;
         let query = Tensor::zeros((1, 4, 2, 8), DType::F32, &device)?;
         let key = Tensor::zeros((1, 4, 3, 8), DType::F32, &device)?;
-        let error = attention(&query, &key, &key).unwrap_err().to_string();
+        let error = attention(&query, &key, &key, None).unwrap_err().to_string();
         assert!(error.contains("do not fit together"), "{error}");
+        let bias = Tensor::zeros((1, 5), DType::F32, &device)?;
+        let error = attention(&query, &query, &query, Some(&bias)).unwrap_err();
+        assert!(error.to_string().contains("does not fit"), "{error}");
         Ok(())
     }
 }

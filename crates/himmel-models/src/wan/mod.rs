@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod folded_text;
 pub mod rope;
 pub mod transformer;
 pub mod vae;

@@ -9,6 +9,7 @@ use crate::kernels::{self, bf16_linear::Dense, modulation};
 use crate::ops;
 
 use super::config::WanTransformerConfig;
+use super::folded_text::FoldedText;
 use super::rope::Rotary;
 
 /// LayerNorm without learned parameters over the last dimension, computed in f32.
@@ -72,34 +73,53 @@ impl RmsNorm {
 /// processed in blocks of queries, so memory stays bounded at any video size.
 const SCORE_BUDGET: usize = 64 << 20;
 
-/// Scaled dot-product attention over `[B, L, heads, head_dim]` inputs, returning `[B, L, D]`.
-/// Without gradients on the CPU it runs fused ([`kernels::attention`]); bf16 inputs in f32
-/// where the CPU lacks AVX-512 BF16 (candle's bf16 products are slow there).
-fn attention(query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
+/// Scaled dot-product attention over `[B, L, heads, head_dim]` inputs, `key_bias` `[B, S]`
+/// (f32) added to the scores, returning `[B, L, D]`. Without gradients on the CPU it runs fused
+/// ([`kernels::attention`]); bf16 inputs in f32 where the CPU lacks AVX-512 BF16 (candle's bf16
+/// products are slow there).
+fn attention(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    key_bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let dtype = query.dtype();
     if kernels::attention::applies(query, key, value) {
-        return kernels::attention::attention(query, key, value)?.to_dtype(dtype);
+        return kernels::attention::attention(query, key, value, key_bias)?.to_dtype(dtype);
     }
     if query.device().is_cpu() && dtype == DType::BF16 && !query.track_op() {
         let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-        return attention(&f32(query)?, &f32(key)?, &f32(value)?)?.to_dtype(dtype);
+        return attention(&f32(query)?, &f32(key)?, &f32(value)?, key_bias)?.to_dtype(dtype);
     }
-    attention_within(query, key, value, SCORE_BUDGET)
+    attention_within(query, key, value, key_bias, SCORE_BUDGET)
 }
 
 /// [`attention`] holding at most `budget` score elements at once.
-fn attention_within(query: &Tensor, key: &Tensor, value: &Tensor, budget: usize) -> Result<Tensor> {
+fn attention_within(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    key_bias: Option<&Tensor>,
+    budget: usize,
+) -> Result<Tensor> {
     let (batch, tokens, heads, head_dim) = query.dims4()?;
     let keys = key.dim(1)?;
     let query = query.transpose(1, 2)?.contiguous()?;
     let key_t = key.transpose(1, 2)?.contiguous()?.t()?;
     let value = value.transpose(1, 2)?.contiguous()?;
+    // `[B, 1, 1, S]`, in the scores' dtype.
+    let key_bias = key_bias
+        .map(|bias| bias.to_dtype(query.dtype())?.unsqueeze(1)?.unsqueeze(1))
+        .transpose()?;
     let block = (budget / (batch * heads * keys).max(1)).clamp(1, tokens);
     let outputs = (0..tokens)
         .step_by(block)
         .map(|start| {
             let rows = query.narrow(2, start, block.min(tokens - start))?;
-            let scores = (rows.matmul(&key_t)? / (head_dim as f64).sqrt())?;
+            let mut scores = (rows.matmul(&key_t)? / (head_dim as f64).sqrt())?;
+            if let Some(bias) = &key_bias {
+                scores = scores.broadcast_add(bias)?;
+            }
             ops::softmax_last_dim(&scores)?.matmul(&value)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -135,8 +155,14 @@ impl Attention {
     }
 
     /// Attends from `x` to `context` (itself for self-attention), rotating queries and keys
-    /// when `rotary` is given.
-    fn forward(&self, x: &Tensor, context: &Tensor, rotary: Option<&Rotary>) -> Result<Tensor> {
+    /// when `rotary` is given; `key_bias` `[B, S]` is added to the scores of `context`'s rows.
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        rotary: Option<&Rotary>,
+        key_bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let split = |t: Tensor| -> Result<Tensor> {
             let (batch, tokens, dim) = t.dims3()?;
             t.reshape((batch, tokens, self.heads, dim / self.heads))
@@ -148,7 +174,8 @@ impl Attention {
             query = rotary.apply(&query)?;
             key = rotary.apply(&key)?;
         }
-        self.to_out.forward(&attention(&query, &key, &value)?)
+        self.to_out
+            .forward(&attention(&query, &key, &value, key_bias)?)
     }
 }
 
@@ -203,11 +230,12 @@ impl Block {
         })
     }
 
-    /// `x` `[B, L, D]`, `text` `[B, Lt, D]`, `modulation` `[B, 6, D]` (f32).
+    /// `x` `[B, L, D]`, `text` the embedded rows `[B, Lt, D]` and their weights, `modulation`
+    /// `[B, 6, D]` (f32).
     fn forward(
         &self,
         x: &Tensor,
-        text: &Tensor,
+        text: &FoldedText,
         modulation: &Tensor,
         rotary: &Rotary,
     ) -> Result<Tensor> {
@@ -233,14 +261,15 @@ impl Block {
             (x.to_dtype(DType::F32)? + y)?.to_dtype(dtype)
         };
         let normed = modulate(x, &shift, &scale)?;
-        let attended = self.attn1.forward(&normed, &normed, Some(rotary))?;
+        let attended = self.attn1.forward(&normed, &normed, Some(rotary), None)?;
         let x = gated(x, &attended, &gate)?;
 
         let normed = match &self.norm2 {
             Some(norm) => norm.forward(&x, dtype)?,
             None => x.clone(),
         };
-        let x = (&x + self.attn2.forward(&normed, text, None)?)?;
+        let text_bias = text.key_bias.as_ref();
+        let x = (&x + self.attn2.forward(&normed, &text.rows, None, text_bias)?)?;
 
         let fed = self.ffn.forward(&modulate(&x, &ff_shift, &ff_scale)?)?;
         gated(&x, &fed, &ff_gate)
@@ -421,7 +450,11 @@ impl WanTransformer {
             .reshape((batch, 6, dim))?
             .to_dtype(DType::F32)?;
         let (text_1, text_2) = &self.text_embedder;
-        let text = text_2.forward(&text_1.forward_gelu(text)?)?;
+        let text = FoldedText::new(text)?;
+        let text = FoldedText {
+            rows: text_2.forward(&text_1.forward_gelu(&text.rows)?)?,
+            key_bias: text.key_bias,
+        };
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
         let run = |blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
@@ -474,15 +507,15 @@ mod tests {
         let query = Tensor::randn(0f32, 1.0, (2, 37, 3, 8), &device).unwrap();
         let key = Tensor::randn(0f32, 1.0, (2, 11, 3, 8), &device).unwrap();
         let value = Tensor::randn(0f32, 1.0, (2, 11, 3, 8), &device).unwrap();
-        let whole = attention_within(&query, &key, &value, usize::MAX).unwrap();
-        let blocks = attention_within(&query, &key, &value, 2 * 3 * 11 * 5).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, (2, 11), &device).unwrap();
+        let whole = attention_within(&query, &key, &value, Some(&bias), usize::MAX).unwrap();
+        let blocks = attention_within(&query, &key, &value, Some(&bias), 2 * 3 * 11 * 5).unwrap();
         let gap = max_abs_difference(&whole, &blocks).unwrap();
         assert!(gap < 1e-6, "{gap}");
     }
 
-    #[test]
-    fn a_step_cache_reuses_the_later_blocks_only_when_the_first_block_agrees() -> Result<()> {
-        let device = Device::Cpu;
+    /// A three-block model with random weights (text rows of 8 channels, latents of 4).
+    fn tiny_model(device: &Device) -> Result<WanTransformer> {
         let config: WanTransformerConfig = serde_json::from_str(
             r#"{"patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 8,
                 "in_channels": 4, "out_channels": 4, "text_dim": 8, "freq_dim": 8,
@@ -493,11 +526,42 @@ mod tests {
         let weights = candle_nn::VarMap::new();
         let model = WanTransformer::new(
             &config,
-            VarBuilder::from_varmap(&weights, DType::F32, &device),
+            VarBuilder::from_varmap(&weights, DType::F32, device),
         )?;
         for var in weights.all_vars() {
-            var.set(&Tensor::randn(0f32, 0.3, var.shape(), &device)?)?;
+            var.set(&Tensor::randn(0f32, 0.3, var.shape(), device)?)?;
         }
+        Ok(model)
+    }
+
+    #[test]
+    fn padded_text_attended_once_gives_what_every_padding_row_gives() -> Result<()> {
+        let device = Device::Cpu;
+        let model = tiny_model(&device)?;
+        let latents = Tensor::randn(0f32, 1.0, (1, 4, 2, 4, 4), &device)?;
+        let time = Tensor::new(&[500f32], &device)?;
+        let prompt = Tensor::randn(0f32, 1.0, (1, 3, 8), &device)?;
+        // Nine rows of zeros fold into one weighted row; zeros alternating with negative
+        // zeros are the same values in other bits, so they are embedded and attended one by one.
+        let padded = |signs: [f32; 2]| -> Result<Tensor> {
+            let zeros: Vec<f32> = (0..9).flat_map(|row| [0.0 * signs[row % 2]; 8]).collect();
+            let zeros = Tensor::from_vec(zeros, (1, 9, 8), &device)?;
+            Tensor::cat(&[&prompt, &zeros], 1)
+        };
+        let folded = model.forward(&latents, &time, &padded([1.0, 1.0])?)?;
+        let unfolded = model.forward(&latents, &time, &padded([1.0, -1.0])?)?;
+        let gap = max_abs_difference(&folded, &unfolded)?;
+        assert!(gap < 1e-5, "{gap}");
+        // Not a degenerate check: the padding does weigh in.
+        let unpadded = model.forward(&latents, &time, &prompt)?;
+        assert!(max_abs_difference(&folded, &unpadded)? > 1e-3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_step_cache_reuses_the_later_blocks_only_when_the_first_block_agrees() -> Result<()> {
+        let device = Device::Cpu;
+        let model = tiny_model(&device)?;
         let latents = Tensor::randn(0f32, 1.0, (1, 4, 2, 4, 4), &device)?;
         let text = Tensor::randn(0f32, 1.0, (1, 3, 8), &device)?;
         let (early, late) = (
