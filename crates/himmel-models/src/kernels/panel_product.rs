@@ -178,7 +178,6 @@ const PIECE: (usize, usize) = (4, 16);
 ///
 /// # Safety
 /// As [`tile_avx512`], on any CPU.
-#[inline(always)]
 unsafe fn tile_portable(
     depth: usize,
     panel: *const f32,

@@ -23,7 +23,13 @@ impl FoldedText {
         let (batch, len, _) = text.dims3()?;
         let items = text.to_dtype(DType::F32)?.to_vec3::<f32>()?;
         let runs: Vec<usize> = items.iter().map(|rows| trailing_repeats(rows)).collect();
-        let kept = runs.iter().map(|run| len - run + 1).max().unwrap_or(len);
+        // No rows (runs of 0) keep none: the attention reports that there is nothing to attend.
+        let kept = runs
+            .iter()
+            .map(|run| len - run + 1)
+            .max()
+            .unwrap_or(len)
+            .min(len);
         if kept == len {
             return Ok(Self {
                 rows: text.clone(),
