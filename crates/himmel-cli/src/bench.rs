@@ -90,7 +90,7 @@ struct WanArgs {
     /// Skip the transformer forward (the VAE decode and its peak memory alone).
     #[arg(long, conflicts_with = "no_vae")]
     no_transformer: bool,
-    /// The blocks' attention and feed-forward layers in int8 (needs AVX-512 VNNI).
+    /// The blocks' attention and feed-forward layers in int8 (needs AVX-512 VNNI or AVX2).
     #[arg(long, conflicts_with = "no_transformer")]
     int8: bool,
     /// Rows of the 512 text rows that hold a prompt (random); the rest are zeros, as the
@@ -307,7 +307,7 @@ fn run_wan(args: &WanArgs) -> Result<()> {
         let start = Instant::now();
         let transformer = if args.int8 {
             if !himmel_models::kernels::int8_available() {
-                anyhow::bail!("--int8 needs a CPU with AVX-512 VNNI");
+                anyhow::bail!("--int8 needs a CPU with AVX-512 VNNI or AVX2");
             }
             println!("  blocks' layers in int8");
             WanTransformer::new_int8(&config, random_weights(dtype))?
@@ -370,30 +370,35 @@ fn run_gemm(args: &GemmArgs) -> Result<()> {
     };
     let threads = rayon::current_num_threads();
     println!("bf16 product x w^T ({kernel}, {threads} threads)");
-    time_products(args.repeat, |linear| Ok(Some(Dense::new(linear)?)))?;
+    time_products(args.repeat, |linear| Ok(Dense::new(linear)?))?;
+    #[cfg(target_arch = "x86_64")]
+    let int8 = himmel_models::kernels::int8_gemm::Kernel::detect().map(|kernel| kernel.name());
+    #[cfg(not(target_arch = "x86_64"))]
+    let int8: Option<&str> = None;
+    let Some(kernel) = int8 else {
+        println!("int8 product: not run, this CPU lacks AVX2 and AVX-512 VNNI");
+        return Ok(());
+    };
     println!(
-        "int8 product x w^T (AVX-512 VNNI, per-channel weights, per-row activations, {threads} threads)"
+        "int8 product x w^T ({kernel}, per-channel weights, per-row activations, {threads} threads)"
     );
-    if !time_products(args.repeat, |linear| Ok(Dense::quantised(&linear)?))? {
-        println!("  not run: this CPU lacks AVX-512 VNNI");
-    }
-    Ok(())
+    time_products(args.repeat, |linear| {
+        Dense::quantised(&linear)?.context("int8 product: the layer was not quantised")
+    })
 }
 
 /// Times the layers `make` builds (bf16 inputs, bf16 weights) on [`GEMM_SHAPES`], printing a
-/// line per shape; false where `make` builds none.
+/// line per shape.
 fn time_products(
     repeat: u32,
-    make: impl Fn(candle_nn::Linear) -> Result<Option<himmel_models::kernels::bf16_linear::Dense>>,
-) -> Result<bool> {
+    make: impl Fn(candle_nn::Linear) -> Result<himmel_models::kernels::bf16_linear::Dense>,
+) -> Result<()> {
     use candle_core::{DType, Device, Tensor};
 
     for (name, rows, outputs, inputs) in GEMM_SHAPES {
         let x = Tensor::randn(0f32, 1.0, (rows, inputs), &Device::Cpu)?.to_dtype(DType::BF16)?;
         let w = Tensor::randn(0f32, 1.0, (outputs, inputs), &Device::Cpu)?.to_dtype(DType::BF16)?;
-        let Some(layer) = make(candle_nn::Linear::new(w, None))? else {
-            return Ok(false);
-        };
+        let layer = make(candle_nn::Linear::new(w, None))?;
         let seconds = best_seconds(repeat, || {
             layer.forward(&x)?;
             Ok(())
@@ -405,7 +410,7 @@ fn time_products(
             seconds * 1e3
         );
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Records how long each stage of a generation takes.

@@ -30,12 +30,12 @@ pub(crate) enum DtypeArg {
     F32,
     Bf16,
     F16,
-    /// The transformer blocks' products in int8 (AVX-512 VNNI), the rest in bf16.
+    /// The transformer blocks' products in int8 (AVX-512 VNNI or AVX2), the rest in bf16.
     Int8,
 }
 
 impl DtypeArg {
-    /// The pipeline's precision; int8 on a CPU without VNNI warns that it runs as bf16.
+    /// The pipeline's precision; int8 on a CPU without int8 products warns that it runs as bf16.
     pub(crate) fn precision(self) -> Precision {
         match self {
             Self::F32 => Precision::F32,
@@ -43,7 +43,9 @@ impl DtypeArg {
             Self::F16 => Precision::F16,
             Self::Int8 => {
                 if !himmel_models::kernels::int8_available() {
-                    eprintln!("warning: this CPU lacks AVX-512 VNNI; the transformer runs in bf16");
+                    eprintln!(
+                        "warning: this CPU lacks AVX2 and AVX-512 VNNI; the transformer runs in bf16"
+                    );
                 }
                 Precision::Int8
             }

@@ -76,7 +76,7 @@ fn generates_what_diffusers_generates() {
         assert!(error <= 2e-3, "{name}: max abs error {error}");
     }
     // The same model also writes an MP4 from seeded noise, in bf16 and in int8 (bf16 where the
-    // CPU lacks VNNI).
+    // CPU lacks AVX2 and VNNI).
     let model = model.to_str().unwrap();
     for dtype in ["bf16", "int8"] {
         let mp4 = dir.path().join(format!("seeded-{dtype}.mp4"));

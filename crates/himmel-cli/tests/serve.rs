@@ -818,7 +818,7 @@ fn a_wan_model_is_served_too() {
     let data = tempfile::tempdir().unwrap();
     let model =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan/pipeline_tiny");
-    // In int8 (bf16 where the CPU lacks VNNI): the same engine either way.
+    // In int8 (bf16 where the CPU lacks AVX2 and VNNI): the same engine either way.
     let server = Server::start(
         data.path(),
         &["--model", model.to_str().unwrap(), "--dtype", "int8"],

@@ -29,8 +29,8 @@ pub enum Precision {
     /// float16.
     F16,
     /// The transformer blocks' attention and feed-forward products in int8 (weights per output
-    /// channel, activations per token, with AVX-512 VNNI), everything else in bf16: the blocks'
-    /// weights take half bf16's memory. CPUs without VNNI run the blocks in bf16.
+    /// channel, activations per token, with AVX-512 VNNI or AVX2), everything else in bf16: the
+    /// blocks' weights take half bf16's memory. CPUs with neither run the blocks in bf16.
     Int8,
 }
 

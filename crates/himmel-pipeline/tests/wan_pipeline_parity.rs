@@ -106,7 +106,7 @@ fn square_clip(precision: Precision) -> candle_core::Tensor {
 #[test]
 fn int8_transformer_stays_close_to_diffusers_and_bf16() {
     if !himmel_models::kernels::int8_available() {
-        println!("skipped: this CPU lacks AVX-512 VNNI");
+        println!("skipped: this CPU lacks AVX2 and AVX-512 VNNI");
         return;
     }
     let expected = &candle_core::safetensors::load(

@@ -1,7 +1,7 @@
 //! Linear layers for inference ([`Dense`]), bf16 weights summed in f32. Where the CPU has
 //! AVX-512 BF16 the weights are packed once and the inputs rounded to bf16 and multiplied
-//! pairwise by [`super::bf16_gemm`] (as PyTorch does in bf16); on request, with AVX-512 VNNI, in
-//! int8 by [`super::int8_gemm`]. Elsewhere candle's bf16 matrix product has no fast kernel (it
+//! pairwise by [`super::bf16_gemm`] (as PyTorch does in bf16); on request, with AVX-512 VNNI or
+//! AVX2, in int8 by [`super::int8_gemm`]. Elsewhere candle's bf16 matrix product has no fast kernel (it
 //! ran at two thirds of its f32 speed), so the weights stay bf16 in memory (half of f32's) and
 //! are widened to f32 a panel of rows at a time, each panel small enough to stay in cache while
 //! one f32 product uses it.
@@ -33,7 +33,7 @@ enum Kind {
         weight: super::bf16_gemm::Panels,
         bias: Vec<f32>,
     },
-    /// The weight quantised to int8 per output channel for the VNNI products, with the bias in
+    /// The weight quantised to int8 per output channel for the int8 products, with the bias in
     /// f32.
     #[cfg(target_arch = "x86_64")]
     Int8 {
@@ -63,12 +63,12 @@ impl Dense {
     }
 
     /// `layer` with its weight quantised to int8 per output channel, its activations per row
-    /// when it runs, for AVX-512 VNNI; `None` where the CPU lacks it or the layer is trained or
-    /// on another device.
+    /// when it runs, for AVX-512 VNNI or AVX2; `None` where the CPU has neither or the layer is
+    /// trained or on another device.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn quantised(layer: &Linear) -> Result<Option<Self>> {
         #[cfg(target_arch = "x86_64")]
-        if super::int8_gemm::is_available()
+        if let Some(kernel) = super::int8_gemm::Kernel::detect()
             && layer.weight().device().is_cpu()
             && !layer.weight().track_op()
         {
@@ -78,7 +78,7 @@ impl Dense {
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            let weight = super::int8_gemm::QuantizedWeight::new(&weight, outputs, inputs);
+            let weight = super::int8_gemm::QuantizedWeight::new(&weight, outputs, inputs, kernel);
             let bias = bias_f32(layer, outputs)?;
             return Ok(Some(Self(Kind::Int8 { weight, bias })));
         }
@@ -513,13 +513,14 @@ mod tests {
         let bias = Tensor::randn(0f32, 1.0, outputs, &device)?;
         let layer = Linear::new(weight.clone(), Some(bias.clone()));
         let Some(dense) = Dense::quantised(&layer)? else {
-            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+            eprintln!("skipped: this CPU lacks AVX2 and AVX-512 VNNI");
             return Ok(());
         };
         let expected = x.broadcast_matmul(&weight.t()?)?.broadcast_add(&bias)?;
         let ours = dense.forward(&x)?;
         assert_eq!(ours.dims(), expected.dims());
-        // Each term off by at most half a step of either operand (max / 127 / 2): typically a
+        // Each term off by at most half a step of either operand (max / 127 / 2, or max / 63 / 2
+        // for AVX2's weights): typically a
         // few tenths of a percent of the sums' spread.
         let relative = |ours: &Tensor, expected: &Tensor| -> Result<f32> {
             let error = (ours - expected)?.sqr()?.mean_all()?.sqrt()?;

@@ -1,18 +1,24 @@
-//! Matrix products of int8 weights and int8 activations with AVX-512 VNNI (`vpdpbusd`: sixteen
-//! lanes, each adding four products of an unsigned and a signed byte to an i32 sum), on CPUs
-//! that have it: twice the multiply-adds of `vdpbf16ps` per instruction.
+//! Matrix products of int8 weights and int8 activations: with AVX-512 VNNI (`vpdpbusd`: sixteen
+//! lanes, each adding four products of an unsigned and a signed byte to an i32 sum, twice the
+//! multiply-adds of `vdpbf16ps` per instruction), or with AVX2 (`vpmaddubsw`, then `vpmaddwd`
+//! by ones: the same four products per i32 lane in two instructions, about twice the
+//! multiply-adds of f32 FMA on Zen 3).
 //!
 //! `out = x w^T` with `x` `m x k` and `w` `n x k` (a linear layer's weight as stored). The
-//! weight is quantised once per output channel (symmetric: `w ≈ scale_c q`, `|q| <= 127`) and
-//! packed in panels of `NR` columns, four neighbouring `k` of a column in a 32-bit word
+//! weight is quantised once per output channel (symmetric: `w ≈ scale_c q`) and packed in
+//! panels of `NR` columns, four neighbouring `k` of a column in a 32-bit word
 //! ([`QuantizedWeight`]); the activations are quantised per row when a product runs
 //! (`x ≈ scale_r (u - 128)`, `u` an unsigned byte) and laid out in strips of `MR` rows
 //! ([`QuantizedRows`]). The i32 sums become `scale_r scale_c (sum(u q) - 128 sum(q))`. Blocks and
-//! tiles are laid out as in [`super::bf16_gemm`].
+//! tiles are laid out as in [`super::bf16_gemm`]. AVX2's `vpmaddubsw` adds two products in a
+//! saturating i16, so weights for it keep to `|q| <= 63` (`2 x 255 x 63` fits; oneDNN does the
+//! same); VNNI's weights use `|q| <= 127`.
 
 use std::arch::x86_64::{
-    __m512i, _mm512_add_epi32, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
-    _mm512_setzero_si512, _mm512_storeu_si512,
+    __m256i, __m512i, _mm256_add_epi32, _mm256_loadu_si256, _mm256_madd_epi16,
+    _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_setzero_si256,
+    _mm256_storeu_si256, _mm512_add_epi32, _mm512_dpbusd_epi32, _mm512_loadu_si512,
+    _mm512_set1_epi32, _mm512_setzero_si512, _mm512_storeu_si512,
 };
 use std::ops::Range;
 
@@ -20,10 +26,12 @@ use rayon::prelude::*;
 
 /// Rows of `x` per microkernel call.
 const MR: usize = 6;
-/// Vectors of sixteen output columns per microkernel call.
+/// Vectors of sixteen output columns per VNNI microkernel call.
 const NV: usize = 4;
 /// Output columns per packed panel.
 const NR: usize = 16 * NV;
+/// Output columns per AVX2 microkernel call (two vectors of eight).
+const NR_AVX2: usize = 16;
 /// Quads of `k` per block of a tile (384 quads x 256 columns are 384 KiB).
 const KC_QUADS: usize = 384;
 /// Rows of the output summed per task.
@@ -32,30 +40,80 @@ const MC: usize = 192;
 const NC: usize = 256;
 /// The activations' zero point: stored bytes are `round(x / scale) + 128`.
 const ZERO_POINT: i32 = 128;
+/// The activations' largest step.
+const ROW_LEVELS: f32 = 127.0;
+
+/// The instructions a product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 VNNI's `vpdpbusd`; weights within -127..=127.
+    Vnni,
+    /// AVX2's `vpmaddubsw` and `vpmaddwd`; weights within -63..=63.
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs, if any.
+    pub fn detect() -> Option<Self> {
+        if Self::Vnni.runs_here() {
+            Some(Self::Vnni)
+        } else if Self::Avx2.runs_here() {
+            Some(Self::Avx2)
+        } else {
+            None
+        }
+    }
+
+    /// Whether this CPU has the kernel's instructions.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Self::Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+        }
+    }
+
+    /// The largest weight step the kernel's sums hold without saturating.
+    fn weight_levels(self) -> f32 {
+        match self {
+            Self::Vnni => 127.0,
+            Self::Avx2 => 63.0,
+        }
+    }
+
+    /// The instructions, as the benchmark names them.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vnni => "AVX-512 VNNI",
+            Self::Avx2 => "AVX2",
+        }
+    }
+}
 
 /// Whether this CPU runs these products.
 pub fn is_available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vnni")
+    Kernel::detect().is_some()
 }
 
-/// `values` divided into steps of `max |value| / 127` (1 for an all-zero slice), rounded:
+/// `values` divided into steps of `max |value| / levels` (1 for an all-zero slice), rounded:
 /// the scale and the steps.
-fn quantise(values: &[f32]) -> (f32, impl Iterator<Item = i32> + '_) {
-    let scale = step_of(values);
+fn quantise(values: &[f32], levels: f32) -> (f32, impl Iterator<Item = i32> + '_) {
+    let scale = step_of(values, levels);
     let inverse = 1.0 / scale;
     let steps = values.iter().map(move |v| rounded(v * inverse));
     (scale, steps)
 }
 
-/// `max |value| / 127`, or 1 where all are zero.
-fn step_of(values: &[f32]) -> f32 {
+/// `max |value| / levels`, or 1 where all are zero.
+fn step_of(values: &[f32], levels: f32) -> f32 {
     // A compare and select rather than `f32::max`, so that the loop vectorises.
     let largest = values
         .iter()
         .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
-    if largest > 0.0 { largest / 127.0 } else { 1.0 }
+    if largest > 0.0 { largest / levels } else { 1.0 }
 }
 
 /// `steps` (within -127..=127) rounded to the nearest integer, halves up, without
@@ -65,10 +123,13 @@ fn rounded(steps: f32) -> i32 {
     (steps + 128.5) as i32 - 128
 }
 
-/// A linear layer's weight (`n x k`) quantised per output channel and packed: a panel of
-/// `k.div_ceil(4) x NR` words for each `NR` columns, zero past the last column and past `k`.
+/// A linear layer's weight (`n x k`) quantised per output channel for a [`Kernel`] and packed: a
+/// panel of `k.div_ceil(4) x NR` words for each `NR` columns, zero past the last column and past
+/// `k`.
 pub struct QuantizedWeight {
     words: Vec<u32>,
+    /// The kernel whose weight range the steps keep to.
+    kernel: Kernel,
     /// Per column: `w ≈ scale q`.
     scales: Vec<f32>,
     /// Per column: the sum of its `q`, for the activations' zero point.
@@ -78,11 +139,11 @@ pub struct QuantizedWeight {
 }
 
 impl QuantizedWeight {
-    /// `w` (`n x k`, row-major) quantised and packed, in parallel.
+    /// `w` (`n x k`, row-major) quantised and packed for `kernel`, in parallel.
     ///
     /// # Panics
     /// If `w` holds fewer than `n x k` values.
-    pub fn new(w: &[f32], n: usize, k: usize) -> Self {
+    pub fn new(w: &[f32], n: usize, k: usize, kernel: Kernel) -> Self {
         assert!(w.len() >= n * k, "int8 weight: too few values");
         let k_quads = k.div_ceil(4);
         let mut words = vec![0u32; n.div_ceil(NR) * NR * k_quads];
@@ -98,7 +159,8 @@ impl QuantizedWeight {
                 .for_each(|(panel, ((words, scales), sums))| {
                     for (c, (scale, sum)) in scales.iter_mut().zip(sums).enumerate() {
                         let column = panel * NR + c;
-                        let (column_scale, steps) = quantise(&w[column * k..(column + 1) * k]);
+                        let values = &w[column * k..(column + 1) * k];
+                        let (column_scale, steps) = quantise(values, kernel.weight_levels());
                         *scale = column_scale;
                         for (i, step) in steps.enumerate() {
                             *sum += step;
@@ -109,6 +171,7 @@ impl QuantizedWeight {
         }
         Self {
             words,
+            kernel,
             scales,
             sums,
             n,
@@ -152,7 +215,7 @@ impl QuantizedRows {
                     row.iter_mut()
                         .zip(values)
                         .for_each(|(out, value)| *out = (*value).into());
-                    *scale = step_of(row);
+                    *scale = step_of(row, ROW_LEVELS);
                     let inverse = 1.0 / *scale;
                     for (byte, value) in bytes.iter_mut().zip(row.iter()) {
                         *byte = (rounded(value * inverse) + ZERO_POINT) as u8;
@@ -173,24 +236,30 @@ impl QuantizedRows {
     }
 }
 
-/// `x w^T` (`x.rows x w.n`) on rayon's pool: each task sums a tile of up to `MC x NC` in i32
-/// and hands it on row by row, scaled back to f32: `finish(row, columns, values)`.
+/// `x w^T` (`x.rows x w.n`) on rayon's pool with the weight's kernel: each task sums a tile of
+/// up to `MC x NC` in i32 and hands it on row by row, scaled back to f32:
+/// `finish(row, columns, values)`.
 ///
 /// # Panics
-/// If the CPU lacks AVX-512 VNNI (check [`is_available`]) or the operands' `k` differ.
+/// If the CPU lacks the weight's kernel (see [`Kernel::runs_here`]) or the operands' `k`
+/// differ.
 pub fn product_tiles(
     x: &QuantizedRows,
     w: &QuantizedWeight,
     finish: impl Fn(usize, Range<usize>, &mut [f32]) + Sync,
 ) {
-    assert!(is_available(), "int8 product: this CPU lacks AVX-512 VNNI");
+    assert!(
+        w.kernel.runs_here(),
+        "int8 product: this CPU lacks {}",
+        w.kernel.name()
+    );
     assert_eq!(x.k, w.k, "int8 product: operands of different depth");
     super::blocked_product(
         (x.rows, w.n, x.k.div_ceil(4)),
         (MC, NC, KC_QUADS),
         |rows, columns, quads, sums: &mut [i32], accumulate| {
             let parts = ((x, rows), (w, columns), quads);
-            // SAFETY: the CPU has the features (checked above); the parts lie inside the
+            // SAFETY: the CPU has the kernel (checked above); the parts lie inside the
             // operands, and `sums` holds `MC x NC`.
             unsafe { sweep(parts, sums.as_mut_ptr(), accumulate) };
         },
@@ -214,12 +283,11 @@ type Part<'a, T> = (&'a T, Range<usize>);
 
 /// The i32 sums of `x`'s `rows` (from a multiple of `MR`) and `w`'s `columns` (from a
 /// multiple of `NR`) over `quads`, stored to (or added into, with `accumulate`) `out`, rows
-/// `NC` apart, whole panels wide.
+/// `NC` apart, whole panels wide, with the weight's kernel.
 ///
 /// # Safety
-/// The CPU has AVX-512 VNNI; the parts lie inside the operands; `out` holds `rows.len()` rows
-/// of `NC` and no other thread touches it.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+/// The CPU has the weight's kernel; the parts lie inside the operands; `out` holds
+/// `rows.len()` rows of `NC` and no other thread touches it.
 unsafe fn sweep(
     ((x, rows), (w, columns), quads): (
         Part<'_, QuantizedRows>,
@@ -233,16 +301,28 @@ unsafe fn sweep(
     let kc = quads.len();
     for r0 in rows.clone().step_by(MR) {
         let strip = x.words[r0 * x_quads + quads.start * MR..].as_ptr();
+        let strip_rows = MR.min(rows.end - r0);
         for c0 in columns.clone().step_by(NR) {
             let panel = w.words[c0 / NR * NR * w_quads + quads.start * NR..].as_ptr();
             // SAFETY: the strip holds `kc` quads of `MR` rows, the panel `kc x NR`, and `out`
-            // this tile (caller's promise).
+            // this tile; the CPU has the kernel (caller's promise).
             unsafe {
-                let tile = (
-                    out.add((r0 - rows.start) * NC + c0 - columns.start),
-                    accumulate,
-                );
-                with_strip_rows!(MR.min(rows.end - r0), microkernel(kc, strip, panel, tile));
+                let dst = out.add((r0 - rows.start) * NC + c0 - columns.start);
+                match w.kernel {
+                    Kernel::Vnni => with_strip_rows!(
+                        strip_rows,
+                        microkernel_vnni(kc, strip, panel, (dst, accumulate))
+                    ),
+                    Kernel::Avx2 => {
+                        for sub in (0..NR).step_by(NR_AVX2) {
+                            let tile = (dst.add(sub), accumulate);
+                            with_strip_rows!(
+                                strip_rows,
+                                microkernel_avx2(kc, strip, panel.add(sub), tile)
+                            );
+                        }
+                    }
+                }
             }
         }
     }
@@ -252,10 +332,11 @@ unsafe fn sweep(
 /// `accumulate`, added into) the tile at `dst` (rows `NC` apart).
 ///
 /// # Safety
-/// As [`sweep`]'s, for this tile.
+/// The CPU has AVX-512 VNNI; reads of `kc` quads stay inside the strip and the panel, and the
+/// tile lies inside the caller's sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn microkernel<const R: usize>(
+unsafe fn microkernel_vnni<const R: usize>(
     kc: usize,
     x: *const u32,
     b: *const u32,
@@ -289,6 +370,52 @@ unsafe fn microkernel<const R: usize>(
     }
 }
 
+/// `R x NR_AVX2` i32 sums over `kc` quads of the strip `x` and the panel columns at `b` (quads
+/// `NR` apart), stored to (or, with `accumulate`, added into) the tile at `dst` (rows `NC`
+/// apart). Each quad's four byte products go pairwise into i16 (`vpmaddubsw`: exact while
+/// `|q| <= 63`), then into i32 (`vpmaddwd` by ones).
+///
+/// # Safety
+/// As [`microkernel_vnni`]'s, with AVX2 for the CPU.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn microkernel_avx2<const R: usize>(
+    kc: usize,
+    x: *const u32,
+    b: *const u32,
+    (dst, accumulate): (*mut i32, bool),
+) {
+    const VECTORS: usize = NR_AVX2 / 8;
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [[_mm256_setzero_si256(); VECTORS]; R];
+    // SAFETY: reads stay inside the strip and the panel, writes inside the tile (caller's
+    // promise).
+    unsafe {
+        for p in 0..kc {
+            let columns: [__m256i; VECTORS] =
+                std::array::from_fn(|v| _mm256_loadu_si256(b.add(p * NR + 8 * v).cast()));
+            for (r, row) in sums.iter_mut().enumerate() {
+                let quad = _mm256_set1_epi32(*x.add(p * MR + r) as i32);
+                for (sum, column) in row.iter_mut().zip(columns) {
+                    let pairs = _mm256_maddubs_epi16(quad, column);
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        for (r, row) in sums.iter().enumerate() {
+            for (v, sum) in row.iter().enumerate() {
+                let dst = dst.add(r * NC + 8 * v).cast();
+                let value = if accumulate {
+                    _mm256_add_epi32(_mm256_loadu_si256(dst), *sum)
+                } else {
+                    *sum
+                };
+                _mm256_storeu_si256(dst, value);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,67 +433,101 @@ mod tests {
             .collect()
     }
 
+    /// The kernels this CPU runs.
+    fn kernels() -> Vec<Kernel> {
+        let kernels: Vec<Kernel> = [Kernel::Vnni, Kernel::Avx2]
+            .into_iter()
+            .filter(|kernel| kernel.runs_here())
+            .collect();
+        if kernels.is_empty() {
+            eprintln!("skipped: this CPU lacks AVX2 and AVX-512 VNNI");
+        }
+        kernels
+    }
+
+    /// `x w^T` through the kernel, `x` `m x k` and `w` `n x k`.
+    fn product(x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize), kernel: Kernel) -> Vec<f32> {
+        let out = std::sync::Mutex::new(vec![f32::NAN; m * n]);
+        let (rows, weight) = (
+            QuantizedRows::new(x, k),
+            QuantizedWeight::new(w, n, k, kernel),
+        );
+        product_tiles(&rows, &weight, |i, columns, values| {
+            out.lock().unwrap()[i * n..][columns].copy_from_slice(values);
+        });
+        out.into_inner().unwrap()
+    }
+
     #[test]
     fn matches_the_product_of_the_quantised_values_exactly() {
-        if !is_available() {
-            eprintln!("skipped: this CPU lacks AVX-512 VNNI");
-            return;
-        }
-        // Rows past a strip and a tile, columns past a panel and a tile, k not a multiple of
-        // four, k past a block of quads, a zero row.
-        for (seed, &(m, n, k)) in [
-            (1, 1, 1),
-            (5, 63, 7),
-            (13, 65, 130),
-            (200, 300, 1603),
-            (6, 64, 4),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let mut x = values(m * k, 2 * seed as u64);
-            x[..k].fill(0.0);
-            let w = values(n * k, 2 * seed as u64 + 1);
-            let out = std::sync::Mutex::new(vec![f32::NAN; m * n]);
-            let (rows, weight) = (QuantizedRows::new(&x, k), QuantizedWeight::new(&w, n, k));
-            product_tiles(&rows, &weight, |i, columns, values| {
-                out.lock().unwrap()[i * n..][columns].copy_from_slice(values);
-            });
-            let out = out.into_inner().unwrap();
-            for i in 0..m {
-                let (x_scale, x_steps) = quantise(&x[i * k..(i + 1) * k]);
-                let x_steps: Vec<i32> = x_steps.collect();
-                for j in 0..n {
-                    let (w_scale, w_steps) = quantise(&w[j * k..(j + 1) * k]);
-                    let exact: i64 = x_steps
-                        .iter()
-                        .zip(w_steps)
-                        .map(|(a, b)| i64::from(a * b))
-                        .sum();
-                    let expected = exact as f64 * f64::from(x_scale) * f64::from(w_scale);
-                    let error = (f64::from(out[i * n + j]) - expected).abs();
-                    // The i32 sums are exact; only the final scaling rounds.
-                    assert!(
-                        error <= 1e-6 * expected.abs().max(1e-3),
-                        "{m}x{n}x{k} at ({i}, {j}): {error}"
-                    );
-                    // And the quantised product is close to the f32 one.
-                    let real: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum();
-                    assert!(
-                        (out[i * n + j] - real).abs() <= 0.02 * (k as f32).sqrt(),
-                        "{m}x{n}x{k} at ({i}, {j})"
-                    );
+        for kernel in kernels() {
+            // Rows past a strip and a tile, columns past a panel and a tile, k not a multiple
+            // of four, k past a block of quads, a zero row.
+            for (seed, &(m, n, k)) in [
+                (1, 1, 1),
+                (5, 63, 7),
+                (13, 65, 130),
+                (200, 300, 1603),
+                (6, 64, 4),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let mut x = values(m * k, 2 * seed as u64);
+                x[..k].fill(0.0);
+                let w = values(n * k, 2 * seed as u64 + 1);
+                let out = product(&x, &w, (m, n, k), kernel);
+                for i in 0..m {
+                    let (x_scale, x_steps) = quantise(&x[i * k..(i + 1) * k], ROW_LEVELS);
+                    let x_steps: Vec<i32> = x_steps.collect();
+                    for j in 0..n {
+                        let w = &w[j * k..(j + 1) * k];
+                        let (w_scale, w_steps) = quantise(w, kernel.weight_levels());
+                        let exact: i64 = x_steps
+                            .iter()
+                            .zip(w_steps)
+                            .map(|(a, b)| i64::from(a * b))
+                            .sum();
+                        let expected = exact as f64 * f64::from(x_scale) * f64::from(w_scale);
+                        let error = (f64::from(out[i * n + j]) - expected).abs();
+                        // The i32 sums are exact; only the final scaling rounds.
+                        assert!(
+                            error <= 1e-6 * expected.abs().max(1e-3),
+                            "{kernel:?} {m}x{n}x{k} at ({i}, {j}): {error}"
+                        );
+                        // And the quantised product is close to the f32 one.
+                        let real: f32 = (0..k).map(|t| x[i * k + t] * w[t]).sum();
+                        assert!(
+                            (out[i * n + j] - real).abs() <= 0.02 * (k as f32).sqrt(),
+                            "{kernel:?} {m}x{n}x{k} at ({i}, {j})"
+                        );
+                    }
                 }
             }
         }
     }
 
     #[test]
+    fn the_largest_steps_do_not_saturate() {
+        // Rows of ±1 quantise to bytes 255 and 1, columns of ±1 to the kernel's largest steps:
+        // the pairs AVX2 adds in i16 are at their largest.
+        let k = 64;
+        let x: Vec<f32> = [1.0, -1.0].iter().flat_map(|&v| vec![v; k]).collect();
+        for kernel in kernels() {
+            let out = product(&x, &x, (2, 2, k), kernel);
+            let k = k as f32;
+            for (out, expected) in out.iter().zip([k, -k, -k, k]) {
+                assert!((out - expected).abs() <= 1e-5 * k, "{kernel:?}: {out}");
+            }
+        }
+    }
+
+    #[test]
     fn quantisation_keeps_the_largest_value_and_zero() {
-        let (scale, steps) = quantise(&[0.0, -2.54, 1.26, 0.004]);
+        let (scale, steps) = quantise(&[0.0, -2.54, 1.26, 0.004], 127.0);
         assert!((scale - 0.02).abs() < 1e-8, "{scale}");
         assert_eq!(steps.collect::<Vec<_>>(), vec![0, -127, 63, 0]);
-        let (scale, steps) = quantise(&[0.0; 3]);
+        let (scale, steps) = quantise(&[0.0; 3], 127.0);
         assert_eq!((scale, steps.collect::<Vec<_>>()), (1.0, vec![0, 0, 0]));
     }
 }

@@ -65,7 +65,7 @@ use std::ops::Range;
 
 use candle_core::{Result, Storage, bail};
 
-/// Whether this CPU runs the int8 products (`int8_gemm`: x86-64 with AVX-512 VNNI).
+/// Whether this CPU runs the int8 products (`int8_gemm`: x86-64 with AVX-512 VNNI or AVX2).
 pub fn int8_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     return int8_gemm::is_available();

@@ -363,7 +363,8 @@ impl WanTransformer {
 
     /// [`Self::new`] with the blocks' attention and feed-forward layers quantised to int8
     /// (per output channel; activations per token as they run) where the CPU has AVX-512
-    /// VNNI ([`crate::kernels::int8_available`]), as [`Self::new`] loads them elsewhere.
+    /// VNNI or AVX2 ([`crate::kernels::int8_available`]), as [`Self::new`] loads them
+    /// elsewhere.
     pub fn new_int8(config: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
         Self::load(config, vb, true)
     }
