@@ -109,10 +109,18 @@ fn quantise(values: &[f32], levels: f32) -> (f32, impl Iterator<Item = i32> + '_
 
 /// `max |value| / levels`, or 1 where all are zero.
 fn step_of(values: &[f32], levels: f32) -> f32 {
-    // A compare and select rather than `f32::max`, so that the loop vectorises.
-    let largest = values
-        .iter()
-        .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    // Eight running maxima by compare and select (a single one, or `f32::max`, keeps the loop
+    // from vectorising).
+    let mut lanes = [0f32; 8];
+    let mut chunks = values.chunks_exact(lanes.len());
+    for chunk in &mut chunks {
+        for (lane, value) in lanes.iter_mut().zip(chunk) {
+            let magnitude = value.abs();
+            *lane = if magnitude > *lane { magnitude } else { *lane };
+        }
+    }
+    let rest = chunks.remainder().iter().map(|value| value.abs());
+    let largest = rest.chain(lanes).fold(0f32, f32::max);
     if largest > 0.0 { largest / levels } else { 1.0 }
 }
 
@@ -266,11 +274,14 @@ pub fn product_tiles(
         |rows, columns, sums| {
             let mut values = [0f32; NC];
             let values = &mut values[..columns.len()];
+            let column_sums = &w.sums[columns.clone()];
+            let column_scales = &w.scales[columns.clone()];
             for (r, sums) in rows.zip(sums.chunks_exact(NC)) {
                 let row_scale = x.scales[r];
-                for ((value, sum), c) in values.iter_mut().zip(sums).zip(columns.clone()) {
-                    let centred = sum - ZERO_POINT * w.sums[c];
-                    *value = centred as f32 * row_scale * w.scales[c];
+                let each = values.iter_mut().zip(sums).zip(column_sums);
+                for (((value, sum), column_sum), column_scale) in each.zip(column_scales) {
+                    let centred = sum - ZERO_POINT * column_sum;
+                    *value = centred as f32 * row_scale * column_scale;
                 }
                 finish(r, columns.clone(), values);
             }
