@@ -309,10 +309,12 @@ fn a_denoiser_goes_on_from_its_model() {
     let tail_dir = tempfile::tempdir().expect("temporary folder");
     let tail = train(&stage, &unaveraged(tail_dir.path(), 20, 8, 5));
     assert_eq!(tail.rows[0].step, 6);
-    // The model is stored in f16, so the loss agrees to that precision.
+    // The model is stored in f16 (every weight rounded by up to 2^-11 of itself), so the loss
+    // agrees to about that precision (0.11% here), while the losses of neighbouring steps differ
+    // by 5% or more.
     let (went_on, uninterrupted) = (tail.rows[0].loss, whole.rows[5].loss);
     let error = (went_on - uninterrupted).abs() / uninterrupted;
-    assert!(error < 1e-3, "{went_on} vs {uninterrupted}");
+    assert!(error < 2e-3, "{went_on} vs {uninterrupted}");
     let exported = read_model(&tail_dir.path().join("model")).expect("export");
     assert_eq!(exported.step, Some(8));
 
