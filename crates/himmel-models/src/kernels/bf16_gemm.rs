@@ -39,7 +39,7 @@ pub fn is_available() -> bool {
 
 /// `dst[i] = src[i]` rounded to bf16 (to nearest, ties to even, as `bf16::from_f32` rounds
 /// normal values; AVX-512 BF16 flushes subnormals to zero), sixteen at a time with AVX-512 BF16
-/// where the CPU has it.
+/// where the CPU has it, else in plain Rust built for AVX2 where the CPU has that.
 pub fn narrow(src: &[f32], dst: &mut [bf16]) {
     let len = src.len().min(dst.len());
     let mut done = 0;
@@ -48,8 +48,26 @@ pub fn narrow(src: &[f32], dst: &mut [bf16]) {
         unsafe { narrow_vectors(&src[..len], &mut dst[..len]) };
         done = len / 16 * 16;
     }
-    for (dst, src) in dst[done..len].iter_mut().zip(&src[done..len]) {
-        *dst = bf16::from_f32(*src);
+    narrow_rest(&src[done..len], &mut dst[done..len]);
+}
+
+/// [`narrow`] in plain Rust, built for AVX2 where the CPU has it.
+fn narrow_rest(src: &[f32], dst: &mut [bf16]) {
+    return_built_for!([("avx2")], narrow_portable(src: &[f32], dst: &mut [bf16]));
+    narrow_portable(src, dst)
+}
+
+/// [`narrow_rest`] as built for any CPU of the target: `bf16::from_f32`'s rounding written
+/// without branches, so that the loop vectorises.
+#[inline(always)]
+fn narrow_portable(src: &[f32], dst: &mut [bf16]) {
+    for (dst, src) in dst.iter_mut().zip(src) {
+        let bits = src.to_bits();
+        // Half of the dropped part's step, plus one where the kept part is odd: ties to even.
+        let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+        let quiet_nan = (bits >> 16) as u16 | 0x0040;
+        let nan = bits & 0x7FFF_FFFF > 0x7F80_0000;
+        *dst = bf16::from_bits(if nan { quiet_nan } else { rounded });
     }
 }
 
@@ -544,14 +562,27 @@ mod tests {
 
     #[test]
     fn narrowing_rounds_as_bf16_from_f32() {
+        // Ties both ways, signed zeros, the largest finite value (rounds to infinity), infinities
+        // and NaNs, in the tail after the whole vectors of sixteen.
+        let specials = [
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
         let src: Vec<f32> = (0..37)
             .map(|i| (i as f32 * 0.377 - 5.0) * (1.0 + 1.0 / 512.0 + i as f32 * 1e-4))
             .chain([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, 0.0, -0.0])
+            .chain(specials)
             .collect();
-        let mut dst = vec![bf16::ZERO; src.len()];
-        narrow(&src, &mut dst);
-        for (ours, value) in dst.iter().zip(&src) {
-            assert_eq!(ours.to_bits(), bf16::from_f32(*value).to_bits(), "{value}");
+        type Narrow = fn(&[f32], &mut [bf16]);
+        for narrow in [narrow as Narrow, narrow_portable] {
+            let mut dst = vec![bf16::ZERO; src.len()];
+            narrow(&src, &mut dst);
+            for (ours, value) in dst.iter().zip(&src) {
+                assert_eq!(ours.to_bits(), bf16::from_f32(*value).to_bits(), "{value}");
+            }
         }
         let mut rows = Rows::default();
         rows.refill_rounded(2, 3, &src[..6]);
