@@ -40,7 +40,7 @@ const MC: usize = 192;
 const NC: usize = 256;
 /// The activations' zero point: stored bytes are `round(x / scale) + 128`.
 const ZERO_POINT: i32 = 128;
-/// The activations' largest step.
+/// Steps either side of zero that the activations take (`|u - 128| <= 127`).
 const ROW_LEVELS: f32 = 127.0;
 
 /// The instructions a product runs on.
@@ -76,7 +76,8 @@ impl Kernel {
         }
     }
 
-    /// The largest weight step the kernel's sums hold without saturating.
+    /// Steps either side of zero that the kernel's weights may take without its sums
+    /// saturating.
     fn weight_levels(self) -> f32 {
         match self {
             Self::Vnni => 127.0,
