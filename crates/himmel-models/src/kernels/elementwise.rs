@@ -32,19 +32,8 @@ pub fn scale_and_max(values: &mut [f32], scale: f32, floor: f32) -> f32 {
 #[inline(always)]
 fn scale_and_max_portable(values: &mut [f32], scale: f32, floor: f32) -> f32 {
     values.iter_mut().for_each(|value| *value *= scale);
-    let mut lanes = [floor; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (lane, value) in lanes.iter_mut().zip(chunk) {
-            // A compare and select rather than `f32::max`, so that the loop vectorises.
-            *lane = if *value > *lane { *value } else { *lane };
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .chain(&lanes)
-        .fold(floor, |m, v| m.max(*v))
+    // A compare and select rather than `f32::max`, so that the loop vectorises.
+    fold_lanes(values, floor, |m, v| if v > m { v } else { m })
 }
 
 /// Replaces each value `v` with `exp(v - shift)`; gives their sum.
@@ -67,15 +56,7 @@ fn exp_shifted_portable(values: &mut [f32], shift: f32) -> f32 {
     values
         .iter_mut()
         .for_each(|value| *value = exp(*value - shift));
-    let mut lanes = [0f32; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        lanes
-            .iter_mut()
-            .zip(chunk)
-            .for_each(|(lane, value)| *lane += value);
-    }
-    lanes.iter().chain(chunks.remainder()).sum()
+    fold_lanes(values, 0.0, |sum, v| sum + v)
 }
 
 /// `row[i] = gelu(row[i] + bias[i])`, GELU with the tanh approximation written as
@@ -144,6 +125,22 @@ fn scale_silu_portable(out: &mut [f32], values: &[f32], factors: &[f32], gain: f
 
 /// Lanes of the plain-Rust reductions: eight f32 fill an AVX2 vector.
 const LANES: usize = 8;
+
+/// `values` folded by `combine` from `init` in `LANES` running lanes, the lanes then folded
+/// together and with the values past the last whole chunk: one running value would keep the
+/// compiler from vectorising a floating-point fold (it may not reorder it).
+#[inline(always)]
+pub(super) fn fold_lanes(values: &[f32], init: f32, combine: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, value) in lanes.iter_mut().zip(chunk) {
+            *lane = combine(*lane, *value);
+        }
+    }
+    let rest = chunks.remainder().iter().copied();
+    lanes.into_iter().chain(rest).fold(init, combine)
+}
 
 /// `exp(x)` as [`exp16`] computes it, for one value: `x = n ln2 + r` with `|r| <= ln2 / 2`,
 /// Cephes' degree-7 polynomial for `exp(r)`, scaled by `2^n` in two halves (so that each is a

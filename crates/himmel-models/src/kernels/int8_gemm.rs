@@ -110,18 +110,10 @@ fn quantise(values: &[f32], levels: f32) -> (f32, impl Iterator<Item = i32> + '_
 
 /// `max |value| / levels`, or 1 where all are zero.
 fn step_of(values: &[f32], levels: f32) -> f32 {
-    // Eight running maxima by compare and select (a single one, or `f32::max`, keeps the loop
-    // from vectorising).
-    let mut lanes = [0f32; 8];
-    let mut chunks = values.chunks_exact(lanes.len());
-    for chunk in &mut chunks {
-        for (lane, value) in lanes.iter_mut().zip(chunk) {
-            let magnitude = value.abs();
-            *lane = if magnitude > *lane { magnitude } else { *lane };
-        }
-    }
-    let rest = chunks.remainder().iter().map(|value| value.abs());
-    let largest = rest.chain(lanes).fold(0f32, f32::max);
+    let largest = super::elementwise::fold_lanes(values, 0.0, |m, v| {
+        // A compare and select rather than `f32::max`, so that the loop vectorises.
+        if v.abs() > m { v.abs() } else { m }
+    });
     if largest > 0.0 { largest / levels } else { 1.0 }
 }
 
