@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use himmel_models::mini::{SamplingDefaults, VideoShape};
+use himmel_models::mini::{Prediction, SamplingDefaults, VideoShape};
 use himmel_models::umt5::Umt5Config;
 use himmel_models::wan::{WanTransformerConfig, WanVaeConfig};
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,10 @@ pub struct DenoiserRecipe {
     /// normalisation; off by default, so runs made before it resume as they were.
     #[serde(default)]
     pub first_frame_statistics: bool,
+    /// What the denoiser learns to output: the flow (default) or the clean latents, whose loss
+    /// is still taken on the flow they stand for (Li and He 2025).
+    #[serde(default)]
+    pub prediction: Prediction,
     /// Encoded clips kept to draw batches from (encoding costs more than a denoiser step).
     pub pool_clips: u64,
     /// Clips of the pool replaced by new ones at every step.

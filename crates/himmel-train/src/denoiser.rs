@@ -1,5 +1,6 @@
-//! The denoiser stage: flow matching (rectified flow, velocity target `noise - latents`) on the
-//! frozen autoencoder's latents, with the text encoder trained alongside on detailed captions
+//! The denoiser stage: flow matching (rectified flow, velocity target `noise - latents`, which
+//! the model predicts directly or through the clean latents it predicts) on the frozen
+//! autoencoder's latents, with the text encoder trained alongside on detailed captions
 //! (recaptioning), some short prompts, and empty prompts for classifier-free guidance. Known
 //! latent frames (first frame, first or last part, both ends) are given as extra channels, so
 //! the model learns image to video, extension, loops and connections.
@@ -45,6 +46,9 @@ pub const MODEL_WEIGHTS: &str = "model.safetensors";
 const AUTOENCODER: &str = "autoencoder";
 /// Metadata key of a model export's denoiser training step.
 const STEP_METADATA: &str = "denoiser_step";
+/// The noise level below which a predicted sample's flow is divided no further in the loss
+/// (Li and He 2025): nearly clean inputs would otherwise weigh without bound.
+const LOSS_SMALLEST_SIGMA: f64 = 0.05;
 /// Clips encoded at once when filling the pool.
 const ENCODE_BATCH: u64 = 8;
 
@@ -183,6 +187,7 @@ fn config_for(
         max_prompt_tokens: recipe.max_prompt_tokens,
         video: recipe.video,
         sampling: recipe.sampling,
+        prediction: recipe.prediction,
     }
 }
 
@@ -307,6 +312,9 @@ impl DenoiserStage {
         }
         if config.text_encoder != model.config.text_encoder {
             return Err(differs("text_encoder"));
+        }
+        if config.prediction != model.config.prediction {
+            return Err(differs("prediction"));
         }
         let mut weights = model.weights;
         let prefix = format!("{AUTOENCODER}.");
@@ -490,13 +498,17 @@ impl Stage for DenoiserStage {
             mask: mask.clone(),
         };
         let text = self.model.encode_text(&prompts, DType::F32)?;
-        let prediction = self.model.denoise(
+        let output = self.model.predict(
             &noisy,
-            &(sigma * 1000.0)?,
+            &(&sigma * 1000.0)?,
             &text.hidden,
             &conditioning,
             None,
         )?;
+        let prediction =
+            self.config
+                .prediction
+                .flow(&output, &noisy, &sigma, LOSS_SMALLEST_SIGMA)?;
         // Known frames are not scored; objects' cells weigh more where the pool knows them.
         let mut weight = (1.0 - mask)?;
         if let Some(cells) = cell_weights.into_iter().collect::<Option<Vec<_>>>() {

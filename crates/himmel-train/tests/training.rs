@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::Device;
-use himmel_models::mini::{SamplingDefaults, VideoShape};
+use himmel_models::mini::{Prediction, SamplingDefaults, VideoShape};
 use himmel_models::umt5::Umt5Config;
 use himmel_models::wan::{WanTransformerConfig, WanVaeConfig};
 use himmel_train::TrainError;
@@ -80,6 +80,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
         vocabulary_clips: 20,
         statistics_clips: 4,
         first_frame_statistics: true,
+        prediction: Prediction::Flow,
         pool_clips: 8,
         pool_refresh: 2,
         max_prompt_tokens: 32,
@@ -258,6 +259,21 @@ fn the_denoiser_learns_and_resumes_exactly() {
     let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
     let uninterrupted: Vec<f64> = whole.rows[5..9].iter().map(|row| row.loss).collect();
     assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn a_denoiser_predicting_clean_latents_learns() {
+    let device = Device::Cpu;
+    let autoencoder_dir = tiny_autoencoder(&device);
+    let mut recipe = denoiser_recipe(40);
+    recipe.prediction = Prediction::Sample;
+    let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+    let stage = DenoiserStage::new(&recipe, trained, &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let run = train(&stage, &options(dir.path(), 40, None, false));
+    assert_falls(&run.rows);
+    let model = read_model(&dir.path().join("model")).expect("model export");
+    assert_eq!(model.config.prediction, Prediction::Sample);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! [`MiniConfig`]: everything about a himmel-mini model except its weights (`config.json`).
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::umt5::Umt5Config;
@@ -23,6 +24,46 @@ pub struct MiniConfig {
     pub video: VideoShape,
     /// Default sampling: steps, guidance scale, flow shift.
     pub sampling: SamplingDefaults,
+    /// What the denoiser's output is (models exported before this setting predict the flow).
+    #[serde(default)]
+    pub prediction: Prediction,
+}
+
+/// What a denoiser outputs; [`Prediction::flow`] turns it into the flow samplers step along.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The flow itself, noise minus clean latents (Wan's).
+    #[default]
+    Flow,
+    /// The clean latents ("x-prediction", Li and He 2025): a transformer whose patches hold
+    /// more values than its width cannot carry the noise through to a flow, but clean latents
+    /// lie on a much smaller manifold it can reach.
+    Sample,
+}
+
+impl Prediction {
+    /// The flow `noise - clean` that `output` stands for, at noisy `latents` `[B, z, F, h, w]`
+    /// and noise levels `sigma` `[B]` (0..1). A sample's flow is `(latents - output) / sigma`,
+    /// with sigma kept at `smallest_sigma` or above.
+    pub fn flow(
+        self,
+        output: &Tensor,
+        latents: &Tensor,
+        sigma: &Tensor,
+        smallest_sigma: f64,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Flow => Ok(output.clone()),
+            Self::Sample => {
+                let sigma =
+                    sigma
+                        .maximum(smallest_sigma)?
+                        .reshape((sigma.elem_count(), 1, 1, 1, 1))?;
+                (latents - output)?.broadcast_div(&sigma)
+            }
+        }
+    }
 }
 
 /// The shape of the clips a model makes by default.
@@ -75,6 +116,37 @@ impl MiniConfig {
                 self.vocabulary.len()
             ));
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::Prediction;
+
+    #[test]
+    fn a_predicted_sample_stands_for_the_flow_that_made_the_latents() -> candle_core::Result<()> {
+        let device = Device::Cpu;
+        let clean = Tensor::randn(0f32, 1.0, (2, 3, 2, 4, 4), &device)?;
+        let noise = Tensor::randn(0f32, 1.0, (2, 3, 2, 4, 4), &device)?;
+        let sigma = Tensor::new(&[0.3f32, 0.9], &device)?;
+        let sigma_5d = sigma.reshape((2, 1, 1, 1, 1))?;
+        let noisy =
+            (clean.broadcast_mul(&(1.0 - &sigma_5d)?)? + noise.broadcast_mul(&sigma_5d)?)?;
+        let flow = Prediction::Sample.flow(&clean, &noisy, &sigma, 1e-6)?;
+        let error = (flow - (&noise - &clean)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(error < 1e-5, "{error}");
+        // A flow prediction is the flow already.
+        let same = Prediction::Flow.flow(&noise, &noisy, &sigma, 1e-6)?;
+        assert_eq!(
+            same.flatten_all()?.to_vec1::<f32>()?,
+            noise.flatten_all()?.to_vec1::<f32>()?
+        );
         Ok(())
     }
 }

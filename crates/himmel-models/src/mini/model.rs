@@ -9,6 +9,10 @@ use super::tokenizer::WordTokenizer;
 use crate::umt5::Umt5Encoder;
 use crate::wan::{StepCache, WanTransformer, WanVae};
 
+/// The noise level below which a predicted sample's flow is not divided further: samplers
+/// never ask at zero noise, this only keeps a stray request finite.
+const SMALLEST_SIGMA: f64 = 1e-6;
+
 /// Known latents placed on the output timeline, and where they are.
 pub struct Conditioning {
     /// Normalised latents `[B, z, F, h, w]`, zero where nothing is known.
@@ -97,6 +101,22 @@ impl HimmelMini {
     /// Predicts the flow for normalised `latents` at `timestep` `[B]` (0..1000), reusing later
     /// blocks from `cache` where it allows.
     pub fn denoise(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        text: &Tensor,
+        conditioning: &Conditioning,
+        cache: Option<&mut StepCache>,
+    ) -> Result<Tensor> {
+        let output = self.predict(latents, timestep, text, conditioning, cache)?;
+        let sigma = (timestep / 1000.0)?;
+        self.config
+            .prediction
+            .flow(&output, latents, &sigma, SMALLEST_SIGMA)
+    }
+
+    /// The denoiser's own output for `latents` at `timestep`: what `config.prediction` names.
+    pub fn predict(
         &self,
         latents: &Tensor,
         timestep: &Tensor,
