@@ -95,6 +95,13 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
             "must be 0 or more",
         ));
     }
+    if recipe.gradient_weight.is_nan() || recipe.gradient_weight < 0.0 {
+        return Err(setting(
+            "gradient_weight",
+            recipe.gradient_weight,
+            "must be 0 or more",
+        ));
+    }
     if recipe.run.batch_size == 0 {
         return Err(setting("loop.batch_size", 0, "must be at least 1"));
     }
@@ -269,27 +276,21 @@ impl Stage for AutoencoderStage {
         let noise = gaussian(mean.shape(), &mut rng, &self.device)?;
         let latents = (&mean + ((&log_var * 0.5)?.exp()? * noise)?)?;
         let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-        let error = (reconstruction - &video)?.abs()?;
-        let l1 = match weights {
-            // The weighted mean: the loss keeps its scale whatever the objects cover.
-            Some(weights) => {
-                let total = (weights.sum_all()? * 3.0)?;
-                error
-                    .broadcast_mul(&weights)?
-                    .sum_all()?
-                    .broadcast_div(&total)?
-            }
-            None => error.mean_all()?,
-        };
+        let fit = reconstruction_loss(
+            &reconstruction,
+            &video,
+            weights.as_ref(),
+            self.recipe.gradient_weight,
+        )?;
         if self.recipe.decoder_only {
             // The encoder is fixed: its KL term is a constant.
-            return Ok(l1);
+            return Ok(fit);
         }
         let kl = (((mean.sqr()? + log_var.exp()?)? - 1.0)? - &log_var)?
             .sum(1)?
             .mean_all()?
             .affine(0.5, 0.0)?;
-        Ok((l1 + (kl * self.recipe.kl_weight)?)?)
+        Ok((fit + (kl * self.recipe.kl_weight)?)?)
     }
 
     fn export(
@@ -312,6 +313,42 @@ impl Stage for AutoencoderStage {
             source,
         })
     }
+}
+
+/// The reconstruction loss of `reconstruction` against `video` (both `[B, 3, F, H, W]`): the
+/// mean absolute error, weighted by `weights` (`[B, 1, F, H, W]`) where given, plus
+/// `gradient_weight` times the same mean of the error's differences between neighbouring
+/// pixels along time, height and width (the reconstruction's edges and changes against the
+/// clip's; the weight of a pair is its first pixel's).
+pub fn reconstruction_loss(
+    reconstruction: &Tensor,
+    video: &Tensor,
+    weights: Option<&Tensor>,
+    gradient_weight: f64,
+) -> candle_core::Result<Tensor> {
+    // The weighted mean: the loss keeps its scale whatever the objects cover.
+    let mean_abs = |error: &Tensor, weights: Option<&Tensor>| match weights {
+        Some(weights) => error
+            .abs()?
+            .broadcast_mul(weights)?
+            .sum_all()?
+            .broadcast_div(&(weights.sum_all()? * error.dim(1)? as f64)?),
+        None => error.abs()?.mean_all(),
+    };
+    let error = (reconstruction - video)?;
+    let mut loss = mean_abs(&error, weights)?;
+    if gradient_weight > 0.0 {
+        for dim in 2..5 {
+            let pairs = error.dim(dim)? - 1;
+            if pairs == 0 {
+                continue;
+            }
+            let change = (error.narrow(dim, 1, pairs)? - error.narrow(dim, 0, pairs)?)?;
+            let weights = weights.map(|w| w.narrow(dim, 0, pairs)).transpose()?;
+            loss = (loss + (mean_abs(&change, weights.as_ref())? * gradient_weight)?)?;
+        }
+    }
+    Ok(loss)
 }
 
 /// A trained autoencoder read back from a stage's folder: its config and weights.
@@ -395,4 +432,45 @@ pub fn channel_statistics(latents: &Tensor) -> candle_core::Result<(Vec<f64>, Ve
             .collect())
     };
     Ok((to_vec(mean)?, to_vec(std)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(loss: candle_core::Result<Tensor>) -> f64 {
+        f64::from(loss.unwrap().to_scalar::<f32>().unwrap())
+    }
+
+    #[test]
+    fn the_gradient_term_sees_edges_not_offsets() {
+        let device = Device::Cpu;
+        let shape = (1, 3, 3, 4, 4);
+        let video = Tensor::zeros(shape, DType::F32, &device).unwrap();
+        let offset = (&video + 0.5).unwrap();
+        assert!((scalar(reconstruction_loss(&offset, &video, None, 1.0)) - 0.5).abs() < 1e-6);
+
+        // One pixel off by 1 (channel 0, frame 1, row 1, column 1): it is 1 of 144 values, and
+        // 2 of each axis's pairs differ by 1 (96 pairs along time, 108 along rows and columns).
+        let mut values = vec![0f32; 144];
+        values[16 + 4 + 1] = 1.0;
+        let spike = Tensor::from_vec(values, shape, &device).unwrap();
+        let plain = scalar(reconstruction_loss(&spike, &video, None, 0.0));
+        assert!((plain - 1.0 / 144.0).abs() < 1e-6);
+        let expected = 1.0 / 144.0 + 0.5 * (2.0 / 96.0 + 2.0 * 2.0 / 108.0);
+        let with_edges = scalar(reconstruction_loss(&spike, &video, None, 0.5));
+        assert!(
+            (with_edges - expected).abs() < 1e-6,
+            "{with_edges} != {expected}"
+        );
+
+        // Uniform weights change nothing; a zero weight on the pixel removes its own term.
+        let uniform = Tensor::full(2f32, (1, 1, 3, 4, 4), &device).unwrap();
+        let weighted = scalar(reconstruction_loss(&spike, &video, Some(&uniform), 0.5));
+        assert!((weighted - expected).abs() < 1e-6);
+        let mut blind = vec![1f32; 48];
+        blind[16 + 4 + 1] = 0.0;
+        let blind = Tensor::from_vec(blind, (1, 1, 3, 4, 4), &device).unwrap();
+        assert!(scalar(reconstruction_loss(&spike, &video, Some(&blind), 0.0)).abs() < 1e-9);
+    }
 }

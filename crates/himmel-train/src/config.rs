@@ -71,6 +71,12 @@ pub struct AutoencoderRecipe {
     /// few percent of a frame: unweighted, the loss is nearly all backdrop.
     #[serde(default)]
     pub object_weight: f64,
+    /// Weight of a second L1 term on the differences between neighbouring pixels, across and
+    /// down each frame and from frame to frame (the gradient difference loss of Mathieu et al.
+    /// 2016): it falls only where the reconstruction's edges and changes over time match the
+    /// clip's, which plain L1 lets blur. 0 leaves it out.
+    #[serde(default)]
+    pub gradient_weight: f64,
     /// Train only the decoder side (`post_quant_conv` and `decoder`) of a trained autoencoder,
     /// keeping its encoder and so its latents: a decoder fine-tuned this way serves denoisers
     /// trained on the original's latents. Needs the autoencoder to start from.

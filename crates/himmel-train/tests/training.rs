@@ -46,6 +46,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         },
         kl_weight: 1e-4,
         object_weight: 4.0,
+        gradient_weight: 0.5,
         decoder_only: false,
         folder: None,
         video: VIDEO,
