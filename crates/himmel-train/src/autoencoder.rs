@@ -88,19 +88,14 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
             &format!("must be 1 + {time}k and within the clip"),
         ));
     }
-    if recipe.object_weight.is_nan() || recipe.object_weight < 0.0 {
-        return Err(setting(
-            "object_weight",
-            recipe.object_weight,
-            "must be 0 or more",
-        ));
-    }
-    if recipe.gradient_weight.is_nan() || recipe.gradient_weight < 0.0 {
-        return Err(setting(
-            "gradient_weight",
-            recipe.gradient_weight,
-            "must be 0 or more",
-        ));
+    let loss_weights = [
+        ("object_weight", recipe.object_weight),
+        ("gradient_weight", recipe.gradient_weight),
+    ];
+    for (name, weight) in loss_weights {
+        if weight.is_nan() || weight < 0.0 {
+            return Err(setting(name, weight, "must be 0 or more"));
+        }
     }
     if recipe.run.batch_size == 0 {
         return Err(setting("loop.batch_size", 0, "must be at least 1"));
