@@ -9,6 +9,7 @@ activations per batch as they run, fbgemm) of the blocks' linear layers, as `him
     /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae     # the transformer alone
     /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae --prompt-tokens 24  # a padded prompt
     /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae --dtype f32 --dtype int8
+    python3 tools/reference/bench_wan.py --device cuda --repeat 3 --dtype bf16  # on a GPU
 """
 
 import argparse
@@ -35,14 +36,33 @@ parser.add_argument(
     choices=["bf16", "f32", "int8"],
     help="the transformer's precision, repeatable (default: bf16 and f32)",
 )
+parser.add_argument("--device", default="cpu", help="cpu or cuda, as `himmel --device`")
+parser.add_argument(
+    "--repeat", type=int, default=1, help="runs of each stage; the fastest is reported"
+)
 args = parser.parse_args()
+device = torch.device(args.device)
+
+
+def timed(work):
+    """The fastest of --repeat runs of `work` in seconds, and the first run's."""
+    times = []
+    for _ in range(max(args.repeat, 1)):
+        start = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times), times[0]
+
 
 torch.manual_seed(0)
-latents = torch.randn(1, 16, 5, 32, 32)
+latents = torch.randn(1, 16, 5, 32, 32).to(device)
 if not args.vae_only:
     prompt = torch.zeros(1, 512, 4096)
     prompt[:, : args.prompt_tokens] = torch.randn(1, args.prompt_tokens, 4096)
-    timestep = torch.tensor([999])
+    prompt = prompt.to(device)
+    timestep = torch.tensor([999]).to(device)
     model = WanTransformer3DModel(**WAN_1_3B).eval()
     for name in args.dtype or ["bf16", "f32"]:
         if name == "int8":
@@ -55,17 +75,19 @@ if not args.vae_only:
             )
         else:
             dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[name]
-            run = model.to(dtype)
+            run = model.to(device, dtype)
         with torch.no_grad():
-            start = time.perf_counter()
-            run(latents.to(dtype), timestep, prompt.to(dtype), return_dict=False)
-            print(f"transformer forward {name}: {time.perf_counter() - start:.2f}s", flush=True)
+            best, first = timed(
+                lambda: run(latents.to(dtype), timestep, prompt.to(dtype), return_dict=False)
+            )
+            print(f"transformer forward {name}: {best:.3f}s (first run {first:.3f}s)", flush=True)
         del run
     del model
 if not args.no_vae:
-    vae = AutoencoderKLWan().eval()
+    vae = AutoencoderKLWan().eval().to(device)
     with torch.no_grad():
-        start = time.perf_counter()
-        vae.decode(latents, return_dict=False)
-        print(f"VAE decode f32: {time.perf_counter() - start:.2f}s", flush=True)
+        best, first = timed(lambda: vae.decode(latents, return_dict=False))
+        print(f"VAE decode f32: {best:.3f}s (first run {first:.3f}s)", flush=True)
 print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024:.2f} GiB")
+if device.type == "cuda":
+    print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")

@@ -12,6 +12,7 @@ use himmel_core::{Silent, Video};
 use himmel_media::{ReadOptions, WriteOptions, read_video, resize, write_video};
 use himmel_world::sample_clip;
 
+use crate::device::{DeviceChoice, synchronize};
 use crate::world::ClipSize;
 
 /// Arguments of `himmel bench`.
@@ -97,6 +98,9 @@ struct WanArgs {
     /// pipeline pads a prompt of this many tokens. 512: a prompt that fills them all.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=512))]
     prompt_tokens: u64,
+    /// Runs of each stage; the fastest is reported (on a GPU the first also loads kernels).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
 }
 
 /// Arguments of `himmel bench world`.
@@ -130,14 +134,19 @@ struct MediaArgs {
     repeat: u32,
 }
 
-/// Runs the chosen workload and prints its table.
-pub fn run(args: &BenchArgs) -> Result<()> {
+/// Runs the chosen workload and prints its table; the models' workloads run on `device`.
+pub fn run(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
+    let on_cpu = device == DeviceChoice::Cpu;
+    let device = device.open()?;
     match &args.workload {
         Workload::Media(media) => run_media(media),
         Workload::World(world) => run_world(world),
-        Workload::Wan(wan) => run_wan(wan),
-        Workload::Mini(mini) => run_mini(mini),
-        Workload::Text(text) => run_text(text),
+        Workload::Wan(wan) => run_wan(wan, &device),
+        Workload::Mini(mini) => run_mini(mini, &device),
+        Workload::Text(text) => run_text(text, &device),
+        Workload::Gemm(_) if !on_cpu => {
+            anyhow::bail!("bench gemm times Himmel's CPU kernels; give it no --device")
+        }
         Workload::Gemm(gemm) => run_gemm(gemm),
     }
 }
@@ -269,19 +278,47 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
     }
 }
 
-fn random_weights(dtype: candle_core::DType) -> candle_nn::VarBuilder<'static> {
-    candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dtype, candle_core::Device::Cpu)
+fn random_weights(
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> candle_nn::VarBuilder<'static> {
+    candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone())
 }
 
-fn run_wan(args: &WanArgs) -> Result<()> {
-    use candle_core::{DType, Device, Tensor};
+/// The fastest of `repeat` runs of `work` on `device` in seconds, and the first run's.
+fn fastest_and_first(
+    repeat: u32,
+    device: &candle_core::Device,
+    mut work: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
+    let mut times = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        work()?;
+        synchronize(device)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok((fastest, times[0]))
+}
+
+/// `; first of N runs {first}s` where more than one run was timed.
+fn first_run_note(repeat: u32, first: f64) -> String {
+    if repeat > 1 {
+        format!("; first of {repeat} runs {first:.3}s")
+    } else {
+        String::new()
+    }
+}
+
+fn run_wan(args: &WanArgs, device: &candle_core::Device) -> Result<()> {
+    use candle_core::{DType, Tensor};
     use himmel_models::wan::{WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
 
     let dtype = parse_dtype(&args.dtype)?;
     if !args.width.is_multiple_of(16) || !args.height.is_multiple_of(16) || args.frames % 4 != 1 {
         anyhow::bail!("width and height must be multiples of 16 and frames 1 + 4k");
     }
-    let device = Device::Cpu;
     let config = WanTransformerConfig::t2v_1_3b();
     let latent_frames = (args.frames - 1) / 4 + 1;
     let (h, w) = (args.height / 8, args.width / 8);
@@ -302,7 +339,7 @@ fn run_wan(args: &WanArgs) -> Result<()> {
         args.width, args.height, args.frames, args.prompt_tokens, args.dtype
     );
 
-    let latents = Tensor::randn(0f32, 1.0, (1, 16, latent_frames, h, w), &device)?;
+    let latents = Tensor::randn(0f32, 1.0, (1, 16, latent_frames, h, w), device)?;
     if !args.no_transformer {
         let start = Instant::now();
         let transformer = if args.int8 {
@@ -310,36 +347,43 @@ fn run_wan(args: &WanArgs) -> Result<()> {
                 anyhow::bail!("--int8 needs a CPU with AVX-512 VNNI or AVX2");
             }
             println!("  blocks' layers in int8");
-            WanTransformer::new_int8(&config, random_weights(dtype))?
+            WanTransformer::new_int8(&config, random_weights(dtype, device))?
         } else {
-            WanTransformer::new(&config, random_weights(dtype))?
+            WanTransformer::new(&config, random_weights(dtype, device))?
         };
-        let timestep = Tensor::new(&[999f32], &device)?;
+        let timestep = Tensor::new(&[999f32], device)?;
         let prompt_rows = args.prompt_tokens as usize;
-        let prompt = Tensor::randn(0f32, 1.0, (1, prompt_rows, config.text_dim), &device)?
+        let prompt = Tensor::randn(0f32, 1.0, (1, prompt_rows, config.text_dim), device)?
             .pad_with_zeros(1, 0, 512 - prompt_rows)?
             .to_dtype(dtype)?;
         println!("  build {:.1}s", start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        transformer.forward(&latents, &timestep, &prompt)?;
-        let seconds = start.elapsed().as_secs_f64();
+        let (seconds, first) = fastest_and_first(args.repeat, device, || {
+            transformer.forward(&latents, &timestep, &prompt)?;
+            Ok(())
+        })?;
         println!(
-            "  transformer forward {seconds:.2}s ({:.0} GFLOP/s of the 512-row work); a guided \
-             step is two forwards: {:.2}s",
+            "  transformer forward {seconds:.3}s ({:.0} GFLOP/s of the 512-row work); a guided \
+             step is two forwards: {:.3}s{}",
             flops / seconds / 1e9,
-            2.0 * seconds
+            2.0 * seconds,
+            first_run_note(args.repeat, first)
         );
     }
     if !args.no_vae {
         let config = WanVaeConfig::default_wan21();
         // As generation loads it: the decoder now, the encoder when something is encoded.
-        let source = Box::new(|| Ok(random_weights(DType::F32)));
-        let vae = WanVae::with_lazy_encoder(&config, random_weights(DType::F32), source)?;
-        let start = Instant::now();
-        vae.decode(&latents)?;
-        let seconds = start.elapsed().as_secs_f64();
+        let lazy_device = device.clone();
+        let source = Box::new(move || Ok(random_weights(DType::F32, &lazy_device)));
+        let vae = WanVae::with_lazy_encoder(&config, random_weights(DType::F32, device), source)?;
+        let (seconds, first) = fastest_and_first(args.repeat, device, || {
+            vae.decode(&latents)?;
+            Ok(())
+        })?;
         let flops = config.decode_flops(latent_frames, h, w);
         print_rate("VAE decode (f32)", seconds, flops);
+        if args.repeat > 1 {
+            println!("  (first of {} decodes {first:.3}s)", args.repeat);
+        }
     }
     print_peak_memory();
     Ok(())
@@ -439,8 +483,8 @@ impl himmel_core::Progress for StageTimes {
     }
 }
 
-fn run_text(args: &TextArgs) -> Result<()> {
-    use candle_core::{DType, Device, Tensor};
+fn run_text(args: &TextArgs, device: &candle_core::Device) -> Result<()> {
+    use candle_core::{DType, Tensor};
     use himmel_models::umt5::{Umt5Config, Umt5Encoder};
 
     let dtype = parse_dtype(&args.dtype)?;
@@ -456,24 +500,25 @@ fn run_text(args: &TextArgs) -> Result<()> {
     let flops = 2.0 * per_layer * config.num_layers as f64;
     println!("umt5-xxl: {tokens} tokens in {}", args.dtype);
     let start = Instant::now();
-    let encoder = Umt5Encoder::new(&config, random_weights(dtype))?;
-    let ids = Tensor::arange(0u32, tokens as u32, &Device::Cpu)?.unsqueeze(0)?;
-    let mask = Tensor::ones((1, tokens), DType::U32, &Device::Cpu)?;
+    let encoder = Umt5Encoder::new(&config, random_weights(dtype, device))?;
+    let ids = Tensor::arange(0u32, tokens as u32, device)?.unsqueeze(0)?;
+    let mask = Tensor::ones((1, tokens), DType::U32, device)?;
     println!("  build {:.1}s", start.elapsed().as_secs_f64());
     let start = Instant::now();
     encoder.forward(&ids, &mask)?;
+    synchronize(device)?;
     let seconds = start.elapsed().as_secs_f64();
     print_rate("encode", seconds, flops);
     print_peak_memory();
     Ok(())
 }
 
-fn run_mini(args: &MiniArgs) -> Result<()> {
+fn run_mini(args: &MiniArgs, device: &candle_core::Device) -> Result<()> {
     use himmel_pipeline::{GenerationRequest, MiniPipeline};
 
     let dir = himmel_pipeline::mini::builtin_dir();
     let start = Instant::now();
-    let pipeline = MiniPipeline::load(&dir, &candle_core::Device::Cpu)?;
+    let pipeline = MiniPipeline::load(&dir, device)?;
     let load = start.elapsed().as_secs_f64();
     let video = pipeline.config().video;
     let sampling = pipeline.config().sampling;

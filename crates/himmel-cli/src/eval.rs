@@ -24,6 +24,8 @@ use himmel_world::render::{RenderSettings, render};
 use himmel_world::score::{Aggregate, Report, aggregate, score};
 use serde::Serialize;
 
+use crate::device::DeviceChoice;
+
 /// Arguments of `himmel eval`.
 #[derive(Args)]
 pub struct EvalArgs {
@@ -143,12 +145,11 @@ fn as_video(clip: &Tensor, fps: f64) -> Result<Video> {
     Ok(Video::new(frames.contiguous()?, fps)?)
 }
 
-fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
+fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> Result<()> {
     let trained = himmel_train::autoencoder::read_trained(dir)?;
-    let device = Device::Cpu;
     let vae = WanVae::new(
         &trained.config,
-        VarBuilder::from_tensors(trained.weights, DType::F32, &device),
+        VarBuilder::from_tensors(trained.weights, DType::F32, device),
     )?;
     let (width, height, frames) = args.clip_size;
     let shape = VideoShape {
@@ -167,11 +168,12 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
     let (mut reconstructed_reports, mut original_reports) = (Vec::new(), Vec::new());
     let mut latents = Vec::new();
     for index in 0..count {
-        let batch = clips.batch(index..index + 1, &device)?;
-        let original = &batch.video;
-        let encoded = vae.encode(original)?;
-        let reconstruction = vae.decode(&encoded)?;
-        latents.push(encoded);
+        let batch = clips.batch(index..index + 1, device)?;
+        let encoded = vae.encode(&batch.video)?;
+        // Scored on the CPU, beside the object masks.
+        let reconstruction = vae.decode(&encoded)?.to_device(&Device::Cpu)?;
+        let original = &batch.video.to_device(&Device::Cpu)?;
+        latents.push(encoded.to_device(&Device::Cpu)?);
         let objects = clips.object_masks(&batch, index)?;
         if let Some(spec) = &batch.scenes[0] {
             reconstructed_reports.push(score(&as_video(&reconstruction, shape.fps)?, spec)?);
@@ -244,9 +246,10 @@ struct EvalReport {
 }
 
 /// Runs the evaluation and prints and saves the aggregate.
-pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
+pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
+    let device = device.open()?;
     if let Some(dir) = &args.autoencoder {
-        return run_autoencoder(args, dir);
+        return run_autoencoder(args, dir, &device);
     }
     let dir = match &args.model {
         Some(dir) => dir.clone(),
@@ -258,7 +261,7 @@ pub fn run(args: &EvalArgs, quiet: bool) -> Result<()> {
             dir.display()
         );
     }
-    let pipeline = MiniPipeline::load(&dir, &Device::Cpu)?;
+    let pipeline = MiniPipeline::load(&dir, &device)?;
     let config = pipeline.config().clone();
     let prompts = himmel_world::held_out_prompts();
     let prompts = &prompts[..args.limit.unwrap_or(prompts.len()).min(prompts.len())];

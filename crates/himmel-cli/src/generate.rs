@@ -22,6 +22,7 @@ use himmel_safety::MarkedWriter;
 use himmel_safety::provenance::{Claim, Ingredient, Role};
 use himmel_world::render::RenderSettings;
 
+use crate::device::DeviceChoice;
 use crate::marks::{MarkArgs, marks, new_generation_id};
 
 /// Compute precision of a Wan model's transformer and text encoder.
@@ -388,11 +389,12 @@ fn generate_mini(
     args: &GenerateArgs,
     inputs: &Inputs,
     dir: &Path,
+    device: &Device,
     quiet: bool,
     progress: &dyn Progress,
     sink: &mut Sink,
 ) -> Result<()> {
-    let mut pipeline = MiniPipeline::load(dir, &Device::Cpu)?;
+    let mut pipeline = MiniPipeline::load(dir, device)?;
     if args.preview.is_some() && pipeline.prepare_previews()? {
         eprintln!(
             "note: {} has no preview.json; fitted a preview projection",
@@ -442,6 +444,7 @@ fn generate_wan(
     args: &GenerateArgs,
     inputs: &Inputs,
     source: &ModelSource,
+    device: &Device,
     progress: &dyn Progress,
     sink: &mut Sink,
 ) -> Result<()> {
@@ -451,7 +454,7 @@ fn generate_wan(
             args.max_sequence_length
         );
     }
-    let mut pipeline = WanPipeline::load(source, args.dtype.precision(), &Device::Cpu)?
+    let mut pipeline = WanPipeline::load(source, args.dtype.precision(), device)?
         .with_max_sequence_length(args.max_sequence_length);
     if args.preview.is_some() && pipeline.prepare_previews()? {
         eprintln!("note: the model has no preview.json; fitted a preview projection");
@@ -467,7 +470,13 @@ fn generate_wan(
 }
 
 /// Loads the model, generates and writes the video.
-pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<()> {
+pub fn run(
+    args: &GenerateArgs,
+    device: DeviceChoice,
+    quiet: bool,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let device = device.open()?;
     let options = WriteOptions {
         quality: himmel_media::Quality::Constant(args.crf),
     };
@@ -497,8 +506,12 @@ pub fn run(args: &GenerateArgs, quiet: bool, progress: &dyn Progress) -> Result<
         Ok(())
     };
     match model {
-        ModelChoice::Mini(dir) => generate_mini(args, &inputs, &dir, quiet, progress, &mut sink)?,
-        ModelChoice::Wan(source) => generate_wan(args, &inputs, &source, progress, &mut sink)?,
+        ModelChoice::Mini(dir) => {
+            generate_mini(args, &inputs, &dir, &device, quiet, progress, &mut sink)?
+        }
+        ModelChoice::Wan(source) => {
+            generate_wan(args, &inputs, &source, &device, progress, &mut sink)?
+        }
     }
     let frames = writer.frames();
     let marked = match (writer.watermarks(), writer.signs()) {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod convert;
+mod device;
 mod eval;
 mod generate;
 mod info;
@@ -25,6 +26,11 @@ struct Cli {
     /// Print no progress.
     #[arg(long, short, global = true)]
     quiet: bool,
+
+    /// Where the models run (generate, serve, worker, eval, train, bench): cpu, cuda or cuda:N
+    /// (CUDA needs a himmel built with `--features cuda`).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: device::DeviceChoice,
 
     #[command(subcommand)]
     command: Command,
@@ -101,17 +107,18 @@ fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     let progress = progress::TerminalProgress::new(cli.quiet);
+    let device = cli.device;
     let result = match cli.command {
-        Command::Generate(args) => generate::run(&args, cli.quiet, &progress),
+        Command::Generate(args) => generate::run(&args, device, cli.quiet, &progress),
         Command::Convert(args) => convert::run(&args, &progress),
         Command::Info(args) => info::run(&args, &progress),
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) => bench::run(&args, device),
         Command::World(args) => world::run(&args, &progress),
-        Command::Eval(args) => on_compute_pool(|| eval::run(&args, cli.quiet)),
-        Command::Train(args) => on_compute_pool(|| train::run_command(&args, cli.quiet)),
-        Command::Serve(args) => serve::serve(&args),
+        Command::Eval(args) => on_compute_pool(|| eval::run(&args, device, cli.quiet)),
+        Command::Train(args) => on_compute_pool(|| train::run_command(&args, device, cli.quiet)),
+        Command::Serve(args) => serve::serve(&args, device),
         Command::Policy(args) => policy::run(&args),
-        Command::Worker(args) => serve::work(&args),
+        Command::Worker(args) => serve::work(&args, device),
         Command::Verify(args) => match verify::run(&args, &progress) {
             Ok(status) => return status,
             Err(error) => Err(error),

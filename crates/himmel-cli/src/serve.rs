@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use candle_core::Device;
 use clap::Args;
 use himmel_pipeline::mini;
 use himmel_pipeline::{ModelSource, Precision};
 
+use crate::device::DeviceChoice;
 use crate::generate::DtypeArg;
 use himmel_safety::provenance::Credentials;
 use himmel_serve::api::{ServerState, router};
@@ -190,9 +192,9 @@ fn is_postgres(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://") || db.contains("host=")
 }
 
-fn load_engine(model: &ServedModel, max_seconds: f64) -> Result<Box<dyn Engine>> {
+fn load_engine(model: &ServedModel, max_seconds: f64, device: &Device) -> Result<Box<dyn Engine>> {
     Ok(match model {
-        ServedModel::Mini(dir) => Box::new(MiniEngine::load(dir, max_seconds)?),
+        ServedModel::Mini(dir) => Box::new(MiniEngine::load(dir, max_seconds, device)?),
         ServedModel::Wan {
             root,
             name,
@@ -202,6 +204,7 @@ fn load_engine(model: &ServedModel, max_seconds: f64) -> Result<Box<dyn Engine>>
             name,
             *precision,
             max_seconds,
+            device,
         )?),
     })
 }
@@ -211,6 +214,7 @@ fn spawn_workers(
     queue: &Queue,
     count: usize,
     max_seconds: f64,
+    device: &Device,
     stop: &Arc<AtomicBool>,
     mut loaded: Option<Box<dyn Engine>>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
@@ -218,7 +222,7 @@ fn spawn_workers(
         .map(|_| {
             let engine = match loaded.take() {
                 Some(engine) => engine,
-                None => load_engine(&queue.model, max_seconds)?,
+                None => load_engine(&queue.model, max_seconds, device)?,
             };
             let mut worker = Worker::new(queue.store.clone(), engine, queue.artifacts.clone())
                 .with_lease(queue.lease)
@@ -234,10 +238,11 @@ fn spawn_workers(
 }
 
 /// Serves the API until Ctrl-C or SIGTERM, then lets running jobs finish.
-pub fn serve(args: &ServeArgs) -> Result<()> {
+pub fn serve(args: &ServeArgs, device: DeviceChoice) -> Result<()> {
+    let device = device.open()?;
     let policy = crate::policy::load(args.policy.as_deref())?;
     let queue = open_queue(&args.queue)?;
-    let engine = load_engine(&queue.model, args.queue.max_seconds)?;
+    let engine = load_engine(&queue.model, args.queue.max_seconds, &device)?;
     let spec = engine.spec().clone();
     let state = Arc::new(ServerState {
         store: queue.store.clone(),
@@ -256,6 +261,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         &queue,
         args.workers,
         args.queue.max_seconds,
+        &device,
         &stop,
         Some(engine),
     )?;
@@ -281,10 +287,11 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
 }
 
 /// Works the queue until Ctrl-C or SIGTERM.
-pub fn work(args: &WorkerArgs) -> Result<()> {
+pub fn work(args: &WorkerArgs, device: DeviceChoice) -> Result<()> {
+    let device = device.open()?;
     let queue = open_queue(&args.queue)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let workers = spawn_workers(&queue, 1, args.queue.max_seconds, &stop, None)?;
+    let workers = spawn_workers(&queue, 1, args.queue.max_seconds, &device, &stop, None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

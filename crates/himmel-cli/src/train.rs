@@ -19,6 +19,8 @@ use himmel_train::denoiser::{DenoiserStage, read_model};
 use himmel_train::log::LogRow;
 use himmel_train::trainer::{RunOptions, Stage, run};
 
+use crate::device::DeviceChoice;
+
 /// Arguments of `himmel train`.
 #[derive(Args)]
 pub struct TrainArgs {
@@ -88,10 +90,10 @@ struct Common {
 }
 
 /// Runs the chosen stage.
-pub fn run_command(args: &TrainArgs, quiet: bool) -> Result<()> {
-    let device = Device::Cpu;
+pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
+    let device = device.open()?;
     match &args.stage {
-        TrainStage::Preview { model, clips } => fit_preview(model, *clips),
+        TrainStage::Preview { model, clips } => fit_preview(model, *clips, &device),
         TrainStage::Autoencoder { from, common } => {
             let recipe: AutoencoderRecipe = read_recipe(&common.config)?;
             let mut start_step = 0;
@@ -140,15 +142,14 @@ pub fn run_command(args: &TrainArgs, quiet: bool) -> Result<()> {
 }
 
 /// Fits and stores the preview projection of the model in `dir`.
-fn fit_preview(dir: &Path, clips: u64) -> Result<()> {
-    let device = Device::Cpu;
+fn fit_preview(dir: &Path, clips: u64, device: &Device) -> Result<()> {
     let preview = if is_mini_dir(dir) {
-        let pipeline = MiniPipeline::load(dir, &device)?;
+        let pipeline = MiniPipeline::load(dir, device)?;
         LatentPreview::fit(&pipeline.model().autoencoder, clips)?
     } else {
         let vae_dir = dir.join("vae");
         let config = read_json(&vae_dir.join("config.json"))?;
-        let vae = load_vae(&weight_files(&vae_dir)?, config, &device)?;
+        let vae = load_vae(&weight_files(&vae_dir)?, config, device)?;
         LatentPreview::fit(&vae, clips)?
     };
     preview.save(dir)?;

@@ -147,6 +147,9 @@ fn bad_requests_and_models_get_clear_errors() {
         .contains("width must be a positive multiple of 16")
     );
     assert!(run(&[], dir.path().to_str().unwrap()).contains("no model_index.json"));
+    if !cfg!(feature = "cuda") {
+        assert!(run(&["--device", "cuda"], model_arg).contains("built without CUDA"));
+    }
     // Without --model the built-in model is used; where it cannot be found, the error says so.
     let nowhere = std::process::Command::new(env!("CARGO_BIN_EXE_himmel"))
         .args(["generate", "a ball", "-o", out_arg])

@@ -62,7 +62,8 @@ pub(crate) fn seeded_noise(
     Tensor::from_vec(values, shape, device)
 }
 
-/// Decodes normalised latents `[1, z, F, h, w]` with `vae` into a video at `fps`.
+/// Decodes normalised latents `[1, z, F, h, w]` with `vae` into a video at `fps`, its frames
+/// in the CPU's memory whatever device decoded them.
 pub(crate) fn decode_to_video(
     vae: &himmel_models::wan::WanVae,
     latents: &Tensor,
@@ -73,7 +74,8 @@ pub(crate) fn decode_to_video(
         .clamp(0f32, 1f32)?
         .squeeze(0)?
         .permute((1, 2, 3, 0))?
-        .contiguous()?;
+        .contiguous()?
+        .to_device(&Device::Cpu)?;
     Ok(Video::new(frames, fps)?)
 }
 

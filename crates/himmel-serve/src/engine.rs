@@ -237,9 +237,10 @@ pub struct MiniEngine {
 }
 
 impl MiniEngine {
-    /// Loads himmel-mini from `dir`; the service accepts videos up to `max_seconds`.
-    pub fn load(dir: &Path, max_seconds: f64) -> Result<Self, PipelineError> {
-        let pipeline = MiniPipeline::load(dir, &Device::Cpu)?;
+    /// Loads himmel-mini from `dir` onto `device`; the service accepts videos up to
+    /// `max_seconds`.
+    pub fn load(dir: &Path, max_seconds: f64, device: &Device) -> Result<Self, PipelineError> {
+        let pipeline = MiniPipeline::load(dir, device)?;
         let video = pipeline.config().video;
         let spec = ModelSpec {
             name: himmel_pipeline::mini::BUILTIN_NAME.into(),
@@ -317,15 +318,16 @@ pub struct WanEngine {
 const WAN_DEFAULTS: (usize, f64) = (50, 5.0);
 
 impl WanEngine {
-    /// Loads the Wan model at `source` as `name`; the service accepts videos up to
-    /// `max_seconds`.
+    /// Loads the Wan model at `source` as `name` onto `device`; the service accepts videos up
+    /// to `max_seconds`.
     pub fn load(
         source: &ModelSource,
         name: &str,
         precision: Precision,
         max_seconds: f64,
+        device: &Device,
     ) -> Result<Self, PipelineError> {
-        let pipeline = WanPipeline::load(source, precision, &Device::Cpu)?;
+        let pipeline = WanPipeline::load(source, precision, device)?;
         let limits = pipeline.limits();
         let spec = ModelSpec {
             name: name.into(),

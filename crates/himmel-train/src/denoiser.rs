@@ -338,7 +338,7 @@ impl DenoiserStage {
                 value: name.clone(),
                 reason: "is missing from the model to start from".into(),
             })?;
-            var.set(weight)?;
+            var.set(&weight.to_device(var.device())?)?;
         }
         Ok(stage)
     }
