@@ -174,7 +174,10 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
         let reconstruction = vae.decode(&encoded)?.to_device(&Device::Cpu)?;
         let original = &batch.video.to_device(&Device::Cpu)?;
         latents.push(encoded.to_device(&Device::Cpu)?);
-        let objects = clips.object_masks(&batch, index)?;
+        let objects = clips
+            .object_masks(&batch, index)?
+            .map(|masks| masks.to_device(&Device::Cpu))
+            .transpose()?;
         if let Some(spec) = &batch.scenes[0] {
             reconstructed_reports.push(score(&as_video(&reconstruction, shape.fps)?, spec)?);
             original_reports.push(score(&as_video(original, shape.fps)?, spec)?);

@@ -145,12 +145,12 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
 fn fit_preview(dir: &Path, clips: u64, device: &Device) -> Result<()> {
     let preview = if is_mini_dir(dir) {
         let pipeline = MiniPipeline::load(dir, device)?;
-        LatentPreview::fit(&pipeline.model().autoencoder, clips)?
+        LatentPreview::fit(&pipeline.model().autoencoder, clips, device)?
     } else {
         let vae_dir = dir.join("vae");
         let config = read_json(&vae_dir.join("config.json"))?;
         let vae = load_vae(&weight_files(&vae_dir)?, config, device)?;
-        LatentPreview::fit(&vae, clips)?
+        LatentPreview::fit(&vae, clips, device)?
     };
     preview.save(dir)?;
     eprintln!("wrote {}", dir.join(PREVIEW_FILE).display());

@@ -107,6 +107,7 @@ impl MiniPipeline {
         self.preview = Some(LatentPreview::fit(
             &self.model.autoencoder,
             PREVIEW_FIT_CLIPS,
+            &self.device,
         )?);
         Ok(true)
     }

@@ -53,30 +53,33 @@ impl LatentPreview {
         std::fs::write(&path, text + "\n").map_err(|e| PipelineError::load(&path, e))
     }
 
-    /// Fits the map for `vae` by least squares on `clips` rendered world clips (64x64x17):
-    /// normalised latents against the clips' pixels averaged over each latent cell.
-    pub fn fit(vae: &WanVae, clips: u64) -> Result<Self, PipelineError> {
+    /// Fits the map for `vae` (its weights on `device`) by least squares on `clips` rendered
+    /// world clips (64x64x17): normalised latents against the clips' pixels averaged over each
+    /// latent cell.
+    pub fn fit(vae: &WanVae, clips: u64, device: &Device) -> Result<Self, PipelineError> {
         let settings = RenderSettings {
             width: 64,
             height: 64,
             frames: 17,
             fps: 16.0,
         };
-        let device = Device::Cpu;
         let mut features = Vec::new();
         let mut targets = Vec::new();
         for index in 0..clips {
             let (clip, _) = sample_clip(PREVIEW_SEED, index, &settings)?;
             let pixels = clip.video.to_f32()?.permute((3, 0, 1, 2))?.contiguous()?;
-            let input = ((pixels.unsqueeze(0)? * 2.0)? - 1.0)?.to_device(&device)?;
-            let latents = vae.normalize(&vae.encode(&input)?)?.squeeze(0)?;
+            let input = ((pixels.unsqueeze(0)? * 2.0)? - 1.0)?.to_device(device)?;
+            let latents = vae
+                .normalize(&vae.encode(&input)?)?
+                .squeeze(0)?
+                .to_device(&Device::Cpu)?;
             features.push(cells(&latents)?);
             let means = latent_cells(&pixels, vae.config(), CellReduction::Mean)?;
             targets.push(cells(&means)?);
         }
         let features = Tensor::cat(&features, 0)?.to_dtype(DType::F64)?;
         let targets = Tensor::cat(&targets, 0)?.to_dtype(DType::F64)?;
-        let ones = Tensor::ones((features.dim(0)?, 1), DType::F64, &device)?;
+        let ones = Tensor::ones((features.dim(0)?, 1), DType::F64, &Device::Cpu)?;
         let design = Tensor::cat(&[&features, &ones], 1)?;
         let solution = ridge(&design, &targets)?;
         let rows: Vec<[f64; 3]> = solution

@@ -261,7 +261,11 @@ impl WanPipeline {
         if self.preview.is_some() {
             return Ok(false);
         }
-        self.preview = Some(LatentPreview::fit(&self.vae, PREVIEW_FIT_CLIPS)?);
+        self.preview = Some(LatentPreview::fit(
+            &self.vae,
+            PREVIEW_FIT_CLIPS,
+            &self.device,
+        )?);
         Ok(true)
     }
 
