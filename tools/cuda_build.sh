@@ -7,13 +7,19 @@
 # cu130 wheels carry them). Where the CUDA toolkit is installed, plain
 # `cargo build --release -p himmel-cli --features cuda` does the same.
 #
-#   bash tools/cuda_build.sh [COMPUTE_CAPABILITY]   # default 90 (H100, H200); 80 A100, 89 L4
+#   bash tools/cuda_build.sh [COMPUTE_CAPABILITY] [FEATURE]
+#
+# COMPUTE_CAPABILITY defaults to 90 (H100, H200; 80 is A100, 89 L4). FEATURE is `cuda` (the
+# default) or `cudnn`, which adds cuDNN's convolutions (the autoencoder's): the binary then also
+# needs libcudnn.so.9 on the library path (PyTorch's cu130 wheels carry it too), and links
+# against a stand-in for it as for the driver.
 #
 # The toolkit goes to ${HIMMEL_CUDA_DIR:-/opt/himmel-cuda13}; the binary is
 # target/release/himmel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cap="${1:-90}"
+feature="${2:-cuda}"
 dir="${HIMMEL_CUDA_DIR:-/opt/himmel-cuda13}"
 root="$dir/nvidia/cu13"
 
@@ -29,14 +35,19 @@ if [ ! -x "$root/bin/nvcc" ]; then
   chmod +x "$root"/bin/* "$root"/nvvm/bin/*
 fi
 
-# The driver's functions as cudarc declares them, each an empty body: enough to link.
-if [ ! -e "$root/lib/libcuda.so" ]; then
-  bindings="$(cargo metadata --format-version 1 --features himmel-cli/cuda \
-    | python3 -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')"
-  sys_rs="$(dirname "$bindings")/src/driver/sys/mod.rs"
-  grep -o "pub unsafe fn cu[A-Za-z0-9_]*" "$sys_rs" | awk '{print "void " $4 "(void) {}"}' \
-    | sort -u > "$dir/libcuda_stub.c"
-  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib/libcuda.so" "$dir/libcuda_stub.c"
+# A library's functions as cudarc declares them, each an empty body: enough to link.
+stand_in() { # NAME SONAME BINDINGS (cudarc's sys module that declares them)
+  if [ ! -e "$root/lib/lib$1.so" ]; then
+    cudarc="$(cargo metadata --format-version 1 --features himmel-cli/cuda \
+      | python3 -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')"
+    grep -o "pub unsafe fn cu[A-Za-z0-9_]*" "$(dirname "$cudarc")/src/$3" \
+      | awk '{print "void " $4 "(void) {}"}' | sort -u > "$dir/lib$1_stub.c"
+    gcc -shared -fPIC -Wl,-soname,"$2" -o "$root/lib/lib$1.so" "$dir/lib$1_stub.c"
+  fi
+}
+stand_in cuda libcuda.so.1 driver/sys/mod.rs
+if [ "$feature" = cudnn ]; then
+  stand_in cudnn libcudnn.so.9 cudnn/sys/mod.rs
 fi
 for name in cublas cublasLt curand nvrtc cudart; do
   library="$(ls "$root/lib/lib$name.so."* | head -1)"
@@ -44,5 +55,5 @@ for name in cublas cublasLt curand nvrtc cudart; do
 done
 
 PATH="$root/bin:$PATH" CUDA_HOME="$root" CUDA_COMPUTE_CAP="$cap" \
-  cargo build --release -p himmel-cli --features cuda
-echo "built target/release/himmel with CUDA for compute capability $cap"
+  cargo build --release -p himmel-cli --features "$feature"
+echo "built target/release/himmel with $feature for compute capability $cap"

@@ -351,21 +351,10 @@ fn every_nth(x: &Tensor, dim: usize, n: usize) -> Result<Tensor> {
         .squeeze(dim + 1)
 }
 
-/// The 2-D kernels of a 3-D kernel, one per time tap.
-fn cut_taps(weight: &Tensor) -> Result<Vec<Tensor>> {
-    (0..weight.dim(2)?)
-        .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
-        .collect()
-}
-
 /// A 3-D convolution causal in time: `2 * pad_t` frames of zeros (or cached frames) in front.
 struct CausalConv3d {
     /// `[out, in, kt, kh, kw]`.
     weight: Tensor,
-    /// One 2-D kernel per time tap, `[out, in, kh, kw]`, cut once from fixed weights; empty
-    /// when the weight is being trained (then cut at every call, so updates are seen) or runs
-    /// through [`video::conv3d`].
-    taps: Vec<Tensor>,
     bias: Tensor,
     front: usize,
     spatial_padding: usize,
@@ -380,16 +369,8 @@ impl CausalConv3d {
         time_stride: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let weight = vb.get((outputs, inputs, kt, ks, ks), "weight")?;
-        // Fixed f32 CPU weights run through the kernel, which reads the 3-D weight itself.
-        let taps = if weight.is_variable() || video::applies(&weight, &weight) {
-            Vec::new()
-        } else {
-            cut_taps(&weight)?
-        };
         Ok(Self {
-            weight,
-            taps,
+            weight: vb.get((outputs, inputs, kt, ks, ks), "weight")?,
             bias: vb.get(outputs, "bias")?,
             front: 2 * pad_t,
             spatial_padding: pad_s,
@@ -453,34 +434,27 @@ impl CausalConv3d {
                 self.time_stride,
             );
         }
-        let frames = x.dim(2)?;
-        let outputs = (frames - self.weight.dim(2)?) / self.time_stride + 1;
-        let config = Conv2dConfig {
-            padding: self.spatial_padding,
-            ..Default::default()
-        };
-        let fresh;
-        let taps = if self.taps.is_empty() {
-            fresh = cut_taps(&self.weight)?;
-            &fresh
-        } else {
-            &self.taps
-        };
-        let mut sum: Option<Tensor> = None;
-        for (k, tap) in taps.iter().enumerate() {
-            let indices: Vec<u32> = (0..outputs)
-                .map(|t| (t * self.time_stride + k) as u32)
-                .collect();
-            let indices = Tensor::new(indices.as_slice(), x.device())?;
-            let window = x.index_select(&indices, 2)?;
-            let part = per_frame(&window, |frame| conv2d(frame, tap, config.padding, 1))?;
-            sum = Some(match sum {
-                Some(total) => (total + part)?,
-                None => part,
-            });
-        }
-        let sum = sum.expect("kernels have at least one tap");
-        sum.broadcast_add(&self.bias.reshape((1, (), 1, 1, 1))?)
+        // Each output frame's window of input frames becomes the channels of one frame, in the
+        // weight's (channel, tap) order, so a single 2-D convolution does the 3-D one.
+        let (batch, channels, frames, height, width) = x.dims5()?;
+        let (outputs, _, taps, kernel_height, kernel_width) = self.weight.dims5()?;
+        let steps = (frames - taps) / self.time_stride + 1;
+        let indices: Vec<u32> = (0..steps)
+            .flat_map(|t| (0..taps).map(move |k| (t * self.time_stride + k) as u32))
+            .collect();
+        let windows = x
+            .index_select(&Tensor::new(indices.as_slice(), x.device())?, 2)?
+            .reshape((batch, channels, steps, taps, height, width))?
+            .permute((0, 2, 1, 3, 4, 5))?
+            .reshape((batch * steps, channels * taps, height, width))?;
+        let weight =
+            self.weight
+                .reshape((outputs, channels * taps, kernel_height, kernel_width))?;
+        let out = conv2d(&windows, &weight, self.spatial_padding, 1)?;
+        let (_, _, out_height, out_width) = out.dims4()?;
+        out.reshape((batch, steps, outputs, out_height, out_width))?
+            .permute((0, 2, 1, 3, 4))?
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1, 1))?)
     }
 
     /// Runs with the layer's cache slot (which holds the last two input frames), plus
@@ -788,8 +762,9 @@ struct Coder {
     layers: Vec<Layer>,
     mid_first: bool,
     /// From this layer on nothing mixes frames but the causal convolutions, whose caches carry
-    /// the frames before: inference runs the rest one frame at a time, holding a quarter of the
-    /// chunk's activations (the decoder after its last temporal upsampling).
+    /// the frames before: inference on the CPU runs the rest one frame at a time, holding a
+    /// quarter of the chunk's activations (the decoder after its last temporal upsampling).
+    /// A GPU runs the chunk whole: its memory is ample and each frame costs kernel launches.
     frame_wise_from: Option<usize>,
     norm_out: ChannelRmsNorm,
     conv_out: CausalConv3d,
@@ -804,7 +779,7 @@ impl Coder {
         }
         let split = self
             .frame_wise_from
-            .filter(|_| !x.track_op())
+            .filter(|_| !x.track_op() && x.device().is_cpu())
             .unwrap_or(self.layers.len());
         for layer in &self.layers[..split] {
             x = layer.forward(&x, cache)?;
@@ -1179,6 +1154,37 @@ mod tests {
                 difference < 1e-4,
                 "k{kernel} p{padding} s{stride}: {difference}"
             );
+        }
+    }
+
+    #[test]
+    fn windows_as_channels_convolve_as_the_kernel_does() {
+        // f64 takes the path GPUs and bf16 take (windows folded into channels, one conv2d);
+        // the f32 CPU kernel is the reference.
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 6, 5), &device).unwrap();
+        let before = Tensor::randn(0f32, 1.0, (2, 3, 1, 6, 5), &device).unwrap();
+        for (taps, size, padding, time_stride) in [(3, 3, 1, 1), (3, 1, 0, 1), (3, 3, 1, 2)] {
+            let weight = Tensor::randn(0f32, 1.0, (4, 3, taps, size, size), &device).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, 4, &device).unwrap();
+            let conv = |dtype| CausalConv3d {
+                weight: weight.to_dtype(dtype).unwrap(),
+                bias: bias.to_dtype(dtype).unwrap(),
+                front: taps - 1,
+                spatial_padding: padding,
+                time_stride,
+            };
+            let in_f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let folded = conv(DType::F64)
+                .forward(&in_f64(&x), &[in_f64(&before)], None)
+                .unwrap();
+            let kernel = conv(DType::F32)
+                .forward(&x, std::slice::from_ref(&before), None)
+                .unwrap();
+            assert_eq!(folded.dims(), kernel.dims());
+            let difference =
+                max_abs_difference(&folded.to_dtype(DType::F32).unwrap(), &kernel).unwrap();
+            assert!(difference < 1e-4, "{taps}x{size}x{size}: {difference}");
         }
     }
 
