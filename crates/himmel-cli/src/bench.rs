@@ -136,7 +136,6 @@ struct MediaArgs {
 
 /// Runs the chosen workload and prints its table; the models' workloads run on `device`.
 pub fn run(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
-    let on_cpu = device == DeviceChoice::Cpu;
     let device = device.open()?;
     match &args.workload {
         Workload::Media(media) => run_media(media),
@@ -144,17 +143,17 @@ pub fn run(args: &BenchArgs, device: DeviceChoice) -> Result<()> {
         Workload::Wan(wan) => run_wan(wan, &device),
         Workload::Mini(mini) => run_mini(mini, &device),
         Workload::Text(text) => run_text(text, &device),
-        Workload::Gemm(_) if !on_cpu => {
+        Workload::Gemm(_) if !device.is_cpu() => {
             anyhow::bail!("bench gemm times Himmel's CPU kernels; give it no --device")
         }
         Workload::Gemm(gemm) => run_gemm(gemm),
     }
 }
 
-/// Prints how long `stage` took and the rate it reached on its `flops` operations.
-fn print_rate(stage: &str, seconds: f64, flops: f64) {
+/// Prints how long `stage` took and the rate it reached on its `flops` operations, then `note`.
+fn print_rate(stage: &str, seconds: f64, flops: f64, note: &str) {
     println!(
-        "  {stage} {seconds:.2}s ({:.0} GFLOP/s of {:.2} TFLOP)",
+        "  {stage} {seconds:.2}s ({:.0} GFLOP/s of {:.2} TFLOP){note}",
         flops / seconds / 1e9,
         flops / 1e12
     );
@@ -380,10 +379,12 @@ fn run_wan(args: &WanArgs, device: &candle_core::Device) -> Result<()> {
             Ok(())
         })?;
         let flops = config.decode_flops(latent_frames, h, w);
-        print_rate("VAE decode (f32)", seconds, flops);
-        if args.repeat > 1 {
-            println!("  (first of {} decodes {first:.3}s)", args.repeat);
-        }
+        print_rate(
+            "VAE decode (f32)",
+            seconds,
+            flops,
+            &first_run_note(args.repeat, first),
+        );
     }
     print_peak_memory();
     Ok(())
@@ -508,7 +509,7 @@ fn run_text(args: &TextArgs, device: &candle_core::Device) -> Result<()> {
     encoder.forward(&ids, &mask)?;
     synchronize(device)?;
     let seconds = start.elapsed().as_secs_f64();
-    print_rate("encode", seconds, flops);
+    print_rate("encode", seconds, flops, "");
     print_peak_memory();
     Ok(())
 }
