@@ -20,6 +20,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cap="${1:-90}"
 feature="${2:-cuda}"
+case "$feature" in
+  cuda | cudnn) ;;
+  *) echo "tools/cuda_build.sh: FEATURE is cuda or cudnn, not '$feature'" >&2; exit 2 ;;
+esac
 dir="${HIMMEL_CUDA_DIR:-/opt/himmel-cuda13}"
 root="$dir/nvidia/cu13"
 
