@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
 use himmel_models::wan::{CellReduction, LatentStatistics, WanVae, WanVaeConfig, latent_cells};
+use himmel_sample::schedule::shift_sigma;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_distr::{Distribution, StandardNormal};
@@ -240,6 +241,19 @@ fn replace_decoder(
     Ok(())
 }
 
+/// Rejects recipe settings the stage cannot train with, before any clip is rendered.
+fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
+    let shift = recipe.sigma_shift;
+    if !(shift.is_finite() && shift > 0.0) {
+        return Err(TrainError::Setting {
+            name: "sigma_shift",
+            value: shift.to_string(),
+            reason: "must be a number above 0".into(),
+        });
+    }
+    Ok(())
+}
+
 impl DenoiserStage {
     /// Builds the stage on a trained autoencoder: the vocabulary from the first clips' captions
     /// and prompts, the latent normalisation from the first clips' latents, fresh weights for
@@ -249,6 +263,7 @@ impl DenoiserStage {
         autoencoder: TrainedAutoencoder,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        check_recipe(recipe)?;
         let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
         let captions = clips.captions(0..recipe.vocabulary_clips)?;
         let texts = captions.iter().flat_map(|captions| {
@@ -297,6 +312,7 @@ impl DenoiserStage {
         decoder: Option<TrainedAutoencoder>,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        check_recipe(recipe)?;
         let config = config_for(
             recipe,
             model.config.autoencoder.clone(),
@@ -470,7 +486,8 @@ impl Stage for DenoiserStage {
             cell_weights.push(entry.weights.clone());
             prompts.push(self.prompt(&entry.captions, &mut rng));
             let logit: f64 = StandardNormal.sample(&mut rng);
-            sigmas.push((1.0 / (1.0 + (-logit).exp())) as f32);
+            let sigma = 1.0 / (1.0 + (-logit).exp());
+            sigmas.push(shift_sigma(sigma, self.recipe.sigma_shift) as f32);
             let known = known_frames(&self.recipe.masks, frames, &mut rng);
             let mask: Vec<f32> = (0..frames)
                 .map(|f| if known.contains(&f) { 1.0 } else { 0.0 })

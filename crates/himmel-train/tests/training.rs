@@ -77,6 +77,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
         folder: None,
         object_weight: 4.0,
         caption_dropout: 0.1,
+        sigma_shift: 1.0,
         short_prompt_rate: 0.1,
         vocabulary_clips: 20,
         statistics_clips: 4,
@@ -263,18 +264,35 @@ fn the_denoiser_learns_and_resumes_exactly() {
 }
 
 #[test]
-fn a_denoiser_predicting_clean_latents_learns() {
+fn a_denoiser_predicting_clean_latents_at_shifted_noise_levels_learns() {
     let device = Device::Cpu;
     let autoencoder_dir = tiny_autoencoder(&device);
+    let trained = || read_trained(autoencoder_dir.path()).expect("autoencoder export");
     let mut recipe = denoiser_recipe(40);
     recipe.prediction = Prediction::Sample;
-    let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
-    let stage = DenoiserStage::new(&recipe, trained, &device).expect("stage");
+    let unshifted = DenoiserStage::new(&recipe, trained(), &device).expect("stage");
+    let unshifted_dir = tempfile::tempdir().expect("temporary folder");
+    let first = train(
+        &unshifted,
+        &options(unshifted_dir.path(), 40, Some(1), false),
+    )
+    .rows;
+
+    recipe.sigma_shift = 3.0;
+    let stage = DenoiserStage::new(&recipe, trained(), &device).expect("stage");
     let dir = tempfile::tempdir().expect("temporary folder");
     let run = train(&stage, &options(dir.path(), 40, None, false));
     assert_falls(&run.rows);
+    // Same clips, prompts and noise: only the noise levels moved.
+    assert_ne!(run.rows[0].loss, first[0].loss);
     let model = read_model(&dir.path().join("model")).expect("model export");
     assert_eq!(model.config.prediction, Prediction::Sample);
+
+    recipe.sigma_shift = 0.0;
+    let Err(error) = DenoiserStage::new(&recipe, trained(), &device) else {
+        panic!("a shift of 0 was accepted")
+    };
+    assert!(error.to_string().contains("sigma_shift"), "{error}");
 }
 
 #[test]
