@@ -41,6 +41,13 @@ pub struct EvalArgs {
     /// Guidance scale [default: the model's].
     #[arg(long)]
     guidance: Option<f64>,
+    /// Flow shift of the sampler's steps [default: the model's].
+    #[arg(long)]
+    shift: Option<f64>,
+    /// Clips per prompt, each from its own seed (and scene): more clips narrow the measures'
+    /// spread. The first round's seeds are the prompts' indices, as with one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
     /// Where to write the JSON report.
     #[arg(long, default_value = "eval.json")]
     out: PathBuf,
@@ -267,6 +274,8 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
     let pipeline = MiniPipeline::load(&dir, &device)?;
     let config = pipeline.config().clone();
     let prompts = himmel_world::held_out_prompts();
+    // Later rounds' seeds follow all the held-out prompts', whatever `--limit` keeps.
+    let round_stride = prompts.len() as u64;
     let prompts = &prompts[..args.limit.unwrap_or(prompts.len()).min(prompts.len())];
     let settings = RenderSettings {
         width: config.video.width,
@@ -275,14 +284,18 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
         fps: config.video.fps,
     };
     let started = Instant::now();
-    let mut results = Vec::with_capacity(prompts.len());
-    for (index, prompt) in prompts.iter().enumerate() {
-        let seed = index as u64;
+    let rounds =
+        (0..args.seeds).flat_map(|round| prompts.iter().enumerate().map(move |p| (round, p)));
+    let clips = prompts.len() * args.seeds as usize;
+    let mut results = Vec::with_capacity(clips);
+    for (count, (round, (index, prompt))) in rounds.enumerate() {
+        let seed = index as u64 + round * round_stride;
         let recaption = pipeline.recaption(prompt, &settings, seed)?;
         let size = (settings.width, settings.height, settings.frames);
         let request = pipeline.validate(GenerationRequest {
             steps: args.steps.unwrap_or(config.sampling.steps),
             guidance: args.guidance.unwrap_or(config.sampling.guidance),
+            shift: args.shift,
             seed,
             ..GenerationRequest::new(prompt, size, settings.fps)
         })?;
@@ -294,9 +307,8 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
         if !quiet {
             let s = model.scores;
             eprintln!(
-                "[{}/{}] colour {:.2} shape {:.2} motion {:.2} faults {}  {:.0}s  {prompt}",
-                index + 1,
-                prompts.len(),
+                "[{}/{clips}] colour {:.2} shape {:.2} motion {:.2} faults {}  {:.0}s  {prompt}",
+                count + 1,
                 s.color,
                 s.shape,
                 s.motion,

@@ -103,6 +103,8 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
         "--model",
         model_arg,
         "--limit",
+        "1",
+        "--seeds",
         "2",
         "--out",
         report.to_str().unwrap(),
@@ -113,7 +115,22 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(json["model"]["clips"], 2);
     assert_eq!(json["autoencoded"]["clips"], 2);
-    assert_eq!(json["prompts"].as_array().unwrap().len(), 2);
+    // One prompt, two clips from two seeds.
+    let clips = json["prompts"].as_array().unwrap();
+    assert_eq!(clips.len(), 2);
+    assert_eq!(clips[0]["prompt"], clips[1]["prompt"]);
+    assert_eq!(clips[0]["seed"], 0);
+    assert_ne!(clips[1]["seed"], 0);
+    let message = himmel_err(&[
+        "eval",
+        "--model",
+        model_arg,
+        "--shift",
+        "0",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(message.contains("shift"), "{message}");
 
     // The autoencoder alone: PSNR and the scorer's measures of held-out clips through it.
     let summary = himmel_ok(&[
