@@ -136,7 +136,8 @@ impl SchedulerConfig {
     }
 }
 
-fn check_shift(shift: f64) -> Result<(), SchedulerError> {
+/// Accepts a flow shift only if it is a finite number above 0.
+pub fn check_shift(shift: f64) -> Result<(), SchedulerError> {
     if shift.is_finite() && shift > 0.0 {
         Ok(())
     } else {

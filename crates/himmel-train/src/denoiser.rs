@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
 use himmel_models::wan::{CellReduction, LatentStatistics, WanVae, WanVaeConfig, latent_cells};
+use himmel_sample::config::check_shift;
 use himmel_sample::schedule::shift_sigma;
 use rand::Rng;
 use rand::seq::IndexedRandom;
@@ -243,15 +244,11 @@ fn replace_decoder(
 
 /// Rejects recipe settings the stage cannot train with, before any clip is rendered.
 fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
-    let shift = recipe.sigma_shift;
-    if !(shift.is_finite() && shift > 0.0) {
-        return Err(TrainError::Setting {
-            name: "sigma_shift",
-            value: shift.to_string(),
-            reason: "must be a number above 0".into(),
-        });
-    }
-    Ok(())
+    check_shift(recipe.sigma_shift).map_err(|error| TrainError::Setting {
+        name: "sigma_shift",
+        value: recipe.sigma_shift.to_string(),
+        reason: error.to_string(),
+    })
 }
 
 impl DenoiserStage {
