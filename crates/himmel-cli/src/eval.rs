@@ -362,13 +362,14 @@ fn print_summary(clips: &Aggregate, truth: &Aggregate, autoencoded: Option<&Aggr
         "{} clips                    scored   ground truth{third}   target",
         clips.clips
     );
-    let measures: [(&str, Measure, &str); 8] = [
+    let measures: [(&str, Measure, &str); 9] = [
         ("colour agreement", |a| a.scores.color, ">= 0.90"),
         ("shape agreement", |a| a.scores.shape, ">= 0.80"),
         ("motion direction", |a| a.scores.motion, ">= 0.80"),
         ("count", |a| a.scores.count, ""),
         ("physics", |a| a.scores.physics, ""),
         ("consistency", |a| a.scores.consistency, ""),
+        ("backdrop agreement", |a| a.scores.backdrop, ""),
         ("clips without faults", |a| a.fault_free, ">= 0.95"),
         (
             "physics residual",

@@ -53,13 +53,20 @@ enum TrainStage {
     /// Train the denoiser and text encoder on a trained autoencoder's latents.
     Denoiser {
         /// Folder of an autoencoder run (its `autoencoder.json` and `autoencoder.safetensors`).
-        /// With `--from`: a newer decoder for the model's encoder, carried into the export.
+        /// With `--from`: a newer decoder for the model's encoder, carried into the export (with
+        /// `--new-encoder`: a newer autoencoder whole).
         #[arg(long, required_unless_present = "from")]
         autoencoder: Option<PathBuf>,
         /// Start from this himmel-mini model (a denoiser run's `model/` folder, a shipped
         /// model): its autoencoder, vocabulary, latent statistics and weights.
         #[arg(long)]
         from: Option<PathBuf>,
+        /// With `--from` and `--autoencoder`: that autoencoder's encoder is not the model's (a
+        /// later export of its run, say). It replaces the model's whole autoencoder, its latent
+        /// statistics are measured again, and the model's denoiser and text encoder learn its
+        /// latents from where they are, on the recipe's schedule from its start.
+        #[arg(long, requires_all = ["from", "autoencoder"], conflicts_with = "continue_schedule")]
+        new_encoder: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -111,16 +118,29 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
         TrainStage::Denoiser {
             autoencoder,
             from,
+            new_encoder,
             common,
         } => {
             let recipe: DenoiserRecipe = read_recipe(&common.config)?;
             let autoencoder = autoencoder.as_deref().map(read_autoencoder).transpose()?;
             let mut start_step = 0;
+            let read_start = |dir: &Path| {
+                read_model(dir).with_context(|| {
+                    format!("reading the model to start from in {}", dir.display())
+                })
+            };
             let stage = match (from, autoencoder) {
+                (Some(dir), Some(trained)) if *new_encoder => {
+                    if !quiet {
+                        eprintln!(
+                            "measuring latents of {} clips on the new encoder ...",
+                            recipe.statistics_clips
+                        );
+                    }
+                    DenoiserStage::warm_start(&recipe, trained, read_start(dir)?, &device)?
+                }
                 (Some(dir), decoder) => {
-                    let model = read_model(dir).with_context(|| {
-                        format!("reading the model to start from in {}", dir.display())
-                    })?;
+                    let model = read_start(dir)?;
                     start_step = continued_step(common, dir, model.step)?;
                     DenoiserStage::from_model(&recipe, model, decoder, &device)?
                 }

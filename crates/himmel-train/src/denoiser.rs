@@ -242,6 +242,26 @@ fn replace_decoder(
     Ok(())
 }
 
+/// Rejects a recipe whose denoiser, text encoder or prediction differs from the model's.
+fn check_architecture(recipe: &DenoiserRecipe, model: &MiniConfig) -> Result<(), TrainError> {
+    let config = config_for(recipe, model.autoencoder.clone(), model.vocabulary.clone());
+    let differs = |part: &'static str| TrainError::Setting {
+        name: part,
+        value: "the recipe's".into(),
+        reason: "differs from the architecture of the model to start from".into(),
+    };
+    if config.denoiser != model.denoiser {
+        return Err(differs("denoiser"));
+    }
+    if config.text_encoder != model.text_encoder {
+        return Err(differs("text_encoder"));
+    }
+    if config.prediction != model.prediction {
+        return Err(differs("prediction"));
+    }
+    Ok(())
+}
+
 /// Rejects recipe settings the stage cannot train with, before any clip is rendered.
 fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
     check_shift(recipe.sigma_shift).map_err(|error| TrainError::Setting {
@@ -268,7 +288,51 @@ impl DenoiserStage {
                 .chain(captions.short.iter().map(String::as_str))
         });
         let tokenizer = WordTokenizer::from_texts(texts);
+        let vocabulary = tokenizer.vocabulary().to_vec();
+        let stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
+        initialize(&stage.vars, recipe.run.seed)?;
+        Ok(stage)
+    }
 
+    /// Builds the stage on a trained autoencoder that is not `model`'s (a later export of its
+    /// run, whose encoder has moved on): the latent normalisation is measured on it as
+    /// [`Self::new`] measures it, while the vocabulary and the denoiser's and text encoder's
+    /// weights are `model`'s to start from (the recipe must have its architecture). How a
+    /// denoiser moves to a newer autoencoder without training from scratch.
+    pub fn warm_start(
+        recipe: &DenoiserRecipe,
+        autoencoder: TrainedAutoencoder,
+        model: TrainedModel,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        check_recipe(recipe)?;
+        check_architecture(recipe, &model.config)?;
+        if autoencoder.config.z_dim != model.config.autoencoder.z_dim {
+            return Err(TrainError::Setting {
+                name: "autoencoder",
+                value: format!("{} latent channels", autoencoder.config.z_dim),
+                reason: format!(
+                    "the model to start from denoises {}",
+                    model.config.autoencoder.z_dim
+                ),
+            });
+        }
+        let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
+        let vocabulary = model.config.vocabulary.clone();
+        let stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
+        stage.load(&model.weights)?;
+        Ok(stage)
+    }
+
+    /// The stage over `autoencoder` with its latent normalisation measured on the first
+    /// clips, its own variables created (not yet initialised).
+    fn measured(
+        recipe: &DenoiserRecipe,
+        autoencoder: TrainedAutoencoder,
+        vocabulary: Vec<String>,
+        clips: ClipSource,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         let mut autoencoder_config = autoencoder.config;
         let weights = autoencoder.weights;
         let vae = WanVae::new(
@@ -293,10 +357,8 @@ impl DenoiserStage {
         autoencoder_config.latents_mean = mean;
         autoencoder_config.latents_std = std;
 
-        let config = config_for(recipe, autoencoder_config, tokenizer.vocabulary().to_vec());
-        let stage = Self::assemble(recipe, config, weights, autoencoder.step, clips, device)?;
-        initialize(&stage.vars, recipe.run.seed)?;
-        Ok(stage)
+        let config = config_for(recipe, autoencoder_config, vocabulary);
+        Self::assemble(recipe, config, weights, autoencoder.step, clips, device)
     }
 
     /// Builds the stage on a trained model: its vocabulary, latent statistics, autoencoder and
@@ -310,25 +372,12 @@ impl DenoiserStage {
         device: &Device,
     ) -> Result<Self, TrainError> {
         check_recipe(recipe)?;
+        check_architecture(recipe, &model.config)?;
         let config = config_for(
             recipe,
             model.config.autoencoder.clone(),
             model.config.vocabulary.clone(),
         );
-        let differs = |part: &'static str| TrainError::Setting {
-            name: part,
-            value: "the recipe's".into(),
-            reason: "differs from the architecture of the model to start from".into(),
-        };
-        if config.denoiser != model.config.denoiser {
-            return Err(differs("denoiser"));
-        }
-        if config.text_encoder != model.config.text_encoder {
-            return Err(differs("text_encoder"));
-        }
-        if config.prediction != model.config.prediction {
-            return Err(differs("prediction"));
-        }
         let mut weights = model.weights;
         let prefix = format!("{AUTOENCODER}.");
         let mut autoencoder: HashMap<String, Tensor> = weights
@@ -345,7 +394,13 @@ impl DenoiserStage {
         }
         let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
         let stage = Self::assemble(recipe, config, autoencoder, autoencoder_step, clips, device)?;
-        for (name, var) in &stage.vars {
+        stage.load(&weights)?;
+        Ok(stage)
+    }
+
+    /// Sets the stage's variables to the model's `weights` of the same names.
+    fn load(&self, weights: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        for (name, var) in &self.vars {
             let weight = weights.get(name).ok_or_else(|| TrainError::Setting {
                 name: "denoiser",
                 value: name.clone(),
@@ -353,7 +408,7 @@ impl DenoiserStage {
             })?;
             var.set(&weight.to_device(var.device())?)?;
         }
-        Ok(stage)
+        Ok(())
     }
 
     /// The stage for `config` over the frozen `autoencoder` weights, its own variables created

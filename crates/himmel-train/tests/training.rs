@@ -384,6 +384,67 @@ fn a_denoiser_goes_on_from_its_model() {
 }
 
 #[test]
+fn a_denoiser_moves_to_a_new_encoder() {
+    let device = Device::Cpu;
+    let autoencoder_dir = tiny_autoencoder(&device);
+    let recipe = denoiser_recipe(8);
+    let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+    let stage = DenoiserStage::new(&recipe, trained, &device).expect("stage");
+    let model_dir = tempfile::tempdir().expect("temporary folder");
+    train(&stage, &unaveraged(model_dir.path(), 8, 4, 0));
+    let model = || read_model(&model_dir.path().join("model")).expect("model export");
+
+    // Another autoencoder run: its encoder is not the model's.
+    let newer_dir = tempfile::tempdir().expect("temporary folder");
+    let mut newer_recipe = autoencoder_recipe(2);
+    newer_recipe.run.seed = 70;
+    let newer = AutoencoderStage::new(&newer_recipe, &device).expect("stage");
+    train(&newer, &options(newer_dir.path(), 2, None, false));
+    let newer = || read_trained(newer_dir.path()).expect("export");
+
+    let moved = DenoiserStage::warm_start(&recipe, newer(), model(), &device).expect("stage");
+    // Latent statistics as a fresh stage on the new autoencoder measures them ...
+    let fresh = DenoiserStage::new(&recipe, newer(), &device).expect("stage");
+    let (measured, fresh) = (&moved.config().autoencoder, &fresh.config().autoencoder);
+    assert_eq!(measured.latents_mean, fresh.latents_mean);
+    assert_eq!(measured.latents_std, fresh.latents_std);
+    assert_ne!(
+        measured.latents_mean,
+        model().config.autoencoder.latents_mean
+    );
+    // ... with the model's vocabulary and weights.
+    let start = model();
+    assert_eq!(moved.config().vocabulary, start.config.vocabulary);
+    for (name, var) in moved.variables() {
+        let difference = (var.as_tensor() - &start.weights[name])
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("difference");
+        assert_eq!(difference, 0.0, "{name}");
+    }
+    let moved_dir = tempfile::tempdir().expect("temporary folder");
+    let summary = train(&moved, &unaveraged(moved_dir.path(), 8, 3, 0));
+    assert_eq!(summary.rows[0].step, 1);
+    assert!(summary.rows.iter().all(|row| row.loss.is_finite()));
+    let exported = read_model(&moved_dir.path().join("model")).expect("export");
+    assert_eq!(
+        (exported.step, exported.autoencoder_step),
+        (Some(3), Some(2))
+    );
+
+    // An autoencoder of another latent width is refused.
+    let mut wider_recipe = autoencoder_recipe(1);
+    wider_recipe.autoencoder.z_dim = 6;
+    let wider_dir = tempfile::tempdir().expect("temporary folder");
+    let wider = AutoencoderStage::new(&wider_recipe, &device).expect("stage");
+    train(&wider, &options(wider_dir.path(), 1, None, false));
+    let wider = read_trained(wider_dir.path()).expect("export");
+    let Err(error) = DenoiserStage::warm_start(&recipe, wider, model(), &device) else {
+        panic!("an autoencoder of another latent width was accepted")
+    };
+    assert!(error.to_string().contains("6 latent channels"), "{error}");
+}
+
+#[test]
 fn a_corrupt_checkpoint_is_named() {
     let device = Device::Cpu;
     let dir = tempfile::tempdir().expect("temporary folder");

@@ -1,8 +1,9 @@
 //! The scorer: detects objects in every frame of any video (rendered or generated), links them
 //! into tracks, and scores the clip against a spec: colour, count and shape agreement, motion
 //! direction, physical plausibility of each trajectory (residual against a fitted
-//! ballistic-with-bounce, constant-velocity or circular model) and temporal consistency (objects
-//! that vanish, appear, or change colour, shape or size without cause).
+//! ballistic-with-bounce, constant-velocity or circular model), temporal consistency (objects
+//! that vanish, appear, or change colour, shape or size without cause) and whether the backdrop
+//! is the one asked for.
 
 use serde::Serialize;
 
@@ -13,7 +14,7 @@ use crate::detect::{Detection, detect};
 use crate::physics::GRAVITY;
 use crate::render::render_backdrop;
 use crate::spec::{ObjectSpec, SceneSpec, clashes_with};
-use crate::vocab::{Color, Motion, Shape};
+use crate::vocab::{Background, Color, Motion, Shape};
 
 /// Frames a track may go unseen (hidden behind something) and still continue.
 const MAX_GAP: usize = 8;
@@ -40,6 +41,9 @@ pub struct Scores {
     pub physics: f64,
     /// 1 minus faults per object (vanishing, appearing, colour, shape or size changes).
     pub consistency: f64,
+    /// 1 when the clip is nearer the spec's backdrop than any other backdrop (every kind, and
+    /// plain in every colour), else 0.
+    pub backdrop: f64,
 }
 
 /// What the scorer saw of one object of the spec.
@@ -321,6 +325,7 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
         motion: share(motion_ok, found),
         physics: share(physics_ok, found),
         consistency: (1.0 - faults.len() as f64 / wanted.max(1) as f64).max(0.0),
+        backdrop: f64::from(u8::from(nearest_backdrop(&rgb, &views) == spec.background)),
     };
     let physics_residual = if residuals.is_empty() {
         0.0
@@ -333,6 +338,35 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
         faults,
         objects,
     })
+}
+
+/// The backdrop `rgb` (all frames, seen through `views`) differs least from, by mean absolute
+/// difference: each kind, and plain in each colour. Objects differ from every backdrop alike.
+fn nearest_backdrop(rgb: &[u8], views: &[View]) -> Background {
+    let frame_size = rgb.len() / views.len().max(1);
+    let candidates = Background::KINDS
+        .into_iter()
+        .filter(|b| !matches!(b, Background::Plain(_)))
+        .chain(Color::ALL.into_iter().map(Background::Plain));
+    let distance = |background: Background| {
+        let mut drawn: Option<(View, Vec<u8>)> = None;
+        let mut total = 0u64;
+        for (frame, view) in rgb.chunks_exact(frame_size).zip(views) {
+            let (_, behind) = match &mut drawn {
+                Some(d) if d.0 == *view => d,
+                slot => slot.insert((*view, render_backdrop(background, view))),
+            };
+            total += frame
+                .iter()
+                .zip(behind.iter())
+                .map(|(a, b)| u64::from(a.abs_diff(*b)))
+                .sum::<u64>();
+        }
+        total
+    };
+    candidates
+        .min_by_key(|b| distance(*b))
+        .expect("there are backdrops to compare with")
 }
 
 fn majority_shape(shapes: impl Iterator<Item = Shape>) -> Option<Shape> {
@@ -773,6 +807,7 @@ pub fn aggregate(reports: &[Report]) -> Aggregate {
             motion: mean(|r| r.scores.motion),
             physics: mean(|r| r.scores.physics),
             consistency: mean(|r| r.scores.consistency),
+            backdrop: mean(|r| r.scores.backdrop),
         },
         fault_free: mean(|r| if r.faults.is_empty() { 1.0 } else { 0.0 }),
         physics_residual: mean(|r| r.physics_residual),

@@ -102,6 +102,7 @@ fn assert_every_measure_at_least(total: &Aggregate, floor: f64, settings: &Rende
         ("motion", s.motion),
         ("physics", s.physics),
         ("consistency", s.consistency),
+        ("backdrop", s.backdrop),
         ("fault-free clips", total.fault_free),
     ] {
         assert!(
@@ -140,6 +141,34 @@ fn swapped_colours_drop_colour_agreement() {
     let faulty = scored(&video(&swapped, &LARGE), &spec);
     assert_eq!(clean.scores.color, 1.0);
     assert_eq!(faulty.scores.color, 0.0, "{faulty:?}");
+}
+
+#[test]
+fn another_backdrop_drops_backdrop_agreement() {
+    let spec = scene(vec![object(
+        Shape::Ball,
+        Color::Red,
+        Motion::Bounce,
+        Some(Direction::Right),
+        [1.0, 1.6],
+        0.8,
+    )]);
+    let clip = video(&spec, &SMALL);
+    assert_eq!(scored(&clip, &spec).scores.backdrop, 1.0);
+    for asked in [
+        Background::Sand,
+        Background::Sky,
+        Background::Room,
+        Background::Plain(Color::Green),
+    ] {
+        let other = SceneSpec {
+            background: asked,
+            ..spec.clone()
+        };
+        assert_eq!(scored(&clip, &other).scores.backdrop, 0.0, "{asked:?}");
+        let drawn = video(&other, &SMALL);
+        assert_eq!(scored(&drawn, &other).scores.backdrop, 1.0, "{asked:?}");
+    }
 }
 
 #[test]
