@@ -146,12 +146,12 @@ fn swapped_colours_drop_colour_agreement() {
 #[test]
 fn another_backdrop_drops_backdrop_agreement() {
     let spec = scene(vec![object(
-        Shape::Ball,
-        Color::Red,
-        Motion::Bounce,
-        Some(Direction::Right),
-        [1.0, 1.6],
-        0.8,
+        Shape::Cube,
+        Color::Blue,
+        Motion::Slide,
+        Some(Direction::Left),
+        [3.0, 0.36],
+        1.0,
     )]);
     let clip = video(&spec, &SMALL);
     assert_eq!(scored(&clip, &spec).scores.backdrop, 1.0);
