@@ -208,18 +208,11 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
     let views: Vec<View> = (0..count)
         .map(|f| View::at(spec.camera, (f as f64 / video.fps()) as f32, width, height))
         .collect();
-    // The backdrop is drawn again only when the camera has moved.
-    let mut backdrop: Option<(View, Vec<u8>)> = None;
+    let mut backdrop = Backdrop::new(spec.background);
     let frames: Vec<Vec<Detection>> = rgb
         .chunks_exact(frame_size)
         .zip(&views)
-        .map(|(frame, view)| {
-            let (_, behind) = match &mut backdrop {
-                Some(drawn) if drawn.0 == *view => drawn,
-                slot => slot.insert((*view, render_backdrop(spec.background, view))),
-            };
-            detect(frame, behind, width, height, &colors)
-        })
+        .map(|(frame, view)| detect(frame, backdrop.seen_through(view), width, height, &colors))
         .collect();
     let tracks = merge_fragments(link(&frames, width));
     let significant: Vec<&Track> = tracks
@@ -340,6 +333,31 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
     })
 }
 
+/// A backdrop as the frames see it, drawn again only when the camera has moved.
+struct Backdrop {
+    background: Background,
+    drawn: Option<(View, Vec<u8>)>,
+}
+
+impl Backdrop {
+    fn new(background: Background) -> Self {
+        Self {
+            background,
+            drawn: None,
+        }
+    }
+
+    /// The backdrop's RGB pixels through `view`.
+    fn seen_through(&mut self, view: &View) -> &[u8] {
+        if self.drawn.as_ref().is_none_or(|(seen, _)| seen != view) {
+            self.drawn = Some((*view, render_backdrop(self.background, view)));
+        }
+        self.drawn
+            .as_ref()
+            .map_or(&[], |(_, pixels)| pixels.as_slice())
+    }
+}
+
 /// The backdrop `rgb` (all frames, seen through `views`) differs least from, by mean absolute
 /// difference: each kind, and plain in each colour. Objects differ from every backdrop alike.
 fn nearest_backdrop(rgb: &[u8], views: &[View]) -> Background {
@@ -349,16 +367,13 @@ fn nearest_backdrop(rgb: &[u8], views: &[View]) -> Background {
         .filter(|b| !matches!(b, Background::Plain(_)))
         .chain(Color::ALL.into_iter().map(Background::Plain));
     let distance = |background: Background| {
-        let mut drawn: Option<(View, Vec<u8>)> = None;
+        let mut backdrop = Backdrop::new(background);
         let mut total = 0u64;
         for (frame, view) in rgb.chunks_exact(frame_size).zip(views) {
-            let (_, behind) = match &mut drawn {
-                Some(d) if d.0 == *view => d,
-                slot => slot.insert((*view, render_backdrop(background, view))),
-            };
+            let behind = backdrop.seen_through(view);
             total += frame
                 .iter()
-                .zip(behind.iter())
+                .zip(behind)
                 .map(|(a, b)| u64::from(a.abs_diff(*b)))
                 .sum::<u64>();
         }
