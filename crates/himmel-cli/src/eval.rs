@@ -44,6 +44,10 @@ pub struct EvalArgs {
     /// Flow shift of the sampler's steps [default: the model's].
     #[arg(long)]
     shift: Option<f64>,
+    /// Noise level (0 to 1) from which the model's high-noise expert denoises [default: the
+    /// model's `sampling.boundary`].
+    #[arg(long, value_name = "SIGMA")]
+    boundary: Option<f64>,
     /// Clips per prompt, each from its own seed (and scene): more clips narrow the measures'
     /// spread. The first round's seeds are the prompts' indices, as with one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -296,6 +300,7 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
             steps: args.steps.unwrap_or(config.sampling.steps),
             guidance: args.guidance.unwrap_or(config.sampling.guidance),
             shift: args.shift,
+            boundary: args.boundary,
             seed,
             ..GenerationRequest::new(prompt, size, settings.fps)
         })?;
@@ -362,7 +367,7 @@ fn print_summary(clips: &Aggregate, truth: &Aggregate, autoencoded: Option<&Aggr
         "{} clips                    scored   ground truth{third}   target",
         clips.clips
     );
-    let measures: [(&str, Measure, &str); 9] = [
+    let measures: [(&str, Measure, &str); 10] = [
         ("colour agreement", |a| a.scores.color, ">= 0.90"),
         ("shape agreement", |a| a.scores.shape, ">= 0.80"),
         ("motion direction", |a| a.scores.motion, ">= 0.80"),
@@ -371,6 +376,7 @@ fn print_summary(clips: &Aggregate, truth: &Aggregate, autoencoded: Option<&Aggr
         ("consistency", |a| a.scores.consistency, ""),
         ("backdrop agreement", |a| a.scores.backdrop, ""),
         ("clips without faults", |a| a.fault_free, ">= 0.95"),
+        ("clips as asked", |a| a.as_asked, ">= 0.90"),
         (
             "physics residual",
             |a| a.physics_residual,

@@ -129,6 +129,10 @@ pub struct GenerateArgs {
     /// at a cost in quality measured in BENCHMARKS.md [default: off]
     #[arg(long, value_name = "THRESHOLD")]
     step_cache: Option<f64>,
+    /// Noise level (0 to 1) from which a himmel-mini model's high-noise expert denoises; 0
+    /// hands it every step [default: the model's `sampling.boundary`].
+    #[arg(long, value_name = "SIGMA")]
+    boundary: Option<f64>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -350,6 +354,7 @@ fn build_request(
         guidance: args.guidance.unwrap_or(defaults.guidance),
         shift: args.shift,
         step_cache: args.step_cache,
+        boundary: args.boundary,
         seed: args.seed,
         initial_latents,
         known: inputs

@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::{Args, Subcommand};
 use himmel_pipeline::MiniPipeline;
 use himmel_pipeline::layout::{read_json, weight_files};
-use himmel_pipeline::mini::is_mini_dir;
+use himmel_pipeline::mini::{is_mini_dir, join_experts};
 use himmel_pipeline::preview::{LatentPreview, PREVIEW_FILE};
 use himmel_pipeline::wan::load_vae;
 use himmel_train::autoencoder::{AutoencoderStage, TrainedAutoencoder, read_trained};
@@ -49,6 +49,22 @@ enum TrainStage {
         /// World clips to fit on.
         #[arg(long, default_value_t = 32)]
         clips: u64,
+    },
+    /// Give a model a high-noise expert, as Wan 2.2 does: a new model folder in which the
+    /// expert (in `high_noise/`) takes the steps from noise level `--boundary` up.
+    Experts {
+        /// The model that takes the steps below the boundary (a himmel-mini folder).
+        #[arg(long)]
+        model: PathBuf,
+        /// The expert: a himmel-mini folder over the same autoencoder and latent statistics.
+        #[arg(long)]
+        high_noise: PathBuf,
+        /// The noise level (0 to 1) from which the expert denoises.
+        #[arg(long)]
+        boundary: f64,
+        /// The new model's folder; must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Train the denoiser and text encoder on a trained autoencoder's latents.
     Denoiser {
@@ -101,6 +117,16 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
     let device = device.open()?;
     match &args.stage {
         TrainStage::Preview { model, clips } => fit_preview(model, *clips, &device),
+        TrainStage::Experts {
+            model,
+            high_noise,
+            boundary,
+            out,
+        } => {
+            join_experts(model, high_noise, *boundary, out)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
         TrainStage::Autoencoder { from, common } => {
             let recipe: AutoencoderRecipe = read_recipe(&common.config)?;
             let mut start_step = 0;

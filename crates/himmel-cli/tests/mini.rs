@@ -132,6 +132,61 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
     ]);
     assert!(message.contains("shift"), "{message}");
 
+    // The model as its own high-noise expert: joined, generated from, measured.
+    let pair = dir.path().join("pair");
+    let joined = himmel(&[
+        "train",
+        "experts",
+        "--model",
+        model_arg,
+        "--high-noise",
+        model_arg,
+        "--boundary",
+        "0.9",
+        "--out",
+        pair.to_str().unwrap(),
+    ]);
+    assert!(joined.status.success(), "{joined:?}");
+    assert!(pair.join("high_noise/model.safetensors").exists());
+    let two = dir.path().join("two.safetensors");
+    himmel_ok(&[
+        "generate",
+        "a red ball bounces on the grass",
+        "--model",
+        pair.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--boundary",
+        "0.5",
+        "-o",
+        two.to_str().unwrap(),
+    ]);
+    // Both experts are the same model, so the clip is the model's own.
+    assert_eq!(std::fs::read(&two).unwrap(), frames("c.safetensors"));
+    let summary = himmel_ok(&[
+        "eval",
+        "--model",
+        pair.to_str().unwrap(),
+        "--limit",
+        "1",
+        "--boundary",
+        "0.95",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(summary.contains("clips as asked"), "{summary}");
+    let message = himmel_err(&[
+        "generate",
+        "a ball",
+        "--model",
+        model_arg,
+        "--boundary",
+        "0.5",
+        "-o",
+        two.to_str().unwrap(),
+    ]);
+    assert!(message.contains("no high-noise expert"), "{message}");
+
     // The autoencoder alone: PSNR and the scorer's measures of held-out clips through it.
     let summary = himmel_ok(&[
         "eval",

@@ -1,7 +1,9 @@
 //! Generation with himmel-mini, the built-in model: the prompt is expanded into a world scene,
 //! which is simulated and described in a detailed caption like those the model was trained on
 //! (recaptioning); the caption is encoded, latents are denoised with classifier-free guidance,
-//! and the autoencoder decodes them.
+//! and the autoencoder decodes them. A model may carry a high-noise expert, as Wan 2.2 does: a
+//! second denoiser with its own text encoder that takes the steps from a noise level up (the
+//! backdrop and layout), leaving the rest (the objects' detail) to the model's own.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +21,8 @@ use himmel_world::render::{RenderSettings, render};
 use crate::conditioning::encode_start;
 use crate::denoise::{Inputs, denoise};
 use crate::error::PipelineError;
-use crate::preview::{LatentPreview, PREVIEW_FIT_CLIPS};
+use crate::layout::read_json;
+use crate::preview::{LatentPreview, PREVIEW_FILE, PREVIEW_FIT_CLIPS};
 use crate::request::{GenerationRequest, ModelLimits, ValidRequest, ValidationError};
 use crate::tasks::Windows;
 use crate::wan::decode_to_video;
@@ -30,6 +33,9 @@ pub const BUILTIN_NAME: &str = "himmel-mini";
 pub const CONFIG_FILE: &str = "config.json";
 /// The model's weights in its folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The folder in a model's folder that holds its high-noise expert, a himmel-mini model of its
+/// own that shares the model's autoencoder.
+pub const HIGH_NOISE_DIR: &str = "high_noise";
 /// Environment variable naming a folder that holds `himmel-mini/` (overrides the search).
 pub const MODELS_ENV: &str = "HIMMEL_MODELS";
 
@@ -68,31 +74,44 @@ pub struct Recaption {
 /// A loaded himmel-mini model, ready to generate.
 pub struct MiniPipeline {
     model: HimmelMini,
+    /// The expert that denoises from `sampling.boundary` up, when the model has one.
+    high_noise: Option<HimmelMini>,
     device: Device,
     preview: Option<LatentPreview>,
 }
 
 impl MiniPipeline {
-    /// Loads the model in `dir` (`config.json`, `model.safetensors`).
+    /// Loads the model in `dir` (`config.json`, `model.safetensors`) and, when
+    /// `sampling.boundary` is set, its high-noise expert in `high_noise/`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, PipelineError> {
+        let model = load_model(dir, device)?;
         let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|error| PipelineError::load(&config_path, error))?;
-        let config: MiniConfig = serde_json::from_str(&text)
-            .map_err(|error| PipelineError::load(&config_path, error))?;
-        config
-            .check()
-            .map_err(|reason| PipelineError::load(&config_path, reason))?;
-        let weights_path = dir.join(WEIGHTS_FILE);
-        let bytes = std::fs::read(&weights_path)
-            .map_err(|error| PipelineError::load(&weights_path, error))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-            .map_err(|error| PipelineError::load_tensor(&weights_path, error))?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let model = HimmelMini::new(&config, vb)
-            .map_err(|error| PipelineError::load_tensor(&weights_path, error))?;
+        let expert_dir = dir.join(HIGH_NOISE_DIR);
+        let high_noise = match (model.config().sampling.boundary, expert_dir.is_dir()) {
+            (Some(_), true) => Some(load_expert(&model, &expert_dir, device)?),
+            (None, false) => None,
+            (Some(boundary), false) => {
+                return Err(PipelineError::load(
+                    &config_path,
+                    format!(
+                        "sampling.boundary is {boundary} but there is no high-noise expert in \
+                         {HIGH_NOISE_DIR}/"
+                    ),
+                ));
+            }
+            (None, true) => {
+                return Err(PipelineError::load(
+                    &config_path,
+                    format!(
+                        "{HIGH_NOISE_DIR}/ holds a high-noise expert but sampling.boundary, the \
+                         noise level it takes over from, is not set"
+                    ),
+                ));
+            }
+        };
         Ok(Self {
             model,
+            high_noise,
             device: device.clone(),
             preview: LatentPreview::load(dir)?,
         })
@@ -135,6 +154,7 @@ impl MiniPipeline {
             // The autoencoder's chunk caches are trained on clips of this length; longer videos
             // are made by extension.
             max_frames: self.config().video.frames,
+            high_noise_expert: self.high_noise.is_some(),
         }
     }
 
@@ -209,10 +229,20 @@ impl MiniPipeline {
             total: 0,
         });
         let prompts = [caption, request.negative_prompt.as_str()];
-        let text = self
-            .model
-            .encode_text(if guided { &prompts } else { &prompts[..1] }, DType::F32)?
-            .hidden;
+        let prompts = if guided { &prompts[..] } else { &prompts[..1] };
+        let expert = |model| -> Result<Expert, PipelineError> {
+            Ok(Expert {
+                model,
+                text: model.encode_text(prompts, DType::F32)?.hidden,
+                cache: request.step_cache.map(StepCache::new),
+            })
+        };
+        let mut low_noise = expert(&self.model)?;
+        let boundary = request.boundary.or(self.config().sampling.boundary);
+        let mut high_noise = match (&self.high_noise, boundary) {
+            (Some(model), Some(boundary)) => Some((expert(model)?, boundary)),
+            _ => None,
+        };
         progress.event(ProgressEvent::StageFinished);
 
         let shape = self.limits().latent_shape(request);
@@ -220,7 +250,7 @@ impl MiniPipeline {
         let inputs = Inputs::prepare(autoencoder, request, &shape, &self.device, progress)?;
         let shift = request.shift.unwrap_or(self.config().sampling.shift);
         let mut solver = UniPc::new(request.steps, shift, 1000);
-        let batch = text.dim(0)?;
+        let batch = prompts.len();
         let batched = |tensor: &Tensor| Tensor::cat(&vec![tensor; batch], 0);
         let conditioning = match inputs.known() {
             Some(known) => Conditioning {
@@ -236,20 +266,23 @@ impl MiniPipeline {
             }
         };
         let preview = self.preview.as_ref().map(|p| (p, request.fps));
-        let mut cache = request.step_cache.map(StepCache::new);
         let latents = denoise(
             &mut solver,
             &inputs,
             preview,
             progress,
             |sample, timestep| {
+                let expert = match &mut high_noise {
+                    Some((expert, boundary)) if timestep / 1000.0 >= *boundary => expert,
+                    _ => &mut low_noise,
+                };
                 let time = Tensor::new(vec![timestep as f32; batch], &self.device)?;
-                let flows = self.model.denoise(
+                let flows = expert.model.denoise(
                     &batched(sample)?,
                     &time,
-                    &text,
+                    &expert.text,
                     &conditioning,
-                    cache.as_mut(),
+                    expert.cache.as_mut(),
                 )?;
                 if guided {
                     guide(
@@ -271,4 +304,123 @@ impl MiniPipeline {
         progress.event(ProgressEvent::StageFinished);
         Ok(video)
     }
+}
+
+/// Writes a new model folder `out`: the model in `model` with the model in `high_noise` as its
+/// high-noise expert from noise level `boundary` up, and checks that the pair loads. `out` must
+/// not exist yet; nothing is left there when the pair does not fit.
+pub fn join_experts(
+    model: &Path,
+    high_noise: &Path,
+    boundary: f64,
+    out: &Path,
+) -> Result<(), PipelineError> {
+    if out.exists() {
+        return Err(PipelineError::load(
+            out,
+            "already exists; name a new folder",
+        ));
+    }
+    let config_path = model.join(CONFIG_FILE);
+    let mut config: MiniConfig = read_json(&config_path)?;
+    if config.sampling.boundary.is_some() {
+        return Err(PipelineError::load(
+            &config_path,
+            "already has a high-noise expert",
+        ));
+    }
+    let expert_path = high_noise.join(CONFIG_FILE);
+    check_expert(&config, &read_json(&expert_path)?, &expert_path)?;
+    config.sampling.boundary = Some(boundary);
+    let copy = |from: &Path, to: &Path| {
+        std::fs::copy(from, to)
+            .map(|_| ())
+            .map_err(|error| PipelineError::load(from, error))
+    };
+    let write = || {
+        let expert = out.join(HIGH_NOISE_DIR);
+        std::fs::create_dir_all(&expert).map_err(|error| PipelineError::load(&expert, error))?;
+        let json = serde_json::to_string_pretty(&config)
+            .map_err(|error| PipelineError::load(&config_path, error))?;
+        std::fs::write(out.join(CONFIG_FILE), json)
+            .map_err(|error| PipelineError::load(out.join(CONFIG_FILE), error))?;
+        copy(&model.join(WEIGHTS_FILE), &out.join(WEIGHTS_FILE))?;
+        if model.join(PREVIEW_FILE).exists() {
+            copy(&model.join(PREVIEW_FILE), &out.join(PREVIEW_FILE))?;
+        }
+        for file in [CONFIG_FILE, WEIGHTS_FILE] {
+            copy(&high_noise.join(file), &expert.join(file))?;
+        }
+        MiniPipeline::load(out, &Device::Cpu).map(|_| ())
+    };
+    write().inspect_err(|_| {
+        // Only what this call created is removed: `out` did not exist before.
+        let _ = std::fs::remove_dir_all(out);
+    })
+}
+
+/// One expert's part in a generation: the model, the prompts' embeddings in its text encoder
+/// and its own step cache.
+struct Expert<'a> {
+    model: &'a HimmelMini,
+    text: Tensor,
+    cache: Option<StepCache>,
+}
+
+/// Loads the himmel-mini model in `dir` alone.
+fn load_model(dir: &Path, device: &Device) -> Result<HimmelMini, PipelineError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|error| PipelineError::load(&config_path, error))?;
+    let config: MiniConfig =
+        serde_json::from_str(&text).map_err(|error| PipelineError::load(&config_path, error))?;
+    config
+        .check()
+        .map_err(|reason| PipelineError::load(&config_path, reason))?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes =
+        std::fs::read(&weights_path).map_err(|error| PipelineError::load(&weights_path, error))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|error| PipelineError::load_tensor(&weights_path, error))?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    HimmelMini::new(&config, vb).map_err(|error| PipelineError::load_tensor(&weights_path, error))
+}
+
+/// Loads the high-noise expert in `dir` for `model`.
+fn load_expert(
+    model: &HimmelMini,
+    dir: &Path,
+    device: &Device,
+) -> Result<HimmelMini, PipelineError> {
+    let expert = load_model(dir, device)?;
+    check_expert(model.config(), expert.config(), &dir.join(CONFIG_FILE))?;
+    Ok(expert)
+}
+
+/// Checks that the expert configured in `expert` (read from `path`) can denoise the latents of
+/// the model configured in `model`: the same autoencoder (and so latent statistics) and the
+/// same patches, and no expert of its own.
+fn check_expert(model: &MiniConfig, expert: &MiniConfig, path: &Path) -> Result<(), PipelineError> {
+    let mismatch = |what: &str| {
+        PipelineError::load(
+            path,
+            format!(
+                "the high-noise expert's {what} differs from the model's; both experts must \
+                 denoise the same latents"
+            ),
+        )
+    };
+    if expert.autoencoder != model.autoencoder {
+        return Err(mismatch("autoencoder (or its latent statistics)"));
+    }
+    if expert.denoiser.patch_size != model.denoiser.patch_size {
+        return Err(mismatch("patch size"));
+    }
+    if expert.sampling.boundary.is_some() {
+        return Err(PipelineError::load(
+            path,
+            "sets sampling.boundary, but a high-noise expert has no expert of its own",
+        ));
+    }
+    Ok(())
 }

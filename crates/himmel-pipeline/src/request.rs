@@ -28,6 +28,9 @@ pub struct GenerationRequest {
     /// Step caching threshold (see `himmel_models::wan::StepCache`); `None` computes every
     /// step in full.
     pub step_cache: Option<f64>,
+    /// Noise level (0 to 1) from which the model's high-noise expert denoises, overriding the
+    /// model's; only for models with one.
+    pub boundary: Option<f64>,
     /// Seed of the initial noise.
     pub seed: u64,
     /// Initial noise to use instead of seeded noise, `[1, C, F', H', W']`.
@@ -52,6 +55,7 @@ impl GenerationRequest {
             guidance: 5.0,
             shift: None,
             step_cache: None,
+            boundary: None,
             seed: 0,
             initial_latents: None,
             known: Vec::new(),
@@ -174,6 +178,8 @@ pub struct ModelLimits {
     pub max_side: usize,
     /// Most frames accepted.
     pub max_frames: usize,
+    /// Whether a high-noise expert takes the steps above a boundary.
+    pub high_noise_expert: bool,
 }
 
 impl ModelLimits {
@@ -251,6 +257,22 @@ impl ModelLimits {
                 threshold.to_string(),
             ));
         }
+        if let Some(boundary) = request.boundary {
+            if !self.high_noise_expert {
+                return Err(range(
+                    "boundary",
+                    "left unset: this model has no high-noise expert",
+                    boundary.to_string(),
+                ));
+            }
+            if !(0.0..=1.0).contains(&boundary) {
+                return Err(range(
+                    "boundary",
+                    "a noise level from 0 to 1",
+                    boundary.to_string(),
+                ));
+            }
+        }
         if !(request.fps.is_finite() && request.fps > 0.0 && request.fps <= 240.0) {
             return Err(range("fps", "between 0 and 240", request.fps.to_string()));
         }
@@ -326,6 +348,7 @@ mod tests {
         spatial_factor: 8,
         max_side: 4096,
         max_frames: 1601,
+        high_noise_expert: false,
     };
 
     fn request() -> GenerationRequest {
@@ -393,6 +416,30 @@ mod tests {
                 .unwrap_err();
             assert!(error.to_string().contains("step_cache"), "{error}");
         }
+        let boundary = |boundary, high_noise_expert| {
+            ModelLimits {
+                high_noise_expert,
+                ..WAN
+            }
+            .validate(GenerationRequest {
+                boundary: Some(boundary),
+                ..request()
+            })
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+        };
+        assert!(
+            boundary(0.9, false)
+                .unwrap_err()
+                .contains("no high-noise expert")
+        );
+        assert!(
+            boundary(1.5, true)
+                .unwrap_err()
+                .contains("noise level from 0 to 1")
+        );
+        assert!(boundary(f64::NAN, true).is_err());
+        assert_eq!(boundary(0.9, true), Ok(()));
         assert_eq!(WAN.latent_shape(&request()), [1, 16, 21, 60, 104]);
     }
 

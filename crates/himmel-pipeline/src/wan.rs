@@ -278,6 +278,7 @@ impl WanPipeline {
             spatial_factor: 8,
             max_side: 4096,
             max_frames: 1601,
+            high_noise_expert: false,
         }
     }
 

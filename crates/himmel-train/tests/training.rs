@@ -97,6 +97,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
             steps: 4,
             guidance: 3.0,
             shift: 2.0,
+            boundary: None,
         },
         optimizer: optimizer(3e-3),
         denoiser: WanTransformerConfig {

@@ -79,6 +79,19 @@ pub struct Report {
     pub objects: Vec<ObjectReport>,
 }
 
+impl Report {
+    /// Whether the clip shows what was asked: every object of the spec seen in its colour and
+    /// moving as asked, on the asked backdrop, with no consistency fault. (A clip that draws
+    /// no objects has no faults, but is not as asked.)
+    pub fn as_asked(&self) -> bool {
+        let scores = &self.scores;
+        scores.color == 1.0
+            && scores.motion == 1.0
+            && scores.backdrop == 1.0
+            && self.faults.is_empty()
+    }
+}
+
 /// One object followed through the clip.
 #[derive(Debug, Clone)]
 struct Track {
@@ -805,6 +818,8 @@ pub struct Aggregate {
     pub scores: Scores,
     /// Share of clips with no consistency fault.
     pub fault_free: f64,
+    /// Share of clips that show what was asked ([`Report::as_asked`]).
+    pub as_asked: f64,
     /// Mean physics residual, world units.
     pub physics_residual: f64,
 }
@@ -825,6 +840,7 @@ pub fn aggregate(reports: &[Report]) -> Aggregate {
             backdrop: mean(|r| r.scores.backdrop),
         },
         fault_free: mean(|r| if r.faults.is_empty() { 1.0 } else { 0.0 }),
+        as_asked: mean(|r| if r.as_asked() { 1.0 } else { 0.0 }),
         physics_residual: mean(|r| r.physics_residual),
     }
 }

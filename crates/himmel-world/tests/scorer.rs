@@ -90,6 +90,8 @@ fn rendered_clips_score_at_least_0_98_on_every_measure() {
             settings.width, settings.height, settings.frames
         );
         assert_every_measure_at_least(&total, 0.98, &settings);
+        // Four measures at once, all of them right in one clip.
+        assert!(total.as_asked >= 0.9, "clips as asked {}", total.as_asked);
     }
 }
 
@@ -141,6 +143,30 @@ fn swapped_colours_drop_colour_agreement() {
     let faulty = scored(&video(&swapped, &LARGE), &spec);
     assert_eq!(clean.scores.color, 1.0);
     assert_eq!(faulty.scores.color, 0.0, "{faulty:?}");
+    assert!(clean.as_asked() && !faulty.as_asked());
+}
+
+#[test]
+fn a_clip_without_the_asked_objects_has_no_faults_but_is_not_as_asked() {
+    let spec = scene(vec![object(
+        Shape::Ball,
+        Color::Red,
+        Motion::Bounce,
+        Some(Direction::Right),
+        [1.0, 1.6],
+        0.8,
+    )]);
+    let empty = SceneSpec {
+        objects: Vec::new(),
+        ..spec.clone()
+    };
+    let report = scored(&video(&empty, &SMALL), &spec);
+    assert!(report.faults.is_empty(), "{report:?}");
+    assert_eq!(report.scores.color, 0.0);
+    assert!(!report.as_asked());
+    assert!(scored(&video(&spec, &SMALL), &spec).as_asked());
+    let total = aggregate(&[report, scored(&video(&spec, &SMALL), &spec)]);
+    assert_eq!((total.fault_free, total.as_asked), (1.0, 0.5));
 }
 
 #[test]
@@ -321,5 +347,6 @@ fn held_out_prompts_score_at_least_0_95_on_ground_truth() {
             misses.join("\n")
         );
         assert_every_measure_at_least(&total, 0.95, &settings);
+        assert!(total.as_asked >= 0.95, "clips as asked {}", total.as_asked);
     }
 }

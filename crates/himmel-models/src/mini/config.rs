@@ -88,6 +88,10 @@ pub struct SamplingDefaults {
     pub guidance: f64,
     /// Flow shift of the noise schedule.
     pub shift: f64,
+    /// The noise level (0 to 1) from which the high-noise expert in the model's `high_noise/`
+    /// folder denoises, as in Wan 2.2; set exactly when the model has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<f64>,
 }
 
 impl MiniConfig {
@@ -107,6 +111,13 @@ impl MiniConfig {
             return Err(format!(
                 "denoiser text_dim {} differs from the text encoder's d_model {}",
                 self.denoiser.text_dim, self.text_encoder.d_model
+            ));
+        }
+        if let Some(boundary) = self.sampling.boundary
+            && !(0.0..=1.0).contains(&boundary)
+        {
+            return Err(format!(
+                "sampling.boundary {boundary} is not a noise level from 0 to 1"
             ));
         }
         if self.text_encoder.vocab_size != self.vocabulary.len() + 2 {
