@@ -262,20 +262,31 @@ fn training_resumes_and_refuses_bad_recipes() {
         .filter_map(|line| line.split(',').next())
         .collect();
     assert_eq!(steps, ["3", "4"], "{log}");
-    // Exports that record no step (the shipped model's) cannot be continued.
+    // Exports that record no step (made before exports did) cannot be continued.
+    let unrecorded = dir.path().join("unrecorded");
+    std::fs::create_dir_all(&unrecorded).unwrap();
+    std::fs::copy(
+        out.join("autoencoder.json"),
+        unrecorded.join("autoencoder.json"),
+    )
+    .unwrap();
+    let device = candle_core::Device::Cpu;
+    let tensors = candle_core::safetensors::load(out.join("autoencoder.safetensors"), &device);
+    candle_core::safetensors::save(
+        &tensors.unwrap(),
+        unrecorded.join("autoencoder.safetensors"),
+    )
+    .unwrap();
     let message = himmel_err(&[
         "train",
-        "denoiser",
+        "autoencoder",
         "--config",
-        fixtures().join("denoiser.toml").to_str().unwrap(),
+        recipe.to_str().unwrap(),
         "--from",
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/himmel-mini")
-            .to_str()
-            .unwrap(),
+        unrecorded.to_str().unwrap(),
         "--continue",
         "--out",
-        carried.to_str().unwrap(),
+        dir.path().join("never").to_str().unwrap(),
     ]);
     assert!(message.contains("records no training step"), "{message}");
     run(&["--resume"]);
