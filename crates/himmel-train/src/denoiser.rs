@@ -268,7 +268,18 @@ fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
         name: "sigma_shift",
         value: recipe.sigma_shift.to_string(),
         reason: error.to_string(),
-    })
+    })?;
+    match recipe.sampling.boundary {
+        // A run exports one denoiser; an expert beside it is joined afterwards.
+        Some(boundary) => Err(TrainError::Setting {
+            name: "sampling.boundary",
+            value: boundary.to_string(),
+            reason: "a run trains one denoiser; give its export a high-noise expert with \
+                     `himmel train experts`"
+                .into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 impl DenoiserStage {

@@ -294,6 +294,16 @@ fn a_denoiser_predicting_clean_latents_at_shifted_noise_levels_learns() {
         panic!("a shift of 0 was accepted")
     };
     assert!(error.to_string().contains("sigma_shift"), "{error}");
+    // A run exports one denoiser: a recipe cannot name an experts' boundary.
+    recipe.sigma_shift = 1.0;
+    recipe.sampling.boundary = Some(0.9);
+    let Err(error) = DenoiserStage::new(&recipe, trained(), &device) else {
+        panic!("a boundary was accepted")
+    };
+    assert!(
+        error.to_string().contains("himmel train experts"),
+        "{error}"
+    );
 }
 
 #[test]
