@@ -370,10 +370,7 @@ struct Expert<'a> {
 /// Loads the himmel-mini model in `dir` alone.
 fn load_model(dir: &Path, device: &Device) -> Result<HimmelMini, PipelineError> {
     let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|error| PipelineError::load(&config_path, error))?;
-    let config: MiniConfig =
-        serde_json::from_str(&text).map_err(|error| PipelineError::load(&config_path, error))?;
+    let config: MiniConfig = read_json(&config_path)?;
     config
         .check()
         .map_err(|reason| PipelineError::load(&config_path, reason))?;
