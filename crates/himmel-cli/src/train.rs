@@ -83,6 +83,11 @@ enum TrainStage {
         /// latents from where they are, on the recipe's schedule from its start.
         #[arg(long, requires_all = ["from", "autoencoder"], conflicts_with = "continue_schedule")]
         new_encoder: bool,
+        /// With `--from`: the recipe's denoiser has more blocks than the model's (otherwise its
+        /// architecture). The model's blocks keep their weights and the new ones follow them,
+        /// starting as the identity, on the recipe's schedule from its start.
+        #[arg(long, requires = "from", conflicts_with_all = ["autoencoder", "continue_schedule"])]
+        deepen: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -145,6 +150,7 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
             autoencoder,
             from,
             new_encoder,
+            deepen,
             common,
         } => {
             let recipe: DenoiserRecipe = read_recipe(&common.config)?;
@@ -164,6 +170,9 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
                         );
                     }
                     DenoiserStage::warm_start(&recipe, trained, read_start(dir)?, &device)?
+                }
+                (Some(dir), None) if *deepen => {
+                    DenoiserStage::deepened(&recipe, read_start(dir)?, &device)?
                 }
                 (Some(dir), decoder) => {
                     let model = read_start(dir)?;

@@ -133,6 +133,11 @@ pub struct DenoiserRecipe {
     /// and objects are decided; 1 (the default) leaves the draws as they are.
     #[serde(default = "no_sigma_shift")]
     pub sigma_shift: f64,
+    /// The noise levels `[lowest, highest]` this denoiser trains at: each shifted draw is
+    /// mapped linearly onto the range. An expert of a two-expert model trains on its side of
+    /// the boundary only (as Wan 2.2's do); the default `[0, 1]` trains at all levels.
+    #[serde(default = "all_noise_levels")]
+    pub sigma_range: [f64; 2],
     /// Fraction of clips trained on a short prompt instead of the detailed caption.
     pub short_prompt_rate: f64,
     /// Clips whose captions and prompts make the vocabulary.
@@ -170,6 +175,11 @@ pub struct DenoiserRecipe {
 /// The default `sigma_shift`: noise levels as drawn.
 fn no_sigma_shift() -> f64 {
     1.0
+}
+
+/// The default `sigma_range`: every noise level.
+fn all_noise_levels() -> [f64; 2] {
+    [0.0, 1.0]
 }
 
 /// The clips a recipe trains on: its folder's, or the world's from its seed.

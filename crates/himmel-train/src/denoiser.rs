@@ -46,6 +46,15 @@ pub const MODEL_CONFIG: &str = "config.json";
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
 /// Prefix of the autoencoder's weights in a model file.
 const AUTOENCODER: &str = "autoencoder";
+/// Prefix of the denoiser's weights.
+const DENOISER: &str = "denoiser";
+/// The layers whose output a transformer block adds to its input; zero, the block passes its
+/// input through.
+const BLOCK_OUTPUTS: [&str; 3] = [
+    "attn1.to_out.0.weight",
+    "attn2.to_out.0.weight",
+    "ffn.net.2.weight",
+];
 /// Metadata key of a model export's denoiser training step.
 const STEP_METADATA: &str = "denoiser_step";
 /// The noise level below which a predicted sample's flow is divided no further in the loss
@@ -262,6 +271,23 @@ fn check_architecture(recipe: &DenoiserRecipe, model: &MiniConfig) -> Result<(),
     Ok(())
 }
 
+/// The error for a variable the model to start from has no weight for.
+fn missing_weight(name: &str) -> TrainError {
+    TrainError::Setting {
+        name: "denoiser",
+        value: name.to_string(),
+        reason: "is missing from the model to start from".into(),
+    }
+}
+
+/// The training noise level of a standard normal draw `logit`: its logistic, bent by the flow
+/// `shift` (as the sampler's shift bends its steps) and mapped linearly onto `range`.
+fn noise_level(logit: f64, shift: f64, range: [f64; 2]) -> f64 {
+    let [lowest, highest] = range;
+    let sigma = shift_sigma(1.0 / (1.0 + (-logit).exp()), shift);
+    lowest + (highest - lowest) * sigma
+}
+
 /// Rejects recipe settings the stage cannot train with, before any clip is rendered.
 fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
     check_shift(recipe.sigma_shift).map_err(|error| TrainError::Setting {
@@ -269,6 +295,14 @@ fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
         value: recipe.sigma_shift.to_string(),
         reason: error.to_string(),
     })?;
+    let [lowest, highest] = recipe.sigma_range;
+    if !(0.0..highest).contains(&lowest) || highest > 1.0 {
+        return Err(TrainError::Setting {
+            name: "sigma_range",
+            value: format!("[{lowest}, {highest}]"),
+            reason: "must be [lowest, highest] with 0 <= lowest < highest <= 1".into(),
+        });
+    }
     match recipe.sampling.boundary {
         // A run exports one denoiser; an expert beside it is joined afterwards.
         Some(boundary) => Err(TrainError::Setting {
@@ -384,6 +418,57 @@ impl DenoiserStage {
     ) -> Result<Self, TrainError> {
         check_recipe(recipe)?;
         check_architecture(recipe, &model.config)?;
+        let (stage, weights) = Self::over_model(recipe, model, decoder, device)?;
+        stage.load(&weights)?;
+        Ok(stage)
+    }
+
+    /// Builds the stage on a trained model whose denoiser has fewer blocks than the recipe's
+    /// (otherwise the recipe must have its architecture): the model's blocks keep their
+    /// weights and the new ones follow them, starting as the identity (their attention and
+    /// feed-forward outputs zero), so the deeper denoiser starts where the model is.
+    pub fn deepened(
+        recipe: &DenoiserRecipe,
+        model: TrainedModel,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        check_recipe(recipe)?;
+        let kept = model.config.denoiser.num_layers;
+        if recipe.denoiser.num_layers <= kept {
+            return Err(TrainError::Setting {
+                name: "denoiser.num_layers",
+                value: recipe.denoiser.num_layers.to_string(),
+                reason: format!("must exceed the {kept} blocks of the model to deepen"),
+            });
+        }
+        let mut as_deep = recipe.clone();
+        as_deep.denoiser.num_layers = kept;
+        check_architecture(&as_deep, &model.config)?;
+        let (stage, weights) = Self::over_model(recipe, model, None, device)?;
+        initialize(&stage.vars, recipe.run.seed)?;
+        let new_blocks = (kept..recipe.denoiser.num_layers)
+            .map(|block| format!("{DENOISER}.blocks.{block}."))
+            .collect::<Vec<_>>();
+        for (name, var) in &stage.vars {
+            if let Some(weight) = weights.get(name) {
+                var.set(&weight.to_device(var.device())?)?;
+            } else if !new_blocks.iter().any(|block| name.starts_with(block)) {
+                return Err(missing_weight(name));
+            } else if BLOCK_OUTPUTS.iter().any(|output| name.ends_with(output)) {
+                var.set(&var.zeros_like()?)?;
+            }
+        }
+        Ok(stage)
+    }
+
+    /// The stage over `model`'s autoencoder (its decoder replaced by `decoder`'s), and the
+    /// model's other weights, not yet set.
+    fn over_model(
+        recipe: &DenoiserRecipe,
+        model: TrainedModel,
+        decoder: Option<TrainedAutoencoder>,
+        device: &Device,
+    ) -> Result<(Self, HashMap<String, Tensor>), TrainError> {
         let config = config_for(
             recipe,
             model.config.autoencoder.clone(),
@@ -405,18 +490,13 @@ impl DenoiserStage {
         }
         let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
         let stage = Self::assemble(recipe, config, autoencoder, autoencoder_step, clips, device)?;
-        stage.load(&weights)?;
-        Ok(stage)
+        Ok((stage, weights))
     }
 
     /// Sets the stage's variables to the model's `weights` of the same names.
     fn load(&self, weights: &HashMap<String, Tensor>) -> Result<(), TrainError> {
         for (name, var) in &self.vars {
-            let weight = weights.get(name).ok_or_else(|| TrainError::Setting {
-                name: "denoiser",
-                value: name.clone(),
-                reason: "is missing from the model to start from".into(),
-            })?;
+            let weight = weights.get(name).ok_or_else(|| missing_weight(name))?;
             var.set(&weight.to_device(var.device())?)?;
         }
         Ok(())
@@ -549,8 +629,8 @@ impl Stage for DenoiserStage {
             cell_weights.push(entry.weights.clone());
             prompts.push(self.prompt(&entry.captions, &mut rng));
             let logit: f64 = StandardNormal.sample(&mut rng);
-            let sigma = 1.0 / (1.0 + (-logit).exp());
-            sigmas.push(shift_sigma(sigma, self.recipe.sigma_shift) as f32);
+            sigmas
+                .push(noise_level(logit, self.recipe.sigma_shift, self.recipe.sigma_range) as f32);
             let known = known_frames(&self.recipe.masks, frames, &mut rng);
             let mask: Vec<f32> = (0..frames)
                 .map(|f| if known.contains(&f) { 1.0 } else { 0.0 })
@@ -630,5 +710,27 @@ impl Stage for DenoiserStage {
             path: model_dir.join(MODEL_CONFIG),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_levels_are_mapped_onto_their_range() {
+        let all = [0.0, 1.0];
+        assert!((noise_level(0.0, 1.0, all) - 0.5).abs() < 1e-12);
+        // The shift bends a draw as the sampler's shift bends its steps: 3 * 0.5 / 2.
+        assert!((noise_level(0.0, 3.0, all) - 0.75).abs() < 1e-12);
+        let expert = [0.95, 1.0];
+        assert!((noise_level(0.0, 3.0, expert) - (0.95 + 0.05 * 0.75)).abs() < 1e-12);
+        let mut previous = 0.95;
+        for logit in [-40.0, -3.0, -1.0, 0.0, 1.0, 3.0, 40.0] {
+            let sigma = noise_level(logit, 3.0, expert);
+            assert!((0.95..=1.0).contains(&sigma), "{sigma} at {logit}");
+            assert!(sigma >= previous, "{sigma} after {previous}");
+            previous = sigma;
+        }
     }
 }

@@ -78,6 +78,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
         object_weight: 4.0,
         caption_dropout: 0.1,
         sigma_shift: 1.0,
+        sigma_range: [0.0, 1.0],
         short_prompt_rate: 0.1,
         vocabulary_clips: 20,
         statistics_clips: 4,
@@ -294,6 +295,21 @@ fn a_denoiser_predicting_clean_latents_at_shifted_noise_levels_learns() {
         panic!("a shift of 0 was accepted")
     };
     assert!(error.to_string().contains("sigma_shift"), "{error}");
+    recipe.sigma_shift = 3.0;
+    for range in [[0.5, 0.5], [-0.1, 0.9], [0.9, 1.1]] {
+        recipe.sigma_range = range;
+        let Err(error) = DenoiserStage::new(&recipe, trained(), &device) else {
+            panic!("the noise levels {range:?} were accepted")
+        };
+        assert!(error.to_string().contains("sigma_range"), "{error}");
+    }
+    // An expert trains at its own noise levels only: same clips, prompts and noise.
+    recipe.sigma_range = [0.95, 1.0];
+    let expert = DenoiserStage::new(&recipe, trained(), &device).expect("stage");
+    let expert_dir = tempfile::tempdir().expect("temporary folder");
+    let expert_run = train(&expert, &options(expert_dir.path(), 40, Some(1), false)).rows;
+    assert_ne!(expert_run[0].loss, run.rows[0].loss);
+    recipe.sigma_range = [0.0, 1.0];
     // A run exports one denoiser: a recipe cannot name an experts' boundary.
     recipe.sigma_shift = 1.0;
     recipe.sampling.boundary = Some(0.9);
@@ -390,6 +406,47 @@ fn a_denoiser_goes_on_from_its_model() {
     deeper.denoiser.num_layers = 3;
     let Err(error) = DenoiserStage::from_model(&deeper, model(), None, &device) else {
         panic!("a recipe of another architecture was accepted")
+    };
+    assert!(error.to_string().contains("architecture"), "{error}");
+}
+
+#[test]
+fn a_denoiser_deepens_where_it_is() {
+    let device = Device::Cpu;
+    let autoencoder_dir = tiny_autoencoder(&device);
+    let recipe = denoiser_recipe(12);
+    let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+    let stage = DenoiserStage::new(&recipe, trained, &device).expect("stage");
+    let model_dir = tempfile::tempdir().expect("temporary folder");
+    train(&stage, &unaveraged(model_dir.path(), 12, 5, 0));
+    let model = || read_model(&model_dir.path().join("model")).expect("model export");
+
+    let as_deep = DenoiserStage::from_model(&recipe, model(), None, &device).expect("stage");
+    let as_deep_dir = tempfile::tempdir().expect("temporary folder");
+    let as_deep = train(&as_deep, &unaveraged(as_deep_dir.path(), 12, 1, 0)).rows;
+    let mut deeper = recipe.clone();
+    deeper.denoiser.num_layers = 4;
+    let stage = DenoiserStage::deepened(&deeper, model(), &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let run = train(&stage, &unaveraged(dir.path(), 12, 12, 0));
+    // The new blocks start as the identity: the first loss is the model's own.
+    let (deepened, own) = (run.rows[0].loss, as_deep[0].loss);
+    assert!((deepened - own).abs() <= 1e-5 * own, "{deepened} vs {own}");
+    // ... and then learn.
+    let export = read_model(&dir.path().join("model")).expect("export");
+    assert_eq!(export.config.denoiser.num_layers, 4);
+    let output = &export.weights["denoiser.blocks.3.ffn.net.2.weight"];
+    let magnitude = output.abs().unwrap().max_all().unwrap();
+    assert!(magnitude.to_scalar::<f32>().unwrap() > 0.0);
+
+    // Only deeper, and otherwise the model's architecture.
+    let Err(error) = DenoiserStage::deepened(&recipe, model(), &device) else {
+        panic!("a recipe as deep as the model was deepened")
+    };
+    assert!(error.to_string().contains("num_layers"), "{error}");
+    deeper.denoiser.ffn_dim = 64;
+    let Err(error) = DenoiserStage::deepened(&deeper, model(), &device) else {
+        panic!("a recipe of another width was accepted")
     };
     assert!(error.to_string().contains("architecture"), "{error}");
 }
