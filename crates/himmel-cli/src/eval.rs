@@ -48,6 +48,10 @@ pub struct EvalArgs {
     /// model's `sampling.boundary`].
     #[arg(long, value_name = "SIGMA")]
     boundary: Option<f64>,
+    /// Guidance scale of the high-noise expert's steps [default: the model's
+    /// `sampling.expert_guidance`, else `--guidance`].
+    #[arg(long)]
+    expert_guidance: Option<f64>,
     /// Clips per prompt, each from its own seed (and scene): more clips narrow the measures'
     /// spread. The first round's seeds are the prompts' indices, as with one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -301,6 +305,7 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
             guidance: args.guidance.unwrap_or(config.sampling.guidance),
             shift: args.shift,
             boundary: args.boundary,
+            expert_guidance: args.expert_guidance,
             seed,
             ..GenerationRequest::new(prompt, size, settings.fps)
         })?;

@@ -133,6 +133,10 @@ pub struct GenerateArgs {
     /// hands it every step [default: the model's `sampling.boundary`].
     #[arg(long, value_name = "SIGMA")]
     boundary: Option<f64>,
+    /// Guidance scale of a himmel-mini model's high-noise expert's steps [default: the
+    /// model's `sampling.expert_guidance`, else `--guidance`].
+    #[arg(long)]
+    expert_guidance: Option<f64>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -355,6 +359,7 @@ fn build_request(
         shift: args.shift,
         step_cache: args.step_cache,
         boundary: args.boundary,
+        expert_guidance: args.expert_guidance,
         seed: args.seed,
         initial_latents,
         known: inputs

@@ -223,24 +223,33 @@ impl MiniPipeline {
         progress: &dyn Progress,
     ) -> Result<Video, PipelineError> {
         let request = request.get();
-        let guided = request.guidance > 1.0;
         progress.event(ProgressEvent::StageStarted {
             stage: "encode prompt",
             total: 0,
         });
-        let prompts = [caption, request.negative_prompt.as_str()];
-        let prompts = if guided { &prompts[..] } else { &prompts[..1] };
-        let expert = |model| -> Result<Expert, PipelineError> {
+        let expert = |model, guidance: f64| -> Result<Expert, PipelineError> {
+            let prompts = [caption, request.negative_prompt.as_str()];
+            let prompts = if guidance > 1.0 {
+                &prompts[..]
+            } else {
+                &prompts[..1]
+            };
             Ok(Expert {
                 model,
                 text: model.encode_text(prompts, DType::F32)?.hidden,
+                guidance,
                 cache: request.step_cache.map(StepCache::new),
             })
         };
-        let mut low_noise = expert(&self.model)?;
-        let boundary = request.boundary.or(self.config().sampling.boundary);
+        let mut low_noise = expert(&self.model, request.guidance)?;
+        let sampling = self.config().sampling;
+        let boundary = request.boundary.or(sampling.boundary);
+        let expert_guidance = request.expert_guidance.or(sampling.expert_guidance);
         let mut high_noise = match (&self.high_noise, boundary) {
-            (Some(model), Some(boundary)) => Some((expert(model)?, boundary)),
+            (Some(model), Some(boundary)) => Some((
+                expert(model, expert_guidance.unwrap_or(request.guidance))?,
+                boundary,
+            )),
             _ => None,
         };
         progress.event(ProgressEvent::StageFinished);
@@ -250,7 +259,12 @@ impl MiniPipeline {
         let inputs = Inputs::prepare(autoencoder, request, &shape, &self.device, progress)?;
         let shift = request.shift.unwrap_or(self.config().sampling.shift);
         let mut solver = UniPc::new(request.steps, shift, 1000);
-        let batch = prompts.len();
+        // Conditioning for the most prompts an expert takes (two when it guides), narrowed to
+        // each expert's.
+        let mut batch = low_noise.text.dim(0)?;
+        if let Some((expert, _)) = &high_noise {
+            batch = batch.max(expert.text.dim(0)?);
+        }
         let batched = |tensor: &Tensor| Tensor::cat(&vec![tensor; batch], 0);
         let conditioning = match inputs.known() {
             Some(known) => Conditioning {
@@ -276,19 +290,20 @@ impl MiniPipeline {
                     Some((expert, boundary)) if timestep / 1000.0 >= *boundary => expert,
                     _ => &mut low_noise,
                 };
-                let time = Tensor::new(vec![timestep as f32; batch], &self.device)?;
+                let prompts = expert.text.dim(0)?;
+                let time = Tensor::new(vec![timestep as f32; prompts], &self.device)?;
                 let flows = expert.model.denoise(
-                    &batched(sample)?,
+                    &Tensor::cat(&vec![sample; prompts], 0)?,
                     &time,
                     &expert.text,
-                    &conditioning,
+                    &conditioning.first(prompts)?,
                     expert.cache.as_mut(),
                 )?;
-                if guided {
+                if expert.guidance > 1.0 {
                     guide(
                         &flows.narrow(0, 0, 1)?,
                         &flows.narrow(0, 1, 1)?,
-                        request.guidance,
+                        expert.guidance,
                     )
                 } else {
                     Ok(flows)
@@ -360,10 +375,12 @@ pub fn join_experts(
 }
 
 /// One expert's part in a generation: the model, the prompts' embeddings in its text encoder
-/// and its own step cache.
+/// (the prompt, and the negative prompt when it guides), its guidance scale and its own step
+/// cache.
 struct Expert<'a> {
     model: &'a HimmelMini,
     text: Tensor,
+    guidance: f64,
     cache: Option<StepCache>,
 }
 

@@ -31,6 +31,9 @@ pub struct GenerationRequest {
     /// Noise level (0 to 1) from which the model's high-noise expert denoises, overriding the
     /// model's; only for models with one.
     pub boundary: Option<f64>,
+    /// Classifier-free guidance scale of the high-noise expert's steps (as Wan 2.2 guides its
+    /// two experts apart); `None` guides them by `guidance`. Only for models with an expert.
+    pub expert_guidance: Option<f64>,
     /// Seed of the initial noise.
     pub seed: u64,
     /// Initial noise to use instead of seeded noise, `[1, C, F', H', W']`.
@@ -56,6 +59,7 @@ impl GenerationRequest {
             shift: None,
             step_cache: None,
             boundary: None,
+            expert_guidance: None,
             seed: 0,
             initial_latents: None,
             known: Vec::new(),
@@ -273,6 +277,22 @@ impl ModelLimits {
                 ));
             }
         }
+        if let Some(guidance) = request.expert_guidance {
+            if !self.high_noise_expert {
+                return Err(range(
+                    "expert_guidance",
+                    "left unset: this model has no high-noise expert",
+                    guidance.to_string(),
+                ));
+            }
+            if !(guidance.is_finite() && guidance >= 0.0) {
+                return Err(range(
+                    "expert_guidance",
+                    "a number of at least 0",
+                    guidance.to_string(),
+                ));
+            }
+        }
         if !(request.fps.is_finite() && request.fps > 0.0 && request.fps <= 240.0) {
             return Err(range("fps", "between 0 and 240", request.fps.to_string()));
         }
@@ -440,6 +460,30 @@ mod tests {
         );
         assert!(boundary(f64::NAN, true).is_err());
         assert_eq!(boundary(0.9, true), Ok(()));
+        let expert_guidance = |guidance, high_noise_expert| {
+            ModelLimits {
+                high_noise_expert,
+                ..WAN
+            }
+            .validate(GenerationRequest {
+                expert_guidance: Some(guidance),
+                ..request()
+            })
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+        };
+        assert!(
+            expert_guidance(4.0, false)
+                .unwrap_err()
+                .contains("no high-noise expert")
+        );
+        assert!(
+            expert_guidance(-1.0, true)
+                .unwrap_err()
+                .contains("at least 0")
+        );
+        assert!(expert_guidance(f64::NAN, true).is_err());
+        assert_eq!(expert_guidance(6.0, true), Ok(()));
         assert_eq!(WAN.latent_shape(&request()), [1, 16, 21, 60, 104]);
     }
 

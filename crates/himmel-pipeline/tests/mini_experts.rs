@@ -61,6 +61,7 @@ fn config(vocabulary: &[&str], prediction: Prediction) -> MiniConfig {
             guidance: 3.0,
             shift: 2.0,
             boundary: None,
+            expert_guidance: None,
         },
         prediction,
     }
@@ -105,12 +106,23 @@ fn read_config(dir: &Path) -> MiniConfig {
 
 /// The clip `dir`'s model makes of a red ball, its frames as numbers.
 fn generate(dir: &Path, boundary: Option<f64>) -> Vec<f32> {
+    generate_guided(dir, boundary, 3.0, None)
+}
+
+/// [`generate`] with these guidance scales.
+fn generate_guided(
+    dir: &Path,
+    boundary: Option<f64>,
+    guidance: f64,
+    expert_guidance: Option<f64>,
+) -> Vec<f32> {
     let pipeline = MiniPipeline::load(dir, &Device::Cpu).unwrap();
     let request = pipeline
         .validate(GenerationRequest {
             steps: 6,
-            guidance: 3.0,
+            guidance,
             boundary,
+            expert_guidance,
             seed: 5,
             ..GenerationRequest::new("a red ball", (16, 16, 5), 8.0)
         })
@@ -156,6 +168,46 @@ fn the_high_noise_expert_takes_the_steps_above_the_boundary() {
     let twin = dir.path().join("twin");
     join_experts(&low, &low, 0.5, &twin).unwrap();
     assert_eq!(generate(&twin, None), low_alone);
+}
+
+#[test]
+fn the_high_noise_expert_guides_by_its_own_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let low = dir.path().join("low");
+    let high = dir.path().join("high");
+    write_model(&low, &config(&["a", "red"], Prediction::Sample), None);
+    write_model(&high, &config(&["ball"], Prediction::Flow), Some(&low));
+    let pair = dir.path().join("pair");
+    join_experts(&low, &high, 0.5, &pair).unwrap();
+
+    // From noise level 0 the expert takes every step, at its own scale, whatever the model's.
+    let expert_alone = generate_guided(&high, None, 5.0, None);
+    assert_eq!(
+        generate_guided(&pair, Some(0.0), 1.0, Some(5.0)),
+        expert_alone
+    );
+    // Unset, the expert guides as the model does.
+    let both = generate(&pair, None);
+    assert_eq!(generate_guided(&pair, None, 3.0, Some(3.0)), both);
+    let unguided_expert = generate_guided(&pair, None, 3.0, Some(1.0));
+    assert_ne!(unguided_expert, both);
+    // The model's own `sampling.expert_guidance` is the default.
+    let mut pair_config = read_config(&pair);
+    pair_config.sampling.expert_guidance = Some(1.0);
+    write_config(&pair, &pair_config);
+    assert_eq!(generate(&pair, None), unguided_expert);
+
+    // Without an expert there is nothing to guide apart.
+    let mut low_config = read_config(&low);
+    low_config.sampling.expert_guidance = Some(2.0);
+    write_config(&low, &low_config);
+    let Err(error) = MiniPipeline::load(&low, &Device::Cpu) else {
+        panic!("an expert guidance without an expert loaded")
+    };
+    assert!(
+        error.to_string().contains("sampling.expert_guidance"),
+        "{error}"
+    );
 }
 
 #[test]

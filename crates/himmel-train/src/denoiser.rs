@@ -303,16 +303,20 @@ fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
             reason: "must be [lowest, highest] with 0 <= lowest < highest <= 1".into(),
         });
     }
-    match recipe.sampling.boundary {
-        // A run exports one denoiser; an expert beside it is joined afterwards.
-        Some(boundary) => Err(TrainError::Setting {
-            name: "sampling.boundary",
-            value: boundary.to_string(),
+    // A run exports one denoiser; an expert beside it is joined afterwards.
+    let experts = [
+        ("sampling.boundary", recipe.sampling.boundary),
+        ("sampling.expert_guidance", recipe.sampling.expert_guidance),
+    ];
+    match experts.iter().find(|(_, value)| value.is_some()) {
+        Some((name, Some(value))) => Err(TrainError::Setting {
+            name,
+            value: value.to_string(),
             reason: "a run trains one denoiser; give its export a high-noise expert with \
                      `himmel train experts`"
                 .into(),
         }),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 

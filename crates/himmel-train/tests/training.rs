@@ -99,6 +99,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
             guidance: 3.0,
             shift: 2.0,
             boundary: None,
+            expert_guidance: None,
         },
         optimizer: optimizer(3e-3),
         denoiser: WanTransformerConfig {

@@ -92,6 +92,10 @@ pub struct SamplingDefaults {
     /// folder denoises, as in Wan 2.2; set exactly when the model has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boundary: Option<f64>,
+    /// Guidance scale of the high-noise expert's steps, when it differs from `guidance`; only
+    /// with a `boundary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_guidance: Option<f64>,
 }
 
 impl MiniConfig {
@@ -119,6 +123,19 @@ impl MiniConfig {
             return Err(format!(
                 "sampling.boundary {boundary} is not a noise level from 0 to 1"
             ));
+        }
+        if let Some(guidance) = self.sampling.expert_guidance {
+            if self.sampling.boundary.is_none() {
+                return Err(format!(
+                    "sampling.expert_guidance {guidance} is set, but there is no high-noise \
+                     expert (sampling.boundary)"
+                ));
+            }
+            if !(guidance.is_finite() && guidance >= 0.0) {
+                return Err(format!(
+                    "sampling.expert_guidance {guidance} is not a guidance scale of at least 0"
+                ));
+            }
         }
         if self.text_encoder.vocab_size != self.vocabulary.len() + 2 {
             return Err(format!(

@@ -34,6 +34,14 @@ impl Conditioning {
             )?,
         })
     }
+
+    /// The first `batch` rows (one per prompt).
+    pub fn first(&self, batch: usize) -> Result<Self> {
+        Ok(Self {
+            known: self.known.narrow(0, 0, batch)?,
+            mask: self.mask.narrow(0, 0, batch)?,
+        })
+    }
 }
 
 /// Prompt embeddings and the words the vocabulary did not know.
