@@ -324,6 +324,18 @@ fn the_built_in_model_works_out_of_the_box() {
         "{probe}"
     );
     assert!(probe.contains("nb_read_frames=17"), "{probe}");
+    // What the model is, read from its folder.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/himmel-mini");
+    let info = himmel_ok(&["info", model.to_str().unwrap()]);
+    for line in [
+        "format: himmel-mini",
+        "video: 64x64, 17 frames at 16 fps",
+        "predicts clean latents",
+        "high-noise expert (high_noise/): from noise level 0.95",
+        "preview: yes",
+    ] {
+        assert!(info.contains(line), "{line} missing from {info}");
+    }
 }
 
 #[test]
