@@ -436,17 +436,25 @@ mod tests {
                 .unwrap_err();
             assert!(error.to_string().contains("step_cache"), "{error}");
         }
-        let boundary = |boundary, high_noise_expert| {
+        // A model with or without a high-noise expert validating the request.
+        let with_expert = |high_noise_expert, request: GenerationRequest| {
             ModelLimits {
                 high_noise_expert,
                 ..WAN
             }
-            .validate(GenerationRequest {
-                boundary: Some(boundary),
-                ..request()
-            })
+            .validate(request)
             .map(|_| ())
             .map_err(|error| error.to_string())
+        };
+        let boundary = |boundary, high_noise_expert| {
+            let boundary = Some(boundary);
+            with_expert(
+                high_noise_expert,
+                GenerationRequest {
+                    boundary,
+                    ..request()
+                },
+            )
         };
         assert!(
             boundary(0.9, false)
@@ -461,16 +469,12 @@ mod tests {
         assert!(boundary(f64::NAN, true).is_err());
         assert_eq!(boundary(0.9, true), Ok(()));
         let expert_guidance = |guidance, high_noise_expert| {
-            ModelLimits {
-                high_noise_expert,
-                ..WAN
-            }
-            .validate(GenerationRequest {
-                expert_guidance: Some(guidance),
+            let expert_guidance = Some(guidance);
+            let request = GenerationRequest {
+                expert_guidance,
                 ..request()
-            })
-            .map(|_| ())
-            .map_err(|error| error.to_string())
+            };
+            with_expert(high_noise_expert, request)
         };
         assert!(
             expert_guidance(4.0, false)
