@@ -261,37 +261,37 @@ impl ModelLimits {
                 threshold.to_string(),
             ));
         }
-        if let Some(boundary) = request.boundary {
-            if !self.high_noise_expert {
-                return Err(range(
-                    "boundary",
-                    "left unset: this model has no high-noise expert",
-                    boundary.to_string(),
-                ));
-            }
-            if !(0.0..=1.0).contains(&boundary) {
-                return Err(range(
-                    "boundary",
-                    "a noise level from 0 to 1",
-                    boundary.to_string(),
-                ));
-            }
+        let expert_settings = [
+            ("boundary", request.boundary),
+            ("expert_guidance", request.expert_guidance),
+        ];
+        if !self.high_noise_expert
+            && let Some((field, Some(value))) =
+                expert_settings.iter().find(|(_, value)| value.is_some())
+        {
+            return Err(range(
+                field,
+                "left unset: this model has no high-noise expert",
+                value.to_string(),
+            ));
         }
-        if let Some(guidance) = request.expert_guidance {
-            if !self.high_noise_expert {
-                return Err(range(
-                    "expert_guidance",
-                    "left unset: this model has no high-noise expert",
-                    guidance.to_string(),
-                ));
-            }
-            if !(guidance.is_finite() && guidance >= 0.0) {
-                return Err(range(
-                    "expert_guidance",
-                    "a number of at least 0",
-                    guidance.to_string(),
-                ));
-            }
+        if let Some(boundary) = request.boundary
+            && !(0.0..=1.0).contains(&boundary)
+        {
+            return Err(range(
+                "boundary",
+                "a noise level from 0 to 1",
+                boundary.to_string(),
+            ));
+        }
+        if let Some(guidance) = request.expert_guidance
+            && !(guidance.is_finite() && guidance >= 0.0)
+        {
+            return Err(range(
+                "expert_guidance",
+                "a number of at least 0",
+                guidance.to_string(),
+            ));
         }
         if !(request.fps.is_finite() && request.fps > 0.0 && request.fps <= 240.0) {
             return Err(range("fps", "between 0 and 240", request.fps.to_string()));
