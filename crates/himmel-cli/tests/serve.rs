@@ -298,6 +298,38 @@ fn the_videos_api_creates_lists_serves_and_deletes_videos() {
 }
 
 #[test]
+fn sampler_settings_reach_the_model() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    // The thumbnail is the first frame before the watermark, so the same request gives the
+    // same one.
+    let thumbnail = |extra: Value| {
+        let mut body = quick("a red ball bounces on the grass");
+        body["seed"] = json!(5);
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, video) = create(&server, body);
+        assert_eq!(status, 200, "{video}");
+        let id = video["id"].as_str().unwrap();
+        let done = wait(&server, id, Duration::from_secs(60));
+        assert_eq!(done["status"].as_str(), Some("completed"), "{done}");
+        let url = server.url(&format!("/v1/videos/{id}/content?variant=thumbnail"));
+        send("GET", &url, None).1
+    };
+    let plain = thumbnail(json!({}));
+    assert_eq!(thumbnail(json!({})), plain);
+    for extra in [
+        json!({"shift": 1.5}),
+        json!({"boundary": 0}),
+        json!({"expert_guidance": 1}),
+    ] {
+        assert_ne!(thumbnail(extra.clone()), plain, "{extra}");
+    }
+    server.stop();
+}
+
+#[test]
 fn api_keys_guard_the_api_when_configured() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &["--workers", "0", "--api-key", "k-123"]);

@@ -242,6 +242,9 @@ struct CreateVideo {
     seed: Option<u64>,
     steps: Option<usize>,
     guidance: Option<f64>,
+    shift: Option<f64>,
+    boundary: Option<f64>,
+    expert_guidance: Option<f64>,
     negative_prompt: Option<String>,
     /// Himmel's editing tasks on finished videos (JSON bodies).
     #[serde(rename = "loop")]
@@ -336,12 +339,49 @@ fn validate(
             "steps must be between 1 and 200",
         ));
     }
-    if let Some(guidance) = body.guidance
-        && !(guidance.is_finite() && (0.0..=30.0).contains(&guidance))
+    for (param, guidance) in [
+        ("guidance", body.guidance),
+        ("expert_guidance", body.expert_guidance),
+    ] {
+        if let Some(guidance) = guidance
+            && !(guidance.is_finite() && (0.0..=30.0).contains(&guidance))
+        {
+            return Err(ApiError::invalid(
+                param,
+                format!("{param} must be between 0 and 30"),
+            ));
+        }
+    }
+    if let Some(shift) = body.shift
+        && !(shift.is_finite() && shift > 0.0 && shift <= 100.0)
     {
         return Err(ApiError::invalid(
-            "guidance",
-            "guidance must be between 0 and 30",
+            "shift",
+            "shift must be more than 0 and at most 100",
+        ));
+    }
+    if let Some(boundary) = body.boundary
+        && !(0.0..=1.0).contains(&boundary)
+    {
+        return Err(ApiError::invalid(
+            "boundary",
+            "boundary must be a noise level from 0 to 1",
+        ));
+    }
+    if !model.high_noise_expert
+        && let Some(param) = [
+            ("boundary", body.boundary),
+            ("expert_guidance", body.expert_guidance),
+        ]
+        .into_iter()
+        .find_map(|(param, value)| value.map(|_| param))
+    {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "{param} needs a model with a high-noise expert; {} has none",
+                model.name
+            ),
         ));
     }
     let edit = match (
@@ -396,6 +436,9 @@ fn validate(
         seed: body.seed.unwrap_or_else(rand::random),
         steps: body.steps,
         guidance: body.guidance,
+        shift: body.shift,
+        boundary: body.boundary,
+        expert_guidance: body.expert_guidance,
         input_reference: None,
         remix: None,
     })
@@ -490,9 +533,8 @@ async fn parse_multipart(
         let text = field.text().await.map_err(rejected)?;
         // Numbers arrive as text in forms.
         let value = match name.as_str() {
-            "seed" | "steps" | "guidance" | "loop" | "strength" => {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            }
+            "seed" | "steps" | "guidance" | "shift" | "boundary" | "expert_guidance" | "loop"
+            | "strength" => serde_json::from_str(&text).unwrap_or(Value::String(text)),
             _ => Value::String(text),
         };
         fields.insert(name, value);
@@ -612,6 +654,9 @@ async fn remix(
             seed: Some(original.request.seed),
             steps: original.request.steps,
             guidance: original.request.guidance,
+            shift: original.request.shift,
+            boundary: original.request.boundary,
+            expert_guidance: original.request.expert_guidance,
             negative_prompt: Some(original.request.negative_prompt.clone()),
             seamless_loop: None,
             extend: None,
@@ -913,13 +958,23 @@ mod tests {
             fps: 16.0,
             seconds: 1.0,
             max_seconds: 20.0,
+            high_noise_expert: true,
+        }
+    }
+
+    /// A Wan 2.1 model: no high-noise expert.
+    fn wan() -> ModelSpec {
+        ModelSpec {
+            name: "wan".into(),
+            high_noise_expert: false,
+            ..mini()
         }
     }
 
     fn body(json: &str) -> Result<JobRequest, ApiError> {
         validate(
             serde_json::from_str(json).unwrap(),
-            &[mini()],
+            &[mini(), wan()],
             &Policy::standard(),
         )
     }
@@ -944,6 +999,12 @@ mod tests {
                 request.height
             ),
             ("a ball", 2.0, 128, 64)
+        );
+        let sampler =
+            body(r#"{"prompt": "a", "shift": 3, "boundary": 0.9, "expert_guidance": 2}"#).unwrap();
+        assert_eq!(
+            (sampler.shift, sampler.boundary, sampler.expert_guidance),
+            (Some(3.0), Some(0.9), Some(2.0))
         );
         for (json, param, words) in [
             (r#"{"prompt": ""}"#, "prompt", "empty"),
@@ -977,6 +1038,27 @@ mod tests {
                 r#"{"prompt": "a", "steps": 0}"#,
                 "steps",
                 "between 1 and 200",
+            ),
+            (r#"{"prompt": "a", "shift": 0}"#, "shift", "more than 0"),
+            (
+                r#"{"prompt": "a", "boundary": 1.5}"#,
+                "boundary",
+                "from 0 to 1",
+            ),
+            (
+                r#"{"prompt": "a", "expert_guidance": -1}"#,
+                "expert_guidance",
+                "between 0 and 30",
+            ),
+            (
+                r#"{"prompt": "a", "model": "wan", "boundary": 0.9}"#,
+                "boundary",
+                "wan has none",
+            ),
+            (
+                r#"{"prompt": "a", "model": "wan", "expert_guidance": 3}"#,
+                "expert_guidance",
+                "high-noise expert",
             ),
         ] {
             let error = body(json).unwrap_err();

@@ -43,6 +43,9 @@ pub struct ModelSpec {
     pub seconds: f64,
     /// Longest duration the service accepts.
     pub max_seconds: f64,
+    /// Whether a high-noise expert takes the steps above a boundary (so a request may set
+    /// `boundary` and `expert_guidance`).
+    pub high_noise_expert: bool,
 }
 
 impl ModelSpec {
@@ -145,6 +148,9 @@ impl Plan {
             negative_prompt: request.negative_prompt.clone(),
             steps: request.steps.unwrap_or(steps),
             guidance: request.guidance.unwrap_or(guidance),
+            shift: request.shift,
+            boundary: request.boundary,
+            expert_guidance: request.expert_guidance,
             seed: request.seed,
             known: inputs
                 .first_frame
@@ -250,6 +256,7 @@ impl MiniEngine {
             fps: video.fps,
             seconds: (video.frames - 1) as f64 / video.fps,
             max_seconds,
+            high_noise_expert: pipeline.limits().high_noise_expert,
         };
         Ok(Self { pipeline, spec })
     }
@@ -337,6 +344,7 @@ impl WanEngine {
             fps: 16.0,
             seconds: 5.0,
             max_seconds,
+            high_noise_expert: limits.high_noise_expert,
         };
         Ok(Self { pipeline, spec })
     }

@@ -63,6 +63,17 @@ pub struct JobRequest {
     pub steps: Option<usize>,
     /// Guidance scale; the model's default when absent.
     pub guidance: Option<f64>,
+    /// Flow shift of the sampler's steps; the model's default when absent.
+    #[serde(default)]
+    pub shift: Option<f64>,
+    /// Noise level (0 to 1) from which the model's high-noise expert denoises; the model's
+    /// boundary when absent. Only for models with an expert.
+    #[serde(default)]
+    pub boundary: Option<f64>,
+    /// Guidance scale of the high-noise expert's steps; the model's (else `guidance`) when
+    /// absent. Only for models with an expert.
+    #[serde(default)]
+    pub expert_guidance: Option<f64>,
     /// An uploaded image or clip (file name under the data directory's uploads): an image
     /// becomes the first frame; a clip is re-styled (video to video with `strength`) or, with
     /// [`Edit::ExtendReference`], extended.

@@ -488,6 +488,7 @@ mod tests {
             fps: 16.0,
             seconds: 1.0,
             max_seconds: 1.0,
+            high_noise_expert: false,
         };
         let data = tempfile::tempdir().unwrap();
         let artifacts = Artifacts::new(data.path()).unwrap();
