@@ -9,7 +9,7 @@ use himmel_media::{Format, ReadOptions, read_video};
 use himmel_models::mini::Prediction;
 use himmel_pipeline::mini::{HIGH_NOISE_DIR, is_mini_dir};
 use himmel_pipeline::preview::PREVIEW_FILE;
-use himmel_train::denoiser::{TrainedModel, read_model};
+use himmel_train::denoiser::{ModelSummary, read_summary};
 
 /// Arguments of `himmel info`.
 #[derive(Args)]
@@ -74,13 +74,14 @@ fn describe_model(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The model in `dir`, its folder named if it cannot be read.
-fn read(dir: &Path) -> Result<TrainedModel> {
-    read_model(dir).with_context(|| format!("reading the himmel-mini model in {}", dir.display()))
+/// The model in `dir` (its config and recorded steps, not its weights), its folder named if
+/// it cannot be read.
+fn read(dir: &Path) -> Result<ModelSummary> {
+    read_summary(dir).with_context(|| format!("reading the himmel-mini model in {}", dir.display()))
 }
 
 /// A denoiser in words: its size, what it predicts and the step of its run it was exported at.
-fn denoiser(model: &TrainedModel) -> String {
+fn denoiser(model: &ModelSummary) -> String {
     let config = &model.config.denoiser;
     let [t, h, w] = config.patch_size;
     let prediction = match model.config.prediction {

@@ -4,6 +4,7 @@
 //! saving leaves the previous checkpoint intact.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -57,6 +58,36 @@ pub fn read_safetensors(path: &Path) -> Result<TensorsAndMetadata, TrainError> {
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|error| corrupt(format!("unreadable tensors ({error})")))?;
     Ok((tensors, metadata))
+}
+
+/// Reads only the string metadata of a safetensors file: its header, not its tensors.
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>, TrainError> {
+    let corrupt = |message: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("not a valid safetensors file ({message})"),
+    };
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)
+        .map_err(|error| corrupt(error.to_string()))?;
+    let length = u64::from_le_bytes(length);
+    let size = file.metadata().map_err(io(path))?.len();
+    if length > size - 8 {
+        return Err(corrupt(format!(
+            "its header of {length} bytes is longer than the file"
+        )));
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header)
+        .map_err(|error| corrupt(error.to_string()))?;
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: HashMap<String, String>,
+    }
+    let header: Header =
+        serde_json::from_slice(&header).map_err(|error| corrupt(error.to_string()))?;
+    Ok(header.metadata)
 }
 
 /// The newest checkpoint in `dir`, if any.
@@ -164,4 +195,29 @@ pub fn restore(
         *average = take(format!("ema.{name}"), average)?;
     }
     Ok(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metadata_reads_without_the_tensors_and_a_cut_header_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.safetensors");
+        let tensors = HashMap::from([(
+            "w".to_string(),
+            Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )]);
+        let metadata = HashMap::from([("step".to_string(), "42".to_string())]);
+        write_safetensors(&path, &tensors, metadata.clone()).unwrap();
+        assert_eq!(read_safetensors_metadata(&path).unwrap(), metadata);
+
+        let bytes = std::fs::read(&path).unwrap();
+        for cut in [4, 20] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let error = read_safetensors_metadata(&path).unwrap_err().to_string();
+            assert!(error.contains("not a valid safetensors file"), "{error}");
+        }
+    }
 }

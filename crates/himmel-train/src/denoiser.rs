@@ -28,7 +28,7 @@ use crate::autoencoder::{
     STEP_METADATA as AUTOENCODER_STEP, TrainedAutoencoder, channel_statistics, in_f32,
     recorded_step, sorted_vars,
 };
-use crate::checkpoint::{read_safetensors, write_safetensors};
+use crate::checkpoint::{read_safetensors, read_safetensors_metadata, write_safetensors};
 use crate::config::clip_source;
 use crate::config::{DenoiserRecipe, MaskRates};
 use crate::data::{Captions, ClipSource};
@@ -111,8 +111,44 @@ impl TrainedModel {
     }
 }
 
+/// A himmel-mini model's config and the steps its weights record, read without the weights.
+pub struct ModelSummary {
+    /// Its config: vocabulary and latent statistics included.
+    pub config: MiniConfig,
+    /// The denoiser's training step it was exported at, where the export records one.
+    pub step: Option<u64>,
+    /// The step of the autoencoder run its autoencoder came from, where recorded.
+    pub autoencoder_step: Option<u64>,
+}
+
 /// Reads the himmel-mini model in `dir` (`config.json`, `model.safetensors`).
 pub fn read_model(dir: &Path) -> Result<TrainedModel, TrainError> {
+    let config = read_config(dir)?;
+    let path = dir.join(MODEL_WEIGHTS);
+    let (weights, metadata) = read_safetensors(&path)?;
+    Ok(TrainedModel {
+        config,
+        weights: in_f32(weights)?,
+        step: recorded_step(&metadata, STEP_METADATA, &path)?,
+        autoencoder_step: recorded_step(&metadata, AUTOENCODER_STEP, &path)?,
+    })
+}
+
+/// Reads the config of the himmel-mini model in `dir` and the steps its weights' header
+/// records, leaving the weights unread.
+pub fn read_summary(dir: &Path) -> Result<ModelSummary, TrainError> {
+    let config = read_config(dir)?;
+    let path = dir.join(MODEL_WEIGHTS);
+    let metadata = read_safetensors_metadata(&path)?;
+    Ok(ModelSummary {
+        config,
+        step: recorded_step(&metadata, STEP_METADATA, &path)?,
+        autoencoder_step: recorded_step(&metadata, AUTOENCODER_STEP, &path)?,
+    })
+}
+
+/// Reads and checks the `config.json` of the himmel-mini model in `dir`.
+fn read_config(dir: &Path) -> Result<MiniConfig, TrainError> {
     let config_path = dir.join(MODEL_CONFIG);
     let text = std::fs::read_to_string(&config_path).map_err(|source| TrainError::Io {
         path: config_path.clone(),
@@ -125,14 +161,7 @@ pub fn read_model(dir: &Path) -> Result<TrainedModel, TrainError> {
     let config: MiniConfig =
         serde_json::from_str(&text).map_err(|error| invalid(error.to_string()))?;
     config.check().map_err(invalid)?;
-    let path = dir.join(MODEL_WEIGHTS);
-    let (weights, metadata) = read_safetensors(&path)?;
-    Ok(TrainedModel {
-        config,
-        weights: in_f32(weights)?,
-        step: recorded_step(&metadata, STEP_METADATA, &path)?,
-        autoencoder_step: recorded_step(&metadata, AUTOENCODER_STEP, &path)?,
-    })
+    Ok(config)
 }
 
 /// Training state of the denoiser stage.
