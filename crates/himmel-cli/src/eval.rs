@@ -190,7 +190,7 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
         let original = &batch.video.to_device(&Device::Cpu)?;
         latents.push(encoded.to_device(&Device::Cpu)?);
         let objects = clips
-            .object_masks(&batch, index)?
+            .object_masks(&batch)?
             .map(|masks| masks.to_device(&Device::Cpu))
             .transpose()?;
         if let Some(spec) = &batch.scenes[0] {

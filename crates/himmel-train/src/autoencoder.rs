@@ -221,7 +221,7 @@ impl AutoencoderStage {
         let weight = self.recipe.object_weight;
         let weights = if weight > 0.0 {
             self.clips
-                .object_masks(&clips, first)?
+                .object_masks(&clips)?
                 .map(|masks| masks.affine(weight, 1.0))
                 .transpose()?
         } else {

@@ -160,6 +160,12 @@ pub struct DenoiserRecipe {
     pub max_prompt_tokens: usize,
     /// The clips the world renders (the model's size).
     pub video: VideoShape,
+    /// More shapes of world clips to train on beside `video` (other sizes, aspect ratios and
+    /// lengths; one frame is an image), as Sora trains on clips at their own sizes: clip `i`
+    /// of a run has the shape `i mod (1 + more_shapes.len())` of `video` and these, and each
+    /// step's batch is of one shape, the shapes taking turns.
+    #[serde(default)]
+    pub more_shapes: Vec<VideoShape>,
     /// Known-frame patterns.
     pub masks: MaskRates,
     /// Defaults written into the model for sampling.
@@ -191,6 +197,30 @@ pub fn clip_source(
     match folder {
         Some(dir) => crate::data::ClipSource::folder(dir, video),
         None => Ok(crate::data::ClipSource::world(video, seed)),
+    }
+}
+
+impl DenoiserRecipe {
+    /// The clips it trains on: its folder's, or the world's from its seed in each of its
+    /// shapes.
+    pub fn clip_source(&self) -> Result<crate::data::ClipSource, TrainError> {
+        match (&self.folder, self.more_shapes.is_empty()) {
+            (Some(dir), true) => crate::data::ClipSource::folder(dir, self.video),
+            (Some(_), false) => Err(TrainError::Setting {
+                name: "more_shapes",
+                value: format!("{} shapes", self.more_shapes.len()),
+                reason: "clips read from a folder are trained at `video`'s shape only".into(),
+            }),
+            (None, _) => {
+                let shapes: Vec<VideoShape> = std::iter::once(self.video)
+                    .chain(self.more_shapes.iter().copied())
+                    .collect();
+                Ok(crate::data::ClipSource::world_shapes(
+                    &shapes,
+                    self.run.seed,
+                ))
+            }
+        }
     }
 }
 

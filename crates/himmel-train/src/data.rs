@@ -37,8 +37,11 @@ impl From<ClipRecord> for Captions {
     }
 }
 
-/// Clips stacked for a model: video `[B, 3, F, H, W]` in -1..=1 and their captions.
+/// Clips of one shape stacked for a model: video `[B, 3, F, H, W]` in -1..=1 and their
+/// captions.
 pub struct ClipBatch {
+    /// The clips' indices in their source.
+    pub indices: Vec<u64>,
     /// The frames.
     pub video: Tensor,
     /// Captions of each clip.
@@ -51,8 +54,8 @@ pub struct ClipBatch {
 pub enum ClipSource {
     /// The procedural world, rendering clip `i` of a seed.
     World {
-        /// Size, length and rate of the clips.
-        settings: RenderSettings,
+        /// Sizes, lengths and rates of the clips: clip `i` has shape `i mod shapes.len()`.
+        shapes: Vec<RenderSettings>,
         /// The world run's seed.
         seed: u64,
     },
@@ -123,15 +126,37 @@ fn read_captions(video: &Path) -> Result<Captions, TrainError> {
 impl ClipSource {
     /// Clips of `shape` from the world run `seed`.
     pub fn world(shape: VideoShape, seed: u64) -> Self {
+        Self::world_shapes(&[shape], seed)
+    }
+
+    /// Clips from the world run `seed` in turn of each of `shapes` (sizes, aspect ratios,
+    /// durations): clip `i` has shape `i mod shapes.len()`.
+    pub fn world_shapes(shapes: &[VideoShape], seed: u64) -> Self {
         Self::World {
-            settings: RenderSettings {
-                width: shape.width,
-                height: shape.height,
-                frames: shape.frames,
-                fps: shape.fps,
-            },
+            shapes: shapes
+                .iter()
+                .map(|shape| RenderSettings {
+                    width: shape.width,
+                    height: shape.height,
+                    frames: shape.frames,
+                    fps: shape.fps,
+                })
+                .collect(),
             seed,
         }
+    }
+
+    /// How many shapes the clips come in.
+    pub fn shape_count(&self) -> usize {
+        match self {
+            Self::World { shapes, .. } => shapes.len(),
+            Self::Folder(_) => 1,
+        }
+    }
+
+    /// Which of the shapes clip `index` has.
+    pub fn shape_of(&self, index: u64) -> usize {
+        (index % self.shape_count() as u64) as usize
     }
 
     /// The captioned clips in `dir`, each resized to `shape` and cut to its first frames.
@@ -165,12 +190,17 @@ impl ClipSource {
         Ok(Self::Folder(clips))
     }
 
-    /// Reads or renders the clips with the given indices.
-    pub fn batch(&self, indices: Range<u64>, device: &Device) -> Result<ClipBatch, TrainError> {
+    /// Reads or renders the clips with the given indices, which must be of one shape.
+    pub fn batch(
+        &self,
+        indices: impl IntoIterator<Item = u64>,
+        device: &Device,
+    ) -> Result<ClipBatch, TrainError> {
+        let indices: Vec<u64> = indices.into_iter().collect();
         let mut videos = Vec::new();
         let mut captions = Vec::new();
         let mut scenes = Vec::new();
-        for index in indices {
+        for &index in &indices {
             let (video, caption, scene) = self.clip(index)?;
             let frames = video.to_f32().map_err(|error| TrainError::World {
                 index,
@@ -181,21 +211,18 @@ impl ClipSource {
             scenes.push(scene);
         }
         Ok(ClipBatch {
+            indices,
             video: Tensor::stack(&videos, 0)?.to_device(device)?,
             captions,
             scenes,
         })
     }
 
-    /// Where objects (and their shadows) are in `batch`, whose first clip has index `first`:
-    /// `[B, 1, F, H, W]`, 1 on and next to them, 0 on the bare backdrop. `None` for folders,
-    /// which carry no scene. Found by rendering each scene again without its objects.
-    pub fn object_masks(
-        &self,
-        batch: &ClipBatch,
-        first: u64,
-    ) -> Result<Option<Tensor>, TrainError> {
-        let Self::World { settings, .. } = self else {
+    /// Where objects (and their shadows) are in `batch`: `[B, 1, F, H, W]`, 1 on and next to
+    /// them, 0 on the bare backdrop. `None` for folders, which carry no scene. Found by
+    /// rendering each scene again without its objects.
+    pub fn object_masks(&self, batch: &ClipBatch) -> Result<Option<Tensor>, TrainError> {
+        let Self::World { shapes, .. } = self else {
             return Ok(None);
         };
         let mut masks = Vec::new();
@@ -203,7 +230,8 @@ impl ClipSource {
             let Some(scene) = scene else {
                 return Ok(None);
             };
-            let index = first + i as u64;
+            let index = batch.indices[i];
+            let settings = &shapes[self.shape_of(index)];
             let world = |error: himmel_core::VideoError| TrainError::World {
                 index,
                 message: error.to_string(),
@@ -253,7 +281,8 @@ impl ClipSource {
     /// Clip `index`: its frames, captions and scene (`None` from a folder).
     fn clip(&self, index: u64) -> Result<(Video, Captions, Option<SceneSpec>), TrainError> {
         match self {
-            Self::World { settings, seed } => {
+            Self::World { shapes, seed } => {
+                let settings = &shapes[self.shape_of(index)];
                 let (clip, record) =
                     sample_clip(*seed, index, settings).map_err(|error| TrainError::World {
                         index,

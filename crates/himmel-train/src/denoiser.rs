@@ -29,9 +29,8 @@ use crate::autoencoder::{
     recorded_step, sorted_vars,
 };
 use crate::checkpoint::{read_safetensors, read_safetensors_metadata, write_safetensors};
-use crate::config::clip_source;
 use crate::config::{DenoiserRecipe, MaskRates};
-use crate::data::{Captions, ClipSource};
+use crate::data::{Captions, ClipBatch, ClipSource};
 use crate::error::TrainError;
 use crate::frozen::FrozenAndTrained;
 use crate::init::initialize;
@@ -65,6 +64,8 @@ const ENCODE_BATCH: u64 = 8;
 
 /// An encoded clip of the pool.
 struct PoolEntry {
+    /// Which of the run's clip shapes it has.
+    shape: usize,
     /// Normalised latents `[z, F, h, w]`.
     latents: Tensor,
     /// Weight of each latent cell in the loss, `[1, F, h, w]` (`None`: all alike).
@@ -186,6 +187,10 @@ fn known_frames(rates: &MaskRates, frames: usize, rng: &mut impl Rng) -> Vec<usi
     } else {
         1
     };
+    // A single latent frame (an image) is all to be made.
+    if frames == 1 {
+        return Vec::new();
+    }
     let mut edge = rates.first_frame;
     if draw < edge {
         return vec![0];
@@ -229,6 +234,44 @@ fn config_for(
         sampling: recipe.sampling,
         prediction: recipe.prediction,
     }
+}
+
+/// Refuses a recipe's `more_shapes` that the model cannot take (sizes off its grid of
+/// tokens, lengths the autoencoder cannot encode, another frame rate than `video`'s) and a pool
+/// too small to hold a clip of each shape.
+fn check_shapes(recipe: &DenoiserRecipe, config: &MiniConfig) -> Result<(), TrainError> {
+    let patch = config.denoiser.patch_size;
+    let multiple = config.autoencoder.spatial_factor() * patch[1].max(patch[2]);
+    let temporal = config.autoencoder.temporal_factor();
+    for shape in &recipe.more_shapes {
+        let side = |pixels: usize| pixels > 0 && pixels.is_multiple_of(multiple);
+        let length = shape.frames >= 1
+            && (shape.frames - 1).is_multiple_of(temporal)
+            && ((shape.frames - 1) / temporal + 1).is_multiple_of(patch[0]);
+        if !(side(shape.width) && side(shape.height) && length && shape.fps == recipe.video.fps) {
+            return Err(TrainError::Setting {
+                name: "more_shapes",
+                value: format!(
+                    "{}x{}, {} frames at {} fps",
+                    shape.width, shape.height, shape.frames, shape.fps
+                ),
+                reason: format!(
+                    "each shape needs a width and height that are multiples of {multiple}, \
+                     1 + {temporal}k frames, and the {} fps of `video`",
+                    recipe.video.fps
+                ),
+            });
+        }
+    }
+    let shapes = 1 + recipe.more_shapes.len() as u64;
+    if recipe.pool_clips < shapes {
+        return Err(TrainError::Setting {
+            name: "pool_clips",
+            value: recipe.pool_clips.to_string(),
+            reason: format!("must hold a clip of each of the run's {shapes} shapes"),
+        });
+    }
+    Ok(())
 }
 
 /// Puts `decoder`'s decoder-side weights into `autoencoder`, after checking that its encoder
@@ -359,7 +402,7 @@ impl DenoiserStage {
         device: &Device,
     ) -> Result<Self, TrainError> {
         check_recipe(recipe)?;
-        let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
+        let clips = recipe.clip_source()?;
         let captions = clips.captions(0..recipe.vocabulary_clips)?;
         let texts = captions.iter().flat_map(|captions| {
             std::iter::once(captions.detailed.as_str())
@@ -395,7 +438,7 @@ impl DenoiserStage {
                 ),
             });
         }
-        let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
+        let clips = recipe.clip_source()?;
         let vocabulary = model.config.vocabulary.clone();
         let stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
         stage.load(&model.weights)?;
@@ -417,10 +460,12 @@ impl DenoiserStage {
             &autoencoder_config,
             VarBuilder::from_tensors(weights.clone(), DType::F32, device),
         )?;
+        // Measured on clips of the model's own shape, the first of the run's shapes.
+        let stride = clips.shape_count() as u64;
+        let indices: Vec<u64> = (0..recipe.statistics_clips).map(|k| k * stride).collect();
         let mut latents = Vec::new();
-        for start in (0..recipe.statistics_clips).step_by(ENCODE_BATCH as usize) {
-            let end = (start + ENCODE_BATCH).min(recipe.statistics_clips);
-            latents.push(vae.encode(&clips.batch(start..end, device)?.video)?);
+        for chunk in indices.chunks(ENCODE_BATCH as usize) {
+            latents.push(vae.encode(&clips.batch(chunk.iter().copied(), device)?.video)?);
         }
         let latents = Tensor::cat(&latents, 0)?;
         let frames = latents.dim(2)?;
@@ -521,7 +566,7 @@ impl DenoiserStage {
             replace_decoder(&mut autoencoder, decoder.weights)?;
             autoencoder_step = decoder.step;
         }
-        let clips = clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?;
+        let clips = recipe.clip_source()?;
         let stage = Self::assemble(recipe, config, autoencoder, autoencoder_step, clips, device)?;
         Ok((stage, weights))
     }
@@ -545,6 +590,7 @@ impl DenoiserStage {
         clips: ClipSource,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        check_shapes(recipe, &config)?;
         let frozen: HashMap<String, Tensor> = autoencoder
             .into_iter()
             .map(|(name, tensor)| (format!("{AUTOENCODER}.{name}"), tensor))
@@ -592,32 +638,57 @@ impl DenoiserStage {
         let mut next = pool.first + pool.entries.len() as u64;
         while next < end {
             let stop = (next + ENCODE_BATCH).min(end);
-            let batch = self.clips.batch(next..stop, &self.device)?;
-            let latents = self.model.autoencoder.encode(&batch.video)?;
-            let latents = self.model.autoencoder.normalize(&latents)?;
-            let weights = if self.recipe.object_weight > 0.0 {
-                // A cell shows an object where any of its pixels in any of its frames does.
-                let config = self.model.autoencoder.config();
-                self.clips
-                    .object_masks(&batch, next)?
-                    .map(|masks| {
-                        latent_cells(&masks, config, CellReduction::Max)?
-                            .affine(self.recipe.object_weight, 1.0)
-                    })
-                    .transpose()?
-            } else {
-                None
-            };
-            for (i, captions) in batch.captions.into_iter().enumerate() {
-                pool.entries.push_back(PoolEntry {
-                    latents: latents.get(i)?,
-                    weights: weights.as_ref().map(|w| w.get(i)).transpose()?,
-                    captions,
-                });
+            // Encoded a shape at a time, kept in the order of the clips' indices.
+            let mut encoded = Vec::new();
+            for shape in 0..self.clips.shape_count() {
+                let indices: Vec<u64> = (next..stop)
+                    .filter(|&index| self.clips.shape_of(index) == shape)
+                    .collect();
+                if !indices.is_empty() {
+                    let batch = self.clips.batch(indices, &self.device)?;
+                    encoded.extend(self.encode(batch, shape)?);
+                }
             }
+            encoded.sort_by_key(|(index, _)| *index);
+            pool.entries
+                .extend(encoded.into_iter().map(|(_, entry)| entry));
             next = stop;
         }
         Ok(())
+    }
+
+    /// The pool entries of `batch`, clips of `shape`, with their indices.
+    fn encode(&self, batch: ClipBatch, shape: usize) -> Result<Vec<(u64, PoolEntry)>, TrainError> {
+        let latents = self.model.autoencoder.encode(&batch.video)?;
+        let latents = self.model.autoencoder.normalize(&latents)?;
+        let weights = if self.recipe.object_weight > 0.0 {
+            // A cell shows an object where any of its pixels in any of its frames does.
+            let config = self.model.autoencoder.config();
+            self.clips
+                .object_masks(&batch)?
+                .map(|masks| {
+                    latent_cells(&masks, config, CellReduction::Max)?
+                        .affine(self.recipe.object_weight, 1.0)
+                })
+                .transpose()?
+        } else {
+            None
+        };
+        batch
+            .indices
+            .into_iter()
+            .zip(batch.captions)
+            .enumerate()
+            .map(|(i, (index, captions))| {
+                let entry = PoolEntry {
+                    shape,
+                    latents: latents.get(i)?,
+                    weights: weights.as_ref().map(|w| w.get(i)).transpose()?,
+                    captions,
+                };
+                Ok((index, entry))
+            })
+            .collect()
     }
 
     /// The prompt a clip is trained with: its caption, a short prompt, or nothing.
@@ -655,8 +726,15 @@ impl Stage for DenoiserStage {
         let mut sigmas = Vec::with_capacity(batch);
         let mut masks = Vec::with_capacity(batch);
         let mut cell_weights = Vec::with_capacity(batch);
+        // A step's clips share a shape; the shapes take turns.
+        let shape = self.clips.shape_of(step);
+        let candidates: Vec<&PoolEntry> = pool
+            .entries
+            .iter()
+            .filter(|entry| entry.shape == shape)
+            .collect();
         for _ in 0..batch {
-            let entry = &pool.entries[rng.random_range(0..pool.entries.len())];
+            let entry = candidates[rng.random_range(0..candidates.len())];
             let frames = entry.latents.dim(1)?;
             latents.push(entry.latents.clone());
             cell_weights.push(entry.weights.clone());

@@ -12,6 +12,7 @@ use himmel_train::autoencoder::{AutoencoderStage, read_trained};
 use himmel_train::config::{
     AutoencoderRecipe, Crop, DenoiserRecipe, LoopConfig, MaskRates, OptimizerConfig,
 };
+use himmel_train::data::ClipSource;
 use himmel_train::denoiser::{DenoiserStage, read_model};
 use himmel_train::log::LogRow;
 use himmel_train::trainer::{RunOptions, RunSummary, Stage, run};
@@ -88,6 +89,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
         pool_refresh: 2,
         max_prompt_tokens: 32,
         video: VIDEO,
+        more_shapes: Vec::new(),
         masks: MaskRates {
             first_frame: 0.2,
             first_half: 0.1,
@@ -321,6 +323,66 @@ fn a_denoiser_predicting_clean_latents_at_shifted_noise_levels_learns() {
         error.to_string().contains("himmel train experts"),
         "{error}"
     );
+}
+
+#[test]
+fn a_denoiser_trains_on_clips_of_many_shapes() {
+    let wide = VideoShape { width: 24, ..VIDEO };
+    let image = VideoShape { frames: 1, ..VIDEO };
+    // Clip i has shape i mod 3; a batch is of one shape.
+    let clips = ClipSource::world_shapes(&[VIDEO, wide, image], 9);
+    let device = Device::Cpu;
+    let dims = |indices: [u64; 2]| clips.batch(indices, &device).unwrap().video.dims().to_vec();
+    assert_eq!(dims([0, 3]), [2, 3, 5, 16, 16]);
+    assert_eq!(dims([1, 4]), [2, 3, 5, 16, 24]);
+    assert_eq!(dims([2, 5]), [2, 3, 1, 16, 16]);
+
+    let autoencoder_dir = tiny_autoencoder(&device);
+    let trained = || read_trained(autoencoder_dir.path()).expect("autoencoder export");
+    let mut recipe = denoiser_recipe(40);
+    recipe.more_shapes = vec![wide, image];
+    let stage = || DenoiserStage::new(&recipe, trained(), &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let whole = train(&stage(), &options(dir.path(), 40, None, false));
+    // Steps take the shapes in turn; the images' losses (every third step) vary too much to
+    // follow in 40 steps.
+    let clips: Vec<LogRow> = whole
+        .rows
+        .iter()
+        .filter(|row| (row.step - 1) % 3 != 2)
+        .cloned()
+        .collect();
+    assert_falls(&clips);
+    // The model's own size stays `video`'s.
+    let model = read_model(&dir.path().join("model")).expect("model export");
+    assert_eq!(model.config.video, VIDEO);
+    let split = tempfile::tempdir().expect("temporary folder");
+    train(&stage(), &options(split.path(), 40, Some(5), false));
+    let tail = train(&stage(), &options(split.path(), 40, Some(9), true));
+    let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
+    let uninterrupted: Vec<f64> = whole.rows[5..9].iter().map(|row| row.loss).collect();
+    assert_eq!(resumed, uninterrupted);
+
+    let refused = |recipe: &DenoiserRecipe, name: &str| {
+        let Err(error) = DenoiserStage::new(recipe, trained(), &device) else {
+            panic!("{name} was accepted: {:?}", recipe.more_shapes)
+        };
+        assert!(error.to_string().contains(name), "{error}");
+    };
+    for bad in [
+        VideoShape { width: 20, ..VIDEO },
+        VideoShape { frames: 4, ..VIDEO },
+        VideoShape { fps: 16.0, ..VIDEO },
+    ] {
+        recipe.more_shapes = vec![bad];
+        refused(&recipe, "more_shapes");
+    }
+    recipe.more_shapes = vec![wide, image];
+    recipe.pool_clips = 2;
+    refused(&recipe, "pool_clips");
+    recipe.pool_clips = 8;
+    recipe.folder = Some(autoencoder_dir.path().to_path_buf());
+    refused(&recipe, "more_shapes");
 }
 
 #[test]

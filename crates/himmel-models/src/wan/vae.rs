@@ -203,10 +203,17 @@ pub fn latent_cells(
     };
     let x = pixels.reshape((rows, frames, height, width))?;
     let groups = (frames - 1) / time;
-    let rest = x
-        .narrow(1, 1, time * groups)?
-        .reshape((rows, groups, time, height, width))?;
-    let cells = Tensor::cat(&[x.narrow(1, 0, 1)?, reduce(rest, 2)?], 1)?.reshape((
+    let first = x.narrow(1, 0, 1)?;
+    // A single frame (an image) is one cell deep.
+    let frames = if groups == 0 {
+        first
+    } else {
+        let rest = x
+            .narrow(1, 1, time * groups)?
+            .reshape((rows, groups, time, height, width))?;
+        Tensor::cat(&[first, reduce(rest, 2)?], 1)?
+    };
+    let cells = frames.reshape((
         rows,
         1 + groups,
         height / space,
@@ -1208,6 +1215,12 @@ mod tests {
         let mut expected = vec![0f32; 12];
         expected[2 * 4 + 2] = 1.0;
         assert_eq!(cells, expected);
+        // An image: frame 6 alone.
+        let image = masks.narrow(2, 6, 1).unwrap();
+        let grid = latent_cells(&image, &config, CellReduction::Max).unwrap();
+        assert_eq!(grid.dims(), [1, 1, 1, 2, 2]);
+        let cells = grid.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(cells, [0.0, 0.0, 1.0, 0.0]);
     }
 
     #[test]
