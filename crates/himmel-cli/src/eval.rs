@@ -52,6 +52,13 @@ pub struct EvalArgs {
     /// `sampling.expert_guidance`, else `--guidance`].
     #[arg(long)]
     expert_guidance: Option<f64>,
+    /// Width of the clips [default: the model's]; another size than the model's shows how it
+    /// does at other sizes and aspect ratios.
+    #[arg(long, conflicts_with = "autoencoder")]
+    width: Option<usize>,
+    /// Height of the clips [default: the model's].
+    #[arg(long, conflicts_with = "autoencoder")]
+    height: Option<usize>,
     /// Clips per prompt, each from its own seed (and scene): more clips narrow the measures'
     /// spread. The first round's seeds are the prompts' indices, as with one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -257,6 +264,8 @@ struct PromptResult {
 /// The saved report.
 #[derive(Serialize)]
 struct EvalReport {
+    /// Width, height and frames of every clip.
+    size: (usize, usize, usize),
     model: Aggregate,
     ground_truth: Aggregate,
     autoencoded: Aggregate,
@@ -286,8 +295,8 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
     let round_stride = prompts.len() as u64;
     let prompts = &prompts[..args.limit.unwrap_or(prompts.len()).min(prompts.len())];
     let settings = RenderSettings {
-        width: config.video.width,
-        height: config.video.height,
+        width: args.width.unwrap_or(config.video.width),
+        height: args.height.unwrap_or(config.video.height),
         frames: config.video.frames,
         fps: config.video.fps,
     };
@@ -339,6 +348,7 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
     let truth_reports: Vec<Report> = results.iter().map(|r| r.ground_truth.clone()).collect();
     let autoencoded_reports: Vec<Report> = results.iter().map(|r| r.autoencoded.clone()).collect();
     let report = EvalReport {
+        size: (settings.width, settings.height, settings.frames),
         model: aggregate(&model_reports),
         ground_truth: aggregate(&truth_reports),
         autoencoded: aggregate(&autoencoded_reports),

@@ -131,6 +131,31 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
         report.to_str().unwrap(),
     ]);
     assert!(message.contains("shift"), "{message}");
+    // At another size and aspect ratio than the model's.
+    himmel_ok(&[
+        "eval",
+        "--model",
+        model_arg,
+        "--limit",
+        "1",
+        "--width",
+        "64",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["size"], serde_json::json!([64, 32, 5]));
+    let message = himmel_err(&[
+        "eval",
+        "--model",
+        model_arg,
+        "--width",
+        "33",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(message.contains("width"), "{message}");
 
     // The model as its own high-noise expert: joined, generated from, measured.
     let pair = dir.path().join("pair");
