@@ -7,6 +7,7 @@ pub mod camera;
 pub mod caption;
 pub mod detect;
 pub mod expand;
+pub mod fault;
 pub mod lexicon;
 pub mod physics;
 pub mod render;

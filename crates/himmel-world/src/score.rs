@@ -11,6 +11,7 @@ use himmel_core::{Video, VideoError};
 
 use crate::camera::View;
 use crate::detect::{Detection, detect};
+use crate::fault::{Fault, FaultKind};
 use crate::physics::GRAVITY;
 use crate::render::render_backdrop;
 use crate::spec::{ObjectSpec, SceneSpec, clashes_with};
@@ -73,8 +74,8 @@ pub struct Report {
     pub scores: Scores,
     /// Mean physics residual over found objects, world units.
     pub physics_residual: f64,
-    /// Temporal consistency faults, in words.
-    pub faults: Vec<String>,
+    /// Temporal consistency faults (saved in words).
+    pub faults: Vec<Fault>,
     /// Per-object findings, in spec order.
     pub objects: Vec<ObjectReport>,
 }
@@ -714,11 +715,10 @@ fn crowded(tracks: &[&Track], own: usize, frame: usize, detection: &Detection) -
 }
 
 /// Objects that vanish, appear, or change colour, shape or size without cause.
-fn consistency_faults(tracks: &[&Track], frames: usize) -> Vec<String> {
+fn consistency_faults(tracks: &[&Track], frames: usize) -> Vec<Fault> {
     let mut faults = Vec::new();
     let mut explained_starts = vec![false; tracks.len()];
     for (index, track) in tracks.iter().enumerate() {
-        let name = format!("{:?}", track.color).to_lowercase();
         let Some((last_frame, last)) = track.last() else {
             continue;
         };
@@ -733,23 +733,18 @@ fn consistency_faults(tracks: &[&Track], frames: usize) -> Vec<String> {
                                 < 3.0 + 2.0 * (last.area / std::f32::consts::PI).sqrt()
                     })
             });
-            match successor {
+            let kind = match successor {
                 Some((other, t)) => {
                     explained_starts[other] = true;
-                    faults.push(
-                        format!(
-                            "the {name} object turns {:?} at frame {}",
-                            t.color,
-                            last_frame + 1
-                        )
-                        .to_lowercase(),
-                    );
+                    FaultKind::TurnsColor(t.color)
                 }
-                None => faults.push(format!(
-                    "the {name} object vanishes at frame {}",
-                    last_frame + 1
-                )),
-            }
+                None => FaultKind::Vanishes,
+            };
+            faults.push(Fault {
+                kind,
+                color: track.color,
+                frame: Some(last_frame + 1),
+            });
         }
     }
     for (index, track) in tracks.iter().enumerate() {
@@ -761,13 +756,11 @@ fn consistency_faults(tracks: &[&Track], frames: usize) -> Vec<String> {
             && !explained_starts[index]
             && !crowded(tracks, index, first_frame, first)
         {
-            faults.push(
-                format!(
-                    "a {:?} object appears from nowhere at frame {first_frame}",
-                    track.color
-                )
-                .to_lowercase(),
-            );
+            faults.push(Fault {
+                kind: FaultKind::AppearsFromNowhere,
+                color: track.color,
+                frame: Some(first_frame),
+            });
         }
         let clean: Vec<(usize, &Detection)> = track
             .observations()
@@ -781,29 +774,26 @@ fn consistency_faults(tracks: &[&Track], frames: usize) -> Vec<String> {
                 part.iter().filter(|(_, d)| Some(d.shape) == shape).count() as f64
                     / part.len() as f64
             };
-            if early != late
+            if let (Some(from), Some(to)) = (early, late)
+                && from != to
                 && share(&clean[..third], early) >= 0.7
                 && share(&clean[clean.len() - third..], late) >= 0.7
             {
-                faults.push(
-                    format!(
-                        "the {:?} object changes shape from {early:?} to {late:?}",
-                        track.color
-                    )
-                    .to_lowercase(),
-                );
+                faults.push(Fault {
+                    kind: FaultKind::ChangesShape { from, to },
+                    color: track.color,
+                    frame: None,
+                });
             }
         }
         if let Some(pair) = clean.windows(2).find(|w| {
             w[1].0 == w[0].0 + 1 && (w[1].1.area / w[0].1.area).max(w[0].1.area / w[1].1.area) > 2.2
         }) {
-            faults.push(
-                format!(
-                    "the {:?} object changes size at frame {}",
-                    track.color, pair[1].0
-                )
-                .to_lowercase(),
-            );
+            faults.push(Fault {
+                kind: FaultKind::ChangesSize,
+                color: track.color,
+                frame: Some(pair[1].0),
+            });
         }
     }
     faults

@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 use himmel_core::Video;
+use himmel_world::fault::FaultKind;
 use himmel_world::render::{RenderSettings, render};
 use himmel_world::sample::clip_rng;
 use himmel_world::score::{Aggregate, Report, aggregate, score};
@@ -254,7 +255,7 @@ fn an_object_removed_mid_clip_is_a_consistency_fault() {
         report
             .faults
             .iter()
-            .any(|f| f.contains("yellow") && f.contains("vanishes")),
+            .any(|f| f.color == Color::Yellow && f.kind == FaultKind::Vanishes),
         "{:?}",
         report.faults
     );
@@ -278,7 +279,10 @@ fn a_shape_changed_mid_clip_is_a_consistency_fault() {
     assert_eq!(scored(&video(&spec, &LARGE), &spec).scores.consistency, 1.0);
     assert!(report.scores.consistency <= 0.5, "{report:?}");
     assert!(
-        report.faults.iter().any(|f| f.contains("changes shape")),
+        report
+            .faults
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::ChangesShape { .. })),
         "{:?}",
         report.faults
     );
