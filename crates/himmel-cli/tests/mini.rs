@@ -356,7 +356,8 @@ fn the_built_in_model_works_out_of_the_box() {
         "format: himmel-mini",
         "video: 64x64, 17 frames at 16 fps",
         "predicts clean latents",
-        "high-noise expert (high_noise/): from noise level 0.95",
+        "sampling: 20 steps, guidance 13, shift 4",
+        "high-noise expert (high_noise/): from noise level 0.9, guidance 4;",
         "preview: yes",
     ] {
         assert!(info.contains(line), "{line} missing from {info}");

@@ -251,14 +251,15 @@ fn a_minute_of_himmel_mini_in_flat_memory_with_continuous_seams() {
         fps: 16.0,
     };
     let spec = pipeline.recaption(prompt, &settings, 0).unwrap().spec;
-    // The first window has 17 frames, every later one adds 12. A fault at a seam shows in the
-    // 9 frames around it; the same span around each window's middle, 6 frames on, shows the
-    // model's own flicker.
+    // The first window has 17 frames, every later one adds 12 (its 5 known frames before
+    // them). A fault at a seam shows in the 9 frames around it; the spans 5 to 7 frames on
+    // hold no seam, and show the model's own flicker.
     let seams: Vec<usize> = (17..video.num_frames() - 10).step_by(12).collect();
     let faults_around = |centre: usize| {
         let around = video.frames().narrow(0, centre - 4, 9).unwrap();
         let around = himmel_core::Video::new(around, video.fps()).unwrap();
-        score(&around, &spec).unwrap().faults
+        let faults = score(&around, &spec).unwrap().faults;
+        faults.iter().map(ToString::to_string).collect::<Vec<_>>()
     };
     let faulty = |offset: usize| -> Vec<(usize, Vec<String>)> {
         seams
@@ -267,20 +268,21 @@ fn a_minute_of_himmel_mini_in_flat_memory_with_continuous_seams() {
             .filter(|(_, faults)| !faults.is_empty())
             .collect()
     };
-    let (at_seams, in_middles) = (faulty(0), faulty(6));
+    let at_seams = faulty(0);
+    let away: Vec<usize> = (5..=7).map(|offset| faulty(offset).len()).collect();
     let clean = 1.0 - at_seams.len() as f64 / seams.len() as f64;
     println!(
-        "{} seams, {:.0}% without faults ({} middles with faults); at seams: {at_seams:?}; in \
-         middles: {in_middles:?}",
+        "{} seams, {:.0}% without faults; spans with faults 5, 6 and 7 frames on: {away:?}; at \
+         seams: {at_seams:?}",
         seams.len(),
         clean * 100.0,
-        in_middles.len()
     );
-    // Seams add no faults beyond the model's own flicker, which keeps the share of clean seams
-    // below the issue's 90% (87% on 2026-12-05, as many faulty spans in the middles).
-    assert!(clean >= 0.8, "{at_seams:?}");
+    // The issue's figure (94% on 2026-12-05), and seams that add no faults beyond the model's
+    // own flicker away from them, give or take 2.
+    assert!(clean >= 0.9, "{at_seams:?}");
+    let most_away = away.into_iter().max().unwrap();
     assert!(
-        at_seams.len() <= in_middles.len() + 2,
-        "{at_seams:?} against {in_middles:?}"
+        at_seams.len() <= most_away + 2,
+        "{at_seams:?} against at most {most_away} away from seams"
     );
 }
