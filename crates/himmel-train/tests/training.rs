@@ -168,6 +168,17 @@ fn assert_falls(rows: &[LogRow]) {
     assert!(late < 0.85 * early, "loss went from {early} to {late}");
 }
 
+/// Asserts that a 40-step run of `stage` stopped after step 5 and resumed to step 9 takes the
+/// same steps as the uninterrupted run `whole`.
+fn assert_resumes_exactly<S: Stage>(stage: impl Fn() -> S, whole: &RunSummary) {
+    let split = tempfile::tempdir().expect("temporary folder");
+    train(&stage(), &options(split.path(), 40, Some(5), false));
+    let tail = train(&stage(), &options(split.path(), 40, Some(9), true));
+    let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
+    let uninterrupted: Vec<f64> = whole.rows[5..9].iter().map(|row| row.loss).collect();
+    assert_eq!(resumed, uninterrupted);
+}
+
 #[test]
 fn the_autoencoder_learns_and_resumes_exactly() {
     let device = Device::Cpu;
@@ -260,12 +271,7 @@ fn the_denoiser_learns_and_resumes_exactly() {
     let first = &config["autoencoder"]["first_frame_latents"];
     assert_eq!(first["std"].as_array().map(Vec::len), Some(4), "{first}");
 
-    let split = tempfile::tempdir().expect("temporary folder");
-    train(&stage(), &options(split.path(), 40, Some(5), false));
-    let tail = train(&stage(), &options(split.path(), 40, Some(9), true));
-    let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
-    let uninterrupted: Vec<f64> = whole.rows[5..9].iter().map(|row| row.loss).collect();
-    assert_eq!(resumed, uninterrupted);
+    assert_resumes_exactly(stage, &whole);
 }
 
 #[test]
@@ -356,12 +362,7 @@ fn a_denoiser_trains_on_clips_of_many_shapes() {
     // The model's own size stays `video`'s.
     let model = read_model(&dir.path().join("model")).expect("model export");
     assert_eq!(model.config.video, VIDEO);
-    let split = tempfile::tempdir().expect("temporary folder");
-    train(&stage(), &options(split.path(), 40, Some(5), false));
-    let tail = train(&stage(), &options(split.path(), 40, Some(9), true));
-    let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
-    let uninterrupted: Vec<f64> = whole.rows[5..9].iter().map(|row| row.loss).collect();
-    assert_eq!(resumed, uninterrupted);
+    assert_resumes_exactly(stage, &whole);
 
     let refused = |recipe: &DenoiserRecipe, name: &str| {
         let Err(error) = DenoiserStage::new(recipe, trained(), &device) else {
