@@ -5,5 +5,6 @@
 pub mod kernels;
 pub mod mini;
 pub mod ops;
+pub mod safetensors_header;
 pub mod umt5;
 pub mod wan;

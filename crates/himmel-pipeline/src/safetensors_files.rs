@@ -12,12 +12,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor, WithDType};
 use candle_nn::var_builder::SimpleBackend;
-use safetensors::tensor::{Metadata, TensorInfo};
+use himmel_models::safetensors_header::read_header;
+use safetensors::tensor::TensorInfo;
 
 use crate::PipelineError;
-
-/// Largest header a file may declare (safetensors' own limit).
-const MAX_HEADER: u64 = 100_000_000;
 
 /// Where one tensor's bytes are.
 struct Entry {
@@ -150,39 +148,6 @@ impl SimpleBackend for SharedFiles {
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.entries.contains_key(name)
     }
-}
-
-/// The offset of the data and the parsed header of the safetensors file at `path`: parsing
-/// checks each tensor's offsets against its shape and type, this the file's length.
-fn read_header(path: &Path) -> Result<(u64, Metadata), String> {
-    let mut file = File::open(path).map_err(|e| e.to_string())?;
-    let length = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut size = [0u8; 8];
-    file.read_exact(&mut size)
-        .map_err(|_| "is too short for a safetensors header".to_string())?;
-    let size = u64::from_le_bytes(size);
-    if size > MAX_HEADER || 8 + size > length {
-        return Err(format!(
-            "declares a {size}-byte safetensors header in a {length}-byte file"
-        ));
-    }
-    let mut header = vec![0u8; size as usize];
-    file.read_exact(&mut header).map_err(|e| e.to_string())?;
-    let metadata: Metadata = serde_json::from_slice(&header)
-        .map_err(|e| format!("has an invalid safetensors header: {e}"))?;
-    let data_end = metadata
-        .tensors()
-        .values()
-        .map(|info| info.data_offsets.1 as u64)
-        .max()
-        .unwrap_or(0);
-    let tensors_end = (8 + size).saturating_add(data_end);
-    if tensors_end > length {
-        return Err(format!(
-            "is truncated: its tensors end at byte {tensors_end}, the file at {length}"
-        ));
-    }
-    Ok((8 + size, metadata))
 }
 
 fn stored_dtype(entry: &Entry) -> candle_core::Result<DType> {

@@ -4,10 +4,10 @@
 //! saving leaves the previous checkpoint intact.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use himmel_models::safetensors_header::read_header;
 
 use crate::ema::Ema;
 use crate::error::TrainError;
@@ -62,32 +62,11 @@ pub fn read_safetensors(path: &Path) -> Result<TensorsAndMetadata, TrainError> {
 
 /// Reads only the string metadata of a safetensors file: its header, not its tensors.
 pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>, TrainError> {
-    let corrupt = |message: String| TrainError::Checkpoint {
+    let (_, header) = read_header(path).map_err(|message| TrainError::Checkpoint {
         path: path.to_path_buf(),
         message: format!("not a valid safetensors file ({message})"),
-    };
-    let mut file = std::fs::File::open(path).map_err(io(path))?;
-    let mut length = [0u8; 8];
-    file.read_exact(&mut length)
-        .map_err(|error| corrupt(error.to_string()))?;
-    let length = u64::from_le_bytes(length);
-    let size = file.metadata().map_err(io(path))?.len();
-    if length > size - 8 {
-        return Err(corrupt(format!(
-            "its header of {length} bytes is longer than the file"
-        )));
-    }
-    let mut header = vec![0u8; length as usize];
-    file.read_exact(&mut header)
-        .map_err(|error| corrupt(error.to_string()))?;
-    #[derive(serde::Deserialize)]
-    struct Header {
-        #[serde(rename = "__metadata__", default)]
-        metadata: HashMap<String, String>,
-    }
-    let header: Header =
-        serde_json::from_slice(&header).map_err(|error| corrupt(error.to_string()))?;
-    Ok(header.metadata)
+    })?;
+    Ok(header.metadata().clone().unwrap_or_default())
 }
 
 /// The newest checkpoint in `dir`, if any.
