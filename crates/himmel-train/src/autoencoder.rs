@@ -15,6 +15,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use himmel_models::wan::{WanVae, WanVaeConfig};
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{read_safetensors, write_safetensors};
 use crate::config::AutoencoderRecipe;
@@ -91,6 +92,7 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
     let loss_weights = [
         ("object_weight", recipe.object_weight),
         ("gradient_weight", recipe.gradient_weight),
+        ("latent_noise", recipe.latent_noise),
     ];
     for (name, weight) in loss_weights {
         if weight.is_nan() || weight < 0.0 {
@@ -269,7 +271,10 @@ impl Stage for AutoencoderStage {
         let log_var = log_var.clamp(-30f32, 20f32)?;
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
         let noise = gaussian(mean.shape(), &mut rng, &self.device)?;
-        let latents = (&mean + ((&log_var * 0.5)?.exp()? * noise)?)?;
+        let mut latents = (&mean + ((&log_var * 0.5)?.exp()? * noise)?)?;
+        if self.recipe.latent_noise > 0.0 {
+            latents = (&latents + latent_noise(&mean, self.recipe.latent_noise, &mut rng)?)?;
+        }
         let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
         let fit = reconstruction_loss(
             &reconstruction,
@@ -308,6 +313,22 @@ impl Stage for AutoencoderStage {
             source,
         })
     }
+}
+
+/// Gaussian noise for latents like `mean` (`[B, C, T, H, W]`): each clip's at a level drawn
+/// from 0 to `most`, times each channel's standard deviation over all of `mean` (taken as a
+/// constant).
+fn latent_noise(mean: &Tensor, most: f64, rng: &mut ChaCha8Rng) -> candle_core::Result<Tensor> {
+    let (clips, channels, ..) = mean.dims5()?;
+    let by_channel = mean.detach().transpose(0, 1)?.flatten_from(1)?;
+    let centred = by_channel.broadcast_sub(&by_channel.mean_keepdim(1)?)?;
+    let spread = centred.sqr()?.mean_keepdim(1)?.sqrt()?;
+    let levels: Vec<f32> = (0..clips)
+        .map(|_| rng.random_range(0.0..=most) as f32)
+        .collect();
+    let levels = Tensor::from_vec(levels, (clips, 1, 1, 1, 1), mean.device())?;
+    let scale = levels.broadcast_mul(&spread.reshape((1, channels, 1, 1, 1))?)?;
+    gaussian(mean.shape(), rng, mean.device())?.broadcast_mul(&scale)
 }
 
 /// The reconstruction loss of `reconstruction` against `video` (both `[B, 3, F, H, W]`): the
@@ -467,5 +488,29 @@ mod tests {
         blind[16 + 4 + 1] = 0.0;
         let blind = Tensor::from_vec(blind, (1, 1, 3, 4, 4), &device).unwrap();
         assert!(scalar(reconstruction_loss(&spike, &video, Some(&blind), 0.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn latent_noise_follows_each_channel_and_its_level() {
+        let device = Device::Cpu;
+        // Two clips, two channels: channel 1 spreads 10 times as much as channel 0.
+        let values: Vec<f32> = (0..2 * 2 * 1 * 8 * 8)
+            .map(|i| {
+                let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+                if (i / 64) % 2 == 1 { 10.0 * sign } else { sign }
+            })
+            .collect();
+        let mean = Tensor::from_vec(values, (2, 2, 1, 8, 8), &device).unwrap();
+        let spread = |noise: &Tensor, channel: usize| {
+            let values = noise.narrow(1, channel, 1).unwrap().flatten_all().unwrap();
+            f64::from(values.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()).sqrt()
+        };
+        let mut rng = step_rng(1, Purpose::Noise, 0);
+        let noise = latent_noise(&mean, 0.5, &mut rng).unwrap();
+        let ratio = spread(&noise, 1) / spread(&noise, 0);
+        assert!((ratio - 10.0).abs() < 3.0, "channel spreads' ratio {ratio}");
+        assert!(spread(&noise, 1) > 0.0 && spread(&noise, 1) < 0.5 * 10.0 * 1.5);
+        let none = latent_noise(&mean, 0.0, &mut rng).unwrap();
+        assert_eq!(spread(&none, 0) + spread(&none, 1), 0.0);
     }
 }

@@ -82,6 +82,13 @@ pub struct AutoencoderRecipe {
     /// trained on the original's latents. Needs the autoencoder to start from.
     #[serde(default)]
     pub decoder_only: bool,
+    /// The decoder learns from latents with Gaussian noise added, at a level drawn for each
+    /// clip from 0 to this, in units of each latent channel's spread over the step's clips. A
+    /// denoiser's latents lie near the encoder's, not on them; a decoder trained this way draws
+    /// them as clean clips instead of carrying their small errors into faint specks. 0 leaves it
+    /// out.
+    #[serde(default)]
+    pub latent_noise: f64,
     /// Train on the captioned clips of this folder instead of the world.
     #[serde(default)]
     pub folder: Option<PathBuf>,

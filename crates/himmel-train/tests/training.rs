@@ -49,6 +49,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         object_weight: 4.0,
         gradient_weight: 0.5,
         decoder_only: false,
+        latent_noise: 0.0,
         folder: None,
         video: VIDEO,
         crop: Crop {
@@ -213,6 +214,7 @@ fn a_decoder_fine_tunes_over_a_fixed_encoder() {
 
     let mut recipe = autoencoder_recipe(30);
     recipe.decoder_only = true;
+    recipe.latent_noise = 0.2;
     let Err(error) = AutoencoderStage::new(&recipe, &device) else {
         panic!("decoder_only without a start was accepted")
     };
