@@ -503,7 +503,16 @@ mod tests {
         let mean = Tensor::from_vec(values, (2, 2, 1, 8, 8), &device).unwrap();
         let spread = |noise: &Tensor, channel: usize| {
             let values = noise.narrow(1, channel, 1).unwrap().flatten_all().unwrap();
-            f64::from(values.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()).sqrt()
+            f64::from(
+                values
+                    .sqr()
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+            )
+            .sqrt()
         };
         let mut rng = step_rng(1, Purpose::Noise, 0);
         let noise = latent_noise(&mean, 0.5, &mut rng).unwrap();
