@@ -22,8 +22,23 @@ const base = process.argv[2];
     await page.goto(base + "/");
     await page.fill("#prompt", "a red ball rolls to the right on the grass");
     await page.fill("#seconds", "3");
+    // Sampler settings reach the request.
+    const posted = [];
+    page.on("request", (request) => {
+      if (request.method() === "POST") posted.push(request.postData() || "");
+    });
+    await page.click("summary");
+    await page.fill("#steps", "8");
+    await page.fill("#guidance", "6");
     await page.click("#generate");
     console.log("submitted");
+    await page.waitForFunction(() => document.querySelectorAll("#videos .video").length >= 1);
+    const form = posted.join("");
+    for (const [name, value] of [["steps", "8"], ["guidance", "6"]]) {
+      if (!form.includes(`name="${name}"\r\n\r\n${value}`)) throw new Error(`the request lacks ${name}=${value}`);
+    }
+    if (form.includes('name="shift"')) throw new Error("a blank sampler field was sent");
+    console.log("sampler settings sent");
 
     // Progress rises while the video is made.
     const bar = page.locator("#videos .video progress").first();
