@@ -59,6 +59,9 @@ pub struct EvalArgs {
     /// Height of the clips [default: the model's].
     #[arg(long, conflicts_with = "autoencoder")]
     height: Option<usize>,
+    /// Frames of the clips, 1 + 4k up to the model's [default: the model's]; 1 scores images.
+    #[arg(long, conflicts_with = "autoencoder")]
+    frames: Option<usize>,
     /// Clips per prompt, each from its own seed (and scene): more clips narrow the measures'
     /// spread. The first round's seeds are the prompts' indices, as with one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -297,7 +300,7 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
     let settings = RenderSettings {
         width: args.width.unwrap_or(config.video.width),
         height: args.height.unwrap_or(config.video.height),
-        frames: config.video.frames,
+        frames: args.frames.unwrap_or(config.video.frames),
         fps: config.video.fps,
     };
     let started = Instant::now();

@@ -131,7 +131,7 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
         report.to_str().unwrap(),
     ]);
     assert!(message.contains("shift"), "{message}");
-    // At another size and aspect ratio than the model's.
+    // At another size and aspect ratio than the model's, and in single frames (images).
     himmel_ok(&[
         "eval",
         "--model",
@@ -146,6 +146,30 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(json["size"], serde_json::json!([64, 32, 5]));
+    himmel_ok(&[
+        "eval",
+        "--model",
+        model_arg,
+        "--limit",
+        "1",
+        "--frames",
+        "1",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["size"], serde_json::json!([32, 32, 1]));
+    let message = himmel_err(&[
+        "eval",
+        "--model",
+        model_arg,
+        "--frames",
+        "9",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(message.contains("frames"), "{message}");
     let message = himmel_err(&[
         "eval",
         "--model",
