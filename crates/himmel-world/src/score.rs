@@ -36,7 +36,8 @@ pub struct Scores {
     pub count: f64,
     /// Share of found objects whose shape matches.
     pub shape: f64,
-    /// Share of found objects moving as asked (direction, falling, resting, orbit sense).
+    /// Share of found objects moving as asked (direction, falling, resting, orbit sense); all
+    /// of them in a still.
     pub motion: f64,
     /// Share of found objects whose trajectory fits its physical model.
     pub physics: f64,
@@ -213,7 +214,8 @@ fn describe(object: &ObjectSpec) -> String {
     .to_lowercase()
 }
 
-/// Scores `video` against `spec`.
+/// Scores `video` against `spec`. A still (a clip of one or two frames) shows no motion: its
+/// objects count as moving as asked, and colour, shape, count and backdrop judge it.
 pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
     let (width, height, count) = (video.width(), video.height(), video.num_frames());
     let rgb = video.to_rgb8()?;
@@ -229,9 +231,11 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
         .map(|(frame, view)| detect(frame, backdrop.seen_through(view), width, height, &colors))
         .collect();
     let tracks = merge_fragments(link(&frames, width));
+    // A still (or two frames) shows no motion: its objects are judged by colour and shape.
+    let still = count < 3;
     let significant: Vec<&Track> = tracks
         .iter()
-        .filter(|t| t.len() >= 3 && t.len() as f32 >= SIGNIFICANT_SHARE * count as f32)
+        .filter(|t| t.len() >= 3.min(count) && t.len() as f32 >= SIGNIFICANT_SHARE * count as f32)
         .collect();
 
     // What each track shows, judged against each spec object.
@@ -242,7 +246,7 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
             let shape = majority_shape(
                 track
                     .observations()
-                    .filter(|(_, d)| !d.at_border)
+                    .filter(|(_, d)| still || !d.at_border)
                     .map(|(_, d)| d.shape),
             );
             (
@@ -255,7 +259,7 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
     let judge = |object: &ObjectSpec, track: usize| {
         let (shape, clean, all) = &observed[track];
         // An object mostly cut off by the frame's edge still shows which way it goes.
-        let moves = motion_matches(object, if clean.len() >= 3 { clean } else { all });
+        let moves = still || motion_matches(object, if clean.len() >= 3 { clean } else { all });
         let color = significant[track].color == object.color;
         (color, *shape == Some(object.shape), moves)
     };
