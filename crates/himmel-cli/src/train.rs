@@ -34,7 +34,8 @@ enum TrainStage {
     Autoencoder {
         /// Start from this autoencoder run's export (or a himmel-mini model's autoencoder)
         /// instead of fresh weights (needed by recipes with `decoder_only`, which fine-tune
-        /// its decoder and keep its encoder).
+        /// its decoder and keep its encoder; recipes with `denoised_latents` need a model,
+        /// whose predictions the decoder learns from).
         #[arg(long)]
         from: Option<PathBuf>,
         #[command(flatten)]
@@ -136,6 +137,16 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
             let recipe: AutoencoderRecipe = read_recipe(&common.config)?;
             let mut start_step = 0;
             let stage = match from {
+                Some(dir) if recipe.denoised_latents > 0.0 => {
+                    let model = read_model(dir).with_context(|| {
+                        format!(
+                            "reading the himmel-mini model in {} (denoised_latents needs one)",
+                            dir.display()
+                        )
+                    })?;
+                    start_step = continued_step(common, dir, model.autoencoder_step)?;
+                    AutoencoderStage::fine_tune_on_predictions(&recipe, model, &device)?
+                }
                 Some(dir) => {
                     let start = read_autoencoder(dir)?;
                     start_step = continued_step(common, dir, start.step)?;

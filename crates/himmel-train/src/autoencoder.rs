@@ -20,11 +20,12 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::{read_safetensors, write_safetensors};
 use crate::config::AutoencoderRecipe;
 use crate::config::clip_source;
-use crate::data::ClipSource;
-use crate::denoiser::{MODEL_CONFIG, read_model};
+use crate::data::{ClipBatch, ClipSource};
+use crate::denoiser::{MODEL_CONFIG, TrainedModel, read_model};
 use crate::error::TrainError;
 use crate::frozen::FrozenAndTrained;
 use crate::init::initialize;
+use crate::predicted::LatentPredictor;
 use crate::random::{Purpose, gaussian, step_rng};
 use crate::trainer::Stage;
 
@@ -44,7 +45,22 @@ pub struct AutoencoderStage {
     frozen: HashMap<String, Tensor>,
     vars: Vec<(String, Var)>,
     clips: ClipSource,
+    /// The model whose predicted latents the decoder learns from, with
+    /// [`AutoencoderRecipe::denoised_latents`].
+    predictor: Option<LatentPredictor>,
     device: Device,
+}
+
+/// A step's crops and the whole clips they were cut from.
+struct Crops {
+    /// The whole clips.
+    clips: ClipBatch,
+    /// The crops, `[B, 3, frames, height, width]`.
+    video: Tensor,
+    /// Weight of each pixel in the loss, `[B, 1, frames, height, width]` (`None`: all alike).
+    weights: Option<Tensor>,
+    /// Each crop's first frame, top row and left column in its clip.
+    places: Vec<(usize, usize, usize)>,
 }
 
 /// The variables of `varmap`, sorted by name.
@@ -102,7 +118,34 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
     if recipe.run.batch_size == 0 {
         return Err(setting("loop.batch_size", 0, "must be at least 1"));
     }
+    let denoised = recipe.denoised_latents;
+    if !(0.0..=1.0).contains(&denoised) {
+        return Err(setting("denoised_latents", denoised, "must be from 0 to 1"));
+    }
+    if denoised > 0.0 && !recipe.decoder_only {
+        return Err(setting(
+            "denoised_latents",
+            denoised,
+            "needs decoder_only: the latents are the model's encoder's",
+        ));
+    }
+    if denoised > 0.0 && crop.frames != video.frames {
+        return Err(setting(
+            "crop.frames",
+            crop.frames,
+            "must be the clips' frames with denoised_latents: the model predicts whole clips",
+        ));
+    }
     Ok(())
+}
+
+/// The error of a recipe with `denoised_latents` given no model to predict them.
+fn needs_model(recipe: &AutoencoderRecipe) -> TrainError {
+    setting(
+        "denoised_latents",
+        recipe.denoised_latents,
+        "needs a himmel-mini model to start from (`--from` its folder)",
+    )
 }
 
 /// Log-variance the posterior starts with: its noise (std 0.02) leaves the latents readable from
@@ -131,6 +174,9 @@ fn start_nearly_deterministic(vars: &[(String, Var)], z_dim: usize) -> Result<()
 impl AutoencoderStage {
     /// Builds the stage with freshly initialised weights on `device`.
     pub fn new(recipe: &AutoencoderRecipe, device: &Device) -> Result<Self, TrainError> {
+        if recipe.denoised_latents > 0.0 {
+            return Err(needs_model(recipe));
+        }
         if recipe.decoder_only {
             return Err(setting(
                 "decoder_only",
@@ -149,7 +195,29 @@ impl AutoencoderStage {
         start: TrainedAutoencoder,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        if recipe.denoised_latents > 0.0 {
+            return Err(needs_model(recipe));
+        }
         Self::build(recipe, Some(start), device)
+    }
+
+    /// Builds the stage on `model`'s autoencoder, its decoder learning from the latents
+    /// `model` predicts ([`AutoencoderRecipe::denoised_latents`]; without it, as
+    /// [`AutoencoderStage::fine_tune`]).
+    pub fn fine_tune_on_predictions(
+        recipe: &AutoencoderRecipe,
+        model: TrainedModel,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let mut stage = Self::build(recipe, Some(model.clone().autoencoder()), device)?;
+        if recipe.denoised_latents > 0.0 {
+            stage.predictor = Some(LatentPredictor::new(
+                model,
+                recipe.denoised_latents,
+                device,
+            )?);
+        }
+        Ok(stage)
     }
 
     fn build(
@@ -210,13 +278,13 @@ impl AutoencoderStage {
             frozen,
             vars,
             clips: clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?,
+            predictor: None,
             device: device.clone(),
         })
     }
 
-    /// Crops of the step's clips, `[B, 3, frames, height, width]`, and the weight of each
-    /// pixel in the loss, `[B, 1, frames, height, width]` (`None`: all alike).
-    fn crops(&self, step: u64) -> Result<(Tensor, Option<Tensor>), TrainError> {
+    /// The step's clips and their crops. With a predictor, crops lie on the latent grid.
+    fn crops(&self, step: u64) -> Result<Crops, TrainError> {
         let batch = self.recipe.run.batch_size as u64;
         let first = step * batch;
         let clips = self.clips.batch(first..first + batch, &self.device)?;
@@ -231,28 +299,75 @@ impl AutoencoderStage {
         };
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Choices, step);
         let (crop, video) = (self.recipe.crop, self.recipe.video);
-        let cut = |tensor: &Tensor, i: usize, (start, top, left)| {
+        // Positions in steps of `grid` pixels.
+        let grid = if self.predictor.is_some() {
+            self.config.spatial_factor()
+        } else {
+            1
+        };
+        let mut position = |room: usize| rng.random_range(0..=room / grid) * grid;
+        let places: Vec<(usize, usize, usize)> = (0..batch)
+            .map(|_| {
+                let start = position(video.frames - crop.frames);
+                let top = position(video.height - crop.height);
+                (start, top, position(video.width - crop.width))
+            })
+            .collect();
+        let cut = |tensor: &Tensor, i: usize| {
+            let (start, top, left) = places[i];
             tensor
                 .get(i)?
                 .narrow(1, start, crop.frames)?
                 .narrow(2, top, crop.height)?
                 .narrow(3, left, crop.width)
         };
-        let mut crops = Vec::new();
-        let mut crop_weights = Vec::new();
-        for i in 0..batch as usize {
-            let start = rng.random_range(0..=video.frames - crop.frames);
-            let top = rng.random_range(0..=video.height - crop.height);
-            let left = rng.random_range(0..=video.width - crop.width);
-            crops.push(cut(&clips.video, i, (start, top, left))?);
-            if let Some(weights) = &weights {
-                crop_weights.push(cut(weights, i, (start, top, left))?);
-            }
-        }
+        let crops = (0..places.len())
+            .map(|i| cut(&clips.video, i))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let weights = weights
-            .map(|_| Tensor::stack(&crop_weights, 0))
+            .map(|weights| {
+                let cuts = (0..places.len())
+                    .map(|i| cut(&weights, i))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::stack(&cuts, 0)
+            })
             .transpose()?;
-        Ok((Tensor::stack(&crops, 0)?, weights))
+        Ok(Crops {
+            video: Tensor::stack(&crops, 0)?,
+            clips,
+            weights,
+            places,
+        })
+    }
+
+    /// The latents the predictor draws for the step's clips, cut to their crops.
+    fn predicted_latents(
+        &self,
+        predictor: &LatentPredictor,
+        crops: &Crops,
+        step: u64,
+    ) -> Result<Tensor, TrainError> {
+        let prompts: Vec<&str> = crops
+            .clips
+            .captions
+            .iter()
+            .map(|captions| captions.detailed.as_str())
+            .collect();
+        let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
+        let latents = predictor.predict(&crops.clips.video, &prompts, &mut rng)?;
+        let (crop, space) = (self.recipe.crop, self.config.spatial_factor());
+        let cuts = crops
+            .places
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, top, left))| {
+                latents
+                    .get(i)?
+                    .narrow(2, top / space, crop.height / space)?
+                    .narrow(3, left / space, crop.width / space)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&cuts, 0)?)
     }
 }
 
@@ -266,8 +381,20 @@ impl Stage for AutoencoderStage {
     }
 
     fn loss(&self, step: u64) -> Result<Tensor, TrainError> {
-        let (video, weights) = self.crops(step)?;
-        let (mean, log_var) = self.autoencoder.encode_moments(&video)?;
+        let crops = self.crops(step)?;
+        let (video, weights) = (&crops.video, crops.weights.as_ref());
+        if let Some(predictor) = &self.predictor {
+            let latents = self.predicted_latents(predictor, &crops, step)?;
+            let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
+            let gradient_weight = self.recipe.gradient_weight;
+            return Ok(reconstruction_loss(
+                &reconstruction,
+                video,
+                weights,
+                gradient_weight,
+            )?);
+        }
+        let (mean, log_var) = self.autoencoder.encode_moments(video)?;
         let log_var = log_var.clamp(-30f32, 20f32)?;
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
         let noise = gaussian(mean.shape(), &mut rng, &self.device)?;
@@ -276,12 +403,8 @@ impl Stage for AutoencoderStage {
             latents = (&latents + latent_noise(&mean, self.recipe.latent_noise, &mut rng)?)?;
         }
         let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-        let fit = reconstruction_loss(
-            &reconstruction,
-            &video,
-            weights.as_ref(),
-            self.recipe.gradient_weight,
-        )?;
+        let fit =
+            reconstruction_loss(&reconstruction, video, weights, self.recipe.gradient_weight)?;
         if self.recipe.decoder_only {
             // The encoder is fixed: its KL term is a constant.
             return Ok(fit);

@@ -89,6 +89,13 @@ pub struct AutoencoderRecipe {
     /// out.
     #[serde(default)]
     pub latent_noise: f64,
+    /// The decoder learns from the latents the model it starts from (`--from` a himmel-mini
+    /// model folder) predicts: each clip encoded, noised to a level (flow sigma) drawn from 0 to
+    /// this, and predicted clean again by the model's denoiser, guided as its sampler guides.
+    /// A decoder trained this way learns the denoiser's own errors. Needs `decoder_only` and
+    /// crops of whole clips' length; 0 leaves it out.
+    #[serde(default)]
+    pub denoised_latents: f64,
     /// Train on the captioned clips of this folder instead of the world.
     #[serde(default)]
     pub folder: Option<PathBuf>,

@@ -80,6 +80,7 @@ struct LatentPool {
 }
 
 /// A himmel-mini model read back from a folder: a denoiser run's `model/` or a shipped model.
+#[derive(Clone)]
 pub struct TrainedModel {
     /// Its config: vocabulary and latent statistics included.
     pub config: MiniConfig,

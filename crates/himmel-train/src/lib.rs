@@ -15,6 +15,7 @@ pub mod frozen;
 pub mod init;
 pub mod log;
 pub mod optim;
+pub mod predicted;
 pub mod random;
 pub mod trainer;
 

@@ -50,6 +50,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         gradient_weight: 0.5,
         decoder_only: false,
         latent_noise: 0.0,
+        denoised_latents: 0.0,
         folder: None,
         video: VIDEO,
         crop: Crop {
@@ -250,6 +251,59 @@ fn a_decoder_fine_tunes_over_a_fixed_encoder() {
         panic!("a start of another architecture was accepted")
     };
     assert!(error.to_string().contains("architecture"), "{error}");
+}
+
+#[test]
+fn a_decoder_learns_from_a_models_predicted_latents_and_resumes_exactly() {
+    let device = Device::Cpu;
+    let autoencoder_dir = tiny_autoencoder(&device);
+    let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+    let stage = DenoiserStage::new(&denoiser_recipe(3), trained, &device).expect("stage");
+    let denoiser_dir = tempfile::tempdir().expect("temporary folder");
+    train(&stage, &options(denoiser_dir.path(), 3, None, false));
+    let model_dir = denoiser_dir.path().join("model");
+    let model = || read_model(&model_dir).expect("model export");
+
+    let mut recipe = autoencoder_recipe(40);
+    recipe.denoised_latents = 0.3;
+    let message = |recipe: &AutoencoderRecipe| match AutoencoderStage::fine_tune_on_predictions(
+        recipe,
+        model(),
+        &device,
+    ) {
+        Ok(_) => panic!("an inconsistent recipe was accepted"),
+        Err(error) => error.to_string(),
+    };
+    assert!(message(&recipe).contains("decoder_only"));
+    recipe.decoder_only = true;
+    recipe.crop.frames = 1;
+    assert!(message(&recipe).contains("crop.frames"));
+    // Crops of half the width and height: on the latent grid, one latent cell across.
+    recipe.crop = Crop {
+        width: 8,
+        height: 8,
+        frames: VIDEO.frames,
+    };
+    let Err(error) = AutoencoderStage::fine_tune(&recipe, model().autoencoder(), &device) else {
+        panic!("denoised_latents without a model was accepted")
+    };
+    assert!(error.to_string().contains("model"), "{error}");
+
+    let stage =
+        || AutoencoderStage::fine_tune_on_predictions(&recipe, model(), &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let whole = train(&stage(), &options(dir.path(), 40, None, false));
+    assert_falls(&whole.rows);
+    assert_resumes_exactly(stage, &whole);
+    // Only the decoder side changed.
+    let start = model().autoencoder();
+    let tuned = read_trained(dir.path()).expect("fine-tuned export");
+    for (name, before) in &start.weights {
+        let change = himmel_core::compare::max_abs_difference(before, &tuned.weights[name])
+            .expect("same shapes");
+        let fixed = name.starts_with("encoder.") || name.starts_with("quant_conv.");
+        assert_eq!(fixed, change == 0.0, "{name} changed by {change}");
+    }
 }
 
 #[test]
