@@ -617,7 +617,7 @@ mod tests {
     fn latent_noise_follows_each_channel_and_its_level() {
         let device = Device::Cpu;
         // Two clips, two channels: channel 1 spreads 10 times as much as channel 0.
-        let values: Vec<f32> = (0..2 * 2 * 1 * 8 * 8)
+        let values: Vec<f32> = (0..2 * 2 * 8 * 8)
             .map(|i| {
                 let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
                 if (i / 64) % 2 == 1 { 10.0 * sign } else { sign }
