@@ -132,34 +132,23 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
     ]);
     assert!(message.contains("shift"), "{message}");
     // At another size and aspect ratio than the model's, and in single frames (images).
-    himmel_ok(&[
-        "eval",
-        "--model",
-        model_arg,
-        "--limit",
-        "1",
-        "--width",
-        "64",
-        "--out",
-        report.to_str().unwrap(),
-    ]);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(json["size"], serde_json::json!([64, 32, 5]));
-    himmel_ok(&[
-        "eval",
-        "--model",
-        model_arg,
-        "--limit",
-        "1",
-        "--frames",
-        "1",
-        "--out",
-        report.to_str().unwrap(),
-    ]);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(json["size"], serde_json::json!([32, 32, 1]));
+    let size_evaluated = |option: &str, value: &str| {
+        let out = report.to_str().unwrap();
+        himmel_ok(&[
+            "eval", "--model", model_arg, "--limit", "1", option, value, "--out", out,
+        ]);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        json["size"].clone()
+    };
+    assert_eq!(
+        size_evaluated("--width", "64"),
+        serde_json::json!([64, 32, 5])
+    );
+    assert_eq!(
+        size_evaluated("--frames", "1"),
+        serde_json::json!([32, 32, 1])
+    );
     let message = himmel_err(&[
         "eval",
         "--model",
