@@ -27,6 +27,12 @@ pub trait Solver {
     fn step(&mut self, prediction: &Tensor, sample: &Tensor) -> Result<Tensor>;
 }
 
+/// Flow matching's sample at noise level `sigma`: `(1 - sigma) * clean + sigma * noise`, with
+/// `sigma` broadcast over `clean` (one level per clip as `[B, 1, 1, 1, 1]`, say).
+pub fn noised(clean: &Tensor, noise: &Tensor, sigma: &Tensor) -> Result<Tensor> {
+    clean.broadcast_mul(&(1.0 - sigma)?)? + noise.broadcast_mul(sigma)?
+}
+
 /// Classifier-free guidance: `unconditional + scale * (conditional - unconditional)`.
 pub fn guide(conditional: &Tensor, unconditional: &Tensor, scale: f64) -> Result<Tensor> {
     unconditional + ((conditional - unconditional)? * scale)?

@@ -19,6 +19,7 @@ use candle_nn::{VarBuilder, VarMap};
 use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, WordTokenizer};
 use himmel_models::wan::{CellReduction, LatentStatistics, WanVae, WanVaeConfig, latent_cells};
 use himmel_sample::config::check_shift;
+use himmel_sample::noised;
 use himmel_sample::schedule::shift_sigma;
 use rand::Rng;
 use rand::seq::IndexedRandom;
@@ -762,8 +763,7 @@ impl Stage for DenoiserStage {
             &self.device,
         )?;
         let sigma_5d = sigma.reshape((batch, 1, 1, 1, 1))?;
-        let noisy =
-            (clean.broadcast_mul(&(1.0 - &sigma_5d)?)? + noise.broadcast_mul(&sigma_5d)?)?;
+        let noisy = noised(&clean, &noise, &sigma_5d)?;
         let target = (&noise - &clean)?;
         let conditioning = Conditioning {
             known: clean.broadcast_mul(&mask)?,

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use himmel_models::mini::{Conditioning, HimmelMini};
-use himmel_sample::guide;
+use himmel_sample::{guide, noised};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -53,7 +53,7 @@ impl LatentPredictor {
         let sigma = Tensor::from_vec(levels, clips, device)?;
         let by_clip = sigma.reshape((clips, 1, 1, 1, 1))?;
         let noise = gaussian(clean.shape(), rng, device)?;
-        let noised = (clean.broadcast_mul(&(1.0 - &by_clip)?)? + noise.broadcast_mul(&by_clip)?)?;
+        let noisy = noised(&clean, &noise, &by_clip)?;
         let guided = self.guidance > 1.0;
         let mut texts = prompts.to_vec();
         if guided {
@@ -61,7 +61,7 @@ impl LatentPredictor {
         }
         let text = self.model.encode_text(&texts, DType::F32)?.hidden;
         let rows = texts.len() / clips;
-        let inputs = Tensor::cat(&vec![noised.clone(); rows], 0)?;
+        let inputs = Tensor::cat(&vec![noisy.clone(); rows], 0)?;
         let timestep = Tensor::cat(&vec![(&sigma * 1000.0)?; rows], 0)?;
         let conditioning = Conditioning::none(&inputs)?;
         let flows = self
@@ -76,7 +76,7 @@ impl LatentPredictor {
         } else {
             flows
         };
-        let predicted = (noised - flow.broadcast_mul(&by_clip)?)?;
+        let predicted = (noisy - flow.broadcast_mul(&by_clip)?)?;
         Ok(autoencoder.denormalize(&predicted)?.detach())
     }
 }

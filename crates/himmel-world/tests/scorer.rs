@@ -76,20 +76,26 @@ fn scored(video: &Video, spec: &SceneSpec) -> Report {
     score(video, spec).unwrap()
 }
 
+/// The aggregate scores of 200 random scenes rendered with `settings`, printed.
+fn rendered_ground_truth(settings: &RenderSettings) -> Aggregate {
+    let reports: Vec<Report> = (0..200)
+        .map(|index| {
+            let spec = SceneSpec::sample(&mut clip_rng(5, index));
+            scored(&video(&spec, settings), &spec)
+        })
+        .collect();
+    let total = aggregate(&reports);
+    println!(
+        "{}x{}x{}: {total:?}",
+        settings.width, settings.height, settings.frames
+    );
+    total
+}
+
 #[test]
 fn rendered_clips_score_at_least_0_98_on_every_measure() {
     for settings in [SMALL, LARGE] {
-        let reports: Vec<Report> = (0..200)
-            .map(|index| {
-                let spec = SceneSpec::sample(&mut clip_rng(5, index));
-                scored(&video(&spec, &settings), &spec)
-            })
-            .collect();
-        let total = aggregate(&reports);
-        println!(
-            "{}x{}x{}: {total:?}",
-            settings.width, settings.height, settings.frames
-        );
+        let total = rendered_ground_truth(&settings);
         assert_every_measure_at_least(&total, 0.98, &settings);
         // Four measures at once, all of them right in one clip.
         assert!(total.as_asked >= 0.9, "clips as asked {}", total.as_asked);
@@ -99,14 +105,7 @@ fn rendered_clips_score_at_least_0_98_on_every_measure() {
 #[test]
 fn single_rendered_frames_score_at_least_0_9_on_every_measure() {
     let still = RenderSettings { frames: 1, ..SMALL };
-    let reports: Vec<Report> = (0..200)
-        .map(|index| {
-            let spec = SceneSpec::sample(&mut clip_rng(5, index));
-            scored(&video(&spec, &still), &spec)
-        })
-        .collect();
-    let total = aggregate(&reports);
-    println!("64x64x1: {total:?}");
+    let total = rendered_ground_truth(&still);
     // One view hides what later frames show: objects behind others, or still out of the frame.
     assert_every_measure_at_least(&total, 0.9, &still);
     assert!(total.as_asked >= 0.8, "clips as asked {}", total.as_asked);
