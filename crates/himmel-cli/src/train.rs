@@ -89,6 +89,12 @@ enum TrainStage {
         /// starting as the identity, on the recipe's schedule from its start.
         #[arg(long, requires = "from", conflicts_with_all = ["autoencoder", "continue_schedule"])]
         deepen: bool,
+        /// With `--from`: the recipe's denoiser cuts latents into smaller patches than the
+        /// model's (each side dividing the model's; otherwise its architecture), so more tokens
+        /// carry finer detail. The model's weights carry over, each small patch starting as the
+        /// model's patch stretched over it, on the recipe's schedule from its start.
+        #[arg(long, requires = "from", conflicts_with_all = ["autoencoder", "continue_schedule", "deepen"])]
+        finer_patches: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -162,6 +168,7 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
             from,
             new_encoder,
             deepen,
+            finer_patches,
             common,
         } => {
             let recipe: DenoiserRecipe = read_recipe(&common.config)?;
@@ -181,6 +188,9 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
                         );
                     }
                     DenoiserStage::warm_start(&recipe, trained, read_start(dir)?, &device)?
+                }
+                (Some(dir), None) if *finer_patches => {
+                    DenoiserStage::refined(&recipe, read_start(dir)?, &device)?
                 }
                 (Some(dir), None) if *deepen => {
                     DenoiserStage::deepened(&recipe, read_start(dir)?, &device)?

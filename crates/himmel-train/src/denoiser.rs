@@ -354,6 +354,48 @@ fn missing_weight(name: &str) -> TrainError {
     }
 }
 
+/// Converts one patch layer's weights to patches `factors` times smaller on each axis.
+type FinerPatch = fn(&Tensor, [usize; 3], [usize; 3]) -> candle_core::Result<Tensor>;
+
+/// The patch embedding `[dim, channels, pt, ph, pw]` for patches `fine` of the model's
+/// divided by `factors`: each small cell weighs as all the model's cells it stands for
+/// together, so a small patch of a smooth latent embeds as the model's patch over it did.
+fn finer_patch_embedding(
+    weight: &Tensor,
+    fine: [usize; 3],
+    [ft, fh, fw]: [usize; 3],
+) -> candle_core::Result<Tensor> {
+    let (dim, channels, ..) = weight.dims5()?;
+    let [pt, ph, pw] = fine;
+    weight
+        .reshape(&[dim, channels, pt, ft, ph, fh, pw, fw][..])?
+        .sum(7)?
+        .sum(5)?
+        .sum(3)
+}
+
+/// The output projection's weight `[(pt, ph, pw, out), dim]` (or bias) for patches `fine` of
+/// the model's divided by `factors`: each small cell's output is the mean of the model's
+/// cells it stands for.
+fn finer_patch_output(
+    weight: &Tensor,
+    fine: [usize; 3],
+    [ft, fh, fw]: [usize; 3],
+) -> candle_core::Result<Tensor> {
+    let [pt, ph, pw] = fine;
+    let cells = fine.iter().product::<usize>();
+    let coarse_cells = cells * ft * fh * fw;
+    let out = weight.dim(0)? / coarse_cells;
+    let rest: Vec<usize> = weight.dims()[1..].to_vec();
+    let shape: Vec<usize> = [pt, ft, ph, fh, pw, fw, out]
+        .into_iter()
+        .chain(rest.iter().copied())
+        .collect();
+    let finer = weight.reshape(shape)?.mean(5)?.mean(3)?.mean(1)?;
+    let shape: Vec<usize> = std::iter::once(cells * out).chain(rest).collect();
+    finer.reshape(shape)
+}
+
 /// The training noise level of a standard normal draw `logit`: its logistic, bent by the flow
 /// `shift` (as the sampler's shift bends its steps) and mapped linearly onto `range`.
 fn noise_level(logit: f64, shift: f64, range: [f64; 2]) -> f64 {
@@ -538,6 +580,52 @@ impl DenoiserStage {
                 var.set(&var.zeros_like()?)?;
             }
         }
+        Ok(stage)
+    }
+
+    /// Builds the stage on a trained model whose denoiser cuts latents into larger patches than
+    /// the recipe's (each side of the recipe's patch divides the model's; otherwise the recipe
+    /// must have its architecture): more and smaller tokens, for finer detail. The blocks and
+    /// the time and text layers keep their weights, and each small patch starts as the model's
+    /// patch stretched over it (see [`finer_patch_embedding`] and [`finer_patch_output`]), so a
+    /// token starts as the coarse token of a smooth latent would.
+    pub fn refined(
+        recipe: &DenoiserRecipe,
+        model: TrainedModel,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        check_recipe(recipe)?;
+        let coarse = model.config.denoiser.patch_size;
+        let fine = recipe.denoiser.patch_size;
+        let divides = (0..3).all(|axis| fine[axis] > 0 && coarse[axis].is_multiple_of(fine[axis]));
+        if !divides || fine == coarse {
+            return Err(TrainError::Setting {
+                name: "denoiser.patch_size",
+                value: format!("{fine:?}"),
+                reason: format!(
+                    "must divide the model's patches {coarse:?} and differ to refine them"
+                ),
+            });
+        }
+        let mut as_coarse = recipe.clone();
+        as_coarse.denoiser.patch_size = coarse;
+        check_architecture(&as_coarse, &model.config)?;
+        let (stage, mut weights) = Self::over_model(recipe, model, None, device)?;
+        let factors = [0, 1, 2].map(|axis| coarse[axis] / fine[axis]);
+        for (name, convert) in [
+            (
+                "patch_embedding.weight",
+                finer_patch_embedding as FinerPatch,
+            ),
+            ("proj_out.weight", finer_patch_output),
+            ("proj_out.bias", finer_patch_output),
+        ] {
+            let name = format!("{DENOISER}.{name}");
+            let weight = weights.get(&name).ok_or_else(|| missing_weight(&name))?;
+            let finer = convert(weight, fine, factors)?;
+            weights.insert(name, finer);
+        }
+        stage.load(&weights)?;
         Ok(stage)
     }
 
@@ -844,5 +932,75 @@ mod tests {
             assert!(sigma >= previous, "{sigma} after {previous}");
             previous = sigma;
         }
+    }
+
+    /// A random tensor of `shape`, seeded.
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = step_rng(seed, Purpose::Noise, 0);
+        gaussian(shape, &mut rng, &Device::Cpu).unwrap()
+    }
+
+    /// `x` `[.., t, h, w]` with each cell repeated `factors` times along its axis.
+    fn stretched(x: &Tensor, [ft, fh, fw]: [usize; 3]) -> Tensor {
+        let repeat = |x: Tensor, axis: usize, factor: usize| {
+            let copies = vec![x.unsqueeze(axis + 1).unwrap(); factor];
+            let mut dims = x.dims().to_vec();
+            dims[axis] *= factor;
+            Tensor::cat(&copies, axis + 1)
+                .unwrap()
+                .reshape(dims)
+                .unwrap()
+        };
+        let rank = x.rank();
+        let x = repeat(x.clone(), rank - 3, ft);
+        let x = repeat(x, rank - 2, fh);
+        repeat(x, rank - 1, fw)
+    }
+
+    #[test]
+    fn a_small_patch_embeds_as_the_model_patch_stretched_over_it() {
+        let (fine, factors) = ([1, 2, 1], [2, 2, 3]);
+        let coarse = random(&[5, 3, 2, 4, 3], 1);
+        let finer = finer_patch_embedding(&coarse, fine, factors).unwrap();
+        assert_eq!(finer.dims(), &[5, 3, 1, 2, 1]);
+        let patch = random(&[3, 1, 2, 1], 2);
+        let embed = |weight: &Tensor, patch: &Tensor| {
+            let weight = weight.flatten_from(1).unwrap();
+            weight
+                .matmul(&patch.flatten_all().unwrap().unsqueeze(1).unwrap())
+                .unwrap()
+        };
+        let expected = embed(&coarse, &stretched(&patch, factors));
+        let difference = (embed(&finer, &patch) - expected).unwrap().abs().unwrap();
+        assert!(difference.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn a_small_patch_outputs_the_mean_of_the_model_cells_it_stands_for() {
+        let (fine, factors, out) = ([1, 2, 1], [2, 2, 3], 3);
+        let coarse = random(&[2 * 4 * 3 * out, 5], 3);
+        let finer = finer_patch_output(&coarse, fine, factors).unwrap();
+        assert_eq!(finer.dims(), &[2 * out, 5]);
+        let bias = finer_patch_output(&random(&[2 * 4 * 3 * out], 4), fine, factors).unwrap();
+        assert_eq!(bias.dims(), &[2 * out]);
+        // The model's output cells (t, h, w, channel) for a token, averaged over the cells
+        // each small cell stands for.
+        let token = random(&[5, 1], 5);
+        let mean = coarse
+            .matmul(&token)
+            .unwrap()
+            .reshape(&[1, 2, 2, 2, 1, 3, out][..])
+            .unwrap()
+            .mean(5)
+            .unwrap()
+            .mean(3)
+            .unwrap()
+            .mean(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let own = finer.matmul(&token).unwrap().flatten_all().unwrap();
+        let difference = (own - mean).unwrap().abs().unwrap();
+        assert!(difference.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-5);
     }
 }

@@ -572,6 +572,46 @@ fn a_denoiser_deepens_where_it_is() {
 }
 
 #[test]
+fn a_denoiser_refines_its_patches() {
+    let device = Device::Cpu;
+    let autoencoder_dir = tiny_autoencoder(&device);
+    let mut coarse = denoiser_recipe(6);
+    coarse.denoiser.patch_size = [1, 2, 2];
+    let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+    let stage = DenoiserStage::new(&coarse, trained, &device).expect("stage");
+    let model_dir = tempfile::tempdir().expect("temporary folder");
+    train(&stage, &unaveraged(model_dir.path(), 6, 6, 0));
+    let model = || read_model(&model_dir.path().join("model")).expect("model export");
+
+    let fine = denoiser_recipe(6);
+    let stage = DenoiserStage::refined(&fine, model(), &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let run = train(&stage, &unaveraged(dir.path(), 6, 6, 0));
+    assert!(run.rows.iter().all(|row| row.loss.is_finite()));
+    let export = read_model(&dir.path().join("model")).expect("export");
+    assert_eq!(export.config.denoiser.patch_size, [1, 1, 1]);
+    // The blocks start from the model's.
+    let (start, own) = (
+        &export.weights["denoiser.blocks.0.attn1.to_q.weight"],
+        &model().weights["denoiser.blocks.0.attn1.to_q.weight"],
+    );
+    let moved = (start - own).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(moved.to_scalar::<f32>().unwrap() < 0.05);
+
+    // Only patches that divide the model's, and otherwise its architecture.
+    let Err(error) = DenoiserStage::refined(&coarse, model(), &device) else {
+        panic!("the model's own patches were refined")
+    };
+    assert!(error.to_string().contains("patch_size"), "{error}");
+    let mut wider = fine.clone();
+    wider.denoiser.ffn_dim = 64;
+    let Err(error) = DenoiserStage::refined(&wider, model(), &device) else {
+        panic!("a recipe of another width was accepted")
+    };
+    assert!(error.to_string().contains("architecture"), "{error}");
+}
+
+#[test]
 fn a_denoiser_moves_to_a_new_encoder() {
     let device = Device::Cpu;
     let autoencoder_dir = tiny_autoencoder(&device);
