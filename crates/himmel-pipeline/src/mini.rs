@@ -143,11 +143,18 @@ impl MiniPipeline {
 
     /// What requests the model takes.
     pub fn limits(&self) -> ModelLimits {
-        let patch = self.config().denoiser.patch_size;
         let autoencoder = &self.config().autoencoder;
+        // Sizes both experts can cut into patches (their patches may differ).
+        let patch_multiple = std::iter::once(&self.model)
+            .chain(&self.high_noise)
+            .map(|model| {
+                let patch = model.config().denoiser.patch_size;
+                patch[1].max(patch[2])
+            })
+            .fold(1, least_common_multiple);
         ModelLimits {
             temporal_factor: autoencoder.temporal_factor(),
-            size_multiple: autoencoder.spatial_factor() * patch[1].max(patch[2]),
+            size_multiple: autoencoder.spatial_factor() * patch_multiple,
             latent_channels: autoencoder.z_dim,
             spatial_factor: autoencoder.spatial_factor(),
             max_side: 512,
@@ -384,6 +391,15 @@ struct Expert<'a> {
     cache: Option<StepCache>,
 }
 
+/// The least common multiple of `a` and `b`.
+fn least_common_multiple(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
+}
+
 /// Loads the himmel-mini model in `dir` alone.
 fn load_model(dir: &Path, device: &Device) -> Result<HimmelMini, PipelineError> {
     let config_path = dir.join(CONFIG_FILE);
@@ -412,8 +428,8 @@ fn load_expert(
 }
 
 /// Checks that the expert configured in `expert` (read from `path`) can denoise the latents of
-/// the model configured in `model`: the same autoencoder (and so latent statistics) and the
-/// same patches, and no expert of its own.
+/// the model configured in `model`: the same autoencoder (and so latent statistics), and no
+/// expert of its own. Their patches may differ.
 fn check_expert(model: &MiniConfig, expert: &MiniConfig, path: &Path) -> Result<(), PipelineError> {
     let mismatch = |what: &str| {
         PipelineError::load(
@@ -426,9 +442,6 @@ fn check_expert(model: &MiniConfig, expert: &MiniConfig, path: &Path) -> Result<
     };
     if expert.autoencoder != model.autoencoder {
         return Err(mismatch("autoencoder (or its latent statistics)"));
-    }
-    if expert.denoiser.patch_size != model.denoiser.patch_size {
-        return Err(mismatch("patch size"));
     }
     if expert.sampling.boundary.is_some() {
         return Err(PipelineError::load(

@@ -1,6 +1,6 @@
 //! Two experts on tiny random himmel-mini models: the high-noise expert in `high_noise/` takes
-//! exactly the steps at or above the boundary, and folders whose experts do not fit are refused
-//! with the reason.
+//! exactly the steps at or above the boundary, its patches may differ from the model's, and
+//! folders whose experts do not fit are refused with the reason.
 
 use std::path::Path;
 
@@ -168,6 +168,26 @@ fn the_high_noise_expert_takes_the_steps_above_the_boundary() {
     let twin = dir.path().join("twin");
     join_experts(&low, &low, 0.5, &twin).unwrap();
     assert_eq!(generate(&twin, None), low_alone);
+}
+
+#[test]
+fn experts_may_cut_latents_into_patches_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let low = dir.path().join("low");
+    let high = dir.path().join("high");
+    write_model(&low, &config(&["a", "red"], Prediction::Sample), None);
+    let mut coarse = config(&["ball"], Prediction::Flow);
+    coarse.denoiser.patch_size = [1, 2, 2];
+    write_model(&high, &coarse, Some(&low));
+    let pair = dir.path().join("pair");
+    join_experts(&low, &high, 0.5, &pair).unwrap();
+
+    // Sizes must fit the coarser patches: 8x the autoencoder's, 2x the expert's.
+    let pipeline = MiniPipeline::load(&pair, &Device::Cpu).unwrap();
+    assert_eq!(pipeline.limits().size_multiple, 16);
+    let both = generate(&pair, None);
+    assert_ne!(both, generate(&low, None));
+    assert_eq!(generate(&pair, Some(0.0)), generate(&high, None));
 }
 
 #[test]
