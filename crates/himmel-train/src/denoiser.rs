@@ -587,8 +587,8 @@ impl DenoiserStage {
     /// the recipe's (each side of the recipe's patch divides the model's; otherwise the recipe
     /// must have its architecture): more and smaller tokens, for finer detail. The blocks and
     /// the time and text layers keep their weights, and each small patch starts as the model's
-    /// patch stretched over it (see [`finer_patch_embedding`] and [`finer_patch_output`]), so a
-    /// token starts as the coarse token of a smooth latent would.
+    /// patch stretched over it (see [`finer_patch_embedding`] and [`finer_patch_output`]), so
+    /// on a smooth latent each token starts as the coarse token it lies in.
     pub fn refined(
         recipe: &DenoiserRecipe,
         model: TrainedModel,
