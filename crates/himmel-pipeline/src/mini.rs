@@ -151,7 +151,7 @@ impl MiniPipeline {
                 let patch = model.config().denoiser.patch_size;
                 patch[1].max(patch[2])
             })
-            .fold(1, least_common_multiple);
+            .fold(1, num_integer::lcm);
         ModelLimits {
             temporal_factor: autoencoder.temporal_factor(),
             size_multiple: autoencoder.spatial_factor() * patch_multiple,
@@ -389,15 +389,6 @@ struct Expert<'a> {
     text: Tensor,
     guidance: f64,
     cache: Option<StepCache>,
-}
-
-/// The least common multiple of `a` and `b`.
-fn least_common_multiple(a: usize, b: usize) -> usize {
-    let (mut x, mut y) = (a, b);
-    while y != 0 {
-        (x, y) = (y, x % y);
-    }
-    a / x * b
 }
 
 /// Loads the himmel-mini model in `dir` alone.

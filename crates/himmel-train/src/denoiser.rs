@@ -354,9 +354,6 @@ fn missing_weight(name: &str) -> TrainError {
     }
 }
 
-/// Converts one patch layer's weights to patches `factors` times smaller on each axis.
-type FinerPatch = fn(&Tensor, [usize; 3], [usize; 3]) -> candle_core::Result<Tensor>;
-
 /// The patch embedding `[dim, channels, pt, ph, pw]` for patches `fine` of the model's
 /// divided by `factors`: each small cell weighs as all the model's cells it stands for
 /// together, so a small patch of a smooth latent embeds as the model's patch over it did.
@@ -612,19 +609,21 @@ impl DenoiserStage {
         check_architecture(&as_coarse, &model.config)?;
         let (stage, mut weights) = Self::over_model(recipe, model, None, device)?;
         let factors = [0, 1, 2].map(|axis| coarse[axis] / fine[axis]);
-        for (name, convert) in [
-            (
-                "patch_embedding.weight",
-                finer_patch_embedding as FinerPatch,
-            ),
-            ("proj_out.weight", finer_patch_output),
-            ("proj_out.bias", finer_patch_output),
-        ] {
+        let mut refine = |name: &str,
+                          convert: fn(
+            &Tensor,
+            [usize; 3],
+            [usize; 3],
+        ) -> candle_core::Result<Tensor>| {
             let name = format!("{DENOISER}.{name}");
             let weight = weights.get(&name).ok_or_else(|| missing_weight(&name))?;
             let finer = convert(weight, fine, factors)?;
             weights.insert(name, finer);
-        }
+            Ok::<_, TrainError>(())
+        };
+        refine("patch_embedding.weight", finer_patch_embedding)?;
+        refine("proj_out.weight", finer_patch_output)?;
+        refine("proj_out.bias", finer_patch_output)?;
         stage.load(&weights)?;
         Ok(stage)
     }
