@@ -19,6 +19,7 @@ use himmel_core::Video;
 use himmel_models::wan::WanVae;
 
 use crate::PipelineError;
+use crate::denoise::noised;
 
 /// Where a known clip sits on the output timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,14 +191,14 @@ impl KnownLatents {
     }
 
     /// `sample` with the known latents put back, noised to `sigma` with `noise` as training
-    /// noised them: `(1 - sigma) * known + sigma * noise`.
+    /// noised them.
     pub(crate) fn impose(
         &self,
         sample: &Tensor,
         noise: &Tensor,
         sigma: f64,
     ) -> candle_core::Result<Tensor> {
-        let noised = ((&self.latents * (1.0 - sigma))? + (noise * sigma)?)?;
+        let noised = noised(&self.latents, noise, sigma)?;
         let kept = sample.broadcast_mul(&(1.0 - &self.mask)?)?;
         kept + noised.broadcast_mul(&self.mask)?
     }

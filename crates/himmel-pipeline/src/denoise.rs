@@ -94,10 +94,7 @@ pub(crate) fn denoise(
         None => 0,
     };
     let mut sample = match &inputs.source {
-        Some((source, _)) => {
-            let sigma = sigmas[first];
-            ((source * (1.0 - sigma))? + (noise * sigma)?)?
-        }
+        Some((source, _)) => noised(source, noise, sigmas[first])?,
         None => noise.clone(),
     };
     solver.start_at(first);
@@ -127,6 +124,12 @@ pub(crate) fn denoise(
     }
     progress.event(ProgressEvent::StageFinished);
     Ok(sample)
+}
+
+/// `clean` latents noised to `sigma` with `noise` along flow matching's straight path, as
+/// training noised them: `(1 - sigma) * clean + sigma * noise`.
+pub(crate) fn noised(clean: &Tensor, noise: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
+    (clean * (1.0 - sigma))? + (noise * sigma)?
 }
 
 #[cfg(test)]
