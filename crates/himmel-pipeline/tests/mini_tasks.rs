@@ -200,10 +200,12 @@ fn extension_seams_are_continuous() {
         let steps = consecutive(&video, seam - 7..seam + 8);
         println!("{direction:?}: consecutive frames across the seam {steps:.1?}");
         // The steps that touch a new frame (the seam's, and those on the new side); the clip's
-        // own steps are the model's motion, kept as they were.
+        // own steps are the model's motion, kept as they were. Step `i` ends at frame
+        // `seam - 7 + i`, so the seam's is step 7.
+        let seam_step = 7;
         let new_steps = match direction {
-            Direction::Forward => &steps[7..],
-            Direction::Backward => &steps[..8],
+            Direction::Forward => &steps[seam_step..],
+            Direction::Backward => &steps[..=seam_step],
         };
         let report = score(&around, &scene.spec).unwrap();
         // Across the seam (frame 8 of the 17 scored): faults within 2 frames of it, or over a
