@@ -139,6 +139,11 @@ pub struct DenoiserRecipe {
     /// backdrop's (world clips only); 0 weighs all alike.
     #[serde(default)]
     pub object_weight: f64,
+    /// How much the last latent frame counts in the loss against the first, the frames
+    /// between ramping linearly: above 1 it trains harder where a clip is least pinned down by
+    /// its start (objects vanish most often in the last frames); 1 (the default) weighs all alike.
+    #[serde(default = "even_frame_weight")]
+    pub last_frame_weight: f64,
     /// Fraction of clips trained with an empty prompt (for classifier-free guidance).
     pub caption_dropout: f64,
     /// The flow shift applied to the training noise levels, each logit-normal draw `sigma`
@@ -190,6 +195,11 @@ pub struct DenoiserRecipe {
     pub denoiser: WanTransformerConfig,
     /// The text encoder (`vocab_size` is derived).
     pub text_encoder: Umt5Config,
+}
+
+/// The default `last_frame_weight`: every latent frame weighs alike.
+fn even_frame_weight() -> f64 {
+    1.0
 }
 
 /// The default `sigma_shift`: noise levels as drawn.

@@ -416,6 +416,13 @@ fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
             reason: "must be [lowest, highest] with 0 <= lowest < highest <= 1".into(),
         });
     }
+    if !(recipe.last_frame_weight > 0.0 && recipe.last_frame_weight.is_finite()) {
+        return Err(TrainError::Setting {
+            name: "last_frame_weight",
+            value: recipe.last_frame_weight.to_string(),
+            reason: "must be a positive number".into(),
+        });
+    }
     // A run exports one denoiser; an expert beside it is joined afterwards.
     let experts = [
         ("sampling.boundary", recipe.sampling.boundary),
@@ -873,6 +880,11 @@ impl Stage for DenoiserStage {
         if let Some(cells) = cell_weights.into_iter().collect::<Option<Vec<_>>>() {
             weight = weight.broadcast_mul(&Tensor::stack(&cells, 0)?)?;
         }
+        if self.recipe.last_frame_weight != 1.0 {
+            let ramp = frame_ramp(frames, self.recipe.last_frame_weight);
+            let ramp = Tensor::new(ramp, &self.device)?.reshape((1, 1, frames, 1, 1))?;
+            weight = weight.broadcast_mul(&ramp)?;
+        }
         let squared = (prediction - target)?
             .sqr()?
             .broadcast_mul(&weight)?
@@ -912,9 +924,23 @@ impl Stage for DenoiserStage {
     }
 }
 
+/// Loss weights of `frames` latent frames: 1 for the first, `last` for the last, linear between.
+fn frame_ramp(frames: usize, last: f64) -> Vec<f32> {
+    let span = frames.saturating_sub(1).max(1) as f64;
+    (0..frames)
+        .map(|f| (1.0 + (last - 1.0) * f as f64 / span) as f32)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_weights_ramp_from_one_to_the_last() {
+        assert_eq!(frame_ramp(5, 3.0), vec![1.0, 1.5, 2.0, 2.5, 3.0]);
+        assert_eq!(frame_ramp(1, 3.0), vec![1.0]);
+    }
 
     #[test]
     fn noise_levels_are_mapped_onto_their_range() {

@@ -79,6 +79,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
         },
         folder: None,
         object_weight: 4.0,
+        last_frame_weight: 1.0,
         caption_dropout: 0.1,
         sigma_shift: 1.0,
         sigma_range: [0.0, 1.0],
