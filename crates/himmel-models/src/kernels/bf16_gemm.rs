@@ -143,12 +143,15 @@ impl Rows {
         self.words.clear();
         self.words.resize(rows.div_ceil(MR) * MR * k_pairs, 0);
         (self.rows, self.k) = (rows, k);
-        let mut row = vec![bf16::ZERO; k];
-        for r in 0..rows {
-            fill(r, &mut row);
-            let strip = &mut self.words[r / MR * MR * k_pairs + r % MR..];
-            for (p, pair) in row.chunks(2).enumerate() {
-                strip[p * MR] = pair_word(pair);
+        // An odd `k`'s last pair keeps the zero past the row.
+        let mut row = vec![bf16::ZERO; 2 * k_pairs];
+        let strips = self.words.chunks_exact_mut(MR * k_pairs);
+        for (strip, first) in strips.zip((0..rows).step_by(MR)) {
+            for r in 0..MR.min(rows - first) {
+                fill(first + r, &mut row[..k]);
+                for (slots, pair) in strip.chunks_exact_mut(MR).zip(row.chunks_exact(2)) {
+                    slots[r] = u32::from(pair[0].to_bits()) | u32::from(pair[1].to_bits()) << 16;
+                }
             }
         }
     }
@@ -590,6 +593,22 @@ mod tests {
         let mut expected = Rows::default();
         expected.refill(2, 3, |r| &rounded[r * 3..]);
         assert_eq!(rows.words, expected.words);
+    }
+
+    #[test]
+    fn refilled_rows_match_new_ones_on_ragged_shapes() {
+        // Filled first with more rows and a deeper k, so stale words would show.
+        let mut refilled = Rows::new(&values(20 * 40, 1), 40);
+        for (rows, k, seed) in [(7, 5, 2), (13, 32, 3), (1, 1, 4), (6, 9, 5)] {
+            let x = values(rows * k, seed);
+            let expected = Rows::new(&x, k);
+            let wide: Vec<f32> = x.iter().map(|value| value.to_f32()).collect();
+            refilled.refill_rounded(rows, k, &wide);
+            assert_eq!(refilled.dims(), (rows, k));
+            assert_eq!(refilled.words, expected.words, "rounded, {rows}x{k}");
+            refilled.refill(rows, k, |r| &x[r * k..]);
+            assert_eq!(refilled.words, expected.words, "copied, {rows}x{k}");
+        }
     }
 
     #[test]
