@@ -150,7 +150,7 @@ impl Rows {
             for r in 0..MR.min(rows - first) {
                 fill(first + r, &mut row[..k]);
                 for (slots, pair) in strip.chunks_exact_mut(MR).zip(row.chunks_exact(2)) {
-                    slots[r] = u32::from(pair[0].to_bits()) | u32::from(pair[1].to_bits()) << 16;
+                    slots[r] = pair_word(pair);
                 }
             }
         }
