@@ -17,9 +17,9 @@
 use candle_core::{DType, Device, Tensor};
 use himmel_core::Video;
 use himmel_models::wan::WanVae;
+use himmel_sample::noised_at;
 
 use crate::PipelineError;
-use crate::denoise::noised;
 
 /// Where a known clip sits on the output timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +198,7 @@ impl KnownLatents {
         noise: &Tensor,
         sigma: f64,
     ) -> candle_core::Result<Tensor> {
-        let noised = noised(&self.latents, noise, sigma)?;
+        let noised = noised_at(&self.latents, noise, sigma)?;
         let kept = sample.broadcast_mul(&(1.0 - &self.mask)?)?;
         kept + noised.broadcast_mul(&self.mask)?
     }

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use himmel_core::{Progress, ProgressEvent};
 use himmel_models::wan::WanVae;
-use himmel_sample::Solver;
+use himmel_sample::{Solver, noised_at};
 
 use crate::PipelineError;
 use crate::conditioning::{KnownLatents, encode_start};
@@ -94,7 +94,7 @@ pub(crate) fn denoise(
         None => 0,
     };
     let mut sample = match &inputs.source {
-        Some((source, _)) => noised(source, noise, sigmas[first])?,
+        Some((source, _)) => noised_at(source, noise, sigmas[first])?,
         None => noise.clone(),
     };
     solver.start_at(first);
@@ -124,12 +124,6 @@ pub(crate) fn denoise(
     }
     progress.event(ProgressEvent::StageFinished);
     Ok(sample)
-}
-
-/// `clean` latents noised to `sigma` with `noise` along flow matching's straight path, as
-/// training noised them: `(1 - sigma) * clean + sigma * noise`.
-pub(crate) fn noised(clean: &Tensor, noise: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
-    (clean * (1.0 - sigma))? + (noise * sigma)?
 }
 
 #[cfg(test)]

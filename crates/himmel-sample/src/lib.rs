@@ -33,6 +33,12 @@ pub fn noised(clean: &Tensor, noise: &Tensor, sigma: &Tensor) -> Result<Tensor> 
     clean.broadcast_mul(&(1.0 - sigma)?)? + noise.broadcast_mul(sigma)?
 }
 
+/// [`noised`] at one noise level `sigma` for the whole of `clean` (sampling's start and known
+/// frames).
+pub fn noised_at(clean: &Tensor, noise: &Tensor, sigma: f64) -> Result<Tensor> {
+    (clean * (1.0 - sigma))? + (noise * sigma)?
+}
+
 /// Classifier-free guidance: `unconditional + scale * (conditional - unconditional)`.
 pub fn guide(conditional: &Tensor, unconditional: &Tensor, scale: f64) -> Result<Tensor> {
     unconditional + ((conditional - unconditional)? * scale)?
