@@ -500,7 +500,7 @@ pub(super) mod tests {
     );
 
     /// Convolutions to check: ragged sizes, both time strides, both kernel paths.
-    pub(in crate::kernels) const CASES: [Case; 12] = [
+    pub(in crate::kernels) const CASES: [Case; 13] = [
         (1, 3, 3, 5, 7, 4, 3, 3, 1, 1),
         (2, 5, 4, 6, 4, 3, 3, 3, 1, 1),
         (1, 4, 5, 3, 9, 6, 3, 1, 0, 2),
@@ -515,6 +515,8 @@ pub(super) mod tests {
         (1, 17, 2, 6, 5, 16, 2, 3, 0, 1),
         // Several blocks of whole product tiles and a ragged last one; outputs past a panel.
         (1, 24, 3, 42, 38, 29, 3, 3, 1, 1),
+        // Rows of tiles wider than a vector's worth of tiles (their inputs split 16 at a time).
+        (1, 16, 3, 5, 70, 16, 3, 3, 1, 1),
     ];
 
     /// The largest difference relative to the largest magnitude of `theirs` (Winograd's

@@ -260,6 +260,27 @@ fn input_lanes(d: [[f32; LANES]; TILE]) -> [[f32; LANES]; TILE] {
     out
 }
 
+/// `values` apart by index mod `OUT`: phase `p` (`phase_len` floats from `p * phase_len` of
+/// `phases`, at least `values.len() / OUT + 1`) holds `values[OUT * m + p]` at `m`. Whole runs
+/// of `OUT * LANES` values go through fixed-size arrays, which the compiler turns into vector
+/// permutes: one value at a time the stores were a third of the input transform.
+#[inline(always)]
+fn split_phases(values: &[f32], phases: &mut [f32], phase_len: usize) {
+    let mut phases = phases.chunks_exact_mut(phase_len);
+    let mut phases: [&mut [f32]; OUT] = std::array::from_fn(|_| phases.next().expect("phases"));
+    let (runs, rest) = values.as_chunks::<{ OUT * LANES }>();
+    for (i, run) in runs.iter().enumerate() {
+        let split: [[f32; LANES]; OUT] = array(|p| array(|m| run[OUT * m + p]));
+        for (phase, values) in phases.iter_mut().zip(split) {
+            phase[i * LANES..][..LANES].copy_from_slice(&values);
+        }
+    }
+    let done = runs.len() * LANES;
+    for (index, &value) in rest.iter().enumerate() {
+        phases[index % OUT][done + index / OUT] = value;
+    }
+}
+
 /// Floats of scratch that [`transform_block`] needs for frames `tiles_wide` tiles wide: the
 /// column-transformed rows and their four phases.
 fn transform_scratch(tiles_wide: usize) -> usize {
@@ -353,15 +374,7 @@ fn transform_block_portable(
         let phase_len = tiles + LANES + 1;
         let phases = &mut phases[..OUT * phase_len];
         for (i, column) in columns.chunks_exact(span).enumerate() {
-            let (zero_one, two_three) = phases.split_at_mut(2 * phase_len);
-            let (zero, one) = zero_one.split_at_mut(phase_len);
-            let (two, three) = two_three.split_at_mut(phase_len);
-            let quads = column.chunks_exact(OUT);
-            let last = quads.remainder();
-            for (m, quad) in quads.enumerate() {
-                (zero[m], one[m], two[m], three[m]) = (quad[0], quad[1], quad[2], quad[3]);
-            }
-            (zero[tiles], one[tiles]) = (last[0], last[1]);
+            split_phases(column, phases, phase_len);
             let mut positions = target.chunks_mut(stride).skip(i * TILE);
             let offset = tile - first;
             let mut targets: [&mut [f32]; TILE] = std::array::from_fn(|_| {
