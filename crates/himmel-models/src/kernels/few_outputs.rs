@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::SendPtr;
+use super::Unfilled;
 use super::video::Conv;
 
 /// Output channels summed together: an RGB layer's three.
@@ -47,8 +47,8 @@ pub(super) fn conv(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -
         }
     }
     let frame_size = padded_height * padded_width;
-    let mut out = vec![0f32; shape.output_len()];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(shape.output_len());
+    let out_ptr = out.target();
     (0..batch * out_frames * out_height)
         .into_par_iter()
         .for_each(|task| {
@@ -76,7 +76,8 @@ pub(super) fn conv(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -
                 }
             }
         });
-    out
+    // SAFETY: the tasks' rows and strips cover every output.
+    unsafe { out.filled() }
 }
 
 /// The sums of outputs `x0..x0 + STRIP` of one output row for each of the `GROUP` outputs:

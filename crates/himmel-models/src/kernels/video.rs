@@ -15,7 +15,7 @@
 use candle_core::{DType, Result, Tensor, bail};
 use rayon::prelude::*;
 
-use super::{SendPtr, cpu_slice, elementwise, few_outputs, product, winograd};
+use super::{Unfilled, cpu_slice, elementwise, few_outputs, product, winograd};
 
 /// Floats of one block's accumulator: 512 KiB stays in a core's L2 cache across the taps
 /// (measured best of 128 KiB to 8 MiB on `himmel bench wan --width 128 --height 128 --frames 5`).
@@ -140,19 +140,21 @@ pub fn upsample_nearest_twice(x: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let data = cpu_slice(&storage, layout.start_offset(), x.elem_count())?;
-    let mut out = vec![0f32; 4 * data.len()];
-    out.par_chunks_mut(4 * height * width)
+    let mut out = Unfilled::new(4 * data.len());
+    out.slots()
+        .par_chunks_mut(4 * height * width)
         .zip(data.par_chunks(height * width))
         .for_each(|(target, plane)| {
             for (rows, values) in target.chunks_exact_mut(4 * width).zip(plane.chunks(width)) {
                 let (upper, lower) = rows.split_at_mut(2 * width);
                 for (pair, &value) in upper.chunks_exact_mut(2).zip(values) {
-                    pair.fill(value);
+                    pair.fill(std::mem::MaybeUninit::new(value));
                 }
                 lower.copy_from_slice(upper);
             }
         });
-    Tensor::from_vec(out, shape, x.device())
+    // SAFETY: each plane's rows, both copies of each, are written above.
+    Tensor::from_vec(unsafe { out.filled() }, shape, x.device())
 }
 
 /// The convolution `shape` describes of `clip` (not padded in space) with `weight`
@@ -317,8 +319,8 @@ fn direct(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32
     let frame_size = padded_height * padded_width;
     let rows_per_block = (BLOCK_FLOATS / (outputs * padded_width)).clamp(1, out_height);
     let blocks_per_frame = out_height.div_ceil(rows_per_block);
-    let mut out = vec![0f32; shape.output_len()];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(shape.output_len());
+    let out_ptr = out.target();
     let taps = kt * kh * kw;
     (0..batch * out_frames * blocks_per_frame)
         .into_par_iter()
@@ -370,7 +372,8 @@ fn direct(shape: &Conv, padded: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32
                 }
             }
         });
-    out
+    // SAFETY: the tasks' blocks of rows cover every output frame of every channel.
+    unsafe { out.filled() }
 }
 
 /// Normalises `x` `[B, C, ...]` to unit L2 norm over channels (at least 1e-12), times `gain`
@@ -399,8 +402,8 @@ pub(super) const SPAN: usize = 4096;
 pub(super) fn normalise_channels(data: &[f32], gain: &[f32], batch: usize, silu: bool) -> Vec<f32> {
     let channels = gain.len();
     let positions = data.len() / (batch * channels).max(1);
-    let mut out = vec![0f32; data.len()];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(data.len());
+    let out_ptr = out.target();
     let spans = positions.div_ceil(SPAN);
     (0..batch * spans).into_par_iter().for_each(|task| {
         let (item, first) = (task / spans, task % spans * SPAN);
@@ -415,14 +418,18 @@ pub(super) fn normalise_channels(data: &[f32], gain: &[f32], batch: usize, silu:
         }
         for (channel, &gain) in gain.iter().enumerate() {
             let values = &data[offset(channel)..offset(channel) + length];
-            // SAFETY: tasks write disjoint spans of `out`, each inside its bounds.
+            // SAFETY: tasks write disjoint spans of `out`, each inside its bounds; zeroed here
+            // (in cache, on the task's own core) before the slice is made of them.
             let target = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.get().add(offset(channel)), length)
+                let start = out_ptr.get().add(offset(channel));
+                std::ptr::write_bytes(start, 0, length);
+                std::slice::from_raw_parts_mut(start, length)
             };
             elementwise::scale_silu(target, values, &sums, gain, silu);
         }
     });
-    out
+    // SAFETY: the tasks' spans cover every position of every channel.
+    unsafe { out.filled() }
 }
 
 /// The frames of `clip` with `padding` zeros around each (the sizes `shape` gives), flattened,

@@ -8,9 +8,9 @@
 
 use rayon::prelude::*;
 
-use super::SendPtr;
 use super::panel_product::{self, MR, NR};
 use super::video::{Clip, Conv};
+use super::{SendPtr, Unfilled};
 
 /// Outputs per tile side.
 const OUT: usize = 4;
@@ -348,38 +348,36 @@ fn transform_block_portable(
                 &zeros[..end - start]
             }
         });
+        // Row `i` of the column transform is `columns[i * span..][..span]`. Rows and positions
+        // are indexed, not held as arrays of slices: `std::array::from_fn` ran its closures as
+        // calls built for the baseline CPU, a few percent of a decode.
         let (columns, phases) = scratch.split_at_mut(TILE * span);
-        let mut outputs = columns.chunks_exact_mut(span);
-        let mut outputs: [&mut [f32]; TILE] = std::array::from_fn(|_| {
-            let column = outputs.next().expect("6 columns");
+        let (stored, whole) = (end - start, (end - start) / LANES * LANES);
+        for column in columns.chunks_exact_mut(span) {
             column[..start - left].fill(0.0);
             column[end - left..].fill(0.0);
-            &mut column[start - left..end - left]
-        });
-        let (stored, whole) = (end - start, (end - start) / LANES * LANES);
+        }
+        let columns_at = |i: usize, x: usize| i * span + start - left + x;
         for x in (0..whole).step_by(LANES) {
             let d = array(|i| rows[i][x..x + LANES].try_into().unwrap());
-            for (output, values) in outputs.iter_mut().zip(input_lanes(d)) {
-                output[x..x + LANES].copy_from_slice(&values);
+            for (i, values) in input_lanes(d).iter().enumerate() {
+                columns[columns_at(i, x)..][..LANES].copy_from_slice(values);
             }
         }
         for x in whole..stored {
             let transformed = input_1d(array(|i| rows[i][x]));
-            for (output, value) in outputs.iter_mut().zip(transformed) {
-                output[x] = value;
+            for (i, value) in transformed.into_iter().enumerate() {
+                columns[columns_at(i, x)] = value;
             }
         }
         // Each transformed row apart by x mod 4 (`phases[p][m]` is x = 4m + p): input `j` of
         // tiles `t..` is then the run from `m = t + j / 4` of phase `j % 4`.
         let phase_len = tiles + LANES + 1;
         let phases = &mut phases[..OUT * phase_len];
+        let offset = tile - first;
         for (i, column) in columns.chunks_exact(span).enumerate() {
             split_phases(column, phases, phase_len);
-            let mut positions = target.chunks_mut(stride).skip(i * TILE);
-            let offset = tile - first;
-            let mut targets: [&mut [f32]; TILE] = std::array::from_fn(|_| {
-                &mut positions.next().expect("36 positions")[offset..offset + tiles]
-            });
+            let target_at = |j: usize, t: usize| (i * TILE + j) * stride + offset + t;
             for t in (0..tiles).step_by(LANES) {
                 // Lanes past the last tile read what an earlier row left; they are not stored.
                 let d = array(|j| {
@@ -389,12 +387,13 @@ fn transform_block_portable(
                 });
                 let transformed = input_lanes(d);
                 if tiles - t >= LANES {
-                    for (target, values) in targets.iter_mut().zip(transformed) {
-                        target[t..t + LANES].copy_from_slice(&values);
+                    for (j, values) in transformed.iter().enumerate() {
+                        target[target_at(j, t)..][..LANES].copy_from_slice(values);
                     }
                 } else {
-                    for (target, values) in targets.iter_mut().zip(transformed) {
-                        target[t..].copy_from_slice(&values[..tiles - t]);
+                    for (j, values) in transformed.iter().enumerate() {
+                        target[target_at(j, t)..][..tiles - t]
+                            .copy_from_slice(&values[..tiles - t]);
                     }
                 }
             }
@@ -464,7 +463,7 @@ unsafe fn untransform_block_portable(
                 outputs.copy_from_slice(&output_1d(array(|j| m[j][t])));
             }
         }
-        let rows: [&[f32]; TILE] = std::array::from_fn(|i| &rows[i * span..][..span]);
+        let rows: [&[f32]; TILE] = array(|i| &rows[i * span..][..span]);
         for x in 0..span {
             let transformed = output_1d(array(|i| rows[i][x]));
             for (k, value) in transformed.into_iter().enumerate() {
@@ -540,8 +539,8 @@ pub(super) fn conv(
     let per_position = panel_product::packed_len(outputs, depth);
     let input_stride = depth * columns;
     let products_stride = padded_outputs * columns;
-    let mut out = vec![0f32; shape.output_len()];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(shape.output_len());
+    let out_ptr = out.target();
     (0..frames_total * blocks).into_par_iter().for_each(|task| {
         TASK_BUFFERS.with_borrow_mut(|buffers| {
             let input = grown(&mut buffers.input, POSITIONS * input_stride);
@@ -611,5 +610,6 @@ pub(super) fn conv(
         })
     });
     TRANSFORMED_WEIGHTS.set(weights);
-    out
+    // SAFETY: the tasks' tiles cover every output frame of every channel.
+    unsafe { out.filled() }
 }
