@@ -420,7 +420,7 @@ unsafe fn untransform_block(
     plane: *mut f32,
 ) {
     return_built_for!(
-        [("avx2")],
+        [("avx512f"), ("avx2")],
         untransform_block_portable(
             products: &[f32],
             stride: usize,
