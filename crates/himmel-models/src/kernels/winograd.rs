@@ -282,9 +282,9 @@ fn split_phases(values: &[f32], phases: &mut [f32], phase_len: usize) {
 }
 
 /// Floats of scratch that [`transform_block`] needs for frames `tiles_wide` tiles wide: the
-/// column-transformed rows and their four phases.
+/// column-transformed rows and the four phases of each.
 fn transform_scratch(tiles_wide: usize) -> usize {
-    TILE * (OUT * tiles_wide + 2) + OUT * (tiles_wide + LANES + 1)
+    TILE * (OUT * tiles_wide + 2) + TILE * OUT * (tiles_wide + LANES + 1)
 }
 
 /// `Bᵀ d B` of the input tiles `first..first + count` of `plane`, tile row by tile row: the
@@ -372,11 +372,18 @@ fn transform_block_portable(
         }
         // Each transformed row apart by x mod 4 (`phases[p][m]` is x = 4m + p): input `j` of
         // tiles `t..` is then the run from `m = t + j / 4` of phase `j % 4`.
+        // All rows are split before any is read back, so that the split's stores have left the
+        // store buffer when the row transforms load them at other offsets.
         let phase_len = tiles + LANES + 1;
-        let phases = &mut phases[..OUT * phase_len];
-        let offset = tile - first;
-        for (i, column) in columns.chunks_exact(span).enumerate() {
+        let phases = &mut phases[..TILE * OUT * phase_len];
+        for (column, phases) in columns
+            .chunks_exact(span)
+            .zip(phases.chunks_exact_mut(OUT * phase_len))
+        {
             split_phases(column, phases, phase_len);
+        }
+        let offset = tile - first;
+        for (i, phases) in phases.chunks_exact(OUT * phase_len).enumerate() {
             let target_at = |j: usize, t: usize| (i * TILE + j) * stride + offset + t;
             for t in (0..tiles).step_by(LANES) {
                 // Lanes past the last tile read what an earlier row left; they are not stored.
