@@ -192,9 +192,8 @@ unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// An output of `len` floats that parallel tasks fill through raw pointers, allocated without
-/// zeroing: zeroing each output on the calling thread while the other cores waited was a few
-/// percent of a VAE decode.
+/// An output of `len` floats that parallel tasks fill, allocated without zeroing: zeroing a
+/// large output ran on the calling thread while the other cores waited.
 struct Unfilled {
     values: Vec<f32>,
     len: usize,

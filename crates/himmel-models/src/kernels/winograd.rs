@@ -266,18 +266,16 @@ fn input_lanes(d: [[f32; LANES]; TILE]) -> [[f32; LANES]; TILE] {
 /// permutes: one value at a time the stores were a third of the input transform.
 #[inline(always)]
 fn split_phases(values: &[f32], phases: &mut [f32], phase_len: usize) {
-    let mut phases = phases.chunks_exact_mut(phase_len);
-    let mut phases: [&mut [f32]; OUT] = std::array::from_fn(|_| phases.next().expect("phases"));
     let (runs, rest) = values.as_chunks::<{ OUT * LANES }>();
     for (i, run) in runs.iter().enumerate() {
         let split: [[f32; LANES]; OUT] = array(|p| array(|m| run[OUT * m + p]));
-        for (phase, values) in phases.iter_mut().zip(split) {
-            phase[i * LANES..][..LANES].copy_from_slice(&values);
+        for (p, values) in split.iter().enumerate() {
+            phases[p * phase_len + i * LANES..][..LANES].copy_from_slice(values);
         }
     }
     let done = runs.len() * LANES;
     for (index, &value) in rest.iter().enumerate() {
-        phases[index % OUT][done + index / OUT] = value;
+        phases[index % OUT * phase_len + done + index / OUT] = value;
     }
 }
 
@@ -386,7 +384,8 @@ fn transform_block_portable(
         for (i, phases) in phases.chunks_exact(OUT * phase_len).enumerate() {
             let target_at = |j: usize, t: usize| (i * TILE + j) * stride + offset + t;
             for t in (0..tiles).step_by(LANES) {
-                // Lanes past the last tile read what an earlier row left; they are not stored.
+                // Lanes past the last tile read what an earlier tile row left; they are not
+                // stored.
                 let d = array(|j| {
                     phases[(j % OUT) * phase_len + t + j / OUT..][..LANES]
                         .try_into()
