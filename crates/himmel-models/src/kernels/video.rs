@@ -12,6 +12,8 @@
 //! minimal filtering instead (`winograd.rs`), which needs a quarter of the products; layers
 //! with few outputs (RGB) sum each strip of a row in registers (`few_outputs.rs`).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{DType, Result, Tensor, bail};
 use rayon::prelude::*;
 
@@ -148,7 +150,7 @@ pub fn upsample_nearest_twice(x: &Tensor) -> Result<Tensor> {
             for (rows, values) in target.chunks_exact_mut(4 * width).zip(plane.chunks(width)) {
                 let (upper, lower) = rows.split_at_mut(2 * width);
                 for (pair, &value) in upper.chunks_exact_mut(2).zip(values) {
-                    pair.fill(std::mem::MaybeUninit::new(value));
+                    pair.fill(MaybeUninit::new(value));
                 }
                 lower.copy_from_slice(upper);
             }
@@ -440,8 +442,13 @@ pub(super) fn pad_frames(shape: &Conv, clip: &Clip, padding: usize) -> Vec<f32> 
     let frame_size = shape.padded_height * padded_width;
     let (channels, frames) = (shape.channels, shape.frames);
     let count = shape.batch * channels * frames * frame_size;
-    let mut padded = vec![0f32; count + padded_width + few_outputs::STRIP];
-    padded[..count]
+    // Each plane's task writes its zeros as well as its values (no zeroing of the whole on the
+    // calling thread first).
+    let zero = MaybeUninit::new(0.0);
+    let mut padded = Unfilled::new(count + padded_width + few_outputs::STRIP);
+    let (planes, slack) = padded.slots().split_at_mut(count);
+    slack.fill(zero);
+    planes
         .par_chunks_mut(frame_size)
         .enumerate()
         .for_each(|(index, target)| {
@@ -450,12 +457,25 @@ pub(super) fn pad_frames(shape: &Conv, clip: &Clip, padding: usize) -> Vec<f32> 
                 index / frames % channels,
                 index % frames,
             );
-            for (row, values) in source.chunks_exact(width).enumerate() {
-                let start = (row + padding) * padded_width + padding;
-                target[start..start + width].copy_from_slice(values);
+            let (above, rest) = target.split_at_mut(padding * padded_width);
+            let (rows, below) = rest.split_at_mut(source.len() / width * padded_width);
+            above.fill(zero);
+            below.fill(zero);
+            for (row, values) in rows
+                .chunks_exact_mut(padded_width)
+                .zip(source.chunks_exact(width))
+            {
+                let (left, rest) = row.split_at_mut(padding);
+                let (middle, right) = rest.split_at_mut(width);
+                left.fill(zero);
+                for (slot, &value) in middle.iter_mut().zip(values) {
+                    *slot = MaybeUninit::new(value);
+                }
+                right.fill(zero);
             }
         });
-    padded
+    // SAFETY: the slack and every plane's margins and values are written above.
+    unsafe { padded.filled() }
 }
 
 #[cfg(test)]

@@ -347,8 +347,7 @@ fn transform_block_portable(
             }
         });
         // Row `i` of the column transform is `columns[i * span..][..span]`. Rows and positions
-        // are indexed, not held as arrays of slices: `std::array::from_fn` ran its closures as
-        // calls built for the baseline CPU, a few percent of a decode.
+        // are indexed, not held as arrays of slices built by `std::array::from_fn` (see [`array`]).
         let (columns, phases) = scratch.split_at_mut(TILE * span);
         let (stored, whole) = (end - start, (end - start) / LANES * LANES);
         for column in columns.chunks_exact_mut(span) {
