@@ -142,6 +142,21 @@ pub(super) fn fold_lanes(values: &[f32], init: f32, combine: impl Fn(f32, f32) -
     lanes.into_iter().chain(rest).fold(init, combine)
 }
 
+/// The sum of `term(v)` over `values`, in `LANES` running sums (as [`fold_lanes`], which
+/// folds its lanes with the same function and so cannot map the values).
+#[inline(always)]
+pub(super) fn sum_lanes(values: &[f32], term: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, value) in lanes.iter_mut().zip(chunk) {
+            *lane += term(*value);
+        }
+    }
+    let rest = chunks.remainder().iter().map(|value| term(*value));
+    lanes.into_iter().chain(rest).sum()
+}
+
 /// `exp(x)` as [`exp16`] computes it, for one value: `x = n ln2 + r` with `|r| <= ln2 / 2`,
 /// Cephes' degree-7 polynomial for `exp(r)`, scaled by `2^n` in two halves (so that each is a
 /// normal f32 down to subnormal results). Below -104 the result is 0, above 89 infinity; NaN

@@ -9,6 +9,8 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use half::bf16;
 use rayon::prelude::*;
 
+use super::elementwise::sum_lanes;
+
 /// Whether the fused passes apply to `x`: on the CPU, without gradients, in f32 or bf16.
 pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && !x.track_op() && matches!(x.dtype(), DType::F32 | DType::BF16)
@@ -60,8 +62,8 @@ fn layer_norm(
     let tokens = x.dim(1)?.max(1);
     map_rows(x, None, dtype, |index, row, _, out| {
         let (batch, dim) = (index / tokens, row.len() as f32);
-        let mean = row.iter().sum::<f32>() / dim;
-        let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim;
+        let mean = sum_lanes(row, |v| v) / dim;
+        let variance = sum_lanes(row, |v| (v - mean) * (v - mean)) / dim;
         let inverse = 1.0 / (variance + eps as f32).sqrt();
         let (shift, factor) = (&shift[batch], &factor[batch]);
         for (((out, value), shift), factor) in out.iter_mut().zip(row).zip(shift).zip(factor) {
@@ -78,7 +80,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, dtype: DType) -> Result<T
         bail!("rms norm: {} weights for {:?}", weight.len(), x.dims());
     }
     map_rows(x, None, dtype, |_, row, _, out| {
-        let mean_square = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        let mean_square = sum_lanes(row, |v| v * v) / row.len() as f32;
         let inverse = 1.0 / (mean_square + eps as f32).sqrt();
         for ((out, value), weight) in out.iter_mut().zip(row).zip(&weight) {
             *out = value * inverse * weight;
