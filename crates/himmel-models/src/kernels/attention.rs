@@ -355,9 +355,9 @@ impl HeadOperands<'_> {
 #[derive(Default)]
 struct Pairs {
     #[cfg(target_arch = "x86_64")]
-    queries: super::bf16_gemm::Rows,
+    queries: super::bf16_gemm::Rows<'static>,
     #[cfg(target_arch = "x86_64")]
-    weights: super::bf16_gemm::Rows,
+    weights: super::bf16_gemm::Rows<'static>,
 }
 
 /// One task's working memory: a block of scores, the running output and softmax statistics.

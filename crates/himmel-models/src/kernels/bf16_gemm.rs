@@ -3,17 +3,19 @@
 //!
 //! `out = x w^T` with `x` `m x k` and `w` `n x k` (a linear layer's weight as stored). Both are
 //! read as pairs of neighbouring `k` values (one 32-bit word): `x`'s pairs are broadcast to all
-//! lanes from strips of `MR` rows ([`Rows`]), `w`'s are packed once into panels of `NR` columns
-//! ([`Panels`]), so that one vector load takes a pair from sixteen columns. The microkernel
-//! keeps `MR x NR` sums in 24 of the 32 vector registers; [`product_tiles`] sweeps blocks sized
-//! so that a block of panels stays in L2 and a strip of `x` in L1, and hands each tile of sums
-//! to the caller while it is in cache.
+//! lanes straight from its rows ([`Rows`], row-major as a tensor holds them: no packing), `w`'s
+//! are packed once into panels of `NR` columns ([`Panels`]), so that one vector load takes a
+//! pair from sixteen columns. The microkernel keeps `MR x NR` sums in 24 of the 32 vector
+//! registers; [`product_tiles`] sweeps blocks sized so that a block of panels stays in L2 and
+//! a strip of `MR` rows of `x` in L1, and hands each tile of sums to the caller while it is in
+//! cache.
 
 use std::arch::x86_64::{
     __m256bh, __m256i, __m512, __m512bh, _mm256_storeu_si256, _mm512_add_ps, _mm512_cvtneps_pbh,
     _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps,
     _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_storeu_ps,
 };
+use std::borrow::Cow;
 use std::ops::Range;
 
 use half::bf16;
@@ -89,35 +91,33 @@ unsafe fn narrow_vectors(src: &[f32], dst: &mut [bf16]) {
     }
 }
 
-/// The left operand `x` (`rows x k`) as the products read it: strips of `MR` rows (the last
-/// padded with zero rows), each strip its `k.div_ceil(2)` pairs in order with the strip's rows
-/// side by side, an odd `k`'s last pair padded with zero.
+/// The left operand `x` (`rows x k`) as the products read it: row-major bf16, each row's pairs
+/// whole (an odd `k`'s rows padded with a zero), borrowed where the values already are so.
 #[derive(Default)]
-pub struct Rows {
-    words: Vec<u32>,
+pub struct Rows<'a> {
+    /// Row `r` from `r * stride`: its `k` values, then a zero where `k` is odd.
+    values: Cow<'a, [bf16]>,
+    stride: usize,
     rows: usize,
     k: usize,
 }
 
-impl Rows {
-    /// `values` (`rows x k`, row-major) laid out in strips, in parallel.
-    pub fn new(values: &[bf16], k: usize) -> Self {
+impl<'a> Rows<'a> {
+    /// `values` (`rows x k`, row-major), borrowed where `k` is even.
+    pub fn new(values: &'a [bf16], k: usize) -> Self {
         let rows = values.len().checked_div(k).unwrap_or(0);
-        let k_pairs = k.div_ceil(2);
-        let mut words = vec![0u32; rows.div_ceil(MR) * MR * k_pairs];
-        if k > 0 {
-            let strips = words.par_chunks_mut(MR * k_pairs);
-            strips
-                .zip(values.par_chunks(MR * k))
-                .for_each(|(strip, rows)| {
-                    for (r, row) in rows.chunks_exact(k).enumerate() {
-                        for (p, pair) in row.chunks(2).enumerate() {
-                            strip[p * MR + r] = pair_word(pair);
-                        }
-                    }
-                });
+        if k.is_multiple_of(2) {
+            let values = Cow::Borrowed(&values[..rows * k]);
+            return Self {
+                values,
+                stride: k,
+                rows,
+                k,
+            };
         }
-        Self { words, rows, k }
+        let mut padded = Self::default();
+        padded.refill(rows, k, |r| &values[r * k..]);
+        padded
     }
 
     /// Rows (`m`) and depth (`k`).
@@ -125,35 +125,35 @@ impl Rows {
         (self.rows, self.k)
     }
 
-    /// `values` (`rows x k`, row-major f32) rounded to bf16 in strips, on the calling thread,
-    /// reusing this operand's memory.
+    /// `values` (`rows x k`, row-major f32) rounded to bf16, reusing this operand's memory.
     pub fn refill_rounded(&mut self, rows: usize, k: usize, values: &[f32]) {
         self.refill_with(rows, k, |r, row| narrow(&values[r * k..(r + 1) * k], row));
     }
 
-    /// `rows x k` values, row `r` being `row(r)`, in strips, on the calling thread, reusing
-    /// this operand's memory.
+    /// `rows x k` values, row `r` being `row(r)`, reusing this operand's memory.
     pub fn refill<'r>(&mut self, rows: usize, k: usize, row: impl Fn(usize) -> &'r [bf16]) {
         self.refill_with(rows, k, |r, out| out.copy_from_slice(&row(r)[..k]));
     }
 
-    /// `rows x k` values, each row written by `fill(r, row)`, in strips.
+    /// `rows x k` values, each row written by `fill(r, row)`.
     fn refill_with(&mut self, rows: usize, k: usize, mut fill: impl FnMut(usize, &mut [bf16])) {
-        let k_pairs = k.div_ceil(2);
-        self.words.clear();
-        self.words.resize(rows.div_ceil(MR) * MR * k_pairs, 0);
-        (self.rows, self.k) = (rows, k);
-        // An odd `k`'s last pair keeps the zero past the row.
-        let mut row = vec![bf16::ZERO; 2 * k_pairs];
-        let strips = self.words.chunks_exact_mut(MR * k_pairs);
-        for (strip, first) in strips.zip((0..rows).step_by(MR)) {
-            for r in 0..MR.min(rows - first) {
-                fill(first + r, &mut row[..k]);
-                for (slots, pair) in strip.chunks_exact_mut(MR).zip(row.chunks_exact(2)) {
-                    slots[r] = pair_word(pair);
-                }
-            }
+        let stride = k.next_multiple_of(2);
+        let values = self.values.to_mut();
+        values.resize(rows * stride, bf16::ZERO);
+        for (r, row) in values
+            .chunks_exact_mut(stride.max(1))
+            .take(rows)
+            .enumerate()
+        {
+            fill(r, &mut row[..k]);
+            row[k..].fill(bf16::ZERO);
         }
+        (self.stride, self.rows, self.k) = (stride, rows, k);
+    }
+
+    /// Row `row`'s pairs from pair `pair` on, as words.
+    fn pairs(&self, row: usize, pair: usize) -> *const u32 {
+        self.values[row * self.stride + 2 * pair..].as_ptr().cast()
     }
 }
 
@@ -296,30 +296,32 @@ pub fn product_rows(
     x: &Rows,
     w: &Panels,
     finish: impl Fn(Range<usize>, &mut [f32]) + Sync,
-) -> Rows {
+) -> Rows<'static> {
     let (m, k) = (x.rows, w.n);
-    let k_pairs = k.div_ceil(2);
-    let mut words = vec![0u32; m.div_ceil(MR) * MR * k_pairs];
-    let at = super::SendPtr(words.as_mut_ptr());
+    let stride = k.next_multiple_of(2);
+    // Not zeroed first: the tiles write every value, and the tile with the last column an odd
+    // `k`'s padding.
+    let mut values = Vec::<bf16>::with_capacity(m * stride);
+    let at = super::SendPtr(values.as_mut_ptr());
     product_tiles(x, w, |row, columns, sums| {
         finish(columns.clone(), sums);
-        let mut narrowed = [bf16::ZERO; NC];
-        let narrowed = &mut narrowed[..sums.len()];
-        narrow(sums, narrowed);
-        // Tiles start at even columns (`NC` is even): at a pair.
-        let first = row / MR * MR * k_pairs + columns.start / 2 * MR + row % MR;
-        for (p, pair) in narrowed.chunks(2).enumerate() {
-            // SAFETY: `(row, pair)` words are this tile's own, inside `words`.
-            unsafe { *at.get().add(first + p * MR) = pair_word(pair) };
+        let start = row * stride + columns.start;
+        // SAFETY: the tiles' values are disjoint parts of `values`' capacity.
+        let out = unsafe { std::slice::from_raw_parts_mut(at.get().add(start), sums.len()) };
+        narrow(sums, out);
+        if columns.end == k && stride > k {
+            // SAFETY: the padding after the row's last value, inside the capacity.
+            unsafe { *at.get().add(row * stride + k) = bf16::ZERO };
         }
     });
-    Rows { words, rows: m, k }
-}
-
-/// One or two neighbouring bf16 values as a pair word (the second zero where absent).
-fn pair_word(pair: &[bf16]) -> u32 {
-    let high = pair.get(1).map_or(0, |value| u32::from(value.to_bits()));
-    u32::from(pair[0].to_bits()) | high << 16
+    // SAFETY: the tiles cover all rows and columns, and the padding: every value was written.
+    unsafe { values.set_len(m * stride) };
+    Rows {
+        values: Cow::Owned(values),
+        stride,
+        rows: m,
+        k,
+    }
 }
 
 /// Packs columns `columns` of `w` (`w(column, index)`: bf16 bits, `index < k`) at `pairs` into
@@ -372,12 +374,12 @@ unsafe fn sweep(
     (out, out_stride, padded): (*mut f32, usize, bool),
     accumulate: bool,
 ) {
-    let k_pairs = x.k.div_ceil(2);
+    let stride = x.stride / 2;
     for r0 in rows.clone().step_by(MR) {
-        let strip = x.words[r0 * k_pairs + x_pair * MR..].as_ptr();
+        let strip = (x.pairs(r0, x_pair), stride);
         for c0 in columns.clone().step_by(NR) {
             let width = if padded { NR } else { NR.min(columns.end - c0) };
-            // SAFETY: `strip` holds `kc` pairs of `MR` rows, the panel `kc x NR` from
+            // SAFETY: `strip`'s rows hold `kc` pairs from `x_pair`, the panel `kc x NR` from
             // `w_pair`, and `out` this tile (caller's promise).
             unsafe {
                 let dst = out.add((r0 - rows.start) * out_stride + c0 - columns.start);
@@ -389,8 +391,9 @@ unsafe fn sweep(
     }
 }
 
-/// `R x NR` sums over `kc` pairs of the strip `x` and the packed panel `b`, stored to (or, with
-/// `accumulate`, added into) the tile `(dst, row stride, width, accumulate)`.
+/// `R x NR` sums over `kc` pairs of the rows `x` (`(first row's pairs, row stride in words)`)
+/// and the packed panel `b`, stored to (or, with `accumulate`, added into) the tile `(dst, row
+/// stride, width, accumulate)`.
 ///
 /// # Safety
 /// As [`block`]'s, for this tile.
@@ -398,7 +401,7 @@ unsafe fn sweep(
 #[inline]
 unsafe fn microkernel<const R: usize>(
     kc: usize,
-    x: *const u32,
+    (x, x_stride): (*const u32, usize),
     b: *const u32,
     (dst, dst_stride, width, accumulate): (*mut f32, usize, usize, bool),
 ) {
@@ -411,8 +414,8 @@ unsafe fn microkernel<const R: usize>(
                 std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16 * v).cast()))
             });
             for (r, row) in sums.iter_mut().enumerate() {
-                let pair: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*x.add(p * MR + r) as i32));
+                let word = x.add(r * x_stride + p).read_unaligned();
+                let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(word as i32));
                 for (sum, column) in row.iter_mut().zip(columns) {
                     *sum = _mm512_dpbf16_ps(*sum, column, pair);
                 }
@@ -592,36 +595,40 @@ mod tests {
         let rounded: Vec<bf16> = src[..6].iter().map(|v| bf16::from_f32(*v)).collect();
         let mut expected = Rows::default();
         expected.refill(2, 3, |r| &rounded[r * 3..]);
-        assert_eq!(rows.words, expected.words);
+        assert_eq!(rows.values, expected.values);
     }
 
     #[test]
     fn refilled_rows_match_new_ones_on_ragged_shapes() {
         // Filled first with more rows and a deeper k, so stale words would show.
-        let mut refilled = Rows::new(&values(20 * 40, 1), 40);
+        let stale = values(20 * 40, 1);
+        let mut refilled = Rows::default();
+        refilled.refill(20, 40, |r| &stale[r * 40..]);
         for (rows, k, seed) in [(7, 5, 2), (13, 32, 3), (1, 1, 4), (6, 9, 5)] {
             let x = values(rows * k, seed);
             let expected = Rows::new(&x, k);
             let wide: Vec<f32> = x.iter().map(|value| value.to_f32()).collect();
             refilled.refill_rounded(rows, k, &wide);
             assert_eq!(refilled.dims(), (rows, k));
-            assert_eq!(refilled.words, expected.words, "rounded, {rows}x{k}");
+            assert_eq!(refilled.values, expected.values, "rounded, {rows}x{k}");
             refilled.refill(rows, k, |r| &x[r * k..]);
-            assert_eq!(refilled.words, expected.words, "copied, {rows}x{k}");
+            assert_eq!(refilled.values, expected.values, "copied, {rows}x{k}");
         }
     }
 
     #[test]
     fn rounds_f32_rows_to_bf16_and_pads_odd_k() {
         let x = [1.0f32, 2.0, 3.0, 1.0 + 1.0 / 1024.0, 5.0, 6.0];
-        let rows = Rows::new(&x.map(bf16::from_f32), 3);
+        let x = x.map(bf16::from_f32);
+        let rows = Rows::new(&x, 3);
         assert_eq!((rows.rows, rows.k), (2, 3));
-        let word = |row: usize, pair: usize| rows.words[pair * MR + row];
+        // SAFETY: both rows hold two pairs.
+        let word = |row: usize, pair: usize| unsafe { rows.pairs(row, pair).read_unaligned() };
         let bits = |value: f32| u32::from(bf16::from_f32(value).to_bits());
         assert_eq!(word(0, 0), bits(1.0) | bits(2.0) << 16);
         assert_eq!(word(0, 1), bits(3.0));
         // 1 + 2^-10 is below bf16's resolution at 1: rounds to 1.
         assert_eq!(word(1, 0), bits(1.0) | bits(5.0) << 16);
-        assert_eq!(word(2, 0), 0, "rows past the last are zero");
+        assert_eq!(rows.values.len(), 2 * 4, "each row padded to whole pairs");
     }
 }

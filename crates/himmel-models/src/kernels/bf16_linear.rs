@@ -144,11 +144,12 @@ impl Dense {
                     next_weight.dims().1
                 );
             }
-            let rows = input_rows(x, inputs)?;
             let finish = |columns: std::ops::Range<usize>, sums: &mut [f32]| {
                 finish(bias, true, columns, sums)
             };
-            let hidden = super::bf16_gemm::product_rows(&rows, weight, finish);
+            let hidden = with_input_rows(x, inputs, |rows| {
+                Ok(super::bf16_gemm::product_rows(rows, weight, finish))
+            })?;
             return written(&hidden, (next_weight, next_bias, false), x);
         }
         next.forward(&self.forward_gelu(x)?)
@@ -187,8 +188,9 @@ fn packed(
     x: &Tensor,
     gelu: bool,
 ) -> Result<Tensor> {
-    let rows = input_rows(x, weight.dims().1)?;
-    written(&rows, (weight, bias, gelu), x)
+    with_input_rows(x, weight.dims().1, |rows| {
+        written(rows, (weight, bias, gelu), x)
+    })
 }
 
 /// An error unless `x` is a CPU tensor without gradients ending in `inputs`.
@@ -203,9 +205,14 @@ fn check_input(x: &Tensor, inputs: usize) -> Result<()> {
     Ok(())
 }
 
-/// `x` (`[..., inputs]`, a CPU tensor without gradients) rounded to bf16 as a left operand.
+/// `f` of `x` (`[..., inputs]`, a CPU tensor without gradients) rounded to bf16 as a left
+/// operand (borrowed from `x` where it is bf16 already).
 #[cfg(target_arch = "x86_64")]
-fn input_rows(x: &Tensor, inputs: usize) -> Result<super::bf16_gemm::Rows> {
+fn with_input_rows<T>(
+    x: &Tensor,
+    inputs: usize,
+    f: impl FnOnce(&super::bf16_gemm::Rows) -> Result<T>,
+) -> Result<T> {
     check_input(x, inputs)?;
     let x = x.to_dtype(DType::BF16)?.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
@@ -213,7 +220,7 @@ fn input_rows(x: &Tensor, inputs: usize) -> Result<super::bf16_gemm::Rows> {
         bail!("dense: the input must be on the CPU")
     };
     let start = layout.start_offset();
-    Ok(super::bf16_gemm::Rows::new(
+    f(&super::bf16_gemm::Rows::new(
         &data[start..start + x.elem_count()],
         inputs,
     ))
