@@ -91,6 +91,50 @@ unsafe fn narrow_vectors(src: &[f32], dst: &mut [bf16]) {
     }
 }
 
+/// `dst[i] = src[i] + bias[i]`, through the tanh-approximated GELU with `gelu`, rounded to
+/// bf16 as [`narrow`] rounds: a row of sums finished and narrowed in one pass.
+pub fn narrow_finished(src: &[f32], bias: &[f32], gelu: bool, dst: &mut [bf16]) {
+    let len = src.len().min(bias.len()).min(dst.len());
+    let mut done = 0;
+    if is_available() {
+        let whole = len / 16 * 16;
+        // SAFETY: the features were checked; the slices hold `whole` values.
+        unsafe { narrow_finished_vectors(&src[..whole], &bias[..whole], gelu, &mut dst[..whole]) };
+        done = whole;
+    }
+    let mut rest = src[done..len].to_vec();
+    if gelu {
+        super::elementwise::bias_gelu(&mut rest, &bias[done..len]);
+    } else {
+        rest.iter_mut().zip(&bias[done..len]).for_each(|(v, b)| *v += b);
+    }
+    narrow(&rest, &mut dst[done..len]);
+}
+
+/// [`narrow_finished`] sixteen at a time.
+///
+/// # Safety
+/// The CPU has AVX-512 BF16; the slices hold the same multiple of sixteen values.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn narrow_finished_vectors(src: &[f32], bias: &[f32], gelu: bool, dst: &mut [bf16]) {
+    let rows = src.chunks_exact(16).zip(bias.chunks_exact(16));
+    for ((src, bias), dst) in rows.zip(dst.chunks_exact_mut(16)) {
+        // SAFETY: each chunk holds sixteen values; `bf16` is 16 bits; the CPU has the features.
+        unsafe {
+            let mut value =
+                _mm512_add_ps(_mm512_loadu_ps(src.as_ptr()), _mm512_loadu_ps(bias.as_ptr()));
+            if gelu {
+                value = super::elementwise::gelu16(value);
+            }
+            let narrowed = _mm512_cvtneps_pbh(value);
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().cast(),
+                std::mem::transmute::<__m256bh, __m256i>(narrowed),
+            );
+        }
+    }
+}
+
 /// The left operand `x` (`rows x k`) as the products read it: row-major bf16, each row's pairs
 /// whole (an odd `k`'s rows padded with a zero), borrowed where the values already are so.
 #[derive(Default)]
@@ -290,12 +334,13 @@ pub fn product_tiles(
     );
 }
 
-/// [`product_tiles`] whose finished rows of sums are rounded to bf16 into a new left operand
-/// (`x.rows x w.n`): the input of a next product, without a tensor between them.
+/// [`product_tiles`] whose rows of sums are written in bf16 by `write(columns, sums, out)` into
+/// a new left operand (`x.rows x w.n`): the input of a next product, without a tensor between
+/// them.
 pub fn product_rows(
     x: &Rows,
     w: &Panels,
-    finish: impl Fn(Range<usize>, &mut [f32]) + Sync,
+    write: impl Fn(Range<usize>, &mut [f32], &mut [bf16]) + Sync,
 ) -> Rows<'static> {
     let (m, k) = (x.rows, w.n);
     let stride = k.next_multiple_of(2);
@@ -304,11 +349,10 @@ pub fn product_rows(
     let mut values = Vec::<bf16>::with_capacity(m * stride);
     let at = super::SendPtr(values.as_mut_ptr());
     product_tiles(x, w, |row, columns, sums| {
-        finish(columns.clone(), sums);
         let start = row * stride + columns.start;
         // SAFETY: the tiles' values are disjoint parts of `values`' capacity.
         let out = unsafe { std::slice::from_raw_parts_mut(at.get().add(start), sums.len()) };
-        narrow(sums, out);
+        write(columns.clone(), sums, out);
         if columns.end == k && stride > k {
             // SAFETY: the padding after the row's last value, inside the capacity.
             unsafe { *at.get().add(row * stride + k) = bf16::ZERO };
@@ -596,6 +640,26 @@ mod tests {
         let mut expected = Rows::default();
         expected.refill(2, 3, |r| &rounded[r * 3..]);
         assert_eq!(rows.values, expected.values);
+    }
+
+    #[test]
+    fn finished_rows_narrow_as_bias_and_gelu_then_narrowing() {
+        // Two whole vectors and a tail, values across GELU's bend.
+        let src: Vec<f32> = (0..37).map(|i| i as f32 * 0.61 - 11.0).collect();
+        let bias: Vec<f32> = (0..37).map(|i| i as f32 * 0.013 - 0.2).collect();
+        for gelu in [false, true] {
+            let mut finished = src.clone();
+            if gelu {
+                crate::kernels::elementwise::bias_gelu(&mut finished, &bias);
+            } else {
+                finished.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+            }
+            let mut expected = vec![bf16::ZERO; 37];
+            narrow(&finished, &mut expected);
+            let mut ours = vec![bf16::ZERO; 37];
+            narrow_finished(&src, &bias, gelu, &mut ours);
+            assert_eq!(ours, expected, "gelu {gelu}");
+        }
     }
 
     #[test]

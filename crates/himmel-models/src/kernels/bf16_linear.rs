@@ -144,11 +144,11 @@ impl Dense {
                     next_weight.dims().1
                 );
             }
-            let finish = |columns: std::ops::Range<usize>, sums: &mut [f32]| {
-                finish(bias, true, columns, sums)
+            let write = |columns: std::ops::Range<usize>, sums: &mut [f32], out: &mut [_]| {
+                super::bf16_gemm::narrow_finished(sums, &bias[columns], true, out)
             };
             let hidden = with_input_rows(x, inputs, |rows| {
-                Ok(super::bf16_gemm::product_rows(rows, weight, finish))
+                Ok(super::bf16_gemm::product_rows(rows, weight, write))
             })?;
             return written(&hidden, (next_weight, next_bias, false), x);
         }
@@ -285,16 +285,20 @@ fn tensor_of_tiles(
 ) -> Result<Tensor> {
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("inputs have a last dimension") = outputs;
-    let finish =
-        |columns: std::ops::Range<usize>, sums: &mut [f32]| finish(bias, gelu, columns, sums);
     match x.dtype() {
         DType::BF16 => {
-            let out = tiles_written(tiles, rows * outputs, outputs, finish, narrow);
+            let write = |columns: std::ops::Range<usize>, sums: &mut [f32], out: &mut [_]| {
+                super::bf16_gemm::narrow_finished(sums, &bias[columns], gelu, out)
+            };
+            let out = tiles_written(tiles, rows * outputs, outputs, write);
             Tensor::from_vec(out, shape, x.device())
         }
         dtype => {
-            let copy = |sums: &[f32], out: &mut [f32]| out.copy_from_slice(sums);
-            let out = tiles_written(tiles, rows * outputs, outputs, finish, copy);
+            let write = |columns, sums: &mut [f32], out: &mut [f32]| {
+                finish(bias, gelu, columns, sums);
+                out.copy_from_slice(sums)
+            };
+            let out = tiles_written(tiles, rows * outputs, outputs, write);
             Tensor::from_vec(out, shape, x.device())?.to_dtype(dtype)
         }
     }
@@ -312,25 +316,23 @@ fn finish(bias: &[f32], gelu: bool, columns: std::ops::Range<usize>, sums: &mut 
 }
 
 /// The `count` values (rows of `outputs`) of a product `tiles`, each tile's row of sums
-/// changed by `finish(columns, sums)` and written by `write(sums, out)` while in cache.
+/// finished and written by `write(columns, sums, out)` while in cache.
 #[cfg(target_arch = "x86_64")]
 fn tiles_written<T: Copy + Send>(
     tiles: impl FnOnce(&Tile),
     count: usize,
     outputs: usize,
-    finish: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
-    write: impl Fn(&[f32], &mut [T]) + Sync,
+    write: impl Fn(std::ops::Range<usize>, &mut [f32], &mut [T]) + Sync,
 ) -> Vec<T> {
     // Not zeroed first: the tiles write every value.
     let mut out = Vec::<T>::with_capacity(count);
     let at = SendPtr(out.as_mut_ptr());
     tiles(&|row, columns, sums| {
         let start = row * outputs + columns.start;
-        finish(columns, sums);
         // SAFETY: tiles are disjoint parts of `out`'s `count` values, in its capacity; each is
         // written whole before it is read.
         let out = unsafe { std::slice::from_raw_parts_mut(at.get().add(start), sums.len()) };
-        write(sums, out);
+        write(columns, sums, out);
     });
     // SAFETY: the tiles cover all rows and columns: every value was written.
     unsafe { out.set_len(count) };

@@ -271,14 +271,6 @@ unsafe fn exp_shifted_avx512(values: &mut [f32], shift: f32) -> f32 {
 unsafe fn bias_gelu_avx512(row: &mut [f32], bias: &[f32]) {
     let len = row.len().min(bias.len());
     let (row, bias) = (&mut row[..len], &bias[..len]);
-    let gelu = |v: __m512| {
-        let cubic = _mm512_mul_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(GELU_CUBIC));
-        let inner = _mm512_fmadd_ps(cubic, v, v);
-        let exponent = _mm512_mul_ps(inner, _mm512_set1_ps(-2.0 * GELU_SCALE));
-        // SAFETY: the CPU has AVX-512F (the caller's promise).
-        let denominator = _mm512_add_ps(unsafe { exp16(exponent) }, _mm512_set1_ps(1.0));
-        _mm512_div_ps(v, denominator)
-    };
     for start in (0..len).step_by(16) {
         let mask = tail_mask(len - start);
         // SAFETY: the masked lanes lie inside both slices.
@@ -288,9 +280,25 @@ unsafe fn bias_gelu_avx512(row: &mut [f32], bias: &[f32]) {
                 _mm512_maskz_loadu_ps(mask, out),
                 _mm512_maskz_loadu_ps(mask, bias),
             );
-            _mm512_mask_storeu_ps(out, mask, gelu(v));
+            _mm512_mask_storeu_ps(out, mask, gelu16(v));
         }
     }
+}
+
+/// The tanh-approximated GELU of sixteen values, as [`bias_gelu`] computes it.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn gelu16(v: __m512) -> __m512 {
+    let cubic = _mm512_mul_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(GELU_CUBIC));
+    let inner = _mm512_fmadd_ps(cubic, v, v);
+    let exponent = _mm512_mul_ps(inner, _mm512_set1_ps(-2.0 * GELU_SCALE));
+    // SAFETY: the CPU has AVX-512F (the caller's promise).
+    let denominator = _mm512_add_ps(unsafe { exp16(exponent) }, _mm512_set1_ps(1.0));
+    _mm512_div_ps(v, denominator)
 }
 
 /// [`add_squares`] sixteen at a time.

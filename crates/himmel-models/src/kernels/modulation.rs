@@ -103,6 +103,18 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor, dtype: DType) -> Re
     })
 }
 
+/// `x + y` for `x` and `y` `[B, L, D]`, in f32, written in `dtype` (a residual without gate).
+pub fn residual(x: &Tensor, y: &Tensor, dtype: DType) -> Result<Tensor> {
+    if x.dims() != y.dims() {
+        bail!("residual: {:?} and {:?} differ", x.dims(), y.dims());
+    }
+    map_rows(x, Some(y), dtype, |_, row, other, out| {
+        for ((out, value), other) in out.iter_mut().zip(row).zip(other) {
+            *out = value + other;
+        }
+    })
+}
+
 /// `[B, 1, D]` `values` as one f32 vector per batch of `x` `[B, L, D]`.
 fn per_batch(values: &Tensor, x: &Tensor) -> Result<Vec<Vec<f32>>> {
     let (batch, _, dim) = x.dims3()?;
@@ -255,9 +267,13 @@ mod tests {
             let ours = gated_residual(&xd, &yd, &scale, dtype)?;
             let error = max_difference(&ours, &residual)?;
             assert!(error < tolerance * 4.0, "{dtype:?} gated residual: {error}");
+            let ours = super::residual(&xd, &yd, dtype)?;
+            let error = max_difference(&ours, &(&x + &y)?)?;
+            assert!(error < tolerance * 4.0, "{dtype:?} residual: {error}");
         }
         let wrong = Tensor::zeros((2, 4, 48), DType::F32, &device)?;
         assert!(gated_residual(&x, &wrong, &scale, DType::F32).is_err());
+        assert!(super::residual(&x, &wrong, DType::F32).is_err());
         assert!(rms_norm(&wrong, &weight.narrow(0, 0, 47)?, 1e-6, DType::F32).is_err());
         Ok(())
     }

@@ -269,7 +269,12 @@ impl Block {
             None => x.clone(),
         };
         let text_bias = text.key_bias.as_ref();
-        let x = (&x + self.attn2.forward(&normed, &text.rows, None, text_bias)?)?;
+        let attended = self.attn2.forward(&normed, &text.rows, None, text_bias)?;
+        let x = if modulation::applies(&x) && modulation::applies(&attended) {
+            modulation::residual(&x, &attended, dtype)?
+        } else {
+            (&x + attended)?
+        };
 
         let fed = self.ffn.forward(&modulate(&x, &ff_shift, &ff_scale)?)?;
         gated(&x, &fed, &ff_gate)
