@@ -9,6 +9,7 @@ activations per batch as they run, fbgemm) of the blocks' linear layers, as `him
     /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae     # the transformer alone
     /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae --prompt-tokens 24  # a padded prompt
     /tmp/ref/bin/python tools/reference/bench_wan.py --no-vae --dtype f32 --dtype int8
+    /tmp/ref/bin/python tools/reference/bench_wan.py --vae-only --width 832 --height 480 --vae-tiling
     python3 tools/reference/bench_wan.py --device cuda --repeat 3 --dtype bf16  # on a GPU
 """
 
@@ -37,6 +38,12 @@ parser.add_argument(
     help="the transformer's precision, repeatable (default: bf16 and f32)",
 )
 parser.add_argument("--device", default="cpu", help="cpu or cuda, as `himmel --device`")
+parser.add_argument("--width", type=int, default=256, help="frame width")
+parser.add_argument("--height", type=int, default=256, help="frame height")
+parser.add_argument("--frames", type=int, default=17, help="frames (1 + 4k)")
+parser.add_argument(
+    "--vae-tiling", action="store_true", help="decode in tiles (enable_tiling's defaults)"
+)
 parser.add_argument(
     "--repeat", type=int, default=1, help="runs of each stage; the fastest is reported"
 )
@@ -57,7 +64,7 @@ def timed(work):
 
 
 torch.manual_seed(0)
-latents = torch.randn(1, 16, 5, 32, 32).to(device)
+latents = torch.randn(1, 16, 1 + (args.frames - 1) // 4, args.height // 8, args.width // 8).to(device)
 if not args.vae_only:
     prompt = torch.zeros(1, 512, 4096)
     prompt[:, : args.prompt_tokens] = torch.randn(1, args.prompt_tokens, 4096)
@@ -85,6 +92,8 @@ if not args.vae_only:
     del model
 if not args.no_vae:
     vae = AutoencoderKLWan().eval().to(device)
+    if args.vae_tiling:
+        vae.enable_tiling()
     with torch.no_grad():
         best, first = timed(lambda: vae.decode(latents, return_dict=False))
         print(f"VAE decode f32: {best:.3f}s (first run {first:.3f}s)", flush=True)

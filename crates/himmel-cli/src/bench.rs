@@ -91,6 +91,10 @@ struct WanArgs {
     /// Skip the transformer forward (the VAE decode and its peak memory alone).
     #[arg(long, conflicts_with = "no_vae")]
     no_transformer: bool,
+    /// Decode frames larger than a tile in overlapping tiles of 256 pixels every 192 (as
+    /// diffusers' `enable_tiling`): memory bounded by the tile, the overlaps decoded twice.
+    #[arg(long, conflicts_with = "no_vae")]
+    vae_tiling: bool,
     /// The blocks' attention and feed-forward layers in int8 (needs AVX-512 VNNI or AVX2).
     #[arg(long, conflicts_with = "no_transformer")]
     int8: bool,
@@ -312,7 +316,9 @@ fn first_run_note(repeat: u32, first: f64) -> String {
 
 fn run_wan(args: &WanArgs, device: &candle_core::Device) -> Result<()> {
     use candle_core::{DType, Tensor};
-    use himmel_models::wan::{WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
+    use himmel_models::wan::{
+        VaeTiling, WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig,
+    };
 
     let dtype = parse_dtype(&args.dtype)?;
     if !args.width.is_multiple_of(16) || !args.height.is_multiple_of(16) || args.frames % 4 != 1 {
@@ -374,13 +380,22 @@ fn run_wan(args: &WanArgs, device: &candle_core::Device) -> Result<()> {
         let lazy_device = device.clone();
         let source = Box::new(move || Ok(random_weights(DType::F32, &lazy_device)));
         let vae = WanVae::with_lazy_encoder(&config, random_weights(DType::F32, device), source)?;
+        let tiling = args.vae_tiling.then(VaeTiling::default);
         let (seconds, first) = fastest_and_first(args.repeat, device, || {
-            vae.decode(&latents)?;
+            match &tiling {
+                Some(tiling) => vae.decode_tiled(&latents, tiling)?,
+                None => vae.decode(&latents)?,
+            };
             Ok(())
         })?;
+        // The untiled work, so that rates compare: tiles decode their overlaps twice.
         let flops = config.decode_flops(latent_frames, h, w);
         print_rate(
-            "VAE decode (f32)",
+            if tiling.is_some() {
+                "VAE decode (f32, tiled)"
+            } else {
+                "VAE decode (f32)"
+            },
             seconds,
             flops,
             &first_run_note(args.repeat, first),

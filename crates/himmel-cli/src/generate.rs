@@ -11,6 +11,7 @@ use candle_core::Device;
 use clap::{Args, ValueEnum};
 use himmel_core::{Progress, ProgressEvent, Silent, Video};
 use himmel_media::{ReadOptions, WriteOptions, read_video, write_video};
+use himmel_models::wan::VaeTiling;
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
 use himmel_pipeline::request::frames_for_seconds;
 use himmel_pipeline::tasks::{self, Direction, Sink, Task, Windows};
@@ -148,6 +149,11 @@ pub struct GenerateArgs {
     /// quantises the transformer blocks' products and keeps the rest in bf16.
     #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
     dtype: DtypeArg,
+    /// Wan: decode frames larger than 256 pixels in overlapping tiles of 256 every 192, as
+    /// diffusers' `enable_tiling` (the decoder's memory bounded by the tile, for large frames on
+    /// small machines; the overlaps are decoded twice and blended) [default: whole frames].
+    #[arg(long)]
+    vae_tiling: bool,
     /// Prompt tokens (padded or truncated); Wan was trained with 512.
     #[arg(long, default_value_t = himmel_pipeline::wan::MAX_SEQUENCE_LENGTH)]
     max_sequence_length: usize,
@@ -465,7 +471,8 @@ fn generate_wan(
         );
     }
     let mut pipeline = WanPipeline::load(source, args.dtype.precision(), device)?
-        .with_max_sequence_length(args.max_sequence_length);
+        .with_max_sequence_length(args.max_sequence_length)
+        .with_vae_tiling(args.vae_tiling.then(VaeTiling::default));
     if args.preview.is_some() && pipeline.prepare_previews()? {
         eprintln!("note: the model has no preview.json; fitted a preview projection");
     }

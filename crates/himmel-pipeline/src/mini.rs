@@ -192,7 +192,7 @@ impl MiniPipeline {
             (width, height),
             &self.device,
         )?;
-        decode_to_video(autoencoder, &latents, video.fps())
+        decode_to_video(autoencoder, &latents, video.fps(), None)
     }
 
     /// Checks a request against the model's limits.
@@ -322,7 +322,7 @@ impl MiniPipeline {
             stage: "decode",
             total: 0,
         });
-        let video = decode_to_video(&self.model.autoencoder, &latents, request.fps)?;
+        let video = decode_to_video(&self.model.autoencoder, &latents, request.fps, None)?;
         progress.event(ProgressEvent::StageFinished);
         Ok(video)
     }

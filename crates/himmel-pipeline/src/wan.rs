@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use himmel_core::{Progress, ProgressEvent, Video};
 use himmel_models::wan::checkpoint::{original_transformer_name, original_vae_name};
-use himmel_models::wan::{StepCache, WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig};
+use himmel_models::wan::{
+    StepCache, VaeTiling, WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig,
+};
 use himmel_sample::{SchedulerConfig, guide};
 
 use crate::PipelineError;
@@ -62,14 +64,19 @@ pub(crate) fn seeded_noise(
     Tensor::from_vec(values, shape, device)
 }
 
-/// Decodes normalised latents `[1, z, F, h, w]` with `vae` into a video at `fps`, its frames
-/// in the CPU's memory whatever device decoded them.
+/// Decodes normalised latents `[1, z, F, h, w]` with `vae` (in tiles with `tiling`) into a
+/// video at `fps`, its frames in the CPU's memory whatever device decoded them.
 pub(crate) fn decode_to_video(
     vae: &himmel_models::wan::WanVae,
     latents: &Tensor,
     fps: f64,
+    tiling: Option<&VaeTiling>,
 ) -> Result<Video, PipelineError> {
-    let video = vae.decode(&vae.denormalize(latents)?)?;
+    let latents = vae.denormalize(latents)?;
+    let video = match tiling {
+        Some(tiling) => vae.decode_tiled(&latents, tiling)?,
+        None => vae.decode(&latents)?,
+    };
     let frames = ((video / 2.0)? + 0.5)?
         .clamp(0f32, 1f32)?
         .squeeze(0)?
@@ -116,6 +123,7 @@ pub struct WanPipeline {
     device: Device,
     max_sequence_length: usize,
     preview: Option<LatentPreview>,
+    vae_tiling: Option<VaeTiling>,
 }
 
 /// Loads a transformer from `files` in whatever layout they use, to compute in `precision`;
@@ -246,12 +254,20 @@ impl WanPipeline {
                 ModelSource::Folder(root) => LatentPreview::load(root)?,
                 ModelSource::Files(_) => None,
             },
+            vae_tiling: None,
         })
     }
 
     /// Uses `length` prompt tokens instead of 512 (for tiny test models).
     pub fn with_max_sequence_length(mut self, length: usize) -> Self {
         self.max_sequence_length = length;
+        self
+    }
+
+    /// Decodes frames larger than a tile in overlapping tiles (`None`: whole frames, the
+    /// default, as diffusers decodes them): the decoder's memory bounded by the tile.
+    pub fn with_vae_tiling(mut self, tiling: Option<VaeTiling>) -> Self {
+        self.vae_tiling = tiling;
         self
     }
 
@@ -375,7 +391,9 @@ impl WanPipeline {
             stage: "decode",
             total: 0,
         });
-        let video = decode_to_video(&self.vae, &latents.to_dtype(DType::F32)?, request.fps)?;
+        let latents = latents.to_dtype(DType::F32)?;
+        let tiling = self.vae_tiling.as_ref();
+        let video = decode_to_video(&self.vae, &latents, request.fps, tiling)?;
         progress.event(ProgressEvent::StageFinished);
         Ok(video)
     }

@@ -106,7 +106,9 @@ pub fn narrow_finished(src: &[f32], bias: &[f32], gelu: bool, dst: &mut [bf16]) 
     if gelu {
         super::elementwise::bias_gelu(&mut rest, &bias[done..len]);
     } else {
-        rest.iter_mut().zip(&bias[done..len]).for_each(|(v, b)| *v += b);
+        rest.iter_mut()
+            .zip(&bias[done..len])
+            .for_each(|(v, b)| *v += b);
     }
     narrow(&rest, &mut dst[done..len]);
 }
@@ -121,8 +123,10 @@ unsafe fn narrow_finished_vectors(src: &[f32], bias: &[f32], gelu: bool, dst: &m
     for ((src, bias), dst) in rows.zip(dst.chunks_exact_mut(16)) {
         // SAFETY: each chunk holds sixteen values; `bf16` is 16 bits; the CPU has the features.
         unsafe {
-            let mut value =
-                _mm512_add_ps(_mm512_loadu_ps(src.as_ptr()), _mm512_loadu_ps(bias.as_ptr()));
+            let mut value = _mm512_add_ps(
+                _mm512_loadu_ps(src.as_ptr()),
+                _mm512_loadu_ps(bias.as_ptr()),
+            );
             if gelu {
                 value = super::elementwise::gelu16(value);
             }

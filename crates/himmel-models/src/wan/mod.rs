@@ -9,7 +9,9 @@ mod folded_text;
 pub mod rope;
 pub mod transformer;
 pub mod vae;
+pub mod vae_tiling;
 
 pub use config::WanTransformerConfig;
 pub use transformer::{StepCache, WanTransformer};
 pub use vae::{CellReduction, LatentStatistics, WanVae, WanVaeConfig, WeightSource, latent_cells};
+pub use vae_tiling::VaeTiling;
