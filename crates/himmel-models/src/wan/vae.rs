@@ -400,6 +400,14 @@ impl CausalConv3d {
             );
         };
         if video::applies(x, &self.weight) {
+            let taps = self.weight.dim(2)?;
+            if zeros > 0 && zeros + cached + x.dim(2)? == taps {
+                // One window, zeros in front (a first chunk's): the taps over the zeros add
+                // nothing, so only the others run, over the frames there are.
+                let weight = self.weight.narrow(2, zeros, taps - zeros)?.contiguous()?;
+                let (bias, padding) = (&self.bias, self.spatial_padding);
+                return video::conv3d_after(before, x, &weight, bias, padding, 1, residual);
+            }
             // The cached frames (and zeros before the first chunk) are read in place, not joined.
             let mut front = Vec::with_capacity(before.len() + 1);
             if zeros > 0 {
@@ -1169,9 +1177,21 @@ mod tests {
         // f64 takes the path GPUs and bf16 take (windows folded into channels, one conv2d);
         // the f32 CPU kernel is the reference.
         let device = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 6, 5), &device).unwrap();
-        let before = Tensor::randn(0f32, 1.0, (2, 3, 1, 6, 5), &device).unwrap();
-        for (taps, size, padding, time_stride) in [(3, 3, 1, 1), (3, 1, 0, 1), (3, 3, 1, 2)] {
+        let clip = Tensor::randn(0f32, 1.0, (2, 3, 4, 6, 5), &device).unwrap();
+        let frame = clip.narrow(2, 0, 1).unwrap();
+        let cached = Tensor::randn(0f32, 1.0, (2, 3, 1, 6, 5), &device).unwrap();
+        // A clip after a cached frame; a first chunk's frame after zeros only, and after zeros
+        // and a cached frame (one window each: the kernel leaves out the taps over the zeros).
+        let inputs = [
+            (&clip, vec![cached.clone()]),
+            (&frame, vec![]),
+            (&frame, vec![cached]),
+        ];
+        let shapes = [(3, 3, 1, 1), (3, 1, 0, 1), (3, 3, 1, 2)];
+        for ((taps, size, padding, time_stride), (x, before)) in shapes
+            .into_iter()
+            .flat_map(|shape| inputs.iter().map(move |input| (shape, input)))
+        {
             let weight = Tensor::randn(0f32, 1.0, (4, 3, taps, size, size), &device).unwrap();
             let bias = Tensor::randn(0f32, 1.0, 4, &device).unwrap();
             let conv = |dtype| CausalConv3d {
@@ -1182,12 +1202,11 @@ mod tests {
                 time_stride,
             };
             let in_f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let before_f64: Vec<Tensor> = before.iter().map(in_f64).collect();
             let folded = conv(DType::F64)
-                .forward(&in_f64(&x), &[in_f64(&before)], None)
+                .forward(&in_f64(x), &before_f64, None)
                 .unwrap();
-            let kernel = conv(DType::F32)
-                .forward(&x, std::slice::from_ref(&before), None)
-                .unwrap();
+            let kernel = conv(DType::F32).forward(x, before, None).unwrap();
             assert_eq!(folded.dims(), kernel.dims());
             let difference =
                 max_abs_difference(&folded.to_dtype(DType::F32).unwrap(), &kernel).unwrap();
