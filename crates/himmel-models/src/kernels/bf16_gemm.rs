@@ -103,13 +103,7 @@ pub fn narrow_finished(src: &[f32], bias: &[f32], gelu: bool, dst: &mut [bf16]) 
         done = whole;
     }
     let mut rest = src[done..len].to_vec();
-    if gelu {
-        super::elementwise::bias_gelu(&mut rest, &bias[done..len]);
-    } else {
-        rest.iter_mut()
-            .zip(&bias[done..len])
-            .for_each(|(v, b)| *v += b);
-    }
+    super::elementwise::add_bias(&mut rest, &bias[done..len], gelu);
     narrow(&rest, &mut dst[done..len]);
 }
 

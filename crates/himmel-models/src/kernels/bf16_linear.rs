@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use candle_nn::{Linear, VarBuilder};
 use rayon::prelude::*;
 
+use super::elementwise::add_bias;
 use super::{SendPtr, cpu_slice, narrow, product};
 
 /// Weight rows widened and multiplied at once (128 rows of 1536 are 768 KiB of f32). On
@@ -295,23 +296,12 @@ fn tensor_of_tiles(
         }
         dtype => {
             let write = |columns, sums: &mut [f32], out: &mut [f32]| {
-                finish(bias, gelu, columns, sums);
+                add_bias(sums, &bias[columns], gelu);
                 out.copy_from_slice(sums)
             };
             let out = tiles_written(tiles, rows * outputs, outputs, write);
             Tensor::from_vec(out, shape, x.device())?.to_dtype(dtype)
         }
-    }
-}
-
-/// Adds `bias`'s `columns` to a tile's row of sums, then GELU with `gelu`.
-fn finish(bias: &[f32], gelu: bool, columns: std::ops::Range<usize>, sums: &mut [f32]) {
-    if gelu {
-        super::elementwise::bias_gelu(sums, &bias[columns]);
-    } else {
-        sums.iter_mut()
-            .zip(&bias[columns])
-            .for_each(|(v, b)| *v += b);
     }
 }
 
@@ -370,7 +360,7 @@ fn widened(layer: &Linear, x: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
     let (mut sums, shape) = sums(x, weight)?;
     let outputs = weight.dim(0)?;
     let bias = bias_f32(layer, outputs)?;
-    let finish = |row: &mut [f32]| finish(&bias, gelu, 0..outputs, row);
+    let finish = |row: &mut [f32]| add_bias(row, &bias, gelu);
     let out = if x.dtype() == DType::BF16 {
         let mut narrowed = vec![half::bf16::ZERO; sums.len()];
         let rows = narrowed

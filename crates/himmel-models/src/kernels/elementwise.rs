@@ -59,6 +59,16 @@ fn exp_shifted_portable(values: &mut [f32], shift: f32) -> f32 {
     fold_lanes(values, 0.0, |sum, v| sum + v)
 }
 
+/// `row[i] += bias[i]`, then GELU (as [`bias_gelu`]) with `gelu`: a linear layer's row of sums
+/// finished.
+pub fn add_bias(row: &mut [f32], bias: &[f32], gelu: bool) {
+    if gelu {
+        bias_gelu(row, bias);
+    } else {
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+    }
+}
+
 /// `row[i] = gelu(row[i] + bias[i])`, GELU with the tanh approximation written as
 /// `v / (1 + exp(-2 sqrt(2/pi) (v + 0.044715 v^3)))`.
 pub fn bias_gelu(row: &mut [f32], bias: &[f32]) {
