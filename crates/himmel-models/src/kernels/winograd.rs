@@ -24,10 +24,14 @@ const POSITIONS: usize = TILE * TILE;
 /// Floats in a cache line.
 const LINE: usize = 16;
 
-/// Floats of one task's transformed input and accumulated products together (8 MiB): the
-/// products are thin (a block's tiles are their columns) and each reads its transformed
-/// weights again, so fewer tiles per block spend more on reading weights.
-const BLOCK_FLOATS: usize = 1 << 21;
+/// Floats of one task's transformed input and accumulated products together, for transformed
+/// weights of `weights` floats: a quarter of those, but 4 to 16 MiB. Each task reads all the
+/// weights again (the products are thin: a block's tiles are their columns), so large weights
+/// want many tiles per block; small ones run faster with the block's input nearer the core
+/// (measured on the Wan VAE's layers: 96 and 192 channels best at 4 MiB, 384 at 16 MiB).
+fn block_floats(weights: usize) -> usize {
+    (weights / 4).clamp(1 << 20, 1 << 22)
+}
 
 /// One thread's working buffers for the tasks of [`conv`]: the transformed input, the products,
 /// scratch for the transforms, and a row of zeros.
@@ -45,6 +49,17 @@ fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
         buffer.resize(len, 0.0);
     }
     &mut buffer[..len]
+}
+
+/// `len` floats of `buffer` from the first cache line boundary in it, grown (with zeros) to hold
+/// them: the products' and transforms' whole vectors then each lie in one cache line.
+fn grown_aligned(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    let buffer = grown(buffer, len + LINE);
+    let skip = buffer
+        .as_ptr()
+        .align_offset(LINE * size_of::<f32>())
+        .min(LINE);
+    &mut buffer[skip..skip + len]
 }
 
 thread_local! {
@@ -260,6 +275,87 @@ fn input_lanes(d: [[f32; LANES]; TILE]) -> [[f32; LANES]; TILE] {
     out
 }
 
+/// `Bᵀ d` of `runs` runs of [`LANES`] values: input `j` of run `r` is the `LANES` floats at
+/// `inputs[j] + LANES * r`, output `k` goes to `outputs[k] + LANES * r`.
+///
+/// # Safety
+/// Every pointer is valid for `LANES * runs` floats; the outputs overlap no input.
+unsafe fn input_runs(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; the rest as the caller promises.
+        return unsafe { input_runs_avx512(inputs, outputs, runs) };
+    }
+    return_built_for!(
+        [("avx2")],
+        input_runs_portable(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs: usize)
+    );
+    // SAFETY: as the caller promises.
+    unsafe { input_runs_portable(inputs, outputs, runs) }
+}
+
+/// [`input_runs`] as built for any CPU of the target.
+///
+/// # Safety
+/// As [`input_runs`].
+#[inline(always)]
+unsafe fn input_runs_portable(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs: usize) {
+    for r in 0..runs {
+        // SAFETY: run `r` lies inside every operand (caller's promise).
+        unsafe {
+            let d = array(|j| {
+                inputs[j]
+                    .add(LANES * r)
+                    .cast::<[f32; LANES]>()
+                    .read_unaligned()
+            });
+            for (k, values) in input_lanes(d).into_iter().enumerate() {
+                outputs[k]
+                    .add(LANES * r)
+                    .cast::<[f32; LANES]>()
+                    .write_unaligned(values);
+            }
+        }
+    }
+}
+
+/// [`input_runs`] in AVX-512 registers: built from arrays, the compiler passed the transformed
+/// vectors through the stack, and loading them back stalled.
+///
+/// # Safety
+/// The CPU has AVX-512F; the rest as [`input_runs`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_runs_avx512(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs: usize) {
+    use std::arch::x86_64::*;
+    let (two, four, five) = (
+        _mm512_set1_ps(2.0),
+        _mm512_set1_ps(4.0),
+        _mm512_set1_ps(5.0),
+    );
+    for r in 0..runs {
+        // SAFETY: run `r` lies inside every operand (caller's promise).
+        unsafe {
+            let [d0, d1, d2, d3, d4, d5] =
+                inputs.map(|input| _mm512_loadu_ps(input.add(LANES * r)));
+            // The rows of `input_1d`, each a multiply-add or two.
+            let d4_minus_d2 = _mm512_sub_ps(d4, d2);
+            let d3_minus_d1 = _mm512_sub_ps(d3, d1);
+            let out = [
+                _mm512_fnmadd_ps(five, d2, _mm512_fmadd_ps(four, d0, d4)),
+                _mm512_fnmadd_ps(four, _mm512_add_ps(d1, d2), _mm512_add_ps(d3, d4)),
+                _mm512_fmadd_ps(four, _mm512_sub_ps(d1, d2), _mm512_sub_ps(d4, d3)),
+                _mm512_fmadd_ps(two, d3_minus_d1, d4_minus_d2),
+                _mm512_fnmadd_ps(two, d3_minus_d1, d4_minus_d2),
+                _mm512_fnmadd_ps(five, d3, _mm512_fmadd_ps(four, d1, d5)),
+            ];
+            for (output, value) in outputs.iter().zip(out) {
+                _mm512_storeu_ps(output.add(LANES * r), value);
+            }
+        }
+    }
+}
+
 /// `values` apart by index mod `OUT`: phase `p` (`phase_len` floats from `p * phase_len` of
 /// `phases`, at least `values.len() / OUT + 1`) holds `values[OUT * m + p]` at `m`. Whole runs
 /// of `OUT * LANES` values go through fixed-size arrays, which the compiler turns into vector
@@ -355,11 +451,13 @@ fn transform_block_portable(
             column[end - left..].fill(0.0);
         }
         let columns_at = |i: usize, x: usize| i * span + start - left + x;
-        for x in (0..whole).step_by(LANES) {
-            let d = array(|i| rows[i][x..x + LANES].try_into().unwrap());
-            for (i, values) in input_lanes(d).iter().enumerate() {
-                columns[columns_at(i, x)..][..LANES].copy_from_slice(values);
-            }
+        assert!(columns_at(TILE - 1, whole) <= columns.len());
+        // SAFETY: each row holds `stored` floats, each row of `columns` from `columns_at(i, 0)`
+        // as many (the assert above); `rows` are not `columns`.
+        unsafe {
+            let base = columns.as_mut_ptr();
+            let outputs = std::array::from_fn(|i| base.add(columns_at(i, 0)));
+            input_runs(rows.map(<[f32]>::as_ptr), outputs, whole / LANES);
         }
         for x in whole..stored {
             let transformed = input_1d(array(|i| rows[i][x]));
@@ -380,26 +478,26 @@ fn transform_block_portable(
             split_phases(column, phases, phase_len);
         }
         let offset = tile - first;
+        let whole_tiles = tiles / LANES * LANES;
+        assert!((POSITIONS - 1) * stride + offset + tiles <= target.len());
         for (i, phases) in phases.chunks_exact(OUT * phase_len).enumerate() {
             let target_at = |j: usize, t: usize| (i * TILE + j) * stride + offset + t;
-            for t in (0..tiles).step_by(LANES) {
-                // Lanes past the last tile read what an earlier tile row left; they are not
-                // stored.
-                let d = array(|j| {
-                    phases[(j % OUT) * phase_len + t + j / OUT..][..LANES]
-                        .try_into()
-                        .unwrap()
-                });
-                let transformed = input_lanes(d);
-                if tiles - t >= LANES {
-                    for (j, values) in transformed.iter().enumerate() {
-                        target[target_at(j, t)..][..LANES].copy_from_slice(values);
-                    }
-                } else {
-                    for (j, values) in transformed.iter().enumerate() {
-                        target[target_at(j, t)..][..tiles - t]
-                            .copy_from_slice(&values[..tiles - t]);
-                    }
+            let phase_at = |j: usize, t: usize| (j % OUT) * phase_len + t + j / OUT;
+            // SAFETY: each phase holds `tiles + 1` floats from `phase_at(j, 0)`, each
+            // position's row `tiles` from `target_at(j, 0)` (the assert above); they are apart.
+            unsafe {
+                let base = target.as_mut_ptr();
+                let outputs = std::array::from_fn(|j| base.add(target_at(j, 0)));
+                let inputs = std::array::from_fn(|j| phases[phase_at(j, 0)..].as_ptr());
+                input_runs(inputs, outputs, tiles / LANES);
+            }
+            if whole_tiles < tiles {
+                // The last tiles: lanes past them read what an earlier tile row left; they are
+                // not stored.
+                let t = whole_tiles;
+                let d = array(|j| phases[phase_at(j, t)..][..LANES].try_into().unwrap());
+                for (j, values) in input_lanes(d).iter().enumerate() {
+                    target[target_at(j, t)..][..tiles - t].copy_from_slice(&values[..tiles - t]);
                 }
             }
         }
@@ -524,7 +622,9 @@ pub(super) fn conv(
     let blocks_for_threads = rayon::current_num_threads().div_ceil(frames_total);
     let depth = kt * channels;
     let padded_outputs = outputs.div_ceil(MR) * MR;
-    let per_block = (BLOCK_FLOATS / (POSITIONS * (depth + padded_outputs)))
+    let per_position = panel_product::packed_len(outputs, depth);
+    let per_block = (block_floats(POSITIONS * per_position)
+        / (POSITIONS * (depth + padded_outputs)))
         .min(tiles.div_ceil(blocks_for_threads))
         .clamp(1, tiles);
     // Whole product tiles, but for the last block.
@@ -541,15 +641,14 @@ pub(super) fn conv(
         padding,
         tiles_wide,
     };
-    let per_position = panel_product::packed_len(outputs, depth);
     let input_stride = depth * columns;
     let products_stride = padded_outputs * columns;
     let mut out = Unfilled::new(shape.output_len());
     let out_ptr = out.target();
     (0..frames_total * blocks).into_par_iter().for_each(|task| {
         TASK_BUFFERS.with_borrow_mut(|buffers| {
-            let input = grown(&mut buffers.input, POSITIONS * input_stride);
-            let products = grown(&mut buffers.products, POSITIONS * products_stride);
+            let input = grown_aligned(&mut buffers.input, POSITIONS * input_stride);
+            let products = grown_aligned(&mut buffers.products, POSITIONS * products_stride);
             let scratch_len = transform_scratch(tiles_wide).max(2 * TILE * OUT * tiles_wide);
             let scratch = grown(&mut buffers.scratch, scratch_len);
             let zeros = grown(&mut buffers.zeros, OUT * tiles_wide + 2);
@@ -617,4 +716,51 @@ pub(super) fn conv(
     TRANSFORMED_WEIGHTS.set(weights);
     // SAFETY: the tasks' tiles cover every output frame of every channel.
     unsafe { out.filled() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`input_runs_portable`] as a plain function.
+    unsafe fn input_runs_portable_call(
+        inputs: [*const f32; TILE],
+        outputs: [*mut f32; TILE],
+        runs: usize,
+    ) {
+        // SAFETY: as the caller promises.
+        unsafe { input_runs_portable(inputs, outputs, runs) }
+    }
+
+    /// The vector input transform, dispatched and as built for any CPU, gives `input_1d` of
+    /// every lane of every run.
+    #[test]
+    fn input_runs_transform_every_lane() {
+        let runs = 3;
+        let value = |i: usize| ((i * 7919) % 1013) as f32 / 101.3 - 5.0;
+        let inputs: Vec<Vec<f32>> = (0..TILE)
+            .map(|j| (0..LANES * runs).map(|i| value(i + 97 * j)).collect())
+            .collect();
+        let mut dispatched = vec![vec![f32::NAN; LANES * runs]; TILE];
+        let mut portable = dispatched.clone();
+        let input_pointers = std::array::from_fn(|j| inputs[j].as_ptr());
+        type Runs = unsafe fn([*const f32; TILE], [*mut f32; TILE], usize);
+        let kernels: [(&mut Vec<Vec<f32>>, Runs); 2] = [
+            (&mut dispatched, input_runs),
+            (&mut portable, input_runs_portable_call),
+        ];
+        for (outputs, kernel) in kernels {
+            let output_pointers = std::array::from_fn(|k| outputs[k].as_mut_ptr());
+            // SAFETY: every input and output holds `LANES * runs` floats, apart.
+            unsafe { kernel(input_pointers, output_pointers, runs) };
+        }
+        for i in 0..LANES * runs {
+            let expected = input_1d(std::array::from_fn(|j| inputs[j][i]));
+            for (k, &expected) in expected.iter().enumerate() {
+                for ours in [dispatched[k][i], portable[k][i]] {
+                    assert!((ours - expected).abs() <= 1e-5 * expected.abs().max(1.0));
+                }
+            }
+        }
+    }
 }
