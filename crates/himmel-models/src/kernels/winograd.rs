@@ -555,9 +555,31 @@ unsafe fn untransform_block_portable(
     let mut tile = first;
     while tile < first + count {
         let (ty, tx) = (tile / frame.tiles_wide, tile % frame.tiles_wide);
-        let tiles = (frame.tiles_wide - tx).min(first + count - tile);
-        let (top, left, span) = (OUT * ty, OUT * tx, OUT * tiles);
-        let offset = tile - first;
+        let row_tiles = (frame.tiles_wide - tx).min(first + count - tile);
+        // Whole runs of tiles inside the frame's width in vector registers where the CPU can;
+        // the rest below.
+        let inside = (frame.width / OUT).saturating_sub(tx).min(row_tiles);
+        let top = OUT * ty;
+        let rows_inside = frame.height.saturating_sub(top).min(OUT);
+        // SAFETY: the products hold `inside` tiles from `tile - first` at every position; rows
+        // `top..top + rows_inside` of the plane hold the tiles' `OUT * inside` columns from
+        // `OUT * tx` (as the caller promises).
+        let done = unsafe {
+            output_runs(
+                (products.as_ptr().add(tile - first), stride),
+                bias,
+                (plane.add(top * frame.width + OUT * tx), frame.width),
+                rows_inside,
+                inside / LANES,
+            )
+        };
+        let (tx, tiles) = (tx + done, row_tiles - done);
+        if tiles == 0 {
+            tile += row_tiles;
+            continue;
+        }
+        let (left, span) = (OUT * tx, OUT * tiles);
+        let offset = tile + done - first;
         let (rows, columns) = scratch.split_at_mut(TILE * span);
         for (i, row) in rows.chunks_exact_mut(span).enumerate() {
             let m: [&[f32]; TILE] =
@@ -587,7 +609,126 @@ unsafe fn untransform_block_portable(
                 }
             }
         }
-        tile += tiles;
+        tile += row_tiles;
+    }
+}
+
+/// `Aᵀ m A` plus `bias` of `runs` runs of [`LANES`] tiles side by side, where the CPU has
+/// AVX-512: position `k` of tile `t` is `products.0[k * products.1 + t]`; output row `y` of the
+/// tiles (`OUT * LANES` values a run) goes to `plane.0[y * plane.1..]`, for the first `rows`
+/// rows. Gives the number of tiles done: all, or none on other CPUs.
+///
+/// # Safety
+/// `products` holds `LANES * runs` tiles at all [`POSITIONS`]; `plane` `rows` rows of
+/// `OUT * LANES * runs` floats, which no other thread touches and `products` does not overlap.
+unsafe fn output_runs(
+    products: (*const f32, usize),
+    bias: f32,
+    plane: (*mut f32, usize),
+    rows: usize,
+    runs: usize,
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        for run in 0..runs {
+            // SAFETY: the CPU has AVX-512F; the run lies inside the operands (caller's
+            // promise).
+            unsafe {
+                output_run_avx512(
+                    (products.0.add(LANES * run), products.1),
+                    bias,
+                    (plane.0.add(OUT * LANES * run), plane.1),
+                    rows,
+                );
+            }
+        }
+        return LANES * runs;
+    }
+    let _ = (products, bias, plane, rows, runs);
+    0
+}
+
+/// One run of [`output_runs`]: the column transform (along y) of each of the six position
+/// columns, then the row transform of each output row, its four outputs per tile interleaved
+/// into place, all in registers.
+///
+/// # Safety
+/// The CPU has AVX-512F; the rest as [`output_runs`] for one run.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_run_avx512(
+    (products, stride): (*const f32, usize),
+    bias: f32,
+    (plane, width): (*mut f32, usize),
+    rows: usize,
+) {
+    use std::arch::x86_64::*;
+    /// `Aᵀ m` of six vectors.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn output(m: [__m512; TILE]) -> [__m512; OUT] {
+        let (two, four, eight) = (
+            _mm512_set1_ps(2.0),
+            _mm512_set1_ps(4.0),
+            _mm512_set1_ps(8.0),
+        );
+        let (sum12, difference12) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
+        let (sum34, difference34) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
+        [
+            _mm512_add_ps(_mm512_add_ps(m[0], sum12), sum34),
+            _mm512_fmadd_ps(two, difference34, difference12),
+            _mm512_fmadd_ps(four, sum34, sum12),
+            _mm512_add_ps(_mm512_fmadd_ps(eight, difference34, difference12), m[5]),
+        ]
+    }
+    // Arrays filled by loops, not `std::array::from_fn`, whose closures may run as calls.
+    // `across[k][j]`: output row `k` of position column `j`, tiles in the lanes.
+    let mut across = [[_mm512_setzero_ps(); TILE]; OUT];
+    for j in 0..TILE {
+        let mut m = [_mm512_setzero_ps(); TILE];
+        for (i, m) in m.iter_mut().enumerate() {
+            // SAFETY: position `i * TILE + j` of the run lies inside `products` (caller's
+            // promise).
+            *m = unsafe { _mm512_loadu_ps(products.add((i * TILE + j) * stride)) };
+        }
+        for (row, value) in across.iter_mut().zip(output(m)) {
+            row[j] = value;
+        }
+    }
+    // Lanes `0, 16, 1, 17, ..` of two vectors, then of their upper halves; and 64-bit pairs
+    // likewise, four at a time.
+    let pairs_low = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    let pairs_high = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    let quads = [
+        _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0),
+        _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4),
+    ];
+    let bias = _mm512_set1_ps(bias);
+    for (y, m) in across.into_iter().enumerate().take(rows) {
+        let [o0, o1, o2, o3] = output(m);
+        let (o0, o1) = (_mm512_add_ps(o0, bias), _mm512_add_ps(o1, bias));
+        let (o2, o3) = (_mm512_add_ps(o2, bias), _mm512_add_ps(o3, bias));
+        let halves = [
+            (
+                _mm512_permutex2var_ps(o0, pairs_low, o1),
+                _mm512_permutex2var_ps(o2, pairs_low, o3),
+            ),
+            (
+                _mm512_permutex2var_ps(o0, pairs_high, o1),
+                _mm512_permutex2var_ps(o2, pairs_high, o3),
+            ),
+        ];
+        for (h, (front, back)) in halves.into_iter().enumerate() {
+            for (q, &quad) in quads.iter().enumerate() {
+                let values = _mm512_castpd_ps(_mm512_permutex2var_pd(
+                    _mm512_castps_pd(front),
+                    quad,
+                    _mm512_castps_pd(back),
+                ));
+                // SAFETY: row `y` holds the run's `OUT * LANES` outputs (caller's promise).
+                unsafe { _mm512_storeu_ps(plane.add(y * width + LANES * (2 * h + q)), values) };
+            }
+        }
     }
 }
 
@@ -761,6 +902,57 @@ mod tests {
                     assert!((ours - expected).abs() <= 1e-5 * expected.abs().max(1.0));
                 }
             }
+        }
+    }
+
+    /// The vector output transform gives the scalar one's outputs plus the bias, for whole and
+    /// partial tile rows, and writes nothing else.
+    #[test]
+    fn output_runs_match_the_scalar_transform() {
+        let (runs, bias) = (2, 0.5);
+        let stride = LANES * runs + 3;
+        let width = OUT * LANES * runs + 5;
+        let value = |i: usize| ((i * 7919) % 1013) as f32 / 101.3 - 5.0;
+        let products: Vec<f32> = (0..POSITIONS * stride).map(value).collect();
+        for rows in [OUT, 2] {
+            let mut plane = vec![f32::NAN; OUT * width];
+            // SAFETY: the products hold `LANES * runs` tiles at every position, the plane `OUT`
+            // rows of `width` floats.
+            let done = unsafe {
+                output_runs(
+                    (products.as_ptr(), stride),
+                    bias,
+                    (plane.as_mut_ptr(), width),
+                    rows,
+                    runs,
+                )
+            };
+            if done == 0 {
+                continue; // No AVX-512 on this CPU: the scalar transform does all.
+            }
+            assert_eq!(done, LANES * runs);
+            for t in 0..done {
+                let m = |i: usize, j: usize| products[(i * TILE + j) * stride + t];
+                let across: [[f32; OUT]; TILE] =
+                    std::array::from_fn(|i| output_1d(std::array::from_fn(|j| m(i, j))));
+                for c in 0..OUT {
+                    let expected = output_1d(std::array::from_fn(|i| across[i][c]));
+                    for (y, &expected) in expected.iter().enumerate() {
+                        let ours = plane[y * width + OUT * t + c];
+                        if y < rows {
+                            let error = (ours - (expected + bias)).abs();
+                            assert!(error <= 1e-4 * expected.abs().max(1.0), "{ours} {expected}");
+                        } else {
+                            assert!(ours.is_nan(), "row {y} written");
+                        }
+                    }
+                }
+            }
+            assert!(
+                plane
+                    .chunks(width)
+                    .all(|row| row[OUT * done..].iter().all(|v| v.is_nan()))
+            );
         }
     }
 }
