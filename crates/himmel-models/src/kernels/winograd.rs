@@ -227,28 +227,6 @@ struct Frame {
     tiles_wide: usize,
 }
 
-impl Frame {
-    /// The stored floats that the tiles `first..first + count` read: whole rows.
-    fn rows_read(&self, first: usize, count: usize) -> std::ops::Range<usize> {
-        let top = (OUT * (first / self.tiles_wide)).saturating_sub(self.padding);
-        let bottom =
-            (OUT * (first + count).div_ceil(self.tiles_wide) + 2).saturating_sub(self.padding);
-        top.min(self.height) * self.width..bottom.min(self.height) * self.width
-    }
-}
-
-/// Asks the CPU to bring `values` into its L2 cache (nothing where that cannot be asked).
-fn prefetch(values: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in values.chunks(LINE) {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-        // SAFETY: a prefetch only hints; the address lies inside `values`.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
-}
-
 /// `std::array::from_fn`, always inlined: called from the AVX2 copies of the transforms, the
 /// standard one ran its closure as a call compiled for the baseline CPU.
 #[inline(always)]
@@ -275,12 +253,17 @@ fn input_lanes(d: [[f32; LANES]; TILE]) -> [[f32; LANES]; TILE] {
     out
 }
 
+/// Where [`input_runs`] reads: the inputs, and the same runs of the rows it reads next (brought
+/// into the L2 cache while these are transformed, a run at a time: all in one go, the requests
+/// had queued up and stalled), if any.
+type Inputs = ([*const f32; TILE], Option<[*const f32; TILE]>);
+
 /// `Bᵀ d` of `runs` runs of [`LANES`] values: input `j` of run `r` is the `LANES` floats at
-/// `inputs[j] + LANES * r`, output `k` goes to `outputs[k] + LANES * r`.
+/// `inputs.0[j] + LANES * r`, output `k` goes to `outputs[k] + LANES * r`.
 ///
 /// # Safety
 /// Every pointer is valid for `LANES * runs` floats; the outputs overlap no input.
-unsafe fn input_runs(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs: usize) {
+unsafe fn input_runs(inputs: Inputs, outputs: [*mut f32; TILE], runs: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F; the rest as the caller promises.
@@ -288,10 +271,24 @@ unsafe fn input_runs(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs
     }
     return_built_for!(
         [("avx2")],
-        input_runs_portable(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs: usize)
+        input_runs_portable(inputs: Inputs, outputs: [*mut f32; TILE], runs: usize)
     );
     // SAFETY: as the caller promises.
     unsafe { input_runs_portable(inputs, outputs, runs) }
+}
+
+/// Asks the CPU to bring run `run` of each of `ahead` into its L2 cache (nothing where that
+/// cannot be asked).
+#[inline(always)]
+fn prefetch_run(ahead: Option<[*const f32; TILE]>, run: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for input in ahead.into_iter().flatten() {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: a prefetch only hints; it faults on no address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(input.wrapping_add(LANES * run).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ahead, run);
 }
 
 /// [`input_runs`] as built for any CPU of the target.
@@ -299,8 +296,9 @@ unsafe fn input_runs(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs
 /// # Safety
 /// As [`input_runs`].
 #[inline(always)]
-unsafe fn input_runs_portable(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs: usize) {
+unsafe fn input_runs_portable((inputs, ahead): Inputs, outputs: [*mut f32; TILE], runs: usize) {
     for r in 0..runs {
+        prefetch_run(ahead, r);
         // SAFETY: run `r` lies inside every operand (caller's promise).
         unsafe {
             let d = array(|j| {
@@ -326,7 +324,7 @@ unsafe fn input_runs_portable(inputs: [*const f32; TILE], outputs: [*mut f32; TI
 /// The CPU has AVX-512F; the rest as [`input_runs`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn input_runs_avx512(inputs: [*const f32; TILE], outputs: [*mut f32; TILE], runs: usize) {
+unsafe fn input_runs_avx512((inputs, ahead): Inputs, outputs: [*mut f32; TILE], runs: usize) {
     use std::arch::x86_64::*;
     let (two, four, five) = (
         _mm512_set1_ps(2.0),
@@ -334,6 +332,7 @@ unsafe fn input_runs_avx512(inputs: [*const f32; TILE], outputs: [*mut f32; TILE
         _mm512_set1_ps(5.0),
     );
     for r in 0..runs {
+        prefetch_run(ahead, r);
         // SAFETY: run `r` lies inside every operand (caller's promise).
         unsafe {
             let [d0, d1, d2, d3, d4, d5] =
@@ -381,13 +380,14 @@ fn transform_scratch(tiles_wide: usize) -> usize {
     TILE * (OUT * tiles_wide + 2) + TILE * OUT * (tiles_wide + LANES + 1)
 }
 
-/// `Bᵀ d B` of the input tiles `first..first + count` of `plane`, tile row by tile row: the
+/// `Bᵀ d B` of the input tiles `first..first + count` of `planes.0`, tile row by tile row: the
 /// column transform runs along whole rows (vectorised over x), then the tiles' row transforms,
-/// `LANES` tiles at a time. `plane` holds the stored part of `frame`; `scratch` at least
+/// `LANES` tiles at a time, while the same rows of `planes.1` (the plane transformed next, if
+/// any) load. A plane holds the stored part of `frame`; `scratch` at least
 /// [`transform_scratch`] floats, `zeros` a row of the output's tiles (`4 * tiles_wide + 2`) of
 /// zeros. Position `k` of tile `first + t` goes to `target[k * stride + t]`.
 fn transform_block(
-    plane: &[f32],
+    planes: (&[f32], Option<&[f32]>),
     frame: &Frame,
     tiles: (usize, usize),
     scratch: (&mut [f32], &[f32]),
@@ -397,7 +397,7 @@ fn transform_block(
     return_built_for!(
         [("avx512f"), ("avx2")],
         transform_block_portable(
-            plane: &[f32],
+            planes: (&[f32], Option<&[f32]>),
             frame: &Frame,
             tiles: (usize, usize),
             scratch: (&mut [f32], &[f32]),
@@ -405,13 +405,13 @@ fn transform_block(
             stride: usize,
         )
     );
-    transform_block_portable(plane, frame, tiles, scratch, target, stride);
+    transform_block_portable(planes, frame, tiles, scratch, target, stride);
 }
 
 /// [`transform_block`] as built for any CPU of the target.
 #[inline(always)]
 fn transform_block_portable(
-    plane: &[f32],
+    (plane, next): (&[f32], Option<&[f32]>),
     frame: &Frame,
     (first, count): (usize, usize),
     (scratch, zeros): (&mut [f32], &[f32]),
@@ -434,18 +434,22 @@ fn transform_block_portable(
             left.clamp(padding, padding + width),
             (left + span).clamp(padding, padding + width),
         );
-        let rows: [&[f32]; TILE] = array(|i| {
+        // Where row `i` of the tiles starts in a plane, if stored (zeros if not).
+        let stored_at = |i: usize| {
             let y = top + i;
-            if (padding..padding + height).contains(&y) {
-                &plane[(y - padding) * width + start - padding..][..end - start]
-            } else {
-                &zeros[..end - start]
-            }
-        });
+            (padding..padding + height)
+                .contains(&y)
+                .then(|| (y - padding) * width + start - padding)
+        };
+        let stored = end - start;
+        let rows: [&[f32]; TILE] =
+            array(|i| stored_at(i).map_or(&zeros[..stored], |at| &plane[at..][..stored]));
+        let ahead =
+            next.map(|next| array(|i| stored_at(i).map_or(rows[i], |at| &next[at..][..stored])));
         // Row `i` of the column transform is `columns[i * span..][..span]`. Rows and positions
         // are indexed, not held as arrays of slices built by `std::array::from_fn` (see [`array`]).
         let (columns, phases) = scratch.split_at_mut(TILE * span);
-        let (stored, whole) = (end - start, (end - start) / LANES * LANES);
+        let whole = stored / LANES * LANES;
         for column in columns.chunks_exact_mut(span) {
             column[..start - left].fill(0.0);
             column[end - left..].fill(0.0);
@@ -457,7 +461,8 @@ fn transform_block_portable(
         unsafe {
             let base = columns.as_mut_ptr();
             let outputs = std::array::from_fn(|i| base.add(columns_at(i, 0)));
-            input_runs(rows.map(<[f32]>::as_ptr), outputs, whole / LANES);
+            let ahead = ahead.map(|ahead| ahead.map(<[f32]>::as_ptr));
+            input_runs((rows.map(<[f32]>::as_ptr), ahead), outputs, whole / LANES);
         }
         for x in whole..stored {
             let transformed = input_1d(array(|i| rows[i][x]));
@@ -489,7 +494,7 @@ fn transform_block_portable(
                 let base = target.as_mut_ptr();
                 let outputs = std::array::from_fn(|j| base.add(target_at(j, 0)));
                 let inputs = std::array::from_fn(|j| phases[phase_at(j, 0)..].as_ptr());
-                input_runs(inputs, outputs, tiles / LANES);
+                input_runs((inputs, None), outputs, tiles / LANES);
             }
             if whole_tiles < tiles {
                 // The last tiles: lanes past them read what an earlier tile row left; they are
@@ -799,21 +804,17 @@ pub(super) fn conv(
             // `[36][kt * channels][columns]` (time tap major) and `[36][outputs][columns]`,
             // tile `first + t` in column `t`; columns past `count` hold what an earlier block
             // left there, and their products are never read.
-            let rows = input_frame.rows_read(first, count);
             for dt in 0..kt {
                 for c in 0..channels {
                     let plane = x.plane(item, c, frame * time_stride + dt);
-                    // The next plane's rows load while this one is transformed.
                     let next = if c + 1 < channels {
                         Some((c + 1, dt))
                     } else {
                         (dt + 1 < kt).then_some((0, dt + 1))
                     };
-                    if let Some((c, dt)) = next {
-                        prefetch(&x.plane(item, c, frame * time_stride + dt)[rows.clone()]);
-                    }
+                    let next = next.map(|(c, dt)| x.plane(item, c, frame * time_stride + dt));
                     transform_block(
-                        plane,
+                        (plane, next),
                         &input_frame,
                         (first, count),
                         (scratch, zeros),
@@ -864,17 +865,13 @@ mod tests {
     use super::*;
 
     /// [`input_runs_portable`] as a plain function.
-    unsafe fn input_runs_portable_call(
-        inputs: [*const f32; TILE],
-        outputs: [*mut f32; TILE],
-        runs: usize,
-    ) {
+    unsafe fn input_runs_portable_call(inputs: Inputs, outputs: [*mut f32; TILE], runs: usize) {
         // SAFETY: as the caller promises.
         unsafe { input_runs_portable(inputs, outputs, runs) }
     }
 
-    /// The vector input transform, dispatched and as built for any CPU, gives `input_1d` of
-    /// every lane of every run.
+    /// The vector input transform, dispatched and as built for any CPU, with and without rows
+    /// to bring into cache, gives `input_1d` of every lane of every run.
     #[test]
     fn input_runs_transform_every_lane() {
         let runs = 3;
@@ -885,15 +882,15 @@ mod tests {
         let mut dispatched = vec![vec![f32::NAN; LANES * runs]; TILE];
         let mut portable = dispatched.clone();
         let input_pointers = std::array::from_fn(|j| inputs[j].as_ptr());
-        type Runs = unsafe fn([*const f32; TILE], [*mut f32; TILE], usize);
+        type Runs = unsafe fn(Inputs, [*mut f32; TILE], usize);
         let kernels: [(&mut Vec<Vec<f32>>, Runs); 2] = [
             (&mut dispatched, input_runs),
             (&mut portable, input_runs_portable_call),
         ];
-        for (outputs, kernel) in kernels {
+        for ((outputs, kernel), ahead) in kernels.into_iter().zip([None, Some(input_pointers)]) {
             let output_pointers = std::array::from_fn(|k| outputs[k].as_mut_ptr());
             // SAFETY: every input and output holds `LANES * runs` floats, apart.
-            unsafe { kernel(input_pointers, output_pointers, runs) };
+            unsafe { kernel((input_pointers, ahead), output_pointers, runs) };
         }
         for i in 0..LANES * runs {
             let expected = input_1d(std::array::from_fn(|j| inputs[j][i]));
