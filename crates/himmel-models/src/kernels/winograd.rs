@@ -561,17 +561,19 @@ unsafe fn untransform_block_portable(
     while tile < first + count {
         let (ty, tx) = (tile / frame.tiles_wide, tile % frame.tiles_wide);
         let row_tiles = (frame.tiles_wide - tx).min(first + count - tile);
+        let segment = tile - first;
+        tile += row_tiles;
         // Whole runs of tiles inside the frame's width in vector registers where the CPU can;
         // the rest below.
         let inside = (frame.width / OUT).saturating_sub(tx).min(row_tiles);
         let top = OUT * ty;
         let rows_inside = frame.height.saturating_sub(top).min(OUT);
-        // SAFETY: the products hold `inside` tiles from `tile - first` at every position; rows
+        // SAFETY: the products hold `inside` tiles from `segment` at every position; rows
         // `top..top + rows_inside` of the plane hold the tiles' `OUT * inside` columns from
         // `OUT * tx` (as the caller promises).
         let done = unsafe {
             output_runs(
-                (products.as_ptr().add(tile - first), stride),
+                (products.as_ptr().add(segment), stride),
                 bias,
                 (plane.add(top * frame.width + OUT * tx), frame.width),
                 rows_inside,
@@ -580,11 +582,10 @@ unsafe fn untransform_block_portable(
         };
         let (tx, tiles) = (tx + done, row_tiles - done);
         if tiles == 0 {
-            tile += row_tiles;
             continue;
         }
         let (left, span) = (OUT * tx, OUT * tiles);
-        let offset = tile + done - first;
+        let offset = segment + done;
         let (rows, columns) = scratch.split_at_mut(TILE * span);
         for (i, row) in rows.chunks_exact_mut(span).enumerate() {
             let m: [&[f32]; TILE] =
@@ -614,7 +615,6 @@ unsafe fn untransform_block_portable(
                 }
             }
         }
-        tile += row_tiles;
     }
 }
 
@@ -864,12 +864,6 @@ pub(super) fn conv(
 mod tests {
     use super::*;
 
-    /// [`input_runs_portable`] as a plain function.
-    unsafe fn input_runs_portable_call(inputs: Inputs, outputs: [*mut f32; TILE], runs: usize) {
-        // SAFETY: as the caller promises.
-        unsafe { input_runs_portable(inputs, outputs, runs) }
-    }
-
     /// The vector input transform, dispatched and as built for any CPU, with and without rows
     /// to bring into cache, gives `input_1d` of every lane of every run.
     #[test]
@@ -885,7 +879,7 @@ mod tests {
         type Runs = unsafe fn(Inputs, [*mut f32; TILE], usize);
         let kernels: [(&mut Vec<Vec<f32>>, Runs); 2] = [
             (&mut dispatched, input_runs),
-            (&mut portable, input_runs_portable_call),
+            (&mut portable, input_runs_portable),
         ];
         for ((outputs, kernel), ahead) in kernels.into_iter().zip([None, Some(input_pointers)]) {
             let output_pointers = std::array::from_fn(|k| outputs[k].as_mut_ptr());
