@@ -291,6 +291,7 @@ mod tests {
         // A 4x autoencoder (two downsamplings): a 16x8 output is a 4x2 latent grid.
         let config = himmel_models::wan::WanVaeConfig {
             base_dim: 4,
+            decoder_base_dim: None,
             z_dim: 2,
             dim_mult: vec![1, 1, 1],
             num_res_blocks: 1,

@@ -18,6 +18,7 @@ fn config(vocabulary: &[&str], prediction: Prediction) -> MiniConfig {
     MiniConfig {
         autoencoder: WanVaeConfig {
             base_dim: 4,
+            decoder_base_dim: None,
             z_dim,
             dim_mult: vec![1, 1, 1, 1],
             num_res_blocks: 1,

@@ -28,6 +28,7 @@ use crate::init::initialize;
 use crate::predicted::LatentPredictor;
 use crate::random::{Purpose, gaussian, step_rng};
 use crate::trainer::Stage;
+use crate::widen::{Doubled, widen};
 
 /// File name of the exported weights.
 pub const WEIGHTS: &str = "autoencoder.safetensors";
@@ -189,7 +190,8 @@ impl AutoencoderStage {
 
     /// Builds the stage on `start`'s weights: all of them train, or with
     /// [`AutoencoderRecipe::decoder_only`] only the decoder side. `start` must have the
-    /// recipe's architecture.
+    /// recipe's architecture, or an encoder or decoder half as wide as the recipe's, which is
+    /// widened first and works as before (see [`widen`]).
     pub fn fine_tune(
         recipe: &AutoencoderRecipe,
         start: TrainedAutoencoder,
@@ -231,14 +233,18 @@ impl AutoencoderStage {
         config.latents_std = vec![1.0; config.z_dim];
         let mut weights = HashMap::new();
         if let Some(start) = start {
-            if start.config != config {
+            weights = if start.config == config {
+                start.weights
+            } else if let Some(doubled) = Doubled::between(&start.config, &config) {
+                widen(&start.weights, doubled, recipe.run.seed)?
+            } else {
                 return Err(setting(
                     "autoencoder",
                     "the recipe's",
-                    "differs from the architecture of the autoencoder to start from",
+                    "differs from the architecture of the autoencoder to start from \
+                     (only base_dim or decoder_base_dim may differ, each twice the start's)",
                 ));
-            }
-            weights = start.weights;
+            };
         }
         let fixed = |name: &str| recipe.decoder_only && TrainedAutoencoder::is_encoder_weight(name);
         let frozen: HashMap<String, Tensor> = weights

@@ -276,52 +276,66 @@ fn check_shapes(recipe: &DenoiserRecipe, config: &MiniConfig) -> Result<(), Trai
     Ok(())
 }
 
-/// Puts `decoder`'s decoder-side weights into `autoencoder`, after checking that its encoder
-/// side is `autoencoder`'s (equal in the f16 the models are stored in).
+/// Puts `decoder`'s decoder-side weights into `autoencoder` (configured by `config`), after
+/// checking that its encoder side is `autoencoder`'s (equal in the f16 the models are stored
+/// in); its decoder may be wider (`decoder_base_dim`), which `config` then takes.
 fn replace_decoder(
     autoencoder: &mut HashMap<String, Tensor>,
-    decoder: HashMap<String, Tensor>,
+    config: &mut WanVaeConfig,
+    decoder: TrainedAutoencoder,
 ) -> Result<(), TrainError> {
     let mismatch = |name: &str, reason: &str| TrainError::Setting {
         name: "autoencoder",
         value: name.to_string(),
         reason: reason.into(),
     };
-    if decoder.len() != autoencoder.len() {
+    let mut as_model = decoder.config.clone();
+    as_model.decoder_base_dim = config.decoder_base_dim;
+    as_model.latents_mean = config.latents_mean.clone();
+    as_model.latents_std = config.latents_std.clone();
+    as_model.first_frame_latents = config.first_frame_latents.clone();
+    if as_model != *config {
+        return Err(mismatch(
+            "the decoder's",
+            "architecture differs from the model's autoencoder beyond the decoder's width",
+        ));
+    }
+    if decoder.weights.len() != autoencoder.len() {
         return Err(mismatch(
             "the decoder's",
             "has other weights than the model's autoencoder",
         ));
     }
-    for (name, tensor) in decoder {
+    for (name, tensor) in decoder.weights {
         let Some(current) = autoencoder.get_mut(&name) else {
             return Err(mismatch(
                 &name,
                 "is not a weight of the model's autoencoder",
             ));
         };
+        if !TrainedAutoencoder::is_encoder_weight(&name) {
+            *current = tensor;
+            continue;
+        }
         if current.dims() != tensor.dims() {
             return Err(mismatch(
                 &name,
                 "has another shape in the model's autoencoder",
             ));
         }
-        if TrainedAutoencoder::is_encoder_weight(&name) {
-            let difference = (current.to_dtype(DType::F16)?.to_dtype(DType::F32)?
-                - tensor.to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
-            if difference != 0.0 {
-                return Err(mismatch(
-                    &name,
-                    "differs from the model's: the decoder belongs to another encoder",
-                ));
-            }
-        } else {
-            *current = tensor;
+        let difference = (current.to_dtype(DType::F16)?.to_dtype(DType::F32)?
+            - tensor.to_dtype(DType::F16)?.to_dtype(DType::F32)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+        if difference != 0.0 {
+            return Err(mismatch(
+                &name,
+                "differs from the model's: the decoder belongs to another encoder",
+            ));
         }
     }
+    config.decoder_base_dim = decoder.config.decoder_base_dim;
     Ok(())
 }
 
@@ -643,7 +657,7 @@ impl DenoiserStage {
         decoder: Option<TrainedAutoencoder>,
         device: &Device,
     ) -> Result<(Self, HashMap<String, Tensor>), TrainError> {
-        let config = config_for(
+        let mut config = config_for(
             recipe,
             model.config.autoencoder.clone(),
             model.config.vocabulary.clone(),
@@ -659,8 +673,8 @@ impl DenoiserStage {
         weights.retain(|name, _| !name.starts_with(&prefix));
         let mut autoencoder_step = model.autoencoder_step;
         if let Some(decoder) = decoder {
-            replace_decoder(&mut autoencoder, decoder.weights)?;
             autoencoder_step = decoder.step;
+            replace_decoder(&mut autoencoder, &mut config.autoencoder, decoder)?;
         }
         let clips = recipe.clip_source()?;
         let stage = Self::assemble(recipe, config, autoencoder, autoencoder_step, clips, device)?;

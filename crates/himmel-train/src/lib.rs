@@ -18,5 +18,6 @@ pub mod optim;
 pub mod predicted;
 pub mod random;
 pub mod trainer;
+pub mod widen;
 
 pub use error::TrainError;

@@ -61,6 +61,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         optimizer: optimizer(1e-2),
         autoencoder: WanVaeConfig {
             base_dim: 4,
+            decoder_base_dim: None,
             z_dim: 4,
             dim_mult: vec![1, 1, 1, 1],
             num_res_blocks: 1,
@@ -252,6 +253,56 @@ fn a_decoder_fine_tunes_over_a_fixed_encoder() {
         panic!("a start of another architecture was accepted")
     };
     assert!(error.to_string().contains("architecture"), "{error}");
+}
+
+#[test]
+fn a_widened_decoder_starts_where_it_was_and_drops_into_a_model() {
+    let device = Device::Cpu;
+    let start_dir = tiny_autoencoder(&device);
+    let start = || read_trained(start_dir.path()).expect("autoencoder export");
+    let mut narrow = autoencoder_recipe(20);
+    narrow.decoder_only = true;
+    let mut wider = narrow.clone();
+    wider.autoencoder.decoder_base_dim = Some(8);
+    let first_loss = |recipe: &AutoencoderRecipe| {
+        let stage = AutoencoderStage::fine_tune(recipe, start(), &device).expect("stage");
+        let dir = tempfile::tempdir().expect("temporary folder");
+        train(&stage, &options(dir.path(), 20, Some(1), false)).rows[0].loss
+    };
+    // Widened, the decoder decodes as it did: the first step's loss is the narrow one's.
+    let (before, after) = (first_loss(&narrow), first_loss(&wider));
+    assert!(
+        (before - after).abs() < 1e-5 * before,
+        "{before} vs {after}"
+    );
+
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::fine_tune(&wider, start(), &device).expect("stage");
+    let rows = train(&stage, &options(dir.path(), 20, None, false)).rows;
+    assert_falls(&rows);
+    let widened = read_trained(dir.path()).expect("widened export");
+    assert_eq!(widened.config.decoder_dim(), 8);
+    assert_eq!(widened.weights["decoder.conv_in.weight"].dims()[0], 8);
+
+    // A model over the narrow decoder takes the wider one, and its export keeps it.
+    let recipe = denoiser_recipe(3);
+    let head_dir = tempfile::tempdir().expect("temporary folder");
+    let fresh = DenoiserStage::new(&recipe, start(), &device).expect("stage");
+    train(&fresh, &unaveraged(head_dir.path(), 3, 3, 0));
+    let model = read_model(&head_dir.path().join("model")).expect("model export");
+    let stage = DenoiserStage::from_model(&recipe, model, Some(widened), &device).expect("stage");
+    let carried_dir = tempfile::tempdir().expect("temporary folder");
+    train(&stage, &unaveraged(carried_dir.path(), 3, 3, 3));
+    let carried = read_model(&carried_dir.path().join("model")).expect("export");
+    assert_eq!(carried.config.autoencoder.decoder_base_dim, Some(8));
+
+    // Only halves twice as wide are widened.
+    let mut odd = narrow.clone();
+    odd.autoencoder.decoder_base_dim = Some(12);
+    let Err(error) = AutoencoderStage::fine_tune(&odd, start(), &device) else {
+        panic!("a decoder three times as wide was accepted")
+    };
+    assert!(error.to_string().contains("twice"), "{error}");
 }
 
 #[test]

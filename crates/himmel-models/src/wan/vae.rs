@@ -17,6 +17,10 @@ pub struct WanVaeConfig {
     /// Channels of the first stage; default 96.
     #[serde(default = "default_base_dim")]
     pub base_dim: usize,
+    /// Channels of the decoder's last stage where they differ from `base_dim` (himmel-mini's
+    /// decoder may be wider than its encoder); default none: `base_dim`, as Wan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_base_dim: Option<usize>,
     /// Latent channels; default 16.
     #[serde(default = "default_z_dim")]
     pub z_dim: usize,
@@ -90,6 +94,7 @@ impl WanVaeConfig {
     pub fn default_wan21() -> Self {
         Self {
             base_dim: default_base_dim(),
+            decoder_base_dim: None,
             z_dim: default_z_dim(),
             dim_mult: default_dim_mult(),
             num_res_blocks: default_res_blocks(),
@@ -100,6 +105,11 @@ impl WanVaeConfig {
             attn_scales: Vec::new(),
             is_residual: false,
         }
+    }
+
+    /// Channels of the decoder's last stage (its others are multiples of it).
+    pub fn decoder_dim(&self) -> usize {
+        self.decoder_base_dim.unwrap_or(self.base_dim)
     }
 
     /// How many pixels a latent cell spans in each spatial direction: 2 per downsampling stage.
@@ -123,7 +133,7 @@ impl WanVaeConfig {
         let last = *self.dim_mult.last().unwrap_or(&1);
         let dims: Vec<f64> = std::iter::once(last)
             .chain(self.dim_mult.iter().rev().copied())
-            .map(|m| (self.base_dim * m) as f64)
+            .map(|m| (self.decoder_dim() * m) as f64)
             .collect();
         let (mut frames, mut pixels) = (frames as f64, (height * width) as f64);
         // A convolution of `taps` taps from `inputs` to `outputs` channels over the clip so far.
@@ -918,6 +928,9 @@ impl WanVae {
                 "only the Wan 2.1 VAE (is_residual false, no attn_scales) is supported"
             );
         }
+        if config.decoder_base_dim == Some(0) {
+            candle_core::bail!("decoder_base_dim must be at least 1");
+        }
         if config.latents_mean.len() != config.z_dim || config.latents_std.len() != config.z_dim {
             candle_core::bail!(
                 "latents_mean and latents_std need {} entries each",
@@ -996,7 +1009,7 @@ impl WanVae {
     }
 
     fn decoder(config: &WanVaeConfig, vb: VarBuilder) -> Result<Coder> {
-        let base = config.base_dim;
+        let base = config.decoder_dim();
         let last = *config.dim_mult.last().unwrap_or(&1);
         let dims: Vec<usize> = std::iter::once(last)
             .chain(config.dim_mult.iter().rev().copied())
@@ -1246,6 +1259,7 @@ mod tests {
     fn the_first_latent_frame_normalises_with_its_own_statistics() {
         let mut config = WanVaeConfig {
             base_dim: 4,
+            decoder_base_dim: None,
             z_dim: 2,
             dim_mult: vec![1, 2],
             num_res_blocks: 1,
@@ -1300,6 +1314,7 @@ mod tests {
     fn a_lazily_loaded_encoder_encodes_as_an_eager_one() {
         let config = WanVaeConfig {
             base_dim: 8,
+            decoder_base_dim: None,
             z_dim: 4,
             dim_mult: vec![1, 2],
             num_res_blocks: 1,
