@@ -96,10 +96,7 @@ pub struct TrainedModel {
 impl TrainedModel {
     /// Its autoencoder, as an autoencoder run exports it (latent statistics zero and one).
     pub fn autoencoder(self) -> TrainedAutoencoder {
-        let mut config = self.config.autoencoder;
-        config.latents_mean = vec![0.0; config.z_dim];
-        config.latents_std = vec![1.0; config.z_dim];
-        config.first_frame_latents = None;
+        let config = self.config.autoencoder.unnormalised();
         let prefix = format!("{AUTOENCODER}.");
         let weights = self
             .weights
@@ -289,12 +286,9 @@ fn replace_decoder(
         value: name.to_string(),
         reason: reason.into(),
     };
-    let mut as_model = decoder.config.clone();
+    let mut as_model = decoder.config.unnormalised();
     as_model.decoder_base_dim = config.decoder_base_dim;
-    as_model.latents_mean = config.latents_mean.clone();
-    as_model.latents_std = config.latents_std.clone();
-    as_model.first_frame_latents = config.first_frame_latents.clone();
-    if as_model != *config {
+    if as_model != config.unnormalised() {
         return Err(mismatch(
             "the decoder's",
             "architecture differs from the model's autoencoder beyond the decoder's width",

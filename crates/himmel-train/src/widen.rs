@@ -36,14 +36,12 @@ impl Doubled {
         };
         let encoder_kept = doubled.encoder || wider.base_dim == narrow.base_dim;
         let decoder_kept = doubled.decoder || wider.decoder_dim() == narrow.decoder_dim();
-        let mut rest = wider.clone();
+        let mut rest = wider.unnormalised();
         rest.base_dim = narrow.base_dim;
         rest.decoder_base_dim = narrow.decoder_base_dim;
-        rest.latents_mean = narrow.latents_mean.clone();
-        rest.latents_std = narrow.latents_std.clone();
-        rest.first_frame_latents = narrow.first_frame_latents.clone();
         let changed = doubled.encoder || doubled.decoder;
-        (changed && encoder_kept && decoder_kept && rest == *narrow).then_some(doubled)
+        let same_rest = rest == narrow.unnormalised();
+        (changed && encoder_kept && decoder_kept && same_rest).then_some(doubled)
     }
 }
 

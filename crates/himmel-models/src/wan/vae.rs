@@ -107,6 +107,17 @@ impl WanVaeConfig {
         }
     }
 
+    /// This config with latent statistics zero and one and none of its own for the first
+    /// frame: its architecture alone, as an autoencoder run exports it.
+    pub fn unnormalised(&self) -> Self {
+        Self {
+            latents_mean: vec![0.0; self.z_dim],
+            latents_std: vec![1.0; self.z_dim],
+            first_frame_latents: None,
+            ..self.clone()
+        }
+    }
+
     /// Channels of the decoder's last stage (its others are multiples of it).
     pub fn decoder_dim(&self) -> usize {
         self.decoder_base_dim.unwrap_or(self.base_dim)
