@@ -15,7 +15,7 @@ use clap::Args;
 use himmel_core::Silent;
 use himmel_core::Video;
 use himmel_media::{WriteOptions, write_video};
-use himmel_models::mini::VideoShape;
+use himmel_models::mini::{SkipGuidance, VideoShape};
 use himmel_models::wan::WanVae;
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
 use himmel_pipeline::{GenerationRequest, MiniPipeline};
@@ -52,6 +52,15 @@ pub struct EvalArgs {
     /// `sampling.expert_guidance`, else `--guidance`].
     #[arg(long)]
     expert_guidance: Option<f64>,
+    /// Skip guidance scale of a himmel-mini model's own denoiser: each of its steps is pushed
+    /// away from its prediction with one block's self-attention skipped; 0 turns it off
+    /// [default: the model's `sampling.skip_guidance`].
+    #[arg(long, value_name = "SCALE")]
+    skip_guidance: Option<f64>,
+    /// The denoiser block (from 0) whose self-attention skip guidance skips [default: the
+    /// model's].
+    #[arg(long, value_name = "BLOCK")]
+    skip_layer: Option<usize>,
     /// Width of the clips [default: the model's]; another size than the model's shows how it
     /// does at other sizes and aspect ratios.
     #[arg(long, conflicts_with = "autoencoder")]
@@ -303,6 +312,12 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
         frames: args.frames.unwrap_or(config.video.frames),
         fps: config.video.fps,
     };
+    let skip_guidance = SkipGuidance::overriding(
+        config.sampling.skip_guidance,
+        args.skip_guidance,
+        args.skip_layer,
+    )
+    .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let rounds =
         (0..args.seeds).flat_map(|round| prompts.iter().enumerate().map(move |p| (round, p)));
@@ -318,6 +333,7 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
             shift: args.shift,
             boundary: args.boundary,
             expert_guidance: args.expert_guidance,
+            skip_guidance,
             seed,
             ..GenerationRequest::new(prompt, size, settings.fps)
         })?;

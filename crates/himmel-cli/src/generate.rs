@@ -11,6 +11,7 @@ use candle_core::Device;
 use clap::{Args, ValueEnum};
 use himmel_core::{Progress, ProgressEvent, Silent, Video};
 use himmel_media::{ReadOptions, WriteOptions, read_video, write_video};
+use himmel_models::mini::SkipGuidance;
 use himmel_models::wan::VaeTiling;
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
 use himmel_pipeline::request::frames_for_seconds;
@@ -138,6 +139,15 @@ pub struct GenerateArgs {
     /// model's `sampling.expert_guidance`, else `--guidance`].
     #[arg(long)]
     expert_guidance: Option<f64>,
+    /// Skip guidance scale of a himmel-mini model's own denoiser: each of its steps is pushed
+    /// away from its prediction with one block's self-attention skipped; 0 turns it off
+    /// [default: the model's `sampling.skip_guidance`].
+    #[arg(long, value_name = "SCALE")]
+    skip_guidance: Option<f64>,
+    /// The denoiser block (from 0) whose self-attention skip guidance skips [default: the
+    /// model's].
+    #[arg(long, value_name = "BLOCK")]
+    skip_layer: Option<usize>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -278,6 +288,7 @@ struct Defaults {
     fps: f64,
     steps: usize,
     guidance: f64,
+    skip_guidance: Option<SkipGuidance>,
 }
 
 /// Wan 2.1's recommended settings (480p, 5 seconds).
@@ -288,6 +299,7 @@ const WAN_DEFAULTS: Defaults = Defaults {
     fps: 16.0,
     steps: 50,
     guidance: 5.0,
+    skip_guidance: None,
 };
 
 /// The model a command line names.
@@ -366,6 +378,12 @@ fn build_request(
         step_cache: args.step_cache,
         boundary: args.boundary,
         expert_guidance: args.expert_guidance,
+        skip_guidance: SkipGuidance::overriding(
+            defaults.skip_guidance,
+            args.skip_guidance,
+            args.skip_layer,
+        )
+        .map_err(anyhow::Error::msg)?,
         seed: args.seed,
         initial_latents,
         known: inputs
@@ -426,6 +444,7 @@ fn generate_mini(
         fps: video.fps,
         steps: sampling.steps,
         guidance: sampling.guidance,
+        skip_guidance: sampling.skip_guidance,
     };
     let windows = pipeline.windows();
     let (task, request) = build_request(args, &defaults, read_latents(args)?, inputs)?;

@@ -57,6 +57,12 @@ fn describe_model(dir: &Path) -> Result<()> {
         "sampling: {} steps, guidance {}, shift {}",
         sampling.steps, sampling.guidance, sampling.shift
     );
+    if let Some(skip) = sampling.skip_guidance {
+        println!(
+            "skip guidance: scale {}, self-attention of block {} skipped",
+            skip.scale, skip.layer
+        );
+    }
     if let Some(step) = model.autoencoder_step {
         println!("autoencoder: exported at step {step} of its run");
     }

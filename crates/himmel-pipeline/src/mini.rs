@@ -1,7 +1,7 @@
 //! Generation with himmel-mini, the built-in model: the prompt is expanded into a world scene,
 //! which is simulated and described in a detailed caption like those the model was trained on
-//! (recaptioning); the caption is encoded, latents are denoised with classifier-free guidance,
-//! and the autoencoder decodes them. A model may carry a high-noise expert, as Wan 2.2 does: a
+//! (recaptioning); the caption is encoded, latents are denoised with classifier-free guidance
+//! (and skip guidance where the model asks for it), and the autoencoder decodes them. A model may carry a high-noise expert, as Wan 2.2 does: a
 //! second denoiser with its own text encoder that takes the steps from a noise level up (the
 //! backdrop and layout), leaving the rest (the objects' detail) to the model's own.
 
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use himmel_core::{Progress, ProgressEvent, Video};
-use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig};
+use himmel_models::mini::{Conditioning, HimmelMini, MiniConfig, SkipGuidance};
 use himmel_models::wan::StepCache;
 use himmel_sample::{UniPc, guide};
 use himmel_world::SceneSpec;
@@ -162,6 +162,7 @@ impl MiniPipeline {
             // are made by extension.
             max_frames: self.config().video.frames,
             high_noise_expert: self.high_noise.is_some(),
+            skip_guidance_layers: Some(self.config().denoiser.num_layers),
         }
     }
 
@@ -234,7 +235,7 @@ impl MiniPipeline {
             stage: "encode prompt",
             total: 0,
         });
-        let expert = |model, guidance: f64| -> Result<Expert, PipelineError> {
+        let expert = |model, guidance: f64, skip| -> Result<Expert, PipelineError> {
             let prompts = [caption, request.negative_prompt.as_str()];
             let prompts = if guidance > 1.0 {
                 &prompts[..]
@@ -245,16 +246,21 @@ impl MiniPipeline {
                 model,
                 text: model.encode_text(prompts, DType::F32)?.hidden,
                 guidance,
+                skip,
                 cache: request.step_cache.map(StepCache::new),
             })
         };
-        let mut low_noise = expert(&self.model, request.guidance)?;
         let sampling = self.config().sampling;
+        let skip = request
+            .skip_guidance
+            .or(sampling.skip_guidance)
+            .filter(|skip| skip.scale > 0.0);
+        let mut low_noise = expert(&self.model, request.guidance, skip)?;
         let boundary = request.boundary.or(sampling.boundary);
         let expert_guidance = request.expert_guidance.or(sampling.expert_guidance);
         let mut high_noise = match (&self.high_noise, boundary) {
             (Some(model), Some(boundary)) => Some((
-                expert(model, expert_guidance.unwrap_or(request.guidance))?,
+                expert(model, expert_guidance.unwrap_or(request.guidance), None)?,
                 boundary,
             )),
             _ => None,
@@ -306,15 +312,23 @@ impl MiniPipeline {
                     &conditioning.first(prompts)?,
                     expert.cache.as_mut(),
                 )?;
-                if expert.guidance > 1.0 {
-                    guide(
-                        &flows.narrow(0, 0, 1)?,
-                        &flows.narrow(0, 1, 1)?,
-                        expert.guidance,
-                    )
+                let prompted = flows.narrow(0, 0, 1)?;
+                let guided = if expert.guidance > 1.0 {
+                    guide(&prompted, &flows.narrow(0, 1, 1)?, expert.guidance)?
                 } else {
-                    Ok(flows)
-                }
+                    prompted.clone()
+                };
+                let Some(skip) = expert.skip else {
+                    return Ok(guided);
+                };
+                let weakened = expert.model.denoise_skipping(
+                    sample,
+                    &time.narrow(0, 0, 1)?,
+                    &expert.text.narrow(0, 0, 1)?,
+                    &conditioning.first(1)?,
+                    skip.layer,
+                )?;
+                guided + ((prompted - weakened)? * skip.scale)?
             },
         )?;
 
@@ -382,12 +396,13 @@ pub fn join_experts(
 }
 
 /// One expert's part in a generation: the model, the prompts' embeddings in its text encoder
-/// (the prompt, and the negative prompt when it guides), its guidance scale and its own step
-/// cache.
+/// (the prompt, and the negative prompt when it guides), its guidance scale, its skip guidance
+/// and its own step cache.
 struct Expert<'a> {
     model: &'a HimmelMini,
     text: Tensor,
     guidance: f64,
+    skip: Option<SkipGuidance>,
     cache: Option<StepCache>,
 }
 

@@ -1,6 +1,7 @@
 //! [`GenerationRequest`] and its validation into a [`ValidRequest`].
 
 use candle_core::Tensor;
+use himmel_models::mini::SkipGuidance;
 
 use crate::conditioning::{Anchor, KnownClip, SourceClip};
 
@@ -34,6 +35,9 @@ pub struct GenerationRequest {
     /// Classifier-free guidance scale of the high-noise expert's steps (as Wan 2.2 guides its
     /// two experts apart); `None` guides them by `guidance`. Only for models with an expert.
     pub expert_guidance: Option<f64>,
+    /// Skip guidance of the model's own denoiser, overriding the model's
+    /// `sampling.skip_guidance` (a scale of 0 turns it off); only for himmel-mini models.
+    pub skip_guidance: Option<SkipGuidance>,
     /// Seed of the initial noise.
     pub seed: u64,
     /// Initial noise to use instead of seeded noise, `[1, C, F', H', W']`.
@@ -60,6 +64,7 @@ impl GenerationRequest {
             step_cache: None,
             boundary: None,
             expert_guidance: None,
+            skip_guidance: None,
             seed: 0,
             initial_latents: None,
             known: Vec::new(),
@@ -184,6 +189,9 @@ pub struct ModelLimits {
     pub max_frames: usize,
     /// Whether a high-noise expert takes the steps above a boundary.
     pub high_noise_expert: bool,
+    /// Blocks of the denoiser that skip guidance may skip; `None` where the model does not
+    /// take skip guidance.
+    pub skip_guidance_layers: Option<usize>,
 }
 
 impl ModelLimits {
@@ -293,6 +301,29 @@ impl ModelLimits {
                 guidance.to_string(),
             ));
         }
+        if let Some(skip) = request.skip_guidance {
+            let Some(layers) = self.skip_guidance_layers else {
+                return Err(range(
+                    "skip_guidance",
+                    "left unset: this model does not take skip guidance",
+                    format!("{skip:?}"),
+                ));
+            };
+            if !(skip.scale.is_finite() && skip.scale >= 0.0) {
+                return Err(range(
+                    "skip guidance scale",
+                    "a number of at least 0",
+                    skip.scale.to_string(),
+                ));
+            }
+            if skip.layer >= layers {
+                return Err(range(
+                    "skip guidance layer",
+                    "one of the denoiser's blocks, counted from 0",
+                    format!("{} (the denoiser has {layers} blocks)", skip.layer),
+                ));
+            }
+        }
         if !(request.fps.is_finite() && request.fps > 0.0 && request.fps <= 240.0) {
             return Err(range("fps", "between 0 and 240", request.fps.to_string()));
         }
@@ -369,6 +400,7 @@ mod tests {
         max_side: 4096,
         max_frames: 1601,
         high_noise_expert: false,
+        skip_guidance_layers: None,
     };
 
     fn request() -> GenerationRequest {
@@ -488,6 +520,31 @@ mod tests {
         );
         assert!(expert_guidance(f64::NAN, true).is_err());
         assert_eq!(expert_guidance(6.0, true), Ok(()));
+        // Skip guidance, by a model that takes it (six blocks) or not.
+        let skip = |scale, layer, skip_guidance_layers| {
+            let limits = ModelLimits {
+                skip_guidance_layers,
+                ..WAN
+            };
+            let skip_guidance = Some(SkipGuidance { scale, layer });
+            limits
+                .validate(GenerationRequest {
+                    skip_guidance,
+                    ..request()
+                })
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        };
+        assert_eq!(skip(2.0, 5, Some(6)), Ok(()));
+        assert_eq!(skip(0.0, 0, Some(6)), Ok(()));
+        assert!(skip(2.0, 6, Some(6)).unwrap_err().contains("has 6 blocks"));
+        assert!(skip(-1.0, 2, Some(6)).unwrap_err().contains("at least 0"));
+        assert!(skip(f64::NAN, 2, Some(6)).is_err());
+        assert!(
+            skip(2.0, 2, None)
+                .unwrap_err()
+                .contains("does not take skip guidance")
+        );
         assert_eq!(WAN.latent_shape(&request()), [1, 16, 21, 60, 104]);
     }
 

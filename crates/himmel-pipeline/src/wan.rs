@@ -295,6 +295,7 @@ impl WanPipeline {
             max_side: 4096,
             max_frames: 1601,
             high_noise_expert: false,
+            skip_guidance_layers: None,
         }
     }
 

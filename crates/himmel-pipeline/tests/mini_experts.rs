@@ -1,13 +1,16 @@
 //! Two experts on tiny random himmel-mini models: the high-noise expert in `high_noise/` takes
-//! exactly the steps at or above the boundary, its patches may differ from the model's, and
-//! folders whose experts do not fit are refused with the reason.
+//! exactly the steps at or above the boundary, its patches may differ from the model's, skip
+//! guidance weighs on the model's own steps only, and folders whose experts do not fit are
+//! refused with the reason.
 
 use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use himmel_core::Silent;
-use himmel_models::mini::{HimmelMini, MiniConfig, Prediction, SamplingDefaults, VideoShape};
+use himmel_models::mini::{
+    HimmelMini, MiniConfig, Prediction, SamplingDefaults, SkipGuidance, VideoShape,
+};
 use himmel_models::umt5::Umt5Config;
 use himmel_models::wan::{WanTransformerConfig, WanVaeConfig};
 use himmel_pipeline::mini::{HIGH_NOISE_DIR, join_experts};
@@ -63,6 +66,7 @@ fn config(vocabulary: &[&str], prediction: Prediction) -> MiniConfig {
             shift: 2.0,
             boundary: None,
             expert_guidance: None,
+            skip_guidance: None,
         },
         prediction,
     }
@@ -117,17 +121,31 @@ fn generate_guided(
     guidance: f64,
     expert_guidance: Option<f64>,
 ) -> Vec<f32> {
-    let pipeline = MiniPipeline::load(dir, &Device::Cpu).unwrap();
-    let request = pipeline
-        .validate(GenerationRequest {
-            steps: 6,
+    generate_request(
+        dir,
+        GenerationRequest {
             guidance,
             boundary,
             expert_guidance,
-            seed: 5,
-            ..GenerationRequest::new("a red ball", (16, 16, 5), 8.0)
-        })
-        .unwrap();
+            ..red_ball()
+        },
+    )
+}
+
+/// The request of [`generate`] with its defaults.
+fn red_ball() -> GenerationRequest {
+    GenerationRequest {
+        steps: 6,
+        guidance: 3.0,
+        seed: 5,
+        ..GenerationRequest::new("a red ball", (16, 16, 5), 8.0)
+    }
+}
+
+/// The clip `dir`'s model makes for `request`, its frames as numbers.
+fn generate_request(dir: &Path, request: GenerationRequest) -> Vec<f32> {
+    let pipeline = MiniPipeline::load(dir, &Device::Cpu).unwrap();
+    let request = pipeline.validate(request).unwrap();
     let video = pipeline
         .generate(&request, "a red ball bounces on grass", &Silent)
         .unwrap();
@@ -227,6 +245,64 @@ fn the_high_noise_expert_guides_by_its_own_scale() {
     };
     assert!(
         error.to_string().contains("sampling.expert_guidance"),
+        "{error}"
+    );
+}
+
+#[test]
+fn skip_guidance_weighs_on_the_models_own_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let low = dir.path().join("low");
+    let high = dir.path().join("high");
+    write_model(&low, &config(&["a", "red"], Prediction::Sample), None);
+    write_model(&high, &config(&["ball"], Prediction::Flow), Some(&low));
+    let pair = dir.path().join("pair");
+    join_experts(&low, &high, 0.5, &pair).unwrap();
+    let skipping = |scale, boundary| GenerationRequest {
+        skip_guidance: Some(SkipGuidance { scale, layer: 1 }),
+        boundary,
+        ..red_ball()
+    };
+
+    let plain = generate(&pair, None);
+    let skipped = generate_request(&pair, skipping(2.0, None));
+    assert_ne!(skipped, plain);
+    assert_eq!(generate_request(&pair, skipping(0.0, None)), plain);
+    // When the expert takes every step, skip guidance (of the model's steps) has none to weigh on.
+    assert_eq!(
+        generate_request(&pair, skipping(2.0, Some(0.0))),
+        generate(&pair, Some(0.0))
+    );
+    // The model's own `sampling.skip_guidance` is the default.
+    let mut pair_config = read_config(&pair);
+    pair_config.sampling.skip_guidance = Some(SkipGuidance {
+        scale: 2.0,
+        layer: 1,
+    });
+    write_config(&pair, &pair_config);
+    assert_eq!(generate(&pair, None), skipped);
+
+    // A block the denoiser does not have is refused, in the model and in a request.
+    let pipeline = MiniPipeline::load(&pair, &Device::Cpu).unwrap();
+    let request = GenerationRequest {
+        skip_guidance: Some(SkipGuidance {
+            scale: 2.0,
+            layer: 2,
+        }),
+        ..red_ball()
+    };
+    let error = pipeline.validate(request).unwrap_err().to_string();
+    assert!(error.contains("has 2 blocks"), "{error}");
+    pair_config.sampling.skip_guidance = Some(SkipGuidance {
+        scale: 2.0,
+        layer: 2,
+    });
+    write_config(&pair, &pair_config);
+    let Err(error) = MiniPipeline::load(&pair, &Device::Cpu) else {
+        panic!("skip guidance of a block the denoiser lacks loaded")
+    };
+    assert!(
+        error.to_string().contains("skip guidance layer 2"),
         "{error}"
     );
 }

@@ -106,6 +106,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
             shift: 2.0,
             boundary: None,
             expert_guidance: None,
+            skip_guidance: None,
         },
         optimizer: optimizer(3e-3),
         denoiser: WanTransformerConfig {

@@ -96,6 +96,67 @@ pub struct SamplingDefaults {
     /// with a `boundary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expert_guidance: Option<f64>,
+    /// Skip guidance of the model's own denoiser's steps (below `boundary` when the model has
+    /// an expert); unset for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_guidance: Option<SkipGuidance>,
+}
+
+/// Spatiotemporal skip guidance (Hyung et al. 2024): besides classifier-free guidance, each
+/// step is pushed away from the denoiser's prediction with one block's self-attention skipped
+/// (every token attending to itself alone), a weaker model that loses objects and their
+/// motion the way the model sometimes does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SkipGuidance {
+    /// How far each step is pushed away from the weakened prediction; 0 turns it off.
+    pub scale: f64,
+    /// The denoiser block (from 0) whose self-attention is skipped.
+    pub layer: usize,
+}
+
+impl SkipGuidance {
+    /// Skip guidance with `scale` and `layer` where given and the rest from `defaults` (a
+    /// model's); `None` when none of them gives any. Fails when only one half is given and the
+    /// model has no default for the other.
+    pub fn overriding(
+        defaults: Option<Self>,
+        scale: Option<f64>,
+        layer: Option<usize>,
+    ) -> Result<Option<Self>, String> {
+        match (defaults, scale, layer) {
+            (defaults, None, None) => Ok(defaults),
+            (Some(defaults), scale, layer) => Ok(Some(Self {
+                scale: scale.unwrap_or(defaults.scale),
+                layer: layer.unwrap_or(defaults.layer),
+            })),
+            (None, Some(scale), Some(layer)) => Ok(Some(Self { scale, layer })),
+            (None, Some(_), None) => {
+                Err("skip guidance needs a layer to skip; the model names none".into())
+            }
+            (None, None, Some(_)) => {
+                Err("skip guidance needs a scale; the model names none".into())
+            }
+        }
+    }
+
+    /// Checks the scale and that the layer is one of `layers` blocks; the message names the
+    /// setting that is out of range.
+    pub fn check(&self, layers: usize) -> Result<(), String> {
+        if !(self.scale.is_finite() && self.scale >= 0.0) {
+            return Err(format!(
+                "skip guidance scale {} is not a number of at least 0",
+                self.scale
+            ));
+        }
+        if self.layer >= layers {
+            return Err(format!(
+                "skip guidance layer {} is not one of the denoiser's {layers} blocks (0 to {})",
+                self.layer,
+                layers.saturating_sub(1)
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl MiniConfig {
@@ -123,6 +184,10 @@ impl MiniConfig {
             return Err(format!(
                 "sampling.boundary {boundary} is not a noise level from 0 to 1"
             ));
+        }
+        if let Some(skip) = self.sampling.skip_guidance {
+            skip.check(self.denoiser.num_layers)
+                .map_err(|reason| format!("sampling.{reason}"))?;
         }
         if let Some(guidance) = self.sampling.expert_guidance {
             if self.sampling.boundary.is_none() {
@@ -152,7 +217,33 @@ impl MiniConfig {
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use super::Prediction;
+    use super::{Prediction, SkipGuidance};
+
+    #[test]
+    fn skip_guidance_takes_what_is_given_and_the_rest_from_the_model() {
+        let model = SkipGuidance {
+            scale: 2.0,
+            layer: 2,
+        };
+        let over = SkipGuidance::overriding;
+        assert_eq!(over(Some(model), None, None), Ok(Some(model)));
+        assert_eq!(over(None, None, None), Ok(None));
+        let scaled = over(Some(model), Some(0.5), None).unwrap().unwrap();
+        assert_eq!((scaled.scale, scaled.layer), (0.5, 2));
+        let moved = over(Some(model), None, Some(4)).unwrap().unwrap();
+        assert_eq!((moved.scale, moved.layer), (2.0, 4));
+        let given = over(None, Some(1.0), Some(3)).unwrap().unwrap();
+        assert_eq!((given.scale, given.layer), (1.0, 3));
+        assert!(over(None, Some(1.0), None).unwrap_err().contains("layer"));
+        assert!(over(None, None, Some(1)).unwrap_err().contains("scale"));
+        assert!(model.check(6).is_ok());
+        assert!(model.check(2).unwrap_err().contains("2 blocks"));
+        let negative = SkipGuidance {
+            scale: -1.0,
+            ..model
+        };
+        assert!(negative.check(6).unwrap_err().contains("at least 0"));
+    }
 
     #[test]
     fn a_predicted_sample_stands_for_the_flow_that_made_the_latents() -> candle_core::Result<()> {

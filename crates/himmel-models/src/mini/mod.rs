@@ -8,6 +8,6 @@ mod config;
 mod model;
 pub mod tokenizer;
 
-pub use config::{MiniConfig, Prediction, SamplingDefaults, VideoShape};
+pub use config::{MiniConfig, Prediction, SamplingDefaults, SkipGuidance, VideoShape};
 pub use model::{Conditioning, HimmelMini, TextEmbeddings};
 pub use tokenizer::WordTokenizer;

@@ -117,10 +117,24 @@ impl HimmelMini {
         cache: Option<&mut StepCache>,
     ) -> Result<Tensor> {
         let output = self.predict(latents, timestep, text, conditioning, cache)?;
-        let sigma = (timestep / 1000.0)?;
-        self.config
-            .prediction
-            .flow(&output, latents, &sigma, SMALLEST_SIGMA)
+        self.flow(&output, latents, timestep)
+    }
+
+    /// [`Self::denoise`] with the self-attention of the denoiser's block `skipped` skipped:
+    /// the weakened prediction that skip guidance guides away from.
+    pub fn denoise_skipping(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        text: &Tensor,
+        conditioning: &Conditioning,
+        skipped: usize,
+    ) -> Result<Tensor> {
+        let input = Self::input(latents, conditioning)?;
+        let output = self
+            .denoiser
+            .forward_skipping(&input, timestep, text, skipped)?;
+        self.flow(&output, latents, timestep)
     }
 
     /// The denoiser's own output for `latents` at `timestep`: what `config.prediction` names.
@@ -132,7 +146,20 @@ impl HimmelMini {
         conditioning: &Conditioning,
         cache: Option<&mut StepCache>,
     ) -> Result<Tensor> {
-        let input = Tensor::cat(&[latents, &conditioning.known, &conditioning.mask], 1)?;
+        let input = Self::input(latents, conditioning)?;
         self.denoiser.forward_cached(&input, timestep, text, cache)
+    }
+
+    /// The denoiser's input: the latents, the known latents and their mask.
+    fn input(latents: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {
+        Tensor::cat(&[latents, &conditioning.known, &conditioning.mask], 1)
+    }
+
+    /// The flow the denoiser's `output` for `latents` at `timestep` means.
+    fn flow(&self, output: &Tensor, latents: &Tensor, timestep: &Tensor) -> Result<Tensor> {
+        let sigma = (timestep / 1000.0)?;
+        self.config
+            .prediction
+            .flow(output, latents, &sigma, SMALLEST_SIGMA)
     }
 }

@@ -177,6 +177,12 @@ impl Attention {
         self.to_out
             .forward(&attention(&query, &key, &value, key_bias)?)
     }
+
+    /// Self-attention with its map replaced by the identity, each token attending to itself
+    /// alone: the token's own value, projected out. Skip guidance's weakened prediction.
+    fn forward_skipped(&self, x: &Tensor) -> Result<Tensor> {
+        self.to_out.forward(&self.to_v.forward(x)?)
+    }
 }
 
 /// Feed-forward: Linear, tanh-approximated GELU, Linear.
@@ -231,13 +237,14 @@ impl Block {
     }
 
     /// `x` `[B, L, D]`, `text` the embedded rows `[B, Lt, D]` and their weights, `modulation`
-    /// `[B, 6, D]` (f32).
+    /// `[B, 6, D]` (f32); with `skip_self_attention`, each token attends to itself alone.
     fn forward(
         &self,
         x: &Tensor,
         text: &FoldedText,
         modulation: &Tensor,
         rotary: &Rotary,
+        skip_self_attention: bool,
     ) -> Result<Tensor> {
         let dtype = x.dtype();
         let parts = ops::broadcast_add(&self.scale_shift_table, modulation)?;
@@ -261,7 +268,11 @@ impl Block {
             (x.to_dtype(DType::F32)? + y)?.to_dtype(dtype)
         };
         let normed = modulate(x, &shift, &scale)?;
-        let attended = self.attn1.forward(&normed, &normed, Some(rotary), None)?;
+        let attended = if skip_self_attention {
+            self.attn1.forward_skipped(&normed)?
+        } else {
+            self.attn1.forward(&normed, &normed, Some(rotary), None)?
+        };
         let x = gated(x, &attended, &gate)?;
 
         let normed = match &self.norm2 {
@@ -433,6 +444,36 @@ impl WanTransformer {
         text: &Tensor,
         cache: Option<&mut StepCache>,
     ) -> Result<Tensor> {
+        self.run(latents, timestep, text, cache, None)
+    }
+
+    /// [`Self::forward`] with block `skipped`'s self-attention skipped (each token attending to
+    /// itself alone): the weakened prediction of spatiotemporal skip guidance (Hyung et al.
+    /// 2024), which guides away from it. Fails when there is no such block.
+    pub fn forward_skipping(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        text: &Tensor,
+        skipped: usize,
+    ) -> Result<Tensor> {
+        if skipped >= self.blocks.len() {
+            candle_core::bail!(
+                "block {skipped} cannot be skipped: the transformer has {} blocks",
+                self.blocks.len()
+            );
+        }
+        self.run(latents, timestep, text, None, Some(skipped))
+    }
+
+    fn run(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        text: &Tensor,
+        cache: Option<&mut StepCache>,
+        skipped: Option<usize>,
+    ) -> Result<Tensor> {
         let (batch, channels, frames, height, width) = latents.dims5()?;
         let [pt, ph, pw] = self.config.patch_size;
         let grid = (frames / pt, height / ph, width / pw);
@@ -463,26 +504,28 @@ impl WanTransformer {
         };
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
-        let run = |blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
-            for block in blocks {
-                x = block.forward(&x, &text, &modulation, &rotary)?;
+        // Runs the blocks from index `from` on.
+        let run = |from: usize, blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
+            for (index, block) in (from..).zip(blocks) {
+                let skip = skipped == Some(index);
+                x = block.forward(&x, &text, &modulation, &rotary, skip)?;
             }
             Ok(x)
         };
         let x = match cache {
             Some(cache) if !self.blocks.is_empty() => {
                 let (first, rest) = self.blocks.split_at(1);
-                let after_first = run(first, x.clone())?;
+                let after_first = run(0, first, x.clone())?;
                 let first_change = (&after_first - &x)?.to_dtype(DType::F32)?;
                 if let Some(reused) = cache.reuse(&first_change)? {
                     (after_first + reused.to_dtype(dtype)?)?
                 } else {
-                    let out = run(rest, after_first.clone())?;
+                    let out = run(1, rest, after_first.clone())?;
                     cache.store(first_change, (&out - &after_first)?)?;
                     out
                 }
             }
-            _ => run(&self.blocks, x)?,
+            _ => run(0, &self.blocks, x)?,
         };
 
         let head = ops::broadcast_add(
@@ -594,6 +637,29 @@ mod tests {
             model.forward_cached(&latents, &early, &text, Some(&mut never))?;
         }
         assert_eq!((never.computed, never.reused), (2, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_skipped_block_attends_each_token_to_itself() -> Result<()> {
+        let device = Device::Cpu;
+        let model = tiny_model(&device)?;
+        let text = Tensor::randn(0f32, 1.0, (1, 3, 8), &device)?;
+        let time = Tensor::new(&[500f32], &device)?;
+        // One token: attending to all tokens is attending to itself, so skipping changes nothing.
+        let one = Tensor::randn(0f32, 1.0, (1, 4, 1, 2, 2), &device)?;
+        let skipped = model.forward_skipping(&one, &time, &text, 1)?;
+        assert!(max_abs_difference(&skipped, &model.forward(&one, &time, &text)?)? < 1e-5);
+        // Many tokens: it weakens the prediction, and each block differently.
+        let many = Tensor::randn(0f32, 1.0, (1, 4, 2, 4, 4), &device)?;
+        let full = model.forward(&many, &time, &text)?;
+        let first = model.forward_skipping(&many, &time, &text, 0)?;
+        let last = model.forward_skipping(&many, &time, &text, 2)?;
+        assert!(max_abs_difference(&first, &full)? > 1e-3);
+        assert!(max_abs_difference(&last, &full)? > 1e-3);
+        assert!(max_abs_difference(&first, &last)? > 1e-3);
+        let error = model.forward_skipping(&many, &time, &text, 3).unwrap_err();
+        assert!(error.to_string().contains("3 blocks"), "{error}");
         Ok(())
     }
 }
