@@ -225,6 +225,35 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
     ]);
     assert!(message.contains("no high-noise expert"), "{message}");
 
+    // Skip guidance from the command line: a block the denoiser has changes the clip; one it
+    // lacks, or a scale without a block where the model names none, is refused.
+    let skipped = dir.path().join("skipped.safetensors");
+    himmel_ok(&[
+        "generate",
+        "a red ball bounces on the grass",
+        "--model",
+        model_arg,
+        "--seed",
+        "3",
+        "--skip-guidance",
+        "2",
+        "--skip-layer",
+        "0",
+        "-o",
+        skipped.to_str().unwrap(),
+    ]);
+    assert_ne!(std::fs::read(&skipped).unwrap(), frames("c.safetensors"));
+    let skip_error = |options: &[&str]| {
+        let mut args = vec!["generate", "a ball", "--model", model_arg];
+        args.extend(options);
+        args.extend(["-o", skipped.to_str().unwrap()]);
+        himmel_err(&args)
+    };
+    let message = skip_error(&["--skip-guidance", "2", "--skip-layer", "99"]);
+    assert!(message.contains("skip guidance layer"), "{message}");
+    let message = skip_error(&["--skip-guidance", "2"]);
+    assert!(message.contains("needs a layer"), "{message}");
+
     // The autoencoder alone: PSNR and the scorer's measures of held-out clips through it.
     let summary = himmel_ok(&[
         "eval",

@@ -1,9 +1,10 @@
 //! Generation with himmel-mini, the built-in model: the prompt is expanded into a world scene,
 //! which is simulated and described in a detailed caption like those the model was trained on
 //! (recaptioning); the caption is encoded, latents are denoised with classifier-free guidance
-//! (and skip guidance where the model asks for it), and the autoencoder decodes them. A model may carry a high-noise expert, as Wan 2.2 does: a
-//! second denoiser with its own text encoder that takes the steps from a noise level up (the
-//! backdrop and layout), leaving the rest (the objects' detail) to the model's own.
+//! (and skip guidance where the model asks for it), and the autoencoder decodes them. A model
+//! may carry a high-noise expert, as Wan 2.2 does: a second denoiser with its own text encoder
+//! that takes the steps from a noise level up (the backdrop and layout), leaving the rest (the
+//! objects' detail) to the model's own.
 
 use std::path::{Path, PathBuf};
 

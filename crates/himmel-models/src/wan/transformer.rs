@@ -466,6 +466,7 @@ impl WanTransformer {
         self.run(latents, timestep, text, None, Some(skipped))
     }
 
+    /// The forward pass, with block `skipped`'s self-attention skipped when given.
     fn run(
         &self,
         latents: &Tensor,
@@ -504,8 +505,8 @@ impl WanTransformer {
         };
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
-        // Runs the blocks from index `from` on.
-        let run = |from: usize, blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
+        // Runs `blocks`, the first of them block `from`.
+        let run_blocks = |from: usize, blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
             for (index, block) in (from..).zip(blocks) {
                 let skip = skipped == Some(index);
                 x = block.forward(&x, &text, &modulation, &rotary, skip)?;
@@ -515,17 +516,17 @@ impl WanTransformer {
         let x = match cache {
             Some(cache) if !self.blocks.is_empty() => {
                 let (first, rest) = self.blocks.split_at(1);
-                let after_first = run(0, first, x.clone())?;
+                let after_first = run_blocks(0, first, x.clone())?;
                 let first_change = (&after_first - &x)?.to_dtype(DType::F32)?;
                 if let Some(reused) = cache.reuse(&first_change)? {
                     (after_first + reused.to_dtype(dtype)?)?
                 } else {
-                    let out = run(1, rest, after_first.clone())?;
+                    let out = run_blocks(1, rest, after_first.clone())?;
                     cache.store(first_change, (&out - &after_first)?)?;
                     out
                 }
             }
-            _ => run(0, &self.blocks, x)?,
+            _ => run_blocks(0, &self.blocks, x)?,
         };
 
         let head = ops::broadcast_add(
