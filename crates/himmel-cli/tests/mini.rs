@@ -63,20 +63,15 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
     );
 
     // The same seed gives the same frames.
-    let frames = |name: &str| {
+    let frames_with = |name: &str, options: &[&str]| {
         let path = dir.path().join(name);
-        himmel_ok(&[
-            "generate",
-            "a red ball bounces on the grass",
-            "--model",
-            model_arg,
-            "--seed",
-            "3",
-            "-o",
-            path.to_str().unwrap(),
-        ]);
+        let mut args = vec!["generate", "a red ball bounces on the grass", "--model"];
+        args.extend([model_arg, "--seed", "3", "-o", path.to_str().unwrap()]);
+        args.extend(options);
+        himmel_ok(&args);
         std::fs::read(path).unwrap()
     };
+    let frames = |name: &str| frames_with(name, &[]);
     assert_eq!(frames("a.safetensors"), frames("b.safetensors"));
 
     // What the prompt expansion does not understand is named, and a video is still made.
@@ -227,26 +222,14 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
 
     // Skip guidance from the command line: a block the denoiser has changes the clip; one it
     // lacks, or a scale without a block where the model names none, is refused.
-    let skipped = dir.path().join("skipped.safetensors");
-    himmel_ok(&[
-        "generate",
-        "a red ball bounces on the grass",
-        "--model",
-        model_arg,
-        "--seed",
-        "3",
-        "--skip-guidance",
-        "2",
-        "--skip-layer",
-        "0",
-        "-o",
-        skipped.to_str().unwrap(),
-    ]);
-    assert_ne!(std::fs::read(&skipped).unwrap(), frames("c.safetensors"));
+    let options = ["--skip-guidance", "2", "--skip-layer", "0"];
+    let skipped = frames_with("skipped.safetensors", &options);
+    assert_ne!(skipped, frames("c.safetensors"));
+    let refused = dir.path().join("refused.safetensors");
     let skip_error = |options: &[&str]| {
         let mut args = vec!["generate", "a ball", "--model", model_arg];
         args.extend(options);
-        args.extend(["-o", skipped.to_str().unwrap()]);
+        args.extend(["-o", refused.to_str().unwrap()]);
         himmel_err(&args)
     };
     let message = skip_error(&["--skip-guidance", "2", "--skip-layer", "99"]);

@@ -3,7 +3,7 @@
 //! guidance weighs on the model's own steps only, and folders whose experts do not fit are
 //! refused with the reason.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
@@ -102,6 +102,18 @@ fn write_config(dir: &Path, config: &MiniConfig) {
         serde_json::to_string_pretty(config).unwrap(),
     )
     .unwrap();
+}
+
+/// Writes a low-noise model (x-prediction) and a high-noise expert (flow) into `dir` and
+/// joins them at noise level 0.5; returns the model's, the expert's and the pair's folders.
+fn write_pair(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let low = dir.join("low");
+    let high = dir.join("high");
+    write_model(&low, &config(&["a", "red"], Prediction::Sample), None);
+    write_model(&high, &config(&["ball"], Prediction::Flow), Some(&low));
+    let pair = dir.join("pair");
+    join_experts(&low, &high, 0.5, &pair).unwrap();
+    (low, high, pair)
 }
 
 /// `dir`'s config.
@@ -212,12 +224,7 @@ fn experts_may_cut_latents_into_patches_of_their_own() {
 #[test]
 fn the_high_noise_expert_guides_by_its_own_scale() {
     let dir = tempfile::tempdir().unwrap();
-    let low = dir.path().join("low");
-    let high = dir.path().join("high");
-    write_model(&low, &config(&["a", "red"], Prediction::Sample), None);
-    write_model(&high, &config(&["ball"], Prediction::Flow), Some(&low));
-    let pair = dir.path().join("pair");
-    join_experts(&low, &high, 0.5, &pair).unwrap();
+    let (low, high, pair) = write_pair(dir.path());
 
     // From noise level 0 the expert takes every step, at its own scale, whatever the model's.
     let expert_alone = generate_guided(&high, None, 5.0, None);
@@ -252,12 +259,7 @@ fn the_high_noise_expert_guides_by_its_own_scale() {
 #[test]
 fn skip_guidance_weighs_on_the_models_own_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let low = dir.path().join("low");
-    let high = dir.path().join("high");
-    write_model(&low, &config(&["a", "red"], Prediction::Sample), None);
-    write_model(&high, &config(&["ball"], Prediction::Flow), Some(&low));
-    let pair = dir.path().join("pair");
-    join_experts(&low, &high, 0.5, &pair).unwrap();
+    let pair = write_pair(dir.path()).2;
     let skipping = |scale, boundary| GenerationRequest {
         skip_guidance: Some(SkipGuidance { scale, layer: 1 }),
         boundary,
