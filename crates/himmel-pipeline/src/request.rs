@@ -118,6 +118,12 @@ pub enum ValidationError {
         /// The shape given.
         given: Vec<usize>,
     },
+    /// Skip guidance names a scale or block the model cannot take.
+    #[error("{reason}")]
+    SkipGuidance {
+        /// What is out of range, in words.
+        reason: String,
+    },
     /// A clip has fewer frames than the request needs.
     #[error("{what} has {given} frames; this request needs at least {needed}")]
     ClipTooShort {
@@ -309,20 +315,8 @@ impl ModelLimits {
                     format!("{skip:?}"),
                 ));
             };
-            if !(skip.scale.is_finite() && skip.scale >= 0.0) {
-                return Err(range(
-                    "skip guidance scale",
-                    "a number of at least 0",
-                    skip.scale.to_string(),
-                ));
-            }
-            if skip.layer >= layers {
-                return Err(range(
-                    "skip guidance layer",
-                    "one of the denoiser's blocks, counted from 0",
-                    format!("{} (the denoiser has {layers} blocks)", skip.layer),
-                ));
-            }
+            skip.check(layers)
+                .map_err(|reason| ValidationError::SkipGuidance { reason })?;
         }
         if !(request.fps.is_finite() && request.fps > 0.0 && request.fps <= 240.0) {
             return Err(range("fps", "between 0 and 240", request.fps.to_string()));

@@ -150,9 +150,9 @@ impl SkipGuidance {
         }
         if self.layer >= layers {
             return Err(format!(
-                "skip guidance layer {} is not one of the denoiser's {layers} blocks (0 to {})",
-                self.layer,
-                layers.saturating_sub(1)
+                "skip guidance layer {} is not one of the denoiser's blocks, counted from 0 (the \
+                 denoiser has {layers} blocks)",
+                self.layer
             ));
         }
         Ok(())
