@@ -323,6 +323,8 @@ fn sampler_settings_reach_the_model() {
         json!({"shift": 1.5}),
         json!({"boundary": 0}),
         json!({"expert_guidance": 1}),
+        json!({"skip_guidance": 0}),
+        json!({"skip_layer": 4}),
     ] {
         assert_ne!(thumbnail(extra.clone()), plain, "{extra}");
     }

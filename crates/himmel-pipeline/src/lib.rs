@@ -18,6 +18,7 @@ pub mod wan;
 
 pub use conditioning::{Anchor, KnownClip, SourceClip};
 pub use error::PipelineError;
+pub use himmel_models::mini::SkipGuidance;
 pub use mini::{MiniPipeline, Recaption};
 pub use request::{GenerationRequest, ValidRequest, ValidationError};
 pub use wan::{ModelSource, Precision, SingleFiles, WanPipeline};

@@ -24,6 +24,7 @@ use crate::artifacts::{Artifacts, UPLOAD_EXTENSIONS, Variant};
 use crate::engine::ModelSpec;
 use crate::job::{Direction, Edit, Job, JobRequest, JobStatus, Remix, VideoObject, is_valid_id};
 use crate::store::{JobStore, Order, StoreError};
+use himmel_pipeline::SkipGuidance;
 use himmel_safety::Policy;
 
 /// Longest prompt accepted, in characters.
@@ -245,6 +246,9 @@ struct CreateVideo {
     shift: Option<f64>,
     boundary: Option<f64>,
     expert_guidance: Option<f64>,
+    /// Skip guidance's scale and block, each falling back to the model's.
+    skip_guidance: Option<f64>,
+    skip_layer: Option<usize>,
     negative_prompt: Option<String>,
     /// Himmel's editing tasks on finished videos (JSON bodies).
     #[serde(rename = "loop")]
@@ -384,6 +388,7 @@ fn validate(
             ),
         ));
     }
+    let skip_guidance = skip_guidance(body.skip_guidance, body.skip_layer, model)?;
     let edit = match (
         body.seamless_loop.unwrap_or(false),
         body.extend,
@@ -439,9 +444,51 @@ fn validate(
         shift: body.shift,
         boundary: body.boundary,
         expert_guidance: body.expert_guidance,
+        skip_guidance,
         input_reference: None,
         remix: None,
     })
+}
+
+/// A request's skip guidance `scale` and `layer`, the model's filling in what is left out;
+/// `None` (the model's own) when neither is given.
+fn skip_guidance(
+    scale: Option<f64>,
+    layer: Option<usize>,
+    model: &ModelSpec,
+) -> Result<Option<SkipGuidance>, ApiError> {
+    if scale.is_none() && layer.is_none() {
+        return Ok(None);
+    }
+    let param = if layer.is_some() {
+        "skip_layer"
+    } else {
+        "skip_guidance"
+    };
+    let Some(layers) = model.skip_guidance_layers else {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "{param} needs a himmel-mini model; {} takes no skip guidance",
+                model.name
+            ),
+        ));
+    };
+    if let Some(scale) = scale
+        && !(scale.is_finite() && (0.0..=30.0).contains(&scale))
+    {
+        return Err(ApiError::invalid(
+            "skip_guidance",
+            "skip_guidance must be between 0 and 30",
+        ));
+    }
+    let skip = SkipGuidance::overriding(model.skip_guidance, scale, layer)
+        .map_err(|reason| ApiError::invalid(param, reason))?;
+    if let Some(skip) = skip {
+        skip.check(layers)
+            .map_err(|reason| ApiError::invalid(param, reason))?;
+    }
+    Ok(skip)
 }
 
 /// `WIDTHxHEIGHT` within the model's limits.
@@ -533,8 +580,10 @@ async fn parse_multipart(
         let text = field.text().await.map_err(rejected)?;
         // Numbers arrive as text in forms.
         let value = match name.as_str() {
-            "seed" | "steps" | "guidance" | "shift" | "boundary" | "expert_guidance" | "loop"
-            | "strength" => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            "seed" | "steps" | "guidance" | "shift" | "boundary" | "expert_guidance"
+            | "skip_guidance" | "skip_layer" | "loop" | "strength" => {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            }
             _ => Value::String(text),
         };
         fields.insert(name, value);
@@ -657,6 +706,8 @@ async fn remix(
             shift: original.request.shift,
             boundary: original.request.boundary,
             expert_guidance: original.request.expert_guidance,
+            skip_guidance: original.request.skip_guidance.map(|skip| skip.scale),
+            skip_layer: original.request.skip_guidance.map(|skip| skip.layer),
             negative_prompt: Some(original.request.negative_prompt.clone()),
             seamless_loop: None,
             extend: None,
@@ -959,6 +1010,11 @@ mod tests {
             seconds: 1.0,
             max_seconds: 20.0,
             high_noise_expert: true,
+            skip_guidance_layers: Some(6),
+            skip_guidance: Some(SkipGuidance {
+                scale: 1.0,
+                layer: 2,
+            }),
         }
     }
 
@@ -967,6 +1023,8 @@ mod tests {
         ModelSpec {
             name: "wan".into(),
             high_noise_expert: false,
+            skip_guidance_layers: None,
+            skip_guidance: None,
             ..mini()
         }
     }
@@ -1005,6 +1063,22 @@ mod tests {
         assert_eq!(
             (sampler.shift, sampler.boundary, sampler.expert_guidance),
             (Some(3.0), Some(0.9), Some(2.0))
+        );
+        let skip = |json| body(json).unwrap().skip_guidance;
+        assert_eq!(skip(r#"{"prompt": "a"}"#), None);
+        assert_eq!(
+            skip(r#"{"prompt": "a", "skip_guidance": 2.5}"#),
+            Some(SkipGuidance {
+                scale: 2.5,
+                layer: 2
+            })
+        );
+        assert_eq!(
+            skip(r#"{"prompt": "a", "skip_layer": 5}"#),
+            Some(SkipGuidance {
+                scale: 1.0,
+                layer: 5
+            })
         );
         for (json, param, words) in [
             (r#"{"prompt": ""}"#, "prompt", "empty"),
@@ -1059,6 +1133,21 @@ mod tests {
                 r#"{"prompt": "a", "model": "wan", "expert_guidance": 3}"#,
                 "expert_guidance",
                 "high-noise expert",
+            ),
+            (
+                r#"{"prompt": "a", "skip_guidance": -1}"#,
+                "skip_guidance",
+                "between 0 and 30",
+            ),
+            (
+                r#"{"prompt": "a", "skip_layer": 6}"#,
+                "skip_layer",
+                "6 blocks",
+            ),
+            (
+                r#"{"prompt": "a", "model": "wan", "skip_guidance": 1}"#,
+                "skip_guidance",
+                "wan takes no skip guidance",
             ),
         ] {
             let error = body(json).unwrap_err();

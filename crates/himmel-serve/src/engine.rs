@@ -10,7 +10,7 @@ use himmel_media::WriteOptions;
 use himmel_pipeline::tasks::{self, Task, Windows};
 use himmel_pipeline::{
     Anchor, GenerationRequest, KnownClip, MiniPipeline, ModelSource, PipelineError, Precision,
-    SourceClip, WanPipeline,
+    SkipGuidance, SourceClip, WanPipeline,
 };
 use himmel_safety::{MarkedWriter, Marks};
 use himmel_world::render::RenderSettings;
@@ -46,6 +46,11 @@ pub struct ModelSpec {
     /// Whether a high-noise expert takes the steps above a boundary (so a request may set
     /// `boundary` and `expert_guidance`).
     pub high_noise_expert: bool,
+    /// Blocks a request's skip guidance may name (`skip_guidance`, `skip_layer`); `None` for a
+    /// model that takes none.
+    pub skip_guidance_layers: Option<usize>,
+    /// The model's own skip guidance, which a request may override in part.
+    pub skip_guidance: Option<SkipGuidance>,
 }
 
 impl ModelSpec {
@@ -151,6 +156,7 @@ impl Plan {
             shift: request.shift,
             boundary: request.boundary,
             expert_guidance: request.expert_guidance,
+            skip_guidance: request.skip_guidance,
             seed: request.seed,
             known: inputs
                 .first_frame
@@ -257,6 +263,8 @@ impl MiniEngine {
             seconds: (video.frames - 1) as f64 / video.fps,
             max_seconds,
             high_noise_expert: pipeline.limits().high_noise_expert,
+            skip_guidance_layers: pipeline.limits().skip_guidance_layers,
+            skip_guidance: pipeline.config().sampling.skip_guidance,
         };
         Ok(Self { pipeline, spec })
     }
@@ -345,6 +353,8 @@ impl WanEngine {
             seconds: 5.0,
             max_seconds,
             high_noise_expert: limits.high_noise_expert,
+            skip_guidance_layers: limits.skip_guidance_layers,
+            skip_guidance: None,
         };
         Ok(Self { pipeline, spec })
     }

@@ -1,6 +1,7 @@
 //! A video job: what was asked for ([`JobRequest`]), where it stands ([`Job`]), and the video
 //! object of OpenAI's Videos API that clients see ([`VideoObject`]).
 
+use himmel_pipeline::SkipGuidance;
 use serde::{Deserialize, Serialize};
 
 /// Where a job stands.
@@ -74,6 +75,10 @@ pub struct JobRequest {
     /// absent. Only for models with an expert.
     #[serde(default)]
     pub expert_guidance: Option<f64>,
+    /// Skip guidance, the model's own filling in a half the request left out; the model's when
+    /// absent. Only for models that take it (himmel-mini).
+    #[serde(default)]
+    pub skip_guidance: Option<SkipGuidance>,
     /// An uploaded image or clip (file name under the data directory's uploads): an image
     /// becomes the first frame; a clip is re-styled (video to video with `strength`) or, with
     /// [`Edit::ExtendReference`], extended.

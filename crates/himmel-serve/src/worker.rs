@@ -489,6 +489,8 @@ mod tests {
             seconds: 1.0,
             max_seconds: 1.0,
             high_noise_expert: false,
+            skip_guidance_layers: None,
+            skip_guidance: None,
         };
         let data = tempfile::tempdir().unwrap();
         let artifacts = Artifacts::new(data.path()).unwrap();

@@ -81,6 +81,7 @@ fn request(prompt: &str) -> JobRequest {
         shift: None,
         boundary: None,
         expert_guidance: None,
+        skip_guidance: None,
         input_reference: None,
         strength: None,
         remix: None,
