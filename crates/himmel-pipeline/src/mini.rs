@@ -306,30 +306,42 @@ impl MiniPipeline {
                 };
                 let prompts = expert.text.dim(0)?;
                 let time = Tensor::new(vec![timestep as f32; prompts], &self.device)?;
-                let flows = expert.model.denoise(
-                    &Tensor::cat(&vec![sample; prompts], 0)?,
-                    &time,
-                    &expert.text,
-                    &conditioning.first(prompts)?,
-                    expert.cache.as_mut(),
-                )?;
+                let samples = Tensor::cat(&vec![sample; prompts], 0)?;
+                let conditioning = conditioning.first(prompts)?;
+                let cache = expert.cache.as_mut();
+                let (flows, weakened) = match expert.skip {
+                    Some(skip) => {
+                        let (flows, weakened) = expert.model.denoise_and_skipping(
+                            &samples,
+                            &time,
+                            &expert.text,
+                            &conditioning,
+                            skip.layer,
+                            cache,
+                        )?;
+                        (flows, Some((weakened, skip.scale)))
+                    }
+                    None => {
+                        let flows = expert.model.denoise(
+                            &samples,
+                            &time,
+                            &expert.text,
+                            &conditioning,
+                            cache,
+                        )?;
+                        (flows, None)
+                    }
+                };
                 let prompted = flows.narrow(0, 0, 1)?;
                 let guided = if expert.guidance > 1.0 {
                     guide(&prompted, &flows.narrow(0, 1, 1)?, expert.guidance)?
                 } else {
                     prompted.clone()
                 };
-                let Some(skip) = expert.skip else {
+                let Some((weakened, scale)) = weakened else {
                     return Ok(guided);
                 };
-                let weakened = expert.model.denoise_skipping(
-                    sample,
-                    &time.narrow(0, 0, 1)?,
-                    &expert.text.narrow(0, 0, 1)?,
-                    &conditioning.first(1)?,
-                    skip.layer,
-                )?;
-                guided + ((prompted - weakened)? * skip.scale)?
+                guided + ((prompted - weakened)? * scale)?
             },
         )?;
 

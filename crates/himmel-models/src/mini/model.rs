@@ -120,21 +120,27 @@ impl HimmelMini {
         self.flow(&output, latents, timestep)
     }
 
-    /// [`Self::denoise`] with the self-attention of the denoiser's block `skipped` skipped:
-    /// the weakened prediction that skip guidance guides away from.
-    pub fn denoise_skipping(
+    /// [`Self::denoise`], and besides it the first row's flow with the self-attention of the
+    /// denoiser's block `skipped` skipped: the weakened prediction that skip guidance guides
+    /// away from (the blocks before it shared with the plain pass where the cache allows).
+    pub fn denoise_and_skipping(
         &self,
         latents: &Tensor,
         timestep: &Tensor,
         text: &Tensor,
         conditioning: &Conditioning,
         skipped: usize,
-    ) -> Result<Tensor> {
+        cache: Option<&mut StepCache>,
+    ) -> Result<(Tensor, Tensor)> {
         let input = Self::input(latents, conditioning)?;
-        let output = self
+        let (output, weakened) = self
             .denoiser
-            .forward_skipping(&input, timestep, text, skipped)?;
-        self.flow(&output, latents, timestep)
+            .forward_and_skipping(&input, timestep, text, skipped, cache)?;
+        let first = |tensor: &Tensor| tensor.narrow(0, 0, 1);
+        Ok((
+            self.flow(&output, latents, timestep)?,
+            self.flow(&weakened, &first(latents)?, &first(timestep)?)?,
+        ))
     }
 
     /// The denoiser's own output for `latents` at `timestep`: what `config.prediction` names.

@@ -2,6 +2,8 @@
 //! are cut into spacetime patches, conditioned on the timestep (adaptive LayerNorm with a
 //! per-block modulation table) and on text (cross-attention), and put back together.
 
+use std::ops::Range;
+
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -444,29 +446,36 @@ impl WanTransformer {
         text: &Tensor,
         cache: Option<&mut StepCache>,
     ) -> Result<Tensor> {
-        self.run(latents, timestep, text, cache, None)
+        Ok(self.run(latents, timestep, text, cache, None)?.0)
     }
 
-    /// [`Self::forward`] with block `skipped`'s self-attention skipped (each token attending to
-    /// itself alone): the weakened prediction of spatiotemporal skip guidance (Hyung et al.
-    /// 2024), which guides away from it. Fails when there is no such block.
-    pub fn forward_skipping(
+    /// [`Self::forward_cached`], and besides it the first row's prediction with block
+    /// `skipped`'s self-attention skipped (each token attending to itself alone): the weakened
+    /// prediction of spatiotemporal skip guidance (Hyung et al. 2024), which guides away from
+    /// it. Without a cache it shares the blocks before `skipped` with the first row's plain
+    /// pass. Fails when there is no such block.
+    pub fn forward_and_skipping(
         &self,
         latents: &Tensor,
         timestep: &Tensor,
         text: &Tensor,
         skipped: usize,
-    ) -> Result<Tensor> {
+        cache: Option<&mut StepCache>,
+    ) -> Result<(Tensor, Tensor)> {
         if skipped >= self.blocks.len() {
             candle_core::bail!(
                 "block {skipped} cannot be skipped: the transformer has {} blocks",
                 self.blocks.len()
             );
         }
-        self.run(latents, timestep, text, None, Some(skipped))
+        match self.run(latents, timestep, text, cache, Some(skipped))? {
+            (plain, Some(weakened)) => Ok((plain, weakened)),
+            (_, None) => unreachable!("a pass that skips a block gives the weakened row"),
+        }
     }
 
-    /// The forward pass, with block `skipped`'s self-attention skipped when given.
+    /// The forward pass, and with `skipped` the first row's pass with that block's
+    /// self-attention skipped.
     fn run(
         &self,
         latents: &Tensor,
@@ -474,7 +483,7 @@ impl WanTransformer {
         text: &Tensor,
         cache: Option<&mut StepCache>,
         skipped: Option<usize>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (batch, channels, frames, height, width) = latents.dims5()?;
         let [pt, ph, pw] = self.config.patch_size;
         let grid = (frames / pt, height / ph, width / pw);
@@ -503,45 +512,75 @@ impl WanTransformer {
             rows: text_2.forward(&text_1.forward_gelu(&text.rows)?)?,
             key_bias: text.key_bias,
         };
+        let first_row = |tensor: &Tensor| tensor.narrow(0, 0, 1);
+        let first_text = FoldedText {
+            rows: first_row(&text.rows)?,
+            key_bias: text.key_bias.as_ref().map(first_row).transpose()?,
+        };
+        let first_modulation = first_row(&modulation)?;
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
-        // Runs `blocks`, the first of them block `from`.
-        let run_blocks = |from: usize, blocks: &[Block], mut x: Tensor| -> Result<Tensor> {
-            for (index, block) in (from..).zip(blocks) {
-                let skip = skipped == Some(index);
-                x = block.forward(&x, &text, &modulation, &rotary, skip)?;
+        let depth = self.blocks.len();
+        // Runs blocks `range` on every row of `x`.
+        let run_blocks = |range: Range<usize>, mut x: Tensor| -> Result<Tensor> {
+            for block in &self.blocks[range] {
+                x = block.forward(&x, &text, &modulation, &rotary, false)?;
             }
             Ok(x)
         };
-        let x = match cache {
-            Some(cache) if !self.blocks.is_empty() => {
-                let (first, rest) = self.blocks.split_at(1);
-                let after_first = run_blocks(0, first, x.clone())?;
+        // The first row of `x`, the hidden state before block `from`, through the blocks from
+        // there on with the skipped block's self-attention skipped.
+        let weaken = |x: &Tensor, from: usize| -> Result<Option<Tensor>> {
+            let Some(skipped) = skipped else {
+                return Ok(None);
+            };
+            let mut x = first_row(x)?;
+            for (index, block) in self.blocks.iter().enumerate().skip(from) {
+                let skip = index == skipped;
+                x = block.forward(&x, &first_text, &first_modulation, &rotary, skip)?;
+            }
+            Ok(Some(x))
+        };
+        let (x, weakened) = match cache {
+            Some(cache) if depth > 0 => {
+                let weakened = weaken(&x, 0)?;
+                let after_first = run_blocks(0..1, x.clone())?;
                 let first_change = (&after_first - &x)?.to_dtype(DType::F32)?;
-                if let Some(reused) = cache.reuse(&first_change)? {
+                let x = if let Some(reused) = cache.reuse(&first_change)? {
                     (after_first + reused.to_dtype(dtype)?)?
                 } else {
-                    let out = run_blocks(1, rest, after_first.clone())?;
+                    let out = run_blocks(1..depth, after_first.clone())?;
                     cache.store(first_change, (&out - &after_first)?)?;
                     out
-                }
+                };
+                (x, weakened)
             }
-            _ => run_blocks(0, &self.blocks, x)?,
+            _ => {
+                let shared = skipped.unwrap_or(depth);
+                let x = run_blocks(0..shared, x)?;
+                let weakened = weaken(&x, shared)?;
+                (run_blocks(shared..depth, x)?, weakened)
+            }
         };
 
-        let head = ops::broadcast_add(
-            &self.scale_shift_table,
-            &temb.to_dtype(DType::F32)?.unsqueeze(1)?,
-        )?;
-        let (shift, scale) = (head.narrow(1, 0, 1)?, head.narrow(1, 1, 1)?);
-        let x = ops::broadcast_mul(&plain_layer_norm(&x, self.config.eps)?, &(scale + 1.0)?)?;
-        let x = ops::broadcast_add(&x, &shift)?;
-        let x = self.proj_out.forward(&x.to_dtype(dtype)?)?;
-
-        let out = self.config.out_channels;
-        x.reshape(&[batch, grid.0, grid.1, grid.2, pt, ph, pw, out][..])?
-            .permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?
-            .reshape((batch, out, frames, height, width))
+        // The output head and the patches back into a video, for `x` of rows `temb`.
+        let head = |x: &Tensor, temb: &Tensor| -> Result<Tensor> {
+            let head = ops::broadcast_add(
+                &self.scale_shift_table,
+                &temb.to_dtype(DType::F32)?.unsqueeze(1)?,
+            )?;
+            let (shift, scale) = (head.narrow(1, 0, 1)?, head.narrow(1, 1, 1)?);
+            let x = ops::broadcast_mul(&plain_layer_norm(x, self.config.eps)?, &(scale + 1.0)?)?;
+            let x = ops::broadcast_add(&x, &shift)?;
+            let x = self.proj_out.forward(&x.to_dtype(dtype)?)?;
+            let rows = x.dim(0)?;
+            let out = self.config.out_channels;
+            x.reshape(&[rows, grid.0, grid.1, grid.2, pt, ph, pw, out][..])?
+                .permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?
+                .reshape((rows, out, frames, height, width))
+        };
+        let weakened = weakened.map(|x| head(&x, &first_row(&temb)?)).transpose()?;
+        Ok((head(&x, &temb)?, weakened))
     }
 }
 
@@ -645,21 +684,37 @@ mod tests {
     fn a_skipped_block_attends_each_token_to_itself() -> Result<()> {
         let device = Device::Cpu;
         let model = tiny_model(&device)?;
-        let text = Tensor::randn(0f32, 1.0, (1, 3, 8), &device)?;
-        let time = Tensor::new(&[500f32], &device)?;
+        let text = Tensor::randn(0f32, 1.0, (2, 3, 8), &device)?;
+        let time = Tensor::new(&[500f32, 500.0], &device)?;
+        let first = |tensor: &Tensor| tensor.narrow(0, 0, 1);
         // One token: attending to all tokens is attending to itself, so skipping changes nothing.
         let one = Tensor::randn(0f32, 1.0, (1, 4, 1, 2, 2), &device)?;
-        let skipped = model.forward_skipping(&one, &time, &text, 1)?;
-        assert!(max_abs_difference(&skipped, &model.forward(&one, &time, &text)?)? < 1e-5);
-        // Many tokens: it weakens the prediction, and each block differently.
-        let many = Tensor::randn(0f32, 1.0, (1, 4, 2, 4, 4), &device)?;
+        let (plain, skipped) =
+            model.forward_and_skipping(&one, &first(&time)?, &first(&text)?, 1, None)?;
+        assert!(max_abs_difference(&skipped, &plain)? < 1e-5);
+        // Many tokens: it weakens the prediction, and each block differently; the plain rows
+        // are the plain pass's.
+        let many = Tensor::randn(0f32, 1.0, (2, 4, 2, 4, 4), &device)?;
         let full = model.forward(&many, &time, &text)?;
-        let first = model.forward_skipping(&many, &time, &text, 0)?;
-        let last = model.forward_skipping(&many, &time, &text, 2)?;
-        assert!(max_abs_difference(&first, &full)? > 1e-3);
-        assert!(max_abs_difference(&last, &full)? > 1e-3);
-        assert!(max_abs_difference(&first, &last)? > 1e-3);
-        let error = model.forward_skipping(&many, &time, &text, 3).unwrap_err();
+        let (plain, at_first) = model.forward_and_skipping(&many, &time, &text, 0, None)?;
+        let (_, at_last) = model.forward_and_skipping(&many, &time, &text, 2, None)?;
+        assert!(max_abs_difference(&plain, &full)? < 1e-5);
+        assert!(max_abs_difference(&at_first, &first(&full)?)? > 1e-3);
+        assert!(max_abs_difference(&at_last, &first(&full)?)? > 1e-3);
+        assert!(max_abs_difference(&at_first, &at_last)? > 1e-3);
+        // The weakened row is the first row's, whether it shares blocks with the batch, runs
+        // alone, or runs beside a step cache.
+        let (_, alone) =
+            model.forward_and_skipping(&first(&many)?, &first(&time)?, &first(&text)?, 2, None)?;
+        assert!(max_abs_difference(&alone, &at_last)? < 1e-5);
+        let mut cache = StepCache::new(0.0);
+        let (cached, beside_cache) =
+            model.forward_and_skipping(&many, &time, &text, 2, Some(&mut cache))?;
+        assert!(max_abs_difference(&cached, &full)? < 1e-5);
+        assert!(max_abs_difference(&beside_cache, &at_last)? < 1e-5);
+        let error = model
+            .forward_and_skipping(&many, &time, &text, 3, None)
+            .unwrap_err();
         assert!(error.to_string().contains("3 blocks"), "{error}");
         Ok(())
     }
