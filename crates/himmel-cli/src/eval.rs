@@ -3,7 +3,8 @@
 //! scene its prompt expanded to, beside the same scene rendered (ground truth). With
 //! `--autoencoder`, the reconstruction quality of a trained autoencoder on held-out clips (PSNR
 //! and the scorer's measures). A model's report also scores its ground truth through its own
-//! autoencoder: what the model's latents can show at best.
+//! autoencoder: what the model's latents can show at best. With `--compare`, two saved
+//! reports side by side (see [`crate::compare`]).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -85,6 +86,13 @@ pub struct EvalArgs {
     /// With --autoencoder: write the first clips beside their reconstructions as GIFs here.
     #[arg(long, requires = "autoencoder")]
     examples: Option<PathBuf>,
+    /// Compare two saved reports of the same prompts and seeds instead of evaluating: each
+    /// measure of both, and their difference with its 95% interval, clip against clip.
+    #[arg(long, num_args = 2, value_names = ["BASE", "NEW"], conflicts_with_all = [
+        "model", "autoencoder", "limit", "steps", "guidance", "shift", "boundary",
+        "expert_guidance", "skip_guidance", "skip_layer", "width", "height", "frames", "seeds",
+    ])]
+    compare: Option<Vec<PathBuf>>,
     /// With --autoencoder: size of the held-out clips, WIDTHxHEIGHTxFRAMES.
     #[arg(long, default_value = "64x64x17", requires = "autoencoder", value_parser = parse_clip_size)]
     clip_size: (usize, usize, usize),
@@ -286,6 +294,9 @@ struct EvalReport {
 
 /// Runs the evaluation and prints and saves the aggregate.
 pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
+    if let Some([base, new]) = args.compare.as_deref() {
+        return crate::compare::run(base, new);
+    }
     let device = device.open()?;
     if let Some(dir) = &args.autoencoder {
         return run_autoencoder(args, dir, &device);

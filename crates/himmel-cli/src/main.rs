@@ -2,6 +2,7 @@
 //! and prints one clear error (exit code 1) when something goes wrong.
 
 mod bench;
+mod compare;
 mod convert;
 mod device;
 mod eval;

@@ -116,6 +116,19 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
     assert_eq!(clips[0]["prompt"], clips[1]["prompt"]);
     assert_eq!(clips[0]["seed"], 0);
     assert_ne!(clips[1]["seed"], 0);
+    // A report against itself: every difference 0, with no spread.
+    let base = dir.path().join("base.json");
+    std::fs::copy(&report, &base).unwrap();
+    let (base_arg, report_arg) = (base.to_str().unwrap(), report.to_str().unwrap());
+    let comparison = himmel_ok(&["eval", "--compare", base_arg, report_arg]);
+    assert!(comparison.contains("2 clips in both"), "{comparison}");
+    let asked = comparison
+        .lines()
+        .find(|line| line.starts_with("clips as asked"))
+        .unwrap();
+    assert!(asked.ends_with("+0.0000        ±0.0000"), "{comparison}");
+    let message = himmel_err(&["eval", "--compare", base_arg, model_arg]);
+    assert!(message.contains("eval report"), "{message}");
     let message = himmel_err(&[
         "eval",
         "--model",
@@ -140,6 +153,8 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
         size_evaluated("--width", "64"),
         serde_json::json!([64, 32, 5])
     );
+    let message = himmel_err(&["eval", "--compare", base_arg, report_arg]);
+    assert!(message.contains("scores 2 clips"), "{message}");
     assert_eq!(
         size_evaluated("--frames", "1"),
         serde_json::json!([32, 32, 1])

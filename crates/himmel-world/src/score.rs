@@ -5,7 +5,7 @@
 //! that vanish, appear, or change colour, shape or size without cause) and whether the backdrop
 //! is the one asked for.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use himmel_core::{Video, VideoError};
 
@@ -27,7 +27,7 @@ const PLAUSIBLE_RESIDUAL: f64 = 0.07;
 const SPLIT_RESIDUAL: f64 = 0.04;
 
 /// Scores of one clip, each in 0..=1.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
     /// Share of the spec's objects seen in their colour (objects and seen tracks are paired
     /// by agreement of colour, shape and motion).
@@ -86,11 +86,15 @@ impl Report {
     /// moving as asked, on the asked backdrop, with no consistency fault. (A clip that draws
     /// no objects has no faults, but is not as asked.)
     pub fn as_asked(&self) -> bool {
-        let scores = &self.scores;
-        scores.color == 1.0
-            && scores.motion == 1.0
-            && scores.backdrop == 1.0
-            && self.faults.is_empty()
+        self.scores.as_asked(self.faults.len())
+    }
+}
+
+impl Scores {
+    /// Whether a clip of these scores with `faults` consistency faults shows what was asked
+    /// (see [`Report::as_asked`]).
+    pub fn as_asked(&self, faults: usize) -> bool {
+        self.color == 1.0 && self.motion == 1.0 && self.backdrop == 1.0 && faults == 0
     }
 }
 
