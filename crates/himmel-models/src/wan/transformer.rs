@@ -512,12 +512,6 @@ impl WanTransformer {
             rows: text_2.forward(&text_1.forward_gelu(&text.rows)?)?,
             key_bias: text.key_bias,
         };
-        let first_row = |tensor: &Tensor| tensor.narrow(0, 0, 1);
-        let first_text = FoldedText {
-            rows: first_row(&text.rows)?,
-            key_bias: text.key_bias.as_ref().map(first_row).transpose()?,
-        };
-        let first_modulation = first_row(&modulation)?;
 
         let rotary = Rotary::for_grid(self.config.attention_head_dim, grid, latents.device())?;
         let depth = self.blocks.len();
@@ -528,12 +522,18 @@ impl WanTransformer {
             }
             Ok(x)
         };
+        let first_row = |tensor: &Tensor| tensor.narrow(0, 0, 1);
         // The first row of `x`, the hidden state before block `from`, through the blocks from
         // there on with the skipped block's self-attention skipped.
         let weaken = |x: &Tensor, from: usize| -> Result<Option<Tensor>> {
             let Some(skipped) = skipped else {
                 return Ok(None);
             };
+            let first_text = FoldedText {
+                rows: first_row(&text.rows)?,
+                key_bias: text.key_bias.as_ref().map(first_row).transpose()?,
+            };
+            let first_modulation = first_row(&modulation)?;
             let mut x = first_row(x)?;
             for (index, block) in self.blocks.iter().enumerate().skip(from) {
                 let skip = index == skipped;
