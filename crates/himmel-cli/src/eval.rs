@@ -22,7 +22,8 @@ use himmel_pipeline::mini::{self, BUILTIN_NAME};
 use himmel_pipeline::{GenerationRequest, MiniPipeline};
 use himmel_train::data::ClipSource;
 use himmel_world::render::{RenderSettings, render};
-use himmel_world::score::{Aggregate, Report, aggregate, score};
+use himmel_world::score::{Aggregate, Report, ShapesSeen, aggregate, score, shapes_seen};
+use himmel_world::vocab::Shape;
 use serde::Serialize;
 
 use crate::device::DeviceChoice;
@@ -263,6 +264,10 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
             &aggregate(&original_reports),
             None,
         );
+        print_shapes_seen(&[
+            ("reconstructed", &reconstructed_reports),
+            ("ground truth", &original_reports),
+        ]);
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;
@@ -389,6 +394,11 @@ pub fn run(args: &EvalArgs, device: DeviceChoice, quiet: bool) -> Result<()> {
         &report.ground_truth,
         Some(&report.autoencoded),
     );
+    print_shapes_seen(&[
+        ("scored", &model_reports),
+        ("ground truth", &truth_reports),
+        ("autoencoded", &autoencoded_reports),
+    ]);
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&args.out, json)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;
@@ -440,4 +450,48 @@ fn print_summary(clips: &Aggregate, truth: &Aggregate, autoencoded: Option<&Aggr
     }
     let ratio = clips.physics_residual / truth.physics_residual.max(1e-9);
     println!("physics residual: {ratio:.2}x ground truth's");
+}
+
+/// Prints, for each shape asked for, the two shapes each column's clips showed its objects as
+/// most often, in shares of the objects asked for: where shape agreement is lost.
+fn print_shapes_seen(columns: &[(&str, &[Report])]) {
+    let tallies: Vec<Vec<ShapesSeen>> = columns
+        .iter()
+        .map(|(_, reports)| shapes_seen(reports))
+        .collect();
+    let mut heading = "shape asked   objects".to_string();
+    for (name, _) in columns {
+        heading += &format!("   {:<28}", format!("{name} as"));
+    }
+    println!("{}", heading.trim_end());
+    for asked in &tallies[0] {
+        let mut line = format!("{:<12}{:>9}", shape_name(asked.asked), asked.objects);
+        for column in &tallies {
+            let seen = column.iter().find(|tally| tally.asked == asked.asked);
+            line += &format!("   {:<28}", seen.map(most_seen).unwrap_or_default());
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// The two shapes `tally`'s objects were seen as most often, with their shares.
+fn most_seen(tally: &ShapesSeen) -> String {
+    let mut seen: Vec<(Shape, usize)> = Shape::ALL
+        .iter()
+        .copied()
+        .zip(tally.seen)
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    seen.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    let share = |count: usize| count as f64 / tally.objects.max(1) as f64;
+    seen.iter()
+        .take(2)
+        .map(|(shape, count)| format!("{} {:.2}", shape_name(*shape), share(*count)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A shape's name as captions and reports write it.
+fn shape_name(shape: Shape) -> String {
+    format!("{shape:?}").to_lowercase()
 }

@@ -53,6 +53,8 @@ pub struct Scores {
 pub struct ObjectReport {
     /// The object asked for, in words.
     pub expected: String,
+    /// The shape asked for.
+    pub asked_shape: Shape,
     /// Whether a seen object was paired with it.
     pub found: bool,
     /// The colour of the object paired with it.
@@ -295,6 +297,7 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
         let Some(track) = *matched else {
             objects.push(ObjectReport {
                 expected: describe(object),
+                asked_shape: object.shape,
                 found: false,
                 observed_color: None,
                 observed_shape: None,
@@ -315,6 +318,7 @@ pub fn score(video: &Video, spec: &SceneSpec) -> Result<Report, VideoError> {
         residuals.extend(residual);
         objects.push(ObjectReport {
             expected: describe(object),
+            asked_shape: object.shape,
             found: true,
             observed_color: Some(significant[track].color),
             observed_shape: observed[track].0,
@@ -841,4 +845,42 @@ pub fn aggregate(reports: &[Report]) -> Aggregate {
         as_asked: mean(|r| if r.as_asked() { 1.0 } else { 0.0 }),
         physics_residual: mean(|r| r.physics_residual),
     }
+}
+
+/// How the objects asked for in one shape were seen, over many clips.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapesSeen {
+    /// The shape asked for.
+    pub asked: Shape,
+    /// Objects asked for in that shape.
+    pub objects: usize,
+    /// How many of them were seen as each shape, in [`Shape::ALL`] order (the rest were not
+    /// found or showed no shape).
+    pub seen: [usize; Shape::ALL.len()],
+}
+
+/// For each shape asked for in `reports`, how its objects were seen: where shape agreement is
+/// lost.
+pub fn shapes_seen(reports: &[Report]) -> Vec<ShapesSeen> {
+    let objects: Vec<&ObjectReport> = reports.iter().flat_map(|r| &r.objects).collect();
+    Shape::ALL
+        .iter()
+        .map(|&asked| {
+            let mut tally = ShapesSeen {
+                asked,
+                objects: 0,
+                seen: [0; Shape::ALL.len()],
+            };
+            for object in objects.iter().filter(|o| o.asked_shape == asked) {
+                tally.objects += 1;
+                if let Some(seen) = object.observed_shape
+                    && let Some(index) = Shape::ALL.iter().position(|s| *s == seen)
+                {
+                    tally.seen[index] += 1;
+                }
+            }
+            tally
+        })
+        .filter(|tally| tally.objects > 0)
+        .collect()
 }

@@ -6,7 +6,7 @@ use himmel_core::Video;
 use himmel_world::fault::FaultKind;
 use himmel_world::render::{RenderSettings, render};
 use himmel_world::sample::clip_rng;
-use himmel_world::score::{Aggregate, Report, aggregate, score};
+use himmel_world::score::{Aggregate, Report, aggregate, score, shapes_seen};
 use himmel_world::spec::{ObjectSpec, SceneSpec};
 use himmel_world::vocab::{Background, CameraMotion, Color, Direction, Motion, Shape, Size};
 
@@ -183,6 +183,35 @@ fn a_clip_without_the_asked_objects_has_no_faults_but_is_not_as_asked() {
     assert!(scored(&video(&spec, &SMALL), &spec).as_asked());
     let total = aggregate(&[report, scored(&video(&spec, &SMALL), &spec)]);
     assert_eq!((total.fault_free, total.as_asked), (1.0, 0.5));
+}
+
+#[test]
+fn shapes_seen_tallies_how_each_asked_shape_was_seen() {
+    let ball = |shape| {
+        scene(vec![object(
+            shape,
+            Color::Red,
+            Motion::Bounce,
+            Some(Direction::Right),
+            [1.0, 1.6],
+            0.8,
+        )])
+    };
+    let clip = video(&ball(Shape::Ball), &SMALL);
+    // The same ball's clip, once asked for as a ball and once as a cube.
+    let reports = [
+        scored(&clip, &ball(Shape::Ball)),
+        scored(&clip, &ball(Shape::Cube)),
+    ];
+    let tallies = shapes_seen(&reports);
+    let seen_as_ball = |index: usize| (tallies[index].objects, tallies[index].seen[0]);
+    assert_eq!(tallies.len(), 2, "{tallies:?}");
+    assert_eq!(
+        (tallies[0].asked, tallies[1].asked),
+        (Shape::Ball, Shape::Cube)
+    );
+    assert_eq!((seen_as_ball(0), seen_as_ball(1)), ((1, 1), (1, 1)));
+    assert_eq!(tallies[1].seen.iter().sum::<usize>(), 1);
 }
 
 #[test]
