@@ -106,6 +106,17 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
     ]);
     assert!(summary.contains("colour agreement"), "{summary}");
     assert!(summary.contains("autoencoded"), "{summary}");
+    // Which shape each asked shape was seen as, beside ground truth's: a row per shape asked.
+    let first_row = summary
+        .lines()
+        .skip_while(|line| !line.starts_with("shape asked"))
+        .nth(1)
+        .unwrap_or_default();
+    let shapes = ["ball", "cube", "triangle", "star", "ring", "capsule"];
+    assert!(
+        shapes.iter().any(|shape| first_row.starts_with(shape)),
+        "{summary}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(json["model"]["clips"], 2);
