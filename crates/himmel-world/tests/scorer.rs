@@ -187,7 +187,7 @@ fn a_clip_without_the_asked_objects_has_no_faults_but_is_not_as_asked() {
 
 #[test]
 fn shapes_seen_tallies_how_each_asked_shape_was_seen() {
-    let ball = |shape| {
+    let bouncing = |shape| {
         scene(vec![object(
             shape,
             Color::Red,
@@ -197,11 +197,11 @@ fn shapes_seen_tallies_how_each_asked_shape_was_seen() {
             0.8,
         )])
     };
-    let clip = video(&ball(Shape::Ball), &SMALL);
-    // The same ball's clip, once asked for as a ball and once as a cube.
+    let clip = video(&bouncing(Shape::Ball), &SMALL);
+    // A ball's clip, once asked for as a ball and once as a cube.
     let reports = [
-        scored(&clip, &ball(Shape::Ball)),
-        scored(&clip, &ball(Shape::Cube)),
+        scored(&clip, &bouncing(Shape::Ball)),
+        scored(&clip, &bouncing(Shape::Cube)),
     ];
     let tallies = shapes_seen(&reports);
     let seen_as_ball = |index: usize| (tallies[index].objects, tallies[index].seen[0]);
