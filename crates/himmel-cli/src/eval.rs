@@ -21,6 +21,7 @@ use himmel_models::wan::WanVae;
 use himmel_pipeline::mini::{self, BUILTIN_NAME};
 use himmel_pipeline::{GenerationRequest, MiniPipeline};
 use himmel_train::data::ClipSource;
+use himmel_world::lexicon::shape_english;
 use himmel_world::render::{RenderSettings, render};
 use himmel_world::score::{Aggregate, Report, ShapesSeen, aggregate, score, shapes_seen};
 use himmel_world::vocab::Shape;
@@ -465,7 +466,7 @@ fn print_shapes_seen(columns: &[(&str, &[Report])]) {
     }
     println!("{}", heading.trim_end());
     for asked in &tallies[0] {
-        let mut line = format!("{:<12}{:>9}", shape_name(asked.asked), asked.objects);
+        let mut line = format!("{:<12}{:>9}", shape_english(asked.asked)[0], asked.objects);
         for column in &tallies {
             let seen = column.iter().find(|tally| tally.asked == asked.asked);
             line += &format!("   {:<28}", seen.map(most_seen).unwrap_or_default());
@@ -486,12 +487,7 @@ fn most_seen(tally: &ShapesSeen) -> String {
     let share = |count: usize| count as f64 / tally.objects.max(1) as f64;
     seen.iter()
         .take(2)
-        .map(|(shape, count)| format!("{} {:.2}", shape_name(*shape), share(*count)))
+        .map(|(shape, count)| format!("{} {:.2}", shape_english(*shape)[0], share(*count)))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A shape's name as captions and reports write it.
-fn shape_name(shape: Shape) -> String {
-    format!("{shape:?}").to_lowercase()
 }
