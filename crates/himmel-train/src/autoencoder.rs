@@ -17,6 +17,7 @@ use himmel_models::wan::{WanVae, WanVaeConfig};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::adversary::{self, Discriminator, hinge_losses};
 use crate::checkpoint::{read_safetensors, write_safetensors};
 use crate::config::AutoencoderRecipe;
 use crate::config::clip_source;
@@ -44,6 +45,8 @@ pub struct AutoencoderStage {
     autoencoder: WanVae,
     /// Weights kept fixed (the encoder side when only the decoder trains).
     frozen: HashMap<String, Tensor>,
+    /// The decoder's judge, with [`AutoencoderRecipe::adversarial_weight`].
+    discriminator: Option<Discriminator>,
     vars: Vec<(String, Var)>,
     clips: ClipSource,
     /// The model whose predicted latents the decoder learns from, with
@@ -110,11 +113,19 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
         ("object_weight", recipe.object_weight),
         ("gradient_weight", recipe.gradient_weight),
         ("latent_noise", recipe.latent_noise),
+        ("adversarial_weight", recipe.adversarial_weight),
     ];
     for (name, weight) in loss_weights {
         if weight.is_nan() || weight < 0.0 {
             return Err(setting(name, weight, "must be 0 or more"));
         }
+    }
+    if recipe.adversarial_weight > 0.0 && crop.frames < 2 {
+        return Err(setting(
+            "crop.frames",
+            crop.frames,
+            "must be at least 2 with adversarial_weight: the discriminator judges pairs of frames",
+        ));
     }
     if recipe.run.batch_size == 0 {
         return Err(setting("loop.batch_size", 0, "must be at least 1"));
@@ -257,16 +268,23 @@ impl AutoencoderStage {
             frozen: frozen.clone(),
             trained: trained.clone(),
         };
-        let autoencoder = WanVae::new(
-            &config,
-            VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone()),
-        )?;
+        let builder = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let autoencoder = WanVae::new(&config, builder.clone())?;
+        let discriminator = (recipe.adversarial_weight > 0.0)
+            .then(|| Discriminator::new(builder.pp(adversary::PREFIX)))
+            .transpose()?;
         let vars = sorted_vars(&trained);
+        let (judge, vars_to_load): (Vec<_>, Vec<_>) = vars
+            .iter()
+            .cloned()
+            .partition(|(name, _)| name.starts_with(adversary::PREFIX));
+        // The judge always starts afresh; a resumed run restores it from its checkpoint.
+        initialize(&judge, recipe.run.seed)?;
         if weights.is_empty() {
-            initialize(&vars, recipe.run.seed)?;
-            start_nearly_deterministic(&vars, config.z_dim)?;
+            initialize(&vars_to_load, recipe.run.seed)?;
+            start_nearly_deterministic(&vars_to_load, config.z_dim)?;
         } else {
-            for (name, var) in &vars {
+            for (name, var) in &vars_to_load {
                 let Some(weight) = weights.get(name) else {
                     return Err(setting(
                         "autoencoder",
@@ -282,6 +300,7 @@ impl AutoencoderStage {
             config,
             autoencoder,
             frozen,
+            discriminator,
             vars,
             clips: clip_source(recipe.folder.as_deref(), recipe.video, recipe.run.seed)?,
             predictor: None,
@@ -346,6 +365,32 @@ impl AutoencoderStage {
         })
     }
 
+    /// `fit` plus, with a discriminator, its hinge loss and (from
+    /// [`AutoencoderRecipe::adversarial_start`] on) the decoder's, weighted.
+    fn with_adversary(
+        &self,
+        fit: Tensor,
+        reconstruction: &Tensor,
+        crops: &Crops,
+        step: u64,
+    ) -> Result<Tensor, TrainError> {
+        let Some(discriminator) = &self.discriminator else {
+            return Ok(fit);
+        };
+        let (judge, decoder) = hinge_losses(
+            discriminator,
+            reconstruction,
+            &crops.video,
+            crops.weights.as_ref(),
+        )?;
+        let weight = if step >= self.recipe.adversarial_start {
+            self.recipe.adversarial_weight
+        } else {
+            0.0
+        };
+        Ok(((fit + judge)? + (decoder * weight)?)?)
+    }
+
     /// The latents the predictor draws for the step's clips, cut to their crops.
     fn predicted_latents(
         &self,
@@ -392,13 +437,9 @@ impl Stage for AutoencoderStage {
         if let Some(predictor) = &self.predictor {
             let latents = self.predicted_latents(predictor, &crops, step)?;
             let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-            let gradient_weight = self.recipe.gradient_weight;
-            return Ok(reconstruction_loss(
-                &reconstruction,
-                video,
-                weights,
-                gradient_weight,
-            )?);
+            let fit =
+                reconstruction_loss(&reconstruction, video, weights, self.recipe.gradient_weight)?;
+            return self.with_adversary(fit, &reconstruction, &crops, step);
         }
         let (mean, log_var) = self.autoencoder.encode_moments(video)?;
         let log_var = log_var.clamp(-30f32, 20f32)?;
@@ -411,6 +452,7 @@ impl Stage for AutoencoderStage {
         let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
         let fit =
             reconstruction_loss(&reconstruction, video, weights, self.recipe.gradient_weight)?;
+        let fit = self.with_adversary(fit, &reconstruction, &crops, step)?;
         if self.recipe.decoder_only {
             // The encoder is fixed: its KL term is a constant.
             return Ok(fit);
@@ -432,7 +474,12 @@ impl Stage for AutoencoderStage {
             .frozen
             .iter()
             .map(|(name, tensor)| (name.clone(), tensor.clone()))
-            .chain(averages.iter().cloned())
+            .chain(
+                averages
+                    .iter()
+                    .filter(|(name, _)| !name.starts_with(adversary::PREFIX))
+                    .cloned(),
+            )
             .collect();
         let metadata = HashMap::from([(STEP_METADATA.to_string(), step.to_string())]);
         write_safetensors(&dir.join(WEIGHTS), &tensors, metadata)?;

@@ -77,6 +77,16 @@ pub struct AutoencoderRecipe {
     /// clip's, which plain L1 lets blur. 0 leaves it out.
     #[serde(default)]
     pub gradient_weight: f64,
+    /// Weight of the adversarial term: the decoder is also judged by a patch discriminator
+    /// trained beside it ([`crate::adversary`]), which keeps edges and corners that pixel
+    /// losses blur. The discriminator's own loss is added to the step's loss (and its log).
+    /// 0 leaves both out.
+    #[serde(default)]
+    pub adversarial_weight: f64,
+    /// Steps the discriminator learns alone before its verdict trains the decoder (a judge that
+    /// has not yet learnt would only add noise).
+    #[serde(default)]
+    pub adversarial_start: u64,
     /// Train only the decoder side (`post_quant_conv` and `decoder`) of a trained autoencoder,
     /// keeping its encoder and so its latents: a decoder fine-tuned this way serves denoisers
     /// trained on the original's latents. Needs the autoencoder to start from.

@@ -4,6 +4,7 @@
 //! repeats the steps an uninterrupted one would have taken.
 #![deny(missing_docs)]
 
+pub mod adversary;
 pub mod autoencoder;
 pub mod checkpoint;
 pub mod config;

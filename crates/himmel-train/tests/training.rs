@@ -48,6 +48,8 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         kl_weight: 1e-4,
         object_weight: 4.0,
         gradient_weight: 0.5,
+        adversarial_weight: 0.0,
+        adversarial_start: 0,
         decoder_only: false,
         latent_noise: 0.0,
         denoised_latents: 0.0,
@@ -254,6 +256,46 @@ fn a_decoder_fine_tunes_over_a_fixed_encoder() {
         panic!("a start of another architecture was accepted")
     };
     assert!(error.to_string().contains("architecture"), "{error}");
+}
+
+#[test]
+fn a_decoder_and_its_judge_train_side_by_side_and_resume_exactly() {
+    let device = Device::Cpu;
+    let start_dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::new(&autoencoder_recipe(5), &device).expect("stage");
+    train(&stage, &options(start_dir.path(), 5, None, false));
+    let start = || read_trained(start_dir.path()).expect("autoencoder export");
+
+    let mut recipe = autoencoder_recipe(40);
+    recipe.decoder_only = true;
+    recipe.adversarial_weight = 0.1;
+    recipe.adversarial_start = 3;
+    let stage = || AutoencoderStage::fine_tune(&recipe, start(), &device).expect("stage");
+    let judged = stage();
+    let names: Vec<&str> = judged.variables().iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"discriminator.layers.0.weight"),
+        "{names:?}"
+    );
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let whole = train(&judged, &options(dir.path(), 40, Some(9), false));
+    assert!(whole.rows.iter().all(|row| row.loss.is_finite()));
+    let tuned = read_trained(dir.path()).expect("fine-tuned export");
+    let mut exported: Vec<&String> = tuned.weights.keys().collect();
+    let mut started: Vec<&String> = Vec::new();
+    let first = start();
+    started.extend(first.weights.keys());
+    exported.sort();
+    started.sort();
+    assert_eq!(exported, started, "the judge is not exported");
+    assert_resumes_exactly(stage, &whole);
+
+    let mut stills = recipe.clone();
+    stills.crop.frames = 1;
+    let Err(error) = AutoencoderStage::fine_tune(&stills, start(), &device) else {
+        panic!("an adversary over single frames was accepted")
+    };
+    assert!(error.to_string().contains("pairs of frames"), "{error}");
 }
 
 #[test]
