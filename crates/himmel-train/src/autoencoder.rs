@@ -3,7 +3,8 @@
 //! would see whole clips, so training on crops is cheap and transfers to full frames.
 //!
 //! It can also start from a trained autoencoder and fine-tune it, or only its decoder: the
-//! encoder, and so the latents a denoiser learnt, stay as they were.
+//! encoder, and so the latents a denoiser learnt, stay as they were. A patch discriminator
+//! may judge the decoder as well ([`crate::adversary`]).
 //!
 //! Exports `autoencoder.json` (the config) and `autoencoder.safetensors` (averaged weights, with
 //! the step they were taken at in the metadata).
