@@ -261,9 +261,7 @@ fn a_decoder_fine_tunes_over_a_fixed_encoder() {
 #[test]
 fn a_decoder_and_its_judge_train_side_by_side_and_resume_exactly() {
     let device = Device::Cpu;
-    let start_dir = tempfile::tempdir().expect("temporary folder");
-    let stage = AutoencoderStage::new(&autoencoder_recipe(5), &device).expect("stage");
-    train(&stage, &options(start_dir.path(), 5, None, false));
+    let start_dir = tiny_autoencoder(&device);
     let start = || read_trained(start_dir.path()).expect("autoencoder export");
 
     let mut recipe = autoencoder_recipe(40);
@@ -280,14 +278,17 @@ fn a_decoder_and_its_judge_train_side_by_side_and_resume_exactly() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let whole = train(&judged, &options(dir.path(), 40, Some(9), false));
     assert!(whole.rows.iter().all(|row| row.loss.is_finite()));
+    let names = |weights: std::collections::HashMap<String, _>| {
+        let mut names: Vec<String> = weights.into_keys().collect();
+        names.sort();
+        names
+    };
     let tuned = read_trained(dir.path()).expect("fine-tuned export");
-    let mut exported: Vec<&String> = tuned.weights.keys().collect();
-    let mut started: Vec<&String> = Vec::new();
-    let first = start();
-    started.extend(first.weights.keys());
-    exported.sort();
-    started.sort();
-    assert_eq!(exported, started, "the judge is not exported");
+    assert_eq!(
+        names(tuned.weights),
+        names(start().weights),
+        "the judge is not exported"
+    );
     assert_resumes_exactly(stage, &whole);
 
     let mut stills = recipe.clone();
