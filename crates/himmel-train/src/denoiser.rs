@@ -353,6 +353,37 @@ fn check_architecture(recipe: &DenoiserRecipe, model: &MiniConfig) -> Result<(),
     Ok(())
 }
 
+/// The layers between latents and tokens: the patch embedding and the output projection.
+const PATCH_LAYERS: [&str; 2] = ["denoiser.patch_embedding.", "denoiser.proj_out."];
+
+/// Rejects a move to latents whose tokens (`recipe`'s patches over `autoencoder`'s grid) would
+/// stand for other pixels or frames than `model`'s tokens do.
+fn check_token_span(
+    recipe: &DenoiserRecipe,
+    autoencoder: &WanVaeConfig,
+    model: &MiniConfig,
+) -> Result<(), TrainError> {
+    let span = |patch: [usize; 3], config: &WanVaeConfig| {
+        let (time, space) = (config.temporal_factor(), config.spatial_factor());
+        [time * patch[0], space * patch[1], space * patch[2]]
+    };
+    let (new, old) = (
+        span(recipe.denoiser.patch_size, autoencoder),
+        span(model.denoiser.patch_size, &model.autoencoder),
+    );
+    if new != old {
+        return Err(TrainError::Setting {
+            name: "denoiser.patch_size",
+            value: format!("{:?}", recipe.denoiser.patch_size),
+            reason: format!(
+                "its tokens over the new autoencoder's latents span {new:?} frames and pixels; \
+                 the model's span {old:?}"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The error for a variable the model to start from has no weight for.
 fn missing_weight(name: &str) -> TrainError {
     TrainError::Setting {
@@ -472,10 +503,13 @@ impl DenoiserStage {
     }
 
     /// Builds the stage on a trained autoencoder that is not `model`'s (a later export of its
-    /// run, whose encoder has moved on): the latent normalisation is measured on it as
-    /// [`Self::new`] measures it, while the vocabulary and the denoiser's and text encoder's
-    /// weights are `model`'s to start from (the recipe must have its architecture). How a
-    /// denoiser moves to a newer autoencoder without training from scratch.
+    /// run, whose encoder has moved on, or another design): the latent normalisation is
+    /// measured on it as [`Self::new`] measures it, while the vocabulary and the denoiser's and
+    /// text encoder's weights are `model`'s to start from (the recipe must have its
+    /// architecture but for the patch size). How a denoiser moves to a newer autoencoder
+    /// without training from scratch. Where the latents have other channels or the recipe
+    /// other patches, the patch embedding and output projection start fresh, and each token
+    /// must still stand for the pixels and frames a token of `model` stands for.
     pub fn warm_start(
         recipe: &DenoiserRecipe,
         autoencoder: TrainedAutoencoder,
@@ -483,21 +517,28 @@ impl DenoiserStage {
         device: &Device,
     ) -> Result<Self, TrainError> {
         check_recipe(recipe)?;
-        check_architecture(recipe, &model.config)?;
-        if autoencoder.config.z_dim != model.config.autoencoder.z_dim {
-            return Err(TrainError::Setting {
-                name: "autoencoder",
-                value: format!("{} latent channels", autoencoder.config.z_dim),
-                reason: format!(
-                    "the model to start from denoises {}",
-                    model.config.autoencoder.z_dim
-                ),
-            });
+        let mut as_model = recipe.clone();
+        as_model.denoiser.patch_size = model.config.denoiser.patch_size;
+        check_architecture(&as_model, &model.config)?;
+        let new_grid = autoencoder.config.z_dim != model.config.autoencoder.z_dim
+            || recipe.denoiser.patch_size != model.config.denoiser.patch_size;
+        if new_grid {
+            check_token_span(recipe, &autoencoder.config, &model.config)?;
         }
         let clips = recipe.clip_source()?;
         let vocabulary = model.config.vocabulary.clone();
         let stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
-        stage.load(&model.weights)?;
+        if new_grid {
+            initialize(&stage.vars, recipe.run.seed)?;
+            let kept = model
+                .weights
+                .into_iter()
+                .filter(|(name, _)| !PATCH_LAYERS.iter().any(|layer| name.starts_with(layer)))
+                .collect();
+            stage.load_present(&kept)?;
+        } else {
+            stage.load(&model.weights)?;
+        }
         Ok(stage)
     }
 
@@ -680,6 +721,19 @@ impl DenoiserStage {
         for (name, var) in &self.vars {
             let weight = weights.get(name).ok_or_else(|| missing_weight(name))?;
             var.set(&weight.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the stage's variables that `weights` names (outside [`PATCH_LAYERS`] every one must
+    /// be there) and leaves the patch layers it does not name as they are.
+    fn load_present(&self, weights: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        for (name, var) in &self.vars {
+            match weights.get(name) {
+                Some(weight) => var.set(&weight.to_device(var.device())?)?,
+                None if PATCH_LAYERS.iter().any(|layer| name.starts_with(layer)) => {}
+                None => return Err(missing_weight(name)),
+            }
         }
         Ok(())
     }

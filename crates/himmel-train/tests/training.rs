@@ -211,6 +211,22 @@ fn the_autoencoder_learns_and_resumes_exactly() {
 }
 
 #[test]
+fn an_autoencoder_finer_in_space_learns() {
+    // 2x in space and 4x in time: the second downsampling halves time alone.
+    let mut recipe = autoencoder_recipe(30);
+    recipe.autoencoder.dim_mult = vec![1, 1, 1];
+    recipe.autoencoder.temperal_downsample = vec![true, true];
+    recipe.autoencoder.spatial_downsample = Some(vec![true, false]);
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let stage = AutoencoderStage::new(&recipe, &Device::Cpu).expect("stage");
+    let whole = train(&stage, &options(dir.path(), 30, None, false));
+    assert_falls(&whole.rows);
+    let trained = read_trained(dir.path()).expect("autoencoder export");
+    assert_eq!(trained.config.spatial_downsample, Some(vec![true, false]));
+    assert_eq!(trained.config.spatial_factor(), 2);
+}
+
+#[test]
 fn a_decoder_fine_tunes_over_a_fixed_encoder() {
     let device = Device::Cpu;
     let start_dir = tempfile::tempdir().expect("temporary folder");
@@ -755,17 +771,43 @@ fn a_denoiser_moves_to_a_new_encoder() {
         (Some(3), Some(2))
     );
 
-    // An autoencoder of another latent width is refused.
-    let mut wider_recipe = autoencoder_recipe(1);
-    wider_recipe.autoencoder.z_dim = 6;
-    let wider_dir = tempfile::tempdir().expect("temporary folder");
-    let wider = AutoencoderStage::new(&wider_recipe, &device).expect("stage");
-    train(&wider, &options(wider_dir.path(), 1, None, false));
-    let wider = read_trained(wider_dir.path()).expect("export");
-    let Err(error) = DenoiserStage::warm_start(&recipe, wider, model(), &device) else {
-        panic!("an autoencoder of another latent width was accepted")
+    // An autoencoder twice as fine in space with other latent channels: with patches twice as
+    // large each token stands for the same pixels; the patch layers start fresh, the rest is
+    // the model's.
+    let mut finer_recipe = autoencoder_recipe(1);
+    finer_recipe.autoencoder.z_dim = 6;
+    finer_recipe.autoencoder.spatial_downsample = Some(vec![true, true, false]);
+    let finer_dir = tempfile::tempdir().expect("temporary folder");
+    let finer = AutoencoderStage::new(&finer_recipe, &device).expect("stage");
+    train(&finer, &options(finer_dir.path(), 1, None, false));
+    let finer = || read_trained(finer_dir.path()).expect("export");
+    let Err(error) = DenoiserStage::warm_start(&recipe, finer(), model(), &device) else {
+        panic!("tokens over other pixels were accepted")
     };
-    assert!(error.to_string().contains("6 latent channels"), "{error}");
+    assert!(error.to_string().contains("span [4, 4, 4]"), "{error}");
+    let mut larger_patches = recipe.clone();
+    larger_patches.denoiser.patch_size = [1, 2, 2];
+    let moved =
+        DenoiserStage::warm_start(&larger_patches, finer(), model(), &device).expect("stage");
+    assert_eq!(moved.config().denoiser.in_channels, 13);
+    let start = model();
+    for (name, var) in moved.variables() {
+        let patch_layer =
+            name.starts_with("denoiser.patch_embedding.") || name.starts_with("denoiser.proj_out.");
+        if let Some(weight) = start.weights.get(name)
+            && weight.dims() == var.as_tensor().dims()
+        {
+            let difference = (var.as_tensor() - weight)
+                .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                .expect("difference");
+            assert_eq!(difference == 0.0, !patch_layer, "{name}");
+        } else {
+            assert!(patch_layer, "{name}");
+        }
+    }
+    let moved_dir = tempfile::tempdir().expect("temporary folder");
+    let summary = train(&moved, &unaveraged(moved_dir.path(), 8, 2, 0));
+    assert!(summary.rows.iter().all(|row| row.loss.is_finite()));
 }
 
 #[test]

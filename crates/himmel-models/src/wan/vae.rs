@@ -33,6 +33,11 @@ pub struct WanVaeConfig {
     /// Whether each encoder downsampling also halves time; default `[false, true, true]`.
     #[serde(default = "default_temporal")]
     pub temperal_downsample: Vec<bool>,
+    /// Whether each encoder downsampling halves height and width; default none: every one does,
+    /// as Wan's. A stage that keeps the size halves time only (himmel-mini's finer autoencoders:
+    /// 2x in space, 4x in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spatial_downsample: Option<Vec<bool>>,
     /// Per-channel latent means; default Wan 2.1's.
     #[serde(default = "default_mean")]
     pub latents_mean: Vec<f64>,
@@ -99,6 +104,7 @@ impl WanVaeConfig {
             dim_mult: default_dim_mult(),
             num_res_blocks: default_res_blocks(),
             temperal_downsample: default_temporal(),
+            spatial_downsample: None,
             latents_mean: default_mean(),
             latents_std: default_std(),
             first_frame_latents: None,
@@ -123,9 +129,20 @@ impl WanVaeConfig {
         self.decoder_base_dim.unwrap_or(self.base_dim)
     }
 
-    /// How many pixels a latent cell spans in each spatial direction: 2 per downsampling stage.
+    /// Whether encoder downsampling `stage` halves height and width.
+    pub fn halves_space(&self, stage: usize) -> bool {
+        self.spatial_downsample
+            .as_ref()
+            .is_none_or(|halves| halves.get(stage) == Some(&true))
+    }
+
+    /// How many pixels a latent cell spans in each spatial direction: 2 per downsampling stage
+    /// that halves space.
     pub fn spatial_factor(&self) -> usize {
-        1 << self.dim_mult.len().saturating_sub(1)
+        let stages = self.dim_mult.len().saturating_sub(1);
+        1 << (0..stages)
+            .filter(|&stage| self.halves_space(stage))
+            .count()
     }
 
     /// How many frames a latent frame stands for after the first: 2 per temporal downsampling.
@@ -185,7 +202,9 @@ impl WanVaeConfig {
                     total += conv(channels, 2.0 * channels, 3.0, frames - 1.0, pixels);
                     frames = 2.0 * frames - 1.0;
                 }
-                pixels *= 4.0;
+                if self.halves_space(stages - 2 - stage) {
+                    pixels *= 4.0;
+                }
                 total += conv(channels, channels / 2.0, 9.0, frames, pixels);
             }
         }
@@ -656,34 +675,49 @@ impl MidBlock {
     }
 }
 
-/// Halves height and width (and, with `time_conv`, time after the first frame).
+/// Halves height and width (unless `halves_space` is false: a convolution that keeps the size)
+/// and, with `time_conv`, time after the first frame.
 struct Downsample {
     spatial: Conv2d,
+    halves_space: bool,
     time_conv: Option<CausalConv3d>,
 }
 
 impl Downsample {
-    fn new(channels: usize, temporal: bool, vb: VarBuilder) -> Result<Self> {
-        let config = Conv2dConfig {
-            stride: 2,
-            ..Default::default()
+    fn new(channels: usize, halves_space: bool, temporal: bool, vb: VarBuilder) -> Result<Self> {
+        let config = if halves_space {
+            Conv2dConfig {
+                stride: 2,
+                ..Default::default()
+            }
+        } else {
+            Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            }
         };
         let time_conv = temporal
             .then(|| CausalConv3d::new((channels, channels), (3, 1), (0, 0), 2, vb.pp("time_conv")))
             .transpose()?;
         Ok(Self {
             spatial: candle_nn::conv2d(channels, channels, 3, config, vb.pp("resample.1"))?,
+            halves_space,
             time_conv,
         })
     }
 
     fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
-        let x = per_frame(x, |frames| {
-            let padded = frames
-                .pad_with_zeros(D::Minus1, 0, 1)?
-                .pad_with_zeros(D::Minus2, 0, 1)?;
-            apply_conv2d(&self.spatial, &padded)
-        })?;
+        let x = if self.halves_space {
+            per_frame(x, |frames| {
+                let padded =
+                    frames
+                        .pad_with_zeros(D::Minus1, 0, 1)?
+                        .pad_with_zeros(D::Minus2, 0, 1)?;
+                apply_conv2d(&self.spatial, &padded)
+            })?
+        } else {
+            frame_conv(&self.spatial, x)?
+        };
         let Some(time_conv) = &self.time_conv else {
             return Ok(x);
         };
@@ -698,14 +732,16 @@ impl Downsample {
     }
 }
 
-/// Doubles height and width (and, with `time_conv`, time after the first frame).
+/// Doubles height and width (unless `doubles_space` is false) and, with `time_conv`, time after
+/// the first frame; its convolution halves the channels.
 struct Upsample {
     spatial: Conv2d,
+    doubles_space: bool,
     time_conv: Option<CausalConv3d>,
 }
 
 impl Upsample {
-    fn new(channels: usize, temporal: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(channels: usize, doubles_space: bool, temporal: bool, vb: VarBuilder) -> Result<Self> {
         let config = Conv2dConfig {
             padding: 1,
             ..Default::default()
@@ -723,6 +759,7 @@ impl Upsample {
             .transpose()?;
         Ok(Self {
             spatial: candle_nn::conv2d(channels, channels / 2, 3, config, vb.pp("resample.1"))?,
+            doubles_space,
             time_conv,
         })
     }
@@ -744,34 +781,40 @@ impl Upsample {
                     .reshape((batch, channels, 2 * frames, height, width))?;
             }
         }
-        if let Some(bias) = self.spatial.bias()
-            && video_training::applies(&x, self.spatial.weight())
-        {
-            // Nearest upsampling and a per-frame convolution need no per-frame layout here.
-            let weight = self.spatial.weight().unsqueeze(2)?;
-            let upsampled = if video::applies(&x, &weight) {
-                video::upsample_nearest_twice(&x)?
-            } else {
-                let (batch, channels, frames, height, width) = x.dims5()?;
-                x.reshape((batch, channels * frames, height, width))?
-                    .upsample_nearest2d(2 * height, 2 * width)?
-                    .reshape((batch, channels, frames, 2 * height, 2 * width))?
-            };
-            return if video::applies(&upsampled, &weight) {
-                video::conv3d(&upsampled, &weight, bias, 1, 1)
-            } else {
-                video_training::conv3d(&upsampled, &weight, bias, 1, 1)
-            };
+        if self.doubles_space {
+            x = upsample_nearest_twice(&x)?;
         }
-        per_frame(&x, |frames| {
-            let (_, _, height, width) = frames.dims4()?;
-            let upsampled = frames
-                .to_dtype(DType::F32)?
-                .upsample_nearest2d(2 * height, 2 * width)?
-                .to_dtype(frames.dtype())?;
-            apply_conv2d(&self.spatial, &upsampled)
-        })
+        frame_conv(&self.spatial, &x)
     }
+}
+
+/// Video `[B, C, T, H, W]` with each pixel repeated into a 2x2 block.
+fn upsample_nearest_twice(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
+        return video::upsample_nearest_twice(x);
+    }
+    let (batch, channels, frames, height, width) = x.dims5()?;
+    x.to_dtype(DType::F32)?
+        .reshape((batch, channels * frames, height, width))?
+        .upsample_nearest2d(2 * height, 2 * width)?
+        .reshape((batch, channels, frames, 2 * height, 2 * width))?
+        .to_dtype(x.dtype())
+}
+
+/// `layer` (a 3x3 convolution padded to keep the size) applied to every frame of video
+/// `[B, C, T, H, W]`, as one video convolution where the kernels take it.
+fn frame_conv(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    if let Some(bias) = layer.bias()
+        && video_training::applies(x, layer.weight())
+    {
+        let weight = layer.weight().unsqueeze(2)?;
+        return if video::applies(x, &weight) {
+            video::conv3d(x, &weight, bias, 1, 1)
+        } else {
+            video_training::conv3d(x, &weight, bias, 1, 1)
+        };
+    }
+    per_frame(x, |frames| apply_conv2d(layer, frames))
 }
 
 /// One step of the encoder or a decoder stage.
@@ -966,6 +1009,24 @@ impl WanVae {
                 config.temperal_downsample
             );
         }
+        if let Some(space) = &config.spatial_downsample {
+            if space.len() != config.temperal_downsample.len() {
+                candle_core::bail!(
+                    "spatial_downsample needs one entry per downsampling like temperal_downsample: {:?} against {:?}",
+                    space,
+                    config.temperal_downsample
+                );
+            }
+            if let Some(stage) =
+                (0..space.len()).find(|&stage| !space[stage] && !config.temperal_downsample[stage])
+            {
+                candle_core::bail!(
+                    "downsampling stage {stage} halves neither space nor time (spatial_downsample {:?}, temperal_downsample {:?})",
+                    space,
+                    config.temperal_downsample
+                );
+            }
+        }
         Ok(())
     }
 
@@ -996,6 +1057,7 @@ impl WanVae {
                     .unwrap_or(false);
                 layers.push(Layer::Down(Downsample::new(
                     dims[stage + 1],
+                    config.halves_space(stage),
                     temporal,
                     blocks.pp(layers.len()),
                 )?));
@@ -1048,6 +1110,7 @@ impl WanVae {
                 let temporal = upsample_time.get(stage).copied().unwrap_or(false);
                 layers.push(Layer::Up(Upsample::new(
                     dims[stage + 1],
+                    config.halves_space(stages - 2 - stage),
                     temporal,
                     block.pp("upsamplers.0"),
                 )?));
@@ -1312,6 +1375,85 @@ mod tests {
         .err()
         .unwrap();
         assert!(error.to_string().contains("first_frame_latents"), "{error}");
+    }
+
+    /// A 2x-in-space, 4x-in-time config: its second downsampling halves time only.
+    fn finer_config() -> WanVaeConfig {
+        WanVaeConfig {
+            base_dim: 4,
+            decoder_base_dim: None,
+            z_dim: 2,
+            dim_mult: vec![1, 2, 2],
+            num_res_blocks: 1,
+            temperal_downsample: vec![true, true],
+            spatial_downsample: Some(vec![true, false]),
+            latents_mean: vec![0.0; 2],
+            latents_std: vec![1.0; 2],
+            ..WanVaeConfig::default_wan21()
+        }
+    }
+
+    #[test]
+    fn a_stage_that_keeps_the_size_halves_time_only() {
+        let config = finer_config();
+        assert_eq!((config.spatial_factor(), config.temporal_factor()), (2, 4));
+        let weights = candle_nn::VarMap::new();
+        WanVae::new(
+            &config,
+            VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        for var in weights.all_vars() {
+            let random = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap();
+            var.set(&random).unwrap();
+        }
+        let video = Tensor::randn(0f32, 0.5, (1, 3, 9, 8, 12), &Device::Cpu).unwrap();
+        // f32 takes the video kernels; f64 candle's own per-frame convolutions.
+        let run = |dtype| {
+            let tensors = weights
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(name, var)| (name.clone(), var.to_dtype(dtype).unwrap()))
+                .collect();
+            let vb = VarBuilder::from_tensors(tensors, dtype, &Device::Cpu);
+            let vae = WanVae::new(&config, vb).unwrap();
+            let latents = vae.encode(&video.to_dtype(dtype).unwrap()).unwrap();
+            let decoded = vae.decode_unclamped(&latents).unwrap();
+            (latents, decoded)
+        };
+        let (latents, decoded) = run(DType::F32);
+        assert_eq!(latents.dims(), [1, 2, 3, 4, 6]);
+        assert_eq!(decoded.dims(), [1, 3, 9, 8, 12]);
+        let (latents64, decoded64) = run(DType::F64);
+        let latents64 = latents64.to_dtype(DType::F32).unwrap();
+        let decoded64 = decoded64.to_dtype(DType::F32).unwrap();
+        assert!(max_abs_difference(&latents, &latents.zeros_like().unwrap()).unwrap() > 0.01);
+        assert!(max_abs_difference(&latents, &latents64).unwrap() < 1e-4);
+        assert!(max_abs_difference(&decoded, &decoded64).unwrap() < 1e-4);
+        // Decoding keeps the same stages' sizes: the flop count grows 4x per spatial stage only.
+        let mut coarser = config.clone();
+        coarser.spatial_downsample = None;
+        let (fine, coarse) = (config.decode_flops(3, 4, 4), coarser.decode_flops(3, 4, 4));
+        assert!(coarse > 2.0 * fine, "{coarse} against {fine}");
+    }
+
+    #[test]
+    fn downsampling_flags_are_checked() {
+        let weights = candle_nn::VarMap::new();
+        let vb = || VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu);
+        let mut config = finer_config();
+        config.spatial_downsample = Some(vec![true]);
+        let error = WanVae::new(&config, vb()).err().unwrap().to_string();
+        assert!(
+            error.contains("spatial_downsample needs one entry"),
+            "{error}"
+        );
+        config.spatial_downsample = Some(vec![true, false]);
+        config.temperal_downsample = vec![true, false];
+        let error = WanVae::new(&config, vb()).err().unwrap().to_string();
+        assert!(error.contains("stage 1 halves neither"), "{error}");
     }
 
     #[test]
