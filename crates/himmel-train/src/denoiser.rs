@@ -530,12 +530,7 @@ impl DenoiserStage {
         let stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
         if new_grid {
             initialize(&stage.vars, recipe.run.seed)?;
-            let kept = model
-                .weights
-                .into_iter()
-                .filter(|(name, _)| !PATCH_LAYERS.iter().any(|layer| name.starts_with(layer)))
-                .collect();
-            stage.load_present(&kept)?;
+            stage.load_beside_patch_layers(&model.weights)?;
         } else {
             stage.load(&model.weights)?;
         }
@@ -725,15 +720,18 @@ impl DenoiserStage {
         Ok(())
     }
 
-    /// Sets the stage's variables that `weights` names (outside [`PATCH_LAYERS`] every one must
-    /// be there) and leaves the patch layers it does not name as they are.
-    fn load_present(&self, weights: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+    /// Sets the stage's variables outside [`PATCH_LAYERS`] to the model's `weights` of the same
+    /// names, leaving the patch layers as they are.
+    fn load_beside_patch_layers(
+        &self,
+        weights: &HashMap<String, Tensor>,
+    ) -> Result<(), TrainError> {
         for (name, var) in &self.vars {
-            match weights.get(name) {
-                Some(weight) => var.set(&weight.to_device(var.device())?)?,
-                None if PATCH_LAYERS.iter().any(|layer| name.starts_with(layer)) => {}
-                None => return Err(missing_weight(name)),
+            if PATCH_LAYERS.iter().any(|layer| name.starts_with(layer)) {
+                continue;
             }
+            let weight = weights.get(name).ok_or_else(|| missing_weight(name))?;
+            var.set(&weight.to_device(var.device())?)?;
         }
         Ok(())
     }
