@@ -675,39 +675,32 @@ impl MidBlock {
     }
 }
 
-/// Halves height and width (unless `halves_space` is false: a convolution that keeps the size)
-/// and, with `time_conv`, time after the first frame.
+/// Halves height and width (unless its convolution has stride 1 and keeps the size) and, with
+/// `time_conv`, time after the first frame.
 struct Downsample {
     spatial: Conv2d,
-    halves_space: bool,
     time_conv: Option<CausalConv3d>,
 }
 
 impl Downsample {
     fn new(channels: usize, halves_space: bool, temporal: bool, vb: VarBuilder) -> Result<Self> {
-        let config = if halves_space {
-            Conv2dConfig {
-                stride: 2,
-                ..Default::default()
-            }
-        } else {
-            Conv2dConfig {
-                padding: 1,
-                ..Default::default()
-            }
+        // Halving pads one row and column after the frame (in `forward`); keeping pads both.
+        let config = Conv2dConfig {
+            stride: if halves_space { 2 } else { 1 },
+            padding: usize::from(!halves_space),
+            ..Default::default()
         };
         let time_conv = temporal
             .then(|| CausalConv3d::new((channels, channels), (3, 1), (0, 0), 2, vb.pp("time_conv")))
             .transpose()?;
         Ok(Self {
             spatial: candle_nn::conv2d(channels, channels, 3, config, vb.pp("resample.1"))?,
-            halves_space,
             time_conv,
         })
     }
 
     fn forward(&self, x: &Tensor, cache: &mut TimeCache) -> Result<Tensor> {
-        let x = if self.halves_space {
+        let x = if self.spatial.config().stride == 2 {
             per_frame(x, |frames| {
                 let padded =
                     frames
