@@ -82,8 +82,10 @@ enum TrainStage {
         /// later export of its run, say). It replaces the model's whole autoencoder, its latent
         /// statistics are measured again, and the model's denoiser and text encoder learn its
         /// latents from where they are, on the recipe's schedule from its start. Latents of
-        /// another grid or channel count (a finer autoencoder) take fresh patch layers, with
-        /// patches that span the pixels the model's span.
+        /// another grid or channel count (a finer autoencoder) need patches that span the
+        /// pixels the model's span; the patch layers are carried onto them through the
+        /// orthogonal map between the two autoencoders' tokens that fits best on the
+        /// statistics clips (how much it keeps is printed).
         #[arg(long, requires_all = ["from", "autoencoder"], conflicts_with = "continue_schedule")]
         new_encoder: bool,
         /// With `--from`: the recipe's denoiser has more blocks than the model's (otherwise its
@@ -189,7 +191,16 @@ pub fn run_command(args: &TrainArgs, device: DeviceChoice, quiet: bool) -> Resul
                             recipe.statistics_clips
                         );
                     }
-                    DenoiserStage::warm_start(&recipe, trained, read_start(dir)?, &device)?
+                    let stage =
+                        DenoiserStage::warm_start(&recipe, trained, read_start(dir)?, &device)?;
+                    if !quiet && let Some(fit) = stage.token_fit() {
+                        eprintln!(
+                            "patch layers carried onto the new latents: the map keeps {:.1}% of \
+                             the model's tokens",
+                            100.0 * fit
+                        );
+                    }
+                    stage
                 }
                 (Some(dir), None) if *finer_patches => {
                     DenoiserStage::refined(&recipe, read_start(dir)?, &device)?

@@ -36,6 +36,7 @@ use crate::error::TrainError;
 use crate::frozen::FrozenAndTrained;
 use crate::init::initialize;
 use crate::random::{Purpose, gaussian, step_rng};
+use crate::token_map::{TokenLayout, TokenMap};
 use crate::trainer::Stage;
 
 /// Folder of the exported model inside the run's folder.
@@ -176,6 +177,8 @@ pub struct DenoiserStage {
     clips: ClipSource,
     pool: RefCell<LatentPool>,
     device: Device,
+    /// How well the map carrying the model onto this stage's latents fits, where one did.
+    token_fit: Option<f64>,
 }
 
 /// The latent frames a mask pattern gives, for `frames` latent frames.
@@ -353,8 +356,12 @@ fn check_architecture(recipe: &DenoiserRecipe, model: &MiniConfig) -> Result<(),
     Ok(())
 }
 
-/// The layers between latents and tokens: the patch embedding and the output projection.
-const PATCH_LAYERS: [&str; 2] = ["denoiser.patch_embedding.", "denoiser.proj_out."];
+/// The clips latent statistics are measured on: the recipe's first `statistics_clips` of the
+/// model's own shape (the first of the run's shapes).
+fn statistics_clips(recipe: &DenoiserRecipe, clips: &ClipSource) -> Vec<u64> {
+    let stride = clips.shape_count() as u64;
+    (0..recipe.statistics_clips).map(|k| k * stride).collect()
+}
 
 /// Rejects a move to latents whose tokens (`recipe`'s patches over `autoencoder`'s grid) would
 /// stand for other pixels or frames than `model`'s tokens do.
@@ -508,8 +515,11 @@ impl DenoiserStage {
     /// text encoder's weights are `model`'s to start from (the recipe must have its
     /// architecture but for the patch size). How a denoiser moves to a newer autoencoder
     /// without training from scratch. Where the latents have other channels or the recipe
-    /// other patches, the patch embedding and output projection start fresh, and each token
-    /// must still stand for the pixels and frames a token of `model` stands for.
+    /// other patches, each token must still stand for the pixels and frames a token of `model`
+    /// stands for, and the patch embedding and output projection are carried onto the new
+    /// tokens through the orthogonal map that best turns them into the model's, fitted on the
+    /// clips the statistics are measured on (see [`TokenMap`]; [`Self::token_fit`] says how
+    /// well it fits).
     pub fn warm_start(
         recipe: &DenoiserRecipe,
         autoencoder: TrainedAutoencoder,
@@ -527,14 +537,67 @@ impl DenoiserStage {
         }
         let clips = recipe.clip_source()?;
         let vocabulary = model.config.vocabulary.clone();
-        let stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
-        if new_grid {
-            initialize(&stage.vars, recipe.run.seed)?;
-            stage.load_beside_patch_layers(&model.weights)?;
-        } else {
-            stage.load(&model.weights)?;
+        let mut stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
+        let map = new_grid.then(|| stage.token_map(&model)).transpose()?;
+        let mut weights = model.weights;
+        if let Some(map) = map {
+            type Carry = fn(&TokenMap, &Tensor) -> candle_core::Result<Tensor>;
+            let carried: [(&str, Carry); 3] = [
+                ("patch_embedding.weight", TokenMap::patch_embedding),
+                ("proj_out.weight", TokenMap::patch_output),
+                ("proj_out.bias", TokenMap::patch_output),
+            ];
+            for (layer, carry) in carried {
+                let name = format!("{DENOISER}.{layer}");
+                let weight = weights.get(&name).ok_or_else(|| missing_weight(&name))?;
+                let weight = carry(&map, weight)?;
+                weights.insert(name, weight);
+            }
+            stage.token_fit = Some(map.explained());
         }
+        stage.load(&weights)?;
         Ok(stage)
+    }
+
+    /// The map from this stage's tokens to `model`'s, fitted on the clips the latent
+    /// statistics are measured on, each encoded and normalised by both autoencoders.
+    fn token_map(&self, model: &TrainedModel) -> Result<TokenMap, TrainError> {
+        let prefix = format!("{AUTOENCODER}.");
+        let model_autoencoder: HashMap<String, Tensor> = model
+            .weights
+            .iter()
+            .filter_map(|(name, tensor)| {
+                Some((name.strip_prefix(&prefix)?.to_string(), tensor.clone()))
+            })
+            .collect();
+        let model_vae = WanVae::new(
+            &model.config.autoencoder,
+            VarBuilder::from_tensors(model_autoencoder, DType::F32, &self.device),
+        )?;
+        let vae = &self.model.autoencoder;
+        let (mut model_latents, mut latents) = (Vec::new(), Vec::new());
+        for chunk in statistics_clips(&self.recipe, &self.clips).chunks(ENCODE_BATCH as usize) {
+            let video = self.clips.batch(chunk.iter().copied(), &self.device)?.video;
+            model_latents.push(model_vae.normalize(&model_vae.encode(&video)?)?);
+            latents.push(vae.normalize(&vae.encode(&video)?)?);
+        }
+        let layout = |config: &MiniConfig| TokenLayout {
+            channels: config.autoencoder.z_dim,
+            patch: config.denoiser.patch_size,
+        };
+        TokenMap::fit(
+            layout(&model.config),
+            &Tensor::cat(&model_latents, 0)?,
+            layout(&self.config),
+            &Tensor::cat(&latents, 0)?,
+        )
+    }
+
+    /// Where the stage was carried onto another grid of latents ([`Self::warm_start`]): the
+    /// share of the model's tokens its map reproduces from the new ones (see
+    /// [`TokenMap::explained`]).
+    pub fn token_fit(&self) -> Option<f64> {
+        self.token_fit
     }
 
     /// The stage over `autoencoder` with its latent normalisation measured on the first
@@ -552,11 +615,8 @@ impl DenoiserStage {
             &autoencoder_config,
             VarBuilder::from_tensors(weights.clone(), DType::F32, device),
         )?;
-        // Measured on clips of the model's own shape, the first of the run's shapes.
-        let stride = clips.shape_count() as u64;
-        let indices: Vec<u64> = (0..recipe.statistics_clips).map(|k| k * stride).collect();
         let mut latents = Vec::new();
-        for chunk in indices.chunks(ENCODE_BATCH as usize) {
+        for chunk in statistics_clips(recipe, &clips).chunks(ENCODE_BATCH as usize) {
             latents.push(vae.encode(&clips.batch(chunk.iter().copied(), device)?.video)?);
         }
         let latents = Tensor::cat(&latents, 0)?;
@@ -720,22 +780,6 @@ impl DenoiserStage {
         Ok(())
     }
 
-    /// Sets the stage's variables outside [`PATCH_LAYERS`] to the model's `weights` of the same
-    /// names, leaving the patch layers as they are.
-    fn load_beside_patch_layers(
-        &self,
-        weights: &HashMap<String, Tensor>,
-    ) -> Result<(), TrainError> {
-        for (name, var) in &self.vars {
-            if PATCH_LAYERS.iter().any(|layer| name.starts_with(layer)) {
-                continue;
-            }
-            let weight = weights.get(name).ok_or_else(|| missing_weight(name))?;
-            var.set(&weight.to_device(var.device())?)?;
-        }
-        Ok(())
-    }
-
     /// The stage for `config` over the frozen `autoencoder` weights, its own variables created
     /// (not yet initialised).
     fn assemble(
@@ -772,6 +816,7 @@ impl DenoiserStage {
                 entries: VecDeque::new(),
             }),
             device: device.clone(),
+            token_fit: None,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod log;
 pub mod optim;
 pub mod predicted;
 pub mod random;
+pub mod token_map;
 pub mod trainer;
 pub mod widen;
 

@@ -743,6 +743,7 @@ fn a_denoiser_moves_to_a_new_encoder() {
     let newer = || read_trained(newer_dir.path()).expect("export");
 
     let moved = DenoiserStage::warm_start(&recipe, newer(), model(), &device).expect("stage");
+    assert_eq!(moved.token_fit(), None);
     // Latent statistics as a fresh stage on the new autoencoder measures them ...
     let fresh = DenoiserStage::new(&recipe, newer(), &device).expect("stage");
     let (measured, fresh) = (&moved.config().autoencoder, &fresh.config().autoencoder);
@@ -772,8 +773,8 @@ fn a_denoiser_moves_to_a_new_encoder() {
     );
 
     // An autoencoder twice as fine in space with other latent channels: with patches twice as
-    // large each token stands for the same pixels; the patch layers start fresh, the rest is
-    // the model's.
+    // large each token stands for the same pixels; the patch layers are carried onto the new
+    // tokens by a fitted map, the rest is the model's.
     let mut finer_recipe = autoencoder_recipe(1);
     finer_recipe.autoencoder.z_dim = 6;
     finer_recipe.autoencoder.spatial_downsample = Some(vec![true, true, false]);
@@ -790,19 +791,25 @@ fn a_denoiser_moves_to_a_new_encoder() {
     let moved =
         DenoiserStage::warm_start(&larger_patches, finer(), model(), &device).expect("stage");
     assert_eq!(moved.config().denoiser.in_channels, 13);
+    let fit = moved.token_fit().expect("a map was fitted");
+    assert!(fit.is_finite() && fit <= 1.0 + 1e-9, "{fit}");
     let start = model();
     for (name, var) in moved.variables() {
-        let patch_layer =
-            name.starts_with("denoiser.patch_embedding.") || name.starts_with("denoiser.proj_out.");
+        let carried = [
+            "denoiser.patch_embedding.weight",
+            "denoiser.proj_out.weight",
+            "denoiser.proj_out.bias",
+        ]
+        .contains(&name.as_str());
         if let Some(weight) = start.weights.get(name)
             && weight.dims() == var.as_tensor().dims()
         {
             let difference = (var.as_tensor() - weight)
                 .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
                 .expect("difference");
-            assert_eq!(difference == 0.0, !patch_layer, "{name}");
+            assert_eq!(difference == 0.0, !carried, "{name}");
         } else {
-            assert!(patch_layer, "{name}");
+            assert!(carried, "{name}");
         }
     }
     let moved_dir = tempfile::tempdir().expect("temporary folder");
