@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::TrainError;
 
 /// Newton–Schulz iterations at most for the polar factor; each grows a small singular value by
-/// half, so this reaches values 1e-14 below the largest.
+/// half, so this brings singular values down to 1e-14 of the largest to 1.
 const POLAR_ITERATIONS: usize = 100;
 /// The largest change of an entry at which the polar iteration has converged.
 const POLAR_TOLERANCE: f64 = 1e-12;
