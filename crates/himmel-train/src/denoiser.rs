@@ -504,7 +504,7 @@ impl DenoiserStage {
         });
         let tokenizer = WordTokenizer::from_texts(texts);
         let vocabulary = tokenizer.vocabulary().to_vec();
-        let stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
+        let (stage, _) = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
         initialize(&stage.vars, recipe.run.seed)?;
         Ok(stage)
     }
@@ -537,8 +537,10 @@ impl DenoiserStage {
         }
         let clips = recipe.clip_source()?;
         let vocabulary = model.config.vocabulary.clone();
-        let mut stage = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
-        let map = new_grid.then(|| stage.token_map(&model)).transpose()?;
+        let (mut stage, latents) = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
+        let map = new_grid
+            .then(|| stage.token_map(&model, &latents))
+            .transpose()?;
         let mut weights = model.weights;
         if let Some(map) = map {
             type Carry = fn(&TokenMap, &Tensor) -> candle_core::Result<Tensor>;
@@ -560,26 +562,21 @@ impl DenoiserStage {
     }
 
     /// The map from this stage's tokens to `model`'s, fitted on the clips the latent
-    /// statistics are measured on, each encoded and normalised by both autoencoders.
-    fn token_map(&self, model: &TrainedModel) -> Result<TokenMap, TrainError> {
-        let prefix = format!("{AUTOENCODER}.");
-        let model_autoencoder: HashMap<String, Tensor> = model
-            .weights
-            .iter()
-            .filter_map(|(name, tensor)| {
-                Some((name.strip_prefix(&prefix)?.to_string(), tensor.clone()))
-            })
-            .collect();
+    /// statistics are measured on: their `latents` under this stage's autoencoder and the
+    /// same clips encoded by `model`'s, each normalised by its own.
+    fn token_map(&self, model: &TrainedModel, latents: &Tensor) -> Result<TokenMap, TrainError> {
         let model_vae = WanVae::new(
             &model.config.autoencoder,
-            VarBuilder::from_tensors(model_autoencoder, DType::F32, &self.device),
+            VarBuilder::from_tensors(
+                model.clone().autoencoder().weights,
+                DType::F32,
+                &self.device,
+            ),
         )?;
-        let vae = &self.model.autoencoder;
-        let (mut model_latents, mut latents) = (Vec::new(), Vec::new());
+        let mut model_latents = Vec::new();
         for chunk in statistics_clips(&self.recipe, &self.clips).chunks(ENCODE_BATCH as usize) {
             let video = self.clips.batch(chunk.iter().copied(), &self.device)?.video;
             model_latents.push(model_vae.normalize(&model_vae.encode(&video)?)?);
-            latents.push(vae.normalize(&vae.encode(&video)?)?);
         }
         let layout = |config: &MiniConfig| TokenLayout {
             channels: config.autoencoder.z_dim,
@@ -589,7 +586,7 @@ impl DenoiserStage {
             layout(&model.config),
             &Tensor::cat(&model_latents, 0)?,
             layout(&self.config),
-            &Tensor::cat(&latents, 0)?,
+            &self.model.autoencoder.normalize(latents)?,
         )
     }
 
@@ -601,14 +598,15 @@ impl DenoiserStage {
     }
 
     /// The stage over `autoencoder` with its latent normalisation measured on the first
-    /// clips, its own variables created (not yet initialised).
+    /// clips, its own variables created (not yet initialised), and those clips' latents (not
+    /// normalised).
     fn measured(
         recipe: &DenoiserRecipe,
         autoencoder: TrainedAutoencoder,
         vocabulary: Vec<String>,
         clips: ClipSource,
         device: &Device,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<(Self, Tensor), TrainError> {
         let mut autoencoder_config = autoencoder.config;
         let weights = autoencoder.weights;
         let vae = WanVae::new(
@@ -626,14 +624,15 @@ impl DenoiserStage {
             autoencoder_config.first_frame_latents = Some(LatentStatistics { mean, std });
             latents.narrow(2, 1, frames - 1)?
         } else {
-            latents
+            latents.clone()
         };
         let (mean, std) = channel_statistics(&rest)?;
         autoencoder_config.latents_mean = mean;
         autoencoder_config.latents_std = std;
 
         let config = config_for(recipe, autoencoder_config, vocabulary);
-        Self::assemble(recipe, config, weights, autoencoder.step, clips, device)
+        let stage = Self::assemble(recipe, config, weights, autoencoder.step, clips, device)?;
+        Ok((stage, latents))
     }
 
     /// Builds the stage on a trained model: its vocabulary, latent statistics, autoencoder and
