@@ -81,11 +81,11 @@ enum TrainStage {
         /// With `--from` and `--autoencoder`: that autoencoder's encoder is not the model's (a
         /// later export of its run, say). It replaces the model's whole autoencoder, its latent
         /// statistics are measured again, and the model's denoiser and text encoder learn its
-        /// latents from where they are, on the recipe's schedule from its start. Latents of
-        /// another grid or channel count (a finer autoencoder) need patches that span the
-        /// pixels the model's span; the patch layers are carried onto them through the
-        /// orthogonal map between the two autoencoders' tokens that fits best on the
-        /// statistics clips (how much it keeps is printed).
+        /// latents from where they are, on the recipe's schedule from its start. The patch
+        /// layers are carried onto the new latents through the orthogonal map between the two
+        /// autoencoders' tokens that fits best on the statistics clips (how much it keeps is
+        /// printed); latents of another grid or channel count (a finer autoencoder) need
+        /// patches that span the pixels the model's span.
         #[arg(long, requires_all = ["from", "autoencoder"], conflicts_with = "continue_schedule")]
         new_encoder: bool,
         /// With `--from`: the recipe's denoiser has more blocks than the model's (otherwise its

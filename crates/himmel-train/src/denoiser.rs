@@ -514,12 +514,13 @@ impl DenoiserStage {
     /// measured on it as [`Self::new`] measures it, while the vocabulary and the denoiser's and
     /// text encoder's weights are `model`'s to start from (the recipe must have its
     /// architecture but for the patch size). How a denoiser moves to a newer autoencoder
-    /// without training from scratch. Where the latents have other channels or the recipe
-    /// other patches, each token must still stand for the pixels and frames a token of `model`
-    /// stands for, and the patch embedding and output projection are carried onto the new
-    /// tokens through the orthogonal map that best turns them into the model's, fitted on the
-    /// clips the statistics are measured on (see [`TokenMap`]; [`Self::token_fit`] says how
-    /// well it fits).
+    /// without training from scratch. Each token must stand for the pixels and frames a token
+    /// of `model` stands for (the latents may have other channels and the recipe other
+    /// patches); the patch embedding and output projection are carried onto the new tokens
+    /// through the orthogonal map that best turns them into the model's, fitted on the clips
+    /// the statistics are measured on (see [`TokenMap`]; [`Self::token_fit`] says how well it
+    /// fits). Even on the model's own grid the new encoder's channels need not mean the
+    /// model's, and the map carries the layers onto whatever they came to mean.
     pub fn warm_start(
         recipe: &DenoiserRecipe,
         autoencoder: TrainedAutoencoder,
@@ -530,33 +531,25 @@ impl DenoiserStage {
         let mut as_model = recipe.clone();
         as_model.denoiser.patch_size = model.config.denoiser.patch_size;
         check_architecture(&as_model, &model.config)?;
-        let new_grid = autoencoder.config.z_dim != model.config.autoencoder.z_dim
-            || recipe.denoiser.patch_size != model.config.denoiser.patch_size;
-        if new_grid {
-            check_token_span(recipe, &autoencoder.config, &model.config)?;
-        }
+        check_token_span(recipe, &autoencoder.config, &model.config)?;
         let clips = recipe.clip_source()?;
         let vocabulary = model.config.vocabulary.clone();
         let (mut stage, latents) = Self::measured(recipe, autoencoder, vocabulary, clips, device)?;
-        let map = new_grid
-            .then(|| stage.token_map(&model, &latents))
-            .transpose()?;
+        let map = stage.token_map(&model, &latents)?;
         let mut weights = model.weights;
-        if let Some(map) = map {
-            type Carry = fn(&TokenMap, &Tensor) -> candle_core::Result<Tensor>;
-            let carried: [(&str, Carry); 3] = [
-                ("patch_embedding.weight", TokenMap::patch_embedding),
-                ("proj_out.weight", TokenMap::patch_output),
-                ("proj_out.bias", TokenMap::patch_output),
-            ];
-            for (layer, carry) in carried {
-                let name = format!("{DENOISER}.{layer}");
-                let weight = weights.get(&name).ok_or_else(|| missing_weight(&name))?;
-                let weight = carry(&map, weight)?;
-                weights.insert(name, weight);
-            }
-            stage.token_fit = Some(map.explained());
+        type Carry = fn(&TokenMap, &Tensor) -> candle_core::Result<Tensor>;
+        let carried: [(&str, Carry); 3] = [
+            ("patch_embedding.weight", TokenMap::patch_embedding),
+            ("proj_out.weight", TokenMap::patch_output),
+            ("proj_out.bias", TokenMap::patch_output),
+        ];
+        for (layer, carry) in carried {
+            let name = format!("{DENOISER}.{layer}");
+            let weight = weights.get(&name).ok_or_else(|| missing_weight(&name))?;
+            let weight = carry(&map, weight)?;
+            weights.insert(name, weight);
         }
+        stage.token_fit = Some(map.explained());
         stage.load(&weights)?;
         Ok(stage)
     }
@@ -590,7 +583,7 @@ impl DenoiserStage {
         )
     }
 
-    /// Where the stage was carried onto another grid of latents ([`Self::warm_start`]): the
+    /// Where the stage was carried onto another autoencoder's latents ([`Self::warm_start`]): the
     /// share of the model's tokens its map reproduces from the new ones (see
     /// [`TokenMap::explained`]).
     pub fn token_fit(&self) -> Option<f64> {
