@@ -37,7 +37,8 @@ def held_out_prompts(count):
 
 
 def read_frames(path):
-    """A raw `himmel generate` safetensors video: its f32 bytes, frames and bytes per frame."""
+    """A raw `himmel generate` safetensors video: its f32 bytes, frame count and frame shape
+    (height, width, channels)."""
     data = open(path, "rb").read()
     size = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + size])
@@ -46,7 +47,7 @@ def read_frames(path):
 
 
 def write_frames(path, pixels, frames, shape):
-    """Writes `frames` frames of f32 `pixels` as a safetensors video."""
+    """Writes `frames` frames of f32 `pixels` as a safetensors video at himmel-mini's 16 fps."""
     header = {
         "__metadata__": {"fps": "16"},
         "video": {"dtype": "F32", "shape": [frames, *shape], "data_offsets": [0, len(pixels)]},
@@ -81,6 +82,8 @@ def main():
     parser.add_argument("--prompts", type=int, default=12, help="how many held-out prompts")
     parser.add_argument("--seconds", type=int, default=20, help="length of each video")
     args = parser.parse_args()
+    if args.seconds < 2:
+        parser.error("videos shorter than 2 seconds have no seams to score")
     os.makedirs(args.out, exist_ok=True)
     scratch = os.path.join(args.out, "span.safetensors")
     seams_in_all = at_seams = away = 0
