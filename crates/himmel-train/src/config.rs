@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use himmel_models::mini::{Prediction, SamplingDefaults, VideoShape};
 use himmel_models::umt5::Umt5Config;
 use himmel_models::wan::{WanTransformerConfig, WanVaeConfig};
+use himmel_world::spec::SceneMix;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -195,6 +196,10 @@ pub struct DenoiserRecipe {
     /// step's batch is of one shape, the shapes taking turns.
     #[serde(default)]
     pub more_shapes: Vec<VideoShape>,
+    /// How the world's scenes are drawn (`[scenes]`: `objects`, the weights of 1 to 4 objects,
+    /// and `static_camera`, the chance of a still camera); by default as the world draws them.
+    #[serde(default)]
+    pub scenes: Option<SceneMix>,
     /// Known-frame patterns.
     pub masks: MaskRates,
     /// Defaults written into the model for sampling.
@@ -239,12 +244,17 @@ impl DenoiserRecipe {
     /// shapes.
     pub fn clip_source(&self) -> Result<crate::data::ClipSource, TrainError> {
         match (&self.folder, self.more_shapes.is_empty()) {
-            (Some(dir), true) => crate::data::ClipSource::folder(dir, self.video),
             (Some(_), false) => Err(TrainError::Setting {
                 name: "more_shapes",
                 value: format!("{} shapes", self.more_shapes.len()),
                 reason: "clips read from a folder are trained at `video`'s shape only".into(),
             }),
+            (Some(_), true) if self.scenes.is_some() => Err(TrainError::Setting {
+                name: "scenes",
+                value: format!("{:?}", self.scenes),
+                reason: "clips read from a folder come with their own scenes".into(),
+            }),
+            (Some(dir), true) => crate::data::ClipSource::folder(dir, self.video),
             (None, _) => {
                 let shapes: Vec<VideoShape> = std::iter::once(self.video)
                     .chain(self.more_shapes.iter().copied())
@@ -252,6 +262,7 @@ impl DenoiserRecipe {
                 Ok(crate::data::ClipSource::world_shapes(
                     &shapes,
                     self.run.seed,
+                    self.scenes,
                 ))
             }
         }

@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 use himmel_core::Video;
 use himmel_models::mini::VideoShape;
 use himmel_world::render::{RenderSettings, render};
-use himmel_world::sample::{ClipRecord, sample_clip};
-use himmel_world::spec::SceneSpec;
+use himmel_world::sample::{ClipRecord, sample_clip_mixed};
+use himmel_world::spec::{SceneMix, SceneSpec};
 use serde::Deserialize;
 
 use crate::error::TrainError;
@@ -58,6 +58,8 @@ pub enum ClipSource {
         shapes: Vec<RenderSettings>,
         /// The world run's seed.
         seed: u64,
+        /// How the scenes are drawn, where not as the world draws them.
+        mix: Option<SceneMix>,
     },
     /// A folder of clips with captions, cycled through in name order.
     Folder(Vec<FolderClip>),
@@ -126,12 +128,13 @@ fn read_captions(video: &Path) -> Result<Captions, TrainError> {
 impl ClipSource {
     /// Clips of `shape` from the world run `seed`.
     pub fn world(shape: VideoShape, seed: u64) -> Self {
-        Self::world_shapes(&[shape], seed)
+        Self::world_shapes(&[shape], seed, None)
     }
 
     /// Clips from the world run `seed` in turn of each of `shapes` (sizes, aspect ratios,
-    /// durations): clip `i` has shape `i mod shapes.len()`.
-    pub fn world_shapes(shapes: &[VideoShape], seed: u64) -> Self {
+    /// durations): clip `i` has shape `i mod shapes.len()`. Their scenes are drawn by `mix`
+    /// where given ([`SceneSpec::sample_mixed`]).
+    pub fn world_shapes(shapes: &[VideoShape], seed: u64, mix: Option<SceneMix>) -> Self {
         Self::World {
             shapes: shapes
                 .iter()
@@ -143,6 +146,7 @@ impl ClipSource {
                 })
                 .collect(),
             seed,
+            mix,
         }
     }
 
@@ -281,10 +285,10 @@ impl ClipSource {
     /// Clip `index`: its frames, captions and scene (`None` from a folder).
     fn clip(&self, index: u64) -> Result<(Video, Captions, Option<SceneSpec>), TrainError> {
         match self {
-            Self::World { shapes, seed } => {
+            Self::World { shapes, seed, mix } => {
                 let settings = &shapes[self.shape_of(index)];
-                let (clip, record) =
-                    sample_clip(*seed, index, settings).map_err(|error| TrainError::World {
+                let (clip, record) = sample_clip_mixed(*seed, index, settings, mix.as_ref())
+                    .map_err(|error| TrainError::World {
                         index,
                         message: error.to_string(),
                     })?;

@@ -16,6 +16,8 @@ use himmel_train::data::ClipSource;
 use himmel_train::denoiser::{DenoiserStage, read_model};
 use himmel_train::log::LogRow;
 use himmel_train::trainer::{RunOptions, RunSummary, Stage, run};
+use himmel_world::SceneMix;
+use himmel_world::vocab::CameraMotion;
 
 const VIDEO: VideoShape = VideoShape {
     width: 16,
@@ -96,6 +98,7 @@ fn denoiser_recipe(steps: u64) -> DenoiserRecipe {
         max_prompt_tokens: 32,
         video: VIDEO,
         more_shapes: Vec::new(),
+        scenes: None,
         masks: MaskRates {
             first_frame: 0.2,
             first_half: 0.1,
@@ -504,7 +507,7 @@ fn a_denoiser_trains_on_clips_of_many_shapes() {
     let wide = VideoShape { width: 24, ..VIDEO };
     let image = VideoShape { frames: 1, ..VIDEO };
     // Clip i has shape i mod 3; a batch is of one shape.
-    let clips = ClipSource::world_shapes(&[VIDEO, wide, image], 9);
+    let clips = ClipSource::world_shapes(&[VIDEO, wide, image], 9, None);
     let device = Device::Cpu;
     let dims = |indices: [u64; 2]| clips.batch(indices, &device).unwrap().video.dims().to_vec();
     assert_eq!(dims([0, 3]), [2, 3, 5, 16, 16]);
@@ -552,6 +555,41 @@ fn a_denoiser_trains_on_clips_of_many_shapes() {
     recipe.pool_clips = 8;
     recipe.folder = Some(autoencoder_dir.path().to_path_buf());
     refused(&recipe, "more_shapes");
+}
+
+#[test]
+fn a_denoiser_recipe_draws_its_scenes_by_its_mix() {
+    let device = Device::Cpu;
+    let lone = SceneMix {
+        objects: [1.0, 0.0, 0.0, 0.0],
+        static_camera: 1.0,
+    };
+    let mut recipe = denoiser_recipe(4);
+    recipe.scenes = Some(lone);
+    let clips = recipe.clip_source().expect("world clips");
+    let batch = clips.batch(0..8, &device).expect("clips");
+    for scene in &batch.scenes {
+        let scene = scene.as_ref().expect("world clips have scenes");
+        assert_eq!(scene.objects.len(), 1);
+        assert_eq!(scene.camera, CameraMotion::Static);
+    }
+
+    let autoencoder_dir = tiny_autoencoder(&device);
+    let trained = read_trained(autoencoder_dir.path()).expect("autoencoder export");
+    recipe.scenes = Some(SceneMix {
+        objects: [0.0; 4],
+        ..lone
+    });
+    let Err(error) = DenoiserStage::new(&recipe, trained, &device) else {
+        panic!("a mix without weights was accepted")
+    };
+    assert!(error.to_string().contains("scenes"), "{error}");
+    recipe.scenes = Some(lone);
+    recipe.folder = Some(autoencoder_dir.path().to_path_buf());
+    let Err(error) = recipe.clip_source() else {
+        panic!("a mix for a folder's clips was accepted")
+    };
+    assert!(error.to_string().contains("scenes"), "{error}");
 }
 
 #[test]

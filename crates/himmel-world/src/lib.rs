@@ -17,8 +17,8 @@ pub mod spec;
 pub mod vocab;
 
 pub use render::{Clip, RenderSettings, render};
-pub use sample::{ClipRecord, sample_clip};
-pub use spec::{ObjectSpec, SceneSpec, SpecError};
+pub use sample::{ClipRecord, sample_clip, sample_clip_mixed};
+pub use spec::{ObjectSpec, SceneMix, SceneSpec, SpecError};
 
 /// Hand-written prompts with the attributes each asks for (`PROMPT => EXPECTATIONS` lines, `#`
 /// comments): the expansion test set, and held-out prompts for evaluating models trained on

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::caption::{Prompt, detailed_caption, short_prompts};
 use crate::render::{Clip, RenderSettings, render};
-use crate::spec::SceneSpec;
+use crate::spec::{SceneMix, SceneSpec};
 
 /// Short prompts made per clip, in English and in German.
 const ENGLISH_PROMPTS: usize = 3;
@@ -49,8 +49,21 @@ pub fn sample_clip(
     index: u64,
     settings: &RenderSettings,
 ) -> Result<(Clip, ClipRecord), himmel_core::VideoError> {
+    sample_clip_mixed(seed, index, settings, None)
+}
+
+/// [`sample_clip`] with its scene drawn by `mix` where given ([`SceneSpec::sample_mixed`]).
+pub fn sample_clip_mixed(
+    seed: u64,
+    index: u64,
+    settings: &RenderSettings,
+    mix: Option<&SceneMix>,
+) -> Result<(Clip, ClipRecord), himmel_core::VideoError> {
     let mut rng = clip_rng(seed, index);
-    let spec = SceneSpec::sample(&mut rng);
+    let spec = match mix {
+        Some(mix) => SceneSpec::sample_mixed(&mut rng, mix),
+        None => SceneSpec::sample(&mut rng),
+    };
     let clip = render(&spec, settings)?;
     let record = ClipRecord {
         seed,
