@@ -165,8 +165,8 @@ impl SceneSpec {
 
 /// What random scenes hold: how many objects and how often the camera stands still. The
 /// world's own draw ([`SceneSpec::sample`]) has a third of its scenes with one object and a
-/// little over half with a static camera; prompts people write mostly ask for one object before a still camera,
-/// and a recipe can train nearer to that.
+/// little over half with a static camera; prompts people write mostly ask for one object before
+/// a still camera, and a recipe can train nearer to that.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SceneMix {
@@ -178,12 +178,11 @@ pub struct SceneMix {
 }
 
 impl SceneMix {
-    /// Whether the weights can be drawn from: none negative or infinite, some positive, and
-    /// `static_camera` a chance (0 to 1).
+    /// Whether the weights can be drawn from: none negative, some positive, their sum finite,
+    /// and `static_camera` a chance (0 to 1).
     pub fn check(&self) -> Result<(), String> {
-        if self.objects.iter().any(|w| !(w.is_finite() && *w >= 0.0))
-            || self.objects.iter().sum::<f64>() <= 0.0
-        {
+        let total: f64 = self.objects.iter().sum();
+        if self.objects.iter().any(|w| *w < 0.0) || !(total > 0.0 && total.is_finite()) {
             return Err(format!(
                 "objects {:?}: the weights must be finite, none negative and some positive",
                 self.objects
@@ -448,6 +447,10 @@ mod tests {
             },
             SceneMix {
                 objects: [f64::NAN, 1.0, 1.0, 1.0],
+                ..fine
+            },
+            SceneMix {
+                objects: [f64::MAX, f64::MAX, 1.0, 1.0],
                 ..fine
             },
             SceneMix {
