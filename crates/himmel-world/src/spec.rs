@@ -108,7 +108,7 @@ impl SceneSpec {
     /// A random scene: 1 to 4 objects of distinct colours that stand out from the backdrop.
     pub fn sample(rng: &mut impl Rng) -> Self {
         let background = sample_background(rng);
-        let camera = sample_camera(rng);
+        let camera = sample_camera(rng, 0.5);
         let count = *[1, 1, 2, 2, 3, 4].choose(rng).expect("non-empty");
         Self::sample_objects(rng, background, camera, count)
     }
@@ -117,11 +117,7 @@ impl SceneSpec {
     /// [`SceneMix::check`]); the rest is drawn as [`SceneSpec::sample`] draws it.
     pub fn sample_mixed(rng: &mut impl Rng, mix: &SceneMix) -> Self {
         let background = sample_background(rng);
-        let camera = if rng.random_bool(mix.static_camera) {
-            CameraMotion::Static
-        } else {
-            *CameraMotion::ALL.choose(rng).expect("non-empty")
-        };
+        let camera = sample_camera(rng, mix.static_camera);
         let count = mix.draw_count(rng);
         Self::sample_objects(rng, background, camera, count)
     }
@@ -307,9 +303,9 @@ impl ObjectSpec {
     }
 }
 
-/// A camera move: static half the time.
-pub fn sample_camera(rng: &mut impl Rng) -> CameraMotion {
-    if rng.random_bool(0.5) {
+/// A camera move: static with the chance `still`, else any motion (static among them).
+pub fn sample_camera(rng: &mut impl Rng, still: f64) -> CameraMotion {
+    if rng.random_bool(still) {
         CameraMotion::Static
     } else {
         *CameraMotion::ALL.choose(rng).expect("non-empty")
