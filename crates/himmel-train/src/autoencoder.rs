@@ -20,8 +20,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::adversary::{self, Discriminator, hinge_losses};
 use crate::checkpoint::{read_safetensors, write_safetensors};
-use crate::config::AutoencoderRecipe;
 use crate::config::clip_source;
+use crate::config::{AutoencoderRecipe, Crop};
 use crate::data::{ClipBatch, ClipSource};
 use crate::denoiser::{MODEL_CONFIG, TrainedModel, read_model};
 use crate::error::TrainError;
@@ -66,6 +66,9 @@ struct Crops {
     weights: Option<Tensor>,
     /// Each crop's first frame, top row and left column in its clip.
     places: Vec<(usize, usize, usize)>,
+    /// Single frames cut from the clips, `[S, 3, 1, height, width]`, and their pixels' weights
+    /// ([`AutoencoderRecipe::stills`]; `None` without).
+    stills: Option<(Tensor, Option<Tensor>)>,
 }
 
 /// The variables of `varmap`, sorted by name.
@@ -140,6 +143,13 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
             "denoised_latents",
             denoised,
             "needs decoder_only: the latents are the model's encoder's",
+        ));
+    }
+    if denoised > 0.0 && recipe.stills > 0 {
+        return Err(setting(
+            "stills",
+            recipe.stills,
+            "must be 0 with denoised_latents: the model predicts whole clips",
         ));
     }
     if denoised > 0.0 && crop.frames != video.frames {
@@ -331,38 +341,44 @@ impl AutoencoderStage {
         } else {
             1
         };
-        let mut position = |room: usize| rng.random_range(0..=room / grid) * grid;
+        let position = |rng: &mut ChaCha8Rng, room: usize| rng.random_range(0..=room / grid) * grid;
         let places: Vec<(usize, usize, usize)> = (0..batch)
             .map(|_| {
-                let start = position(video.frames - crop.frames);
-                let top = position(video.height - crop.height);
-                (start, top, position(video.width - crop.width))
+                let start = position(&mut rng, video.frames - crop.frames);
+                let top = position(&mut rng, video.height - crop.height);
+                (start, top, position(&mut rng, video.width - crop.width))
             })
             .collect();
-        let cut = |tensor: &Tensor, i: usize| {
-            let (start, top, left) = places[i];
-            tensor
-                .get(i)?
-                .narrow(1, start, crop.frames)?
-                .narrow(2, top, crop.height)?
-                .narrow(3, left, crop.width)
-        };
-        let crops = (0..places.len())
-            .map(|i| cut(&clips.video, i))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let weights = weights
-            .map(|weights| {
-                let cuts = (0..places.len())
-                    .map(|i| cut(&weights, i))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::stack(&cuts, 0)
+        // Each still's clip, frame, top row and left column.
+        let still_places: Vec<(usize, usize, usize, usize)> = (0..self.recipe.stills)
+            .map(|i| {
+                let frame = rng.random_range(0..video.frames);
+                let top = position(&mut rng, video.height - crop.height);
+                let left = position(&mut rng, video.width - crop.width);
+                (i % places.len(), frame, top, left)
             })
+            .collect();
+        let crop_places: Vec<_> = (places.iter().enumerate())
+            .map(|(i, &(start, top, left))| (i, start, top, left))
+            .collect();
+        // The crops and the stills, each with its pixels' weights where the recipe weighs them.
+        let cut = |places: &[(usize, usize, usize, usize)], frames: usize| {
+            let video = cut_all(&clips.video, places, frames, crop)?;
+            let weights = (weights.as_ref())
+                .map(|weights| cut_all(weights, places, frames, crop))
+                .transpose()?;
+            candle_core::Result::Ok((video, weights))
+        };
+        let (crops, crop_weights) = cut(&crop_places, crop.frames)?;
+        let stills = (!still_places.is_empty())
+            .then(|| cut(&still_places, 1))
             .transpose()?;
         Ok(Crops {
-            video: Tensor::stack(&crops, 0)?,
+            video: crops,
             clips,
-            weights,
+            weights: crop_weights,
             places,
+            stills,
         })
     }
 
@@ -390,6 +406,32 @@ impl AutoencoderStage {
             0.0
         };
         Ok(((fit + judge)? + (decoder * weight)?)?)
+    }
+
+    /// `video` through the autoencoder, its latents drawn from the posterior (and noised, with
+    /// [`AutoencoderRecipe::latent_noise`]): the reconstruction loss, the reconstruction and the
+    /// latents' KL term.
+    fn autoencode(
+        &self,
+        video: &Tensor,
+        weights: Option<&Tensor>,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Tensor, Tensor, Tensor), TrainError> {
+        let (mean, log_var) = self.autoencoder.encode_moments(video)?;
+        let log_var = log_var.clamp(-30f32, 20f32)?;
+        let noise = gaussian(mean.shape(), rng, &self.device)?;
+        let mut latents = (&mean + ((&log_var * 0.5)?.exp()? * noise)?)?;
+        if self.recipe.latent_noise > 0.0 {
+            latents = (&latents + latent_noise(&mean, self.recipe.latent_noise, rng)?)?;
+        }
+        let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
+        let fit =
+            reconstruction_loss(&reconstruction, video, weights, self.recipe.gradient_weight)?;
+        let kl = (((mean.sqr()? + log_var.exp()?)? - 1.0)? - &log_var)?
+            .sum(1)?
+            .mean_all()?
+            .affine(0.5, 0.0)?;
+        Ok((fit, reconstruction, kl))
     }
 
     /// The latents the predictor draws for the step's clips, cut to their crops.
@@ -423,6 +465,27 @@ impl AutoencoderStage {
     }
 }
 
+/// The cuts of `tensor` (`[B, C, F, H, W]`) at `places` (clip, first frame, top row, left
+/// column), each `frames` long and the crop's size, stacked.
+fn cut_all(
+    tensor: &Tensor,
+    places: &[(usize, usize, usize, usize)],
+    frames: usize,
+    crop: Crop,
+) -> candle_core::Result<Tensor> {
+    let cuts = places
+        .iter()
+        .map(|&(clip, start, top, left)| {
+            tensor
+                .get(clip)?
+                .narrow(1, start, frames)?
+                .narrow(2, top, crop.height)?
+                .narrow(3, left, crop.width)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::stack(&cuts, 0)
+}
+
 impl Stage for AutoencoderStage {
     fn name(&self) -> &'static str {
         "autoencoder"
@@ -442,26 +505,19 @@ impl Stage for AutoencoderStage {
                 reconstruction_loss(&reconstruction, video, weights, self.recipe.gradient_weight)?;
             return self.with_adversary(fit, &reconstruction, &crops, step);
         }
-        let (mean, log_var) = self.autoencoder.encode_moments(video)?;
-        let log_var = log_var.clamp(-30f32, 20f32)?;
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
-        let noise = gaussian(mean.shape(), &mut rng, &self.device)?;
-        let mut latents = (&mean + ((&log_var * 0.5)?.exp()? * noise)?)?;
-        if self.recipe.latent_noise > 0.0 {
-            latents = (&latents + latent_noise(&mean, self.recipe.latent_noise, &mut rng)?)?;
+        let (fit, reconstruction, kl) = self.autoencode(video, weights, &mut rng)?;
+        let mut fit = self.with_adversary(fit, &reconstruction, &crops, step)?;
+        let mut kl = kl;
+        if let Some((stills, weights)) = &crops.stills {
+            let (still_fit, _, still_kl) = self.autoencode(stills, weights.as_ref(), &mut rng)?;
+            fit = (fit + still_fit)?;
+            kl = (kl + still_kl)?;
         }
-        let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-        let fit =
-            reconstruction_loss(&reconstruction, video, weights, self.recipe.gradient_weight)?;
-        let fit = self.with_adversary(fit, &reconstruction, &crops, step)?;
         if self.recipe.decoder_only {
             // The encoder is fixed: its KL term is a constant.
             return Ok(fit);
         }
-        let kl = (((mean.sqr()? + log_var.exp()?)? - 1.0)? - &log_var)?
-            .sum(1)?
-            .mean_all()?
-            .affine(0.5, 0.0)?;
         Ok((fit + (kl * self.recipe.kl_weight)?)?)
     }
 

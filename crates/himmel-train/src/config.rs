@@ -107,6 +107,13 @@ pub struct AutoencoderRecipe {
     /// crops of whole clips' length; 0 leaves it out.
     #[serde(default)]
     pub denoised_latents: f64,
+    /// Single frames cut beside the crops from each step's clips (a random frame at a random
+    /// place, the crop's size), each encoded as a one-frame clip, their loss added to the
+    /// crops'. As Wan's autoencoder trained on images beside videos: a still costs a
+    /// seventeenth of a 17-frame crop and trains the spatial half of every convolution. 0
+    /// leaves them out.
+    #[serde(default)]
+    pub stills: usize,
     /// Train on the captioned clips of this folder instead of the world.
     #[serde(default)]
     pub folder: Option<PathBuf>,

@@ -55,6 +55,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         decoder_only: false,
         latent_noise: 0.0,
         denoised_latents: 0.0,
+        stills: 0,
         folder: None,
         video: VIDEO,
         crop: Crop {
@@ -211,6 +212,34 @@ fn the_autoencoder_learns_and_resumes_exactly() {
     let resumed: Vec<f64> = tail.rows.iter().map(|row| row.loss).collect();
     let uninterrupted: Vec<f64> = whole.rows[4..8].iter().map(|row| row.loss).collect();
     assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn an_autoencoder_learns_from_stills_beside_its_crops() {
+    let device = Device::Cpu;
+    let mut recipe = autoencoder_recipe(40);
+    recipe.crop.width = 8;
+    recipe.stills = 3;
+    let stage = || AutoencoderStage::new(&recipe, &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let whole = train(&stage(), &options(dir.path(), 40, None, false));
+    assert_falls(&whole.rows);
+    assert_resumes_exactly(stage, &whole);
+
+    // The same first step without stills: the same crops and noise, less the stills' loss.
+    let crops_alone = AutoencoderRecipe {
+        stills: 0,
+        ..recipe.clone()
+    };
+    let stage = AutoencoderStage::new(&crops_alone, &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let without = train(&stage, &options(dir.path(), 40, Some(1), false));
+    assert!(
+        whole.rows[0].loss > without.rows[0].loss + 1e-3,
+        "with stills {} against {} without",
+        whole.rows[0].loss,
+        without.rows[0].loss
+    );
 }
 
 #[test]
@@ -399,6 +428,9 @@ fn a_decoder_learns_from_a_models_predicted_latents_and_resumes_exactly() {
         height: 8,
         frames: VIDEO.frames,
     };
+    recipe.stills = 2;
+    assert!(message(&recipe).contains("stills"));
+    recipe.stills = 0;
     let Err(error) = AutoencoderStage::fine_tune(&recipe, model().autoencoder(), &device) else {
         panic!("denoised_latents without a model was accepted")
     };
