@@ -1,6 +1,6 @@
-//! `himmel eval --compare BASE NEW`: two saved reports of the same clips, measure by measure,
-//! with the 95% interval of their difference taken clip against clip, so the spread that comes
-//! from the scenes and seeds themselves cancels.
+//! `himmel eval --compare BASE NEW`: two saved reports of the same clips (two models' or two
+//! autoencoders'), measure by measure, with the 95% interval of their difference taken clip
+//! against clip, so the spread that comes from the scenes and seeds themselves cancels.
 
 use std::path::Path;
 
@@ -8,17 +8,23 @@ use anyhow::{Context, Result, bail};
 use himmel_world::score::Scores;
 use serde::Deserialize;
 
-/// What a comparison reads of a saved `himmel eval` report.
+/// What a comparison reads of a saved `himmel eval` report (an autoencoder's report names its
+/// clips, captions, indices and reconstructions where a model's names prompts, seeds and
+/// generations).
 #[derive(Deserialize)]
 struct SavedReport {
+    #[serde(alias = "clips")]
     prompts: Vec<SavedClip>,
 }
 
 /// One clip of a saved report.
 #[derive(Deserialize)]
 struct SavedClip {
+    #[serde(alias = "caption")]
     prompt: String,
+    #[serde(alias = "index")]
     seed: u64,
+    #[serde(alias = "reconstructed")]
     model: SavedScore,
     ground_truth: SavedScore,
 }

@@ -128,10 +128,25 @@ const EXAMPLE_CLIPS: usize = 4;
 #[derive(Serialize)]
 struct Reconstruction {
     index: u64,
+    /// The clip's detailed caption.
+    caption: String,
     /// PSNR over the whole clip.
     psnr: f64,
     /// PSNR over the pixels on and next to objects (`None`: the clip shows none).
     object_psnr: Option<f64>,
+    /// The scorer's report on the reconstruction.
+    reconstructed: Report,
+    /// The scorer's report on the clip itself.
+    ground_truth: Report,
+}
+
+/// The saved report of an autoencoder: `himmel eval --compare` reads two of them as it reads
+/// two models' reports, clip against clip.
+#[derive(Serialize)]
+struct ReconstructionReport {
+    /// Width, height and frames of every clip.
+    size: (usize, usize, usize),
+    clips: Vec<Reconstruction>,
 }
 
 /// PSNR of `reconstruction` against `original` (both in -1..=1), weighted by `weights`
@@ -208,8 +223,7 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
         std::fs::create_dir_all(examples)
             .with_context(|| format!("creating {}", examples.display()))?;
     }
-    let mut results = Vec::new();
-    let (mut reconstructed_reports, mut original_reports) = (Vec::new(), Vec::new());
+    let mut results: Vec<Reconstruction> = Vec::new();
     let mut latents = Vec::new();
     for index in 0..count {
         let batch = clips.batch(index..index + 1, device)?;
@@ -222,14 +236,16 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
             .object_masks(&batch)?
             .map(|masks| masks.to_device(&Device::Cpu))
             .transpose()?;
-        if let Some(spec) = &batch.scenes[0] {
-            reconstructed_reports.push(score(&as_video(&reconstruction, shape.fps)?, spec)?);
-            original_reports.push(score(&as_video(original, shape.fps)?, spec)?);
-        }
+        let spec = batch.scenes[0]
+            .as_ref()
+            .context("a world clip without its scene")?;
         results.push(Reconstruction {
             index,
+            caption: batch.captions[0].detailed.clone(),
             psnr: psnr(&reconstruction, original, None)?.unwrap_or(f64::INFINITY),
             object_psnr: psnr(&reconstruction, original, objects.as_ref())?,
+            reconstructed: score(&as_video(&reconstruction, shape.fps)?, spec)?,
+            ground_truth: score(&as_video(original, shape.fps)?, spec)?,
         });
         if let Some(examples) = &args.examples
             && (index as usize) < EXAMPLE_CLIPS
@@ -259,18 +275,20 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
             spread.join(" ")
         );
     }
-    if !reconstructed_reports.is_empty() {
-        print_summary(
-            &aggregate(&reconstructed_reports),
-            &aggregate(&original_reports),
-            None,
-        );
+    if !results.is_empty() {
+        let reconstructed: Vec<Report> = results.iter().map(|r| r.reconstructed.clone()).collect();
+        let original: Vec<Report> = results.iter().map(|r| r.ground_truth.clone()).collect();
+        print_summary(&aggregate(&reconstructed), &aggregate(&original), None);
         print_shapes_seen(&[
-            ("reconstructed", &reconstructed_reports),
-            ("ground truth", &original_reports),
+            ("reconstructed", &reconstructed),
+            ("ground truth", &original),
         ]);
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)
+    let report = ReconstructionReport {
+        size: args.clip_size,
+        clips: results,
+    };
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;
     Ok(())
 }

@@ -279,6 +279,12 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
             && summary.contains("latent spread by latent frame"),
         "{summary}"
     );
+    // Two autoencoders' reports compare clip against clip, as two models' do.
+    let comparison = himmel_ok(&["eval", "--compare", report_arg, report_arg]);
+    assert!(
+        comparison.contains("2 clips in both") && comparison.contains("+0.0000"),
+        "{comparison}"
+    );
 
     // Broken weights are named.
     let weights = model.join("model.safetensors");
