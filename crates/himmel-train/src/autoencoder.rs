@@ -506,9 +506,8 @@ impl Stage for AutoencoderStage {
             return self.with_adversary(fit, &reconstruction, &crops, step);
         }
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
-        let (fit, reconstruction, kl) = self.autoencode(video, weights, &mut rng)?;
+        let (fit, reconstruction, mut kl) = self.autoencode(video, weights, &mut rng)?;
         let mut fit = self.with_adversary(fit, &reconstruction, &crops, step)?;
-        let mut kl = kl;
         if let Some((stills, weights)) = &crops.stills {
             let (still_fit, _, still_kl) = self.autoencode(stills, weights.as_ref(), &mut rng)?;
             fit = (fit + still_fit)?;

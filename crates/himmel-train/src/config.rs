@@ -109,9 +109,9 @@ pub struct AutoencoderRecipe {
     pub denoised_latents: f64,
     /// Single frames cut beside the crops from each step's clips (a random frame at a random
     /// place, the crop's size), each encoded as a one-frame clip, their loss added to the
-    /// crops'. As Wan's autoencoder trained on images beside videos: a still costs a
-    /// seventeenth of a 17-frame crop and trains the spatial half of every convolution. 0
-    /// leaves them out.
+    /// crops' (the adversary, where there is one, judges the crops alone). As Wan's
+    /// autoencoder trained on images beside videos: a still is one frame where a crop is many,
+    /// and trains the taps of every convolution that see the present frame. 0 leaves them out.
     #[serde(default)]
     pub stills: usize,
     /// Train on the captioned clips of this folder instead of the world.
