@@ -8,25 +8,43 @@ use anyhow::{Context, Result, bail};
 use himmel_world::score::Scores;
 use serde::Deserialize;
 
-/// What a comparison reads of a saved `himmel eval` report (an autoencoder's report names its
-/// clips, captions, indices and reconstructions where a model's names prompts, seeds and
-/// generations).
+/// What a comparison reads of a saved `himmel eval` report: a model's or an autoencoder's.
 #[derive(Deserialize)]
-struct SavedReport {
-    #[serde(alias = "clips")]
-    prompts: Vec<SavedClip>,
+#[serde(untagged)]
+enum SavedReport {
+    Model { prompts: Vec<SavedClip> },
+    Autoencoder { clips: Vec<SavedReconstruction> },
 }
 
 /// One clip of a saved report.
 #[derive(Deserialize)]
 struct SavedClip {
-    #[serde(alias = "caption")]
     prompt: String,
-    #[serde(alias = "index")]
     seed: u64,
-    #[serde(alias = "reconstructed")]
     model: SavedScore,
     ground_truth: SavedScore,
+}
+
+/// One held-out clip of an autoencoder's report.
+#[derive(Deserialize)]
+struct SavedReconstruction {
+    caption: String,
+    index: u64,
+    reconstructed: SavedScore,
+    ground_truth: SavedScore,
+}
+
+impl From<SavedReconstruction> for SavedClip {
+    /// The clip as a model's clip: its caption the prompt, its index the seed, its
+    /// reconstruction the generation.
+    fn from(clip: SavedReconstruction) -> Self {
+        Self {
+            prompt: clip.caption,
+            seed: clip.index,
+            model: clip.reconstructed,
+            ground_truth: clip.ground_truth,
+        }
+    }
 }
 
 /// The world scorer's report on one clip, as far as the measures need it.
@@ -70,10 +88,14 @@ fn read(path: &Path) -> Result<Vec<SavedClip>> {
             path.display()
         )
     })?;
-    if report.prompts.is_empty() {
+    let clips = match report {
+        SavedReport::Model { prompts } => prompts,
+        SavedReport::Autoencoder { clips } => clips.into_iter().map(SavedClip::from).collect(),
+    };
+    if clips.is_empty() {
         bail!("{} holds no clips", path.display());
     }
-    Ok(report.prompts)
+    Ok(clips)
 }
 
 /// The mean of `values` and the half-width of its 95% interval (normal approximation).
