@@ -64,8 +64,8 @@ struct Crops {
     video: Tensor,
     /// Weight of each pixel in the loss, `[B, 1, frames, height, width]` (`None`: all alike).
     weights: Option<Tensor>,
-    /// Each crop's first frame, top row and left column in its clip.
-    places: Vec<(usize, usize, usize)>,
+    /// Each crop's clip, first frame, top row and left column.
+    places: Vec<Place>,
     /// Single frames cut from the clips, `[S, 3, 1, height, width]`, and their pixels' weights
     /// ([`AutoencoderRecipe::stills`]; `None` without).
     stills: Option<(Tensor, Option<Tensor>)>,
@@ -342,15 +342,15 @@ impl AutoencoderStage {
             1
         };
         let position = |rng: &mut ChaCha8Rng, room: usize| rng.random_range(0..=room / grid) * grid;
-        let places: Vec<(usize, usize, usize)> = (0..batch)
-            .map(|_| {
+        let places: Vec<Place> = (0..batch as usize)
+            .map(|clip| {
                 let start = position(&mut rng, video.frames - crop.frames);
                 let top = position(&mut rng, video.height - crop.height);
-                (start, top, position(&mut rng, video.width - crop.width))
+                let left = position(&mut rng, video.width - crop.width);
+                (clip, start, top, left)
             })
             .collect();
-        // Each still's clip, frame, top row and left column.
-        let still_places: Vec<(usize, usize, usize, usize)> = (0..self.recipe.stills)
+        let still_places: Vec<Place> = (0..self.recipe.stills)
             .map(|i| {
                 let frame = rng.random_range(0..video.frames);
                 let top = position(&mut rng, video.height - crop.height);
@@ -358,18 +358,15 @@ impl AutoencoderStage {
                 (i % places.len(), frame, top, left)
             })
             .collect();
-        let crop_places: Vec<_> = (places.iter().enumerate())
-            .map(|(i, &(start, top, left))| (i, start, top, left))
-            .collect();
         // The crops and the stills, each with its pixels' weights where the recipe weighs them.
-        let cut = |places: &[(usize, usize, usize, usize)], frames: usize| {
+        let cut = |places: &[Place], frames: usize| {
             let video = cut_all(&clips.video, places, frames, crop)?;
             let weights = (weights.as_ref())
                 .map(|weights| cut_all(weights, places, frames, crop))
                 .transpose()?;
             candle_core::Result::Ok((video, weights))
         };
-        let (crops, crop_weights) = cut(&crop_places, crop.frames)?;
+        let (crops, crop_weights) = cut(&places, crop.frames)?;
         let stills = (!still_places.is_empty())
             .then(|| cut(&still_places, 1))
             .transpose()?;
@@ -453,10 +450,9 @@ impl AutoencoderStage {
         let cuts = crops
             .places
             .iter()
-            .enumerate()
-            .map(|(i, &(_, top, left))| {
+            .map(|&(clip, _, top, left)| {
                 latents
-                    .get(i)?
+                    .get(clip)?
                     .narrow(2, top / space, crop.height / space)?
                     .narrow(3, left / space, crop.width / space)
             })
@@ -465,11 +461,14 @@ impl AutoencoderStage {
     }
 }
 
-/// The cuts of `tensor` (`[B, C, F, H, W]`) at `places` (clip, first frame, top row, left
-/// column), each `frames` long and the crop's size, stacked.
+/// Where a cut lies: its clip in the batch, first frame, top row and left column.
+type Place = (usize, usize, usize, usize);
+
+/// The cuts of `tensor` (`[B, C, F, H, W]`) at `places`, each `frames` long and the crop's
+/// size, stacked.
 fn cut_all(
     tensor: &Tensor,
-    places: &[(usize, usize, usize, usize)],
+    places: &[Place],
     frames: usize,
     crop: Crop,
 ) -> candle_core::Result<Tensor> {

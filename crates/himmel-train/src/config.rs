@@ -248,8 +248,15 @@ pub fn clip_source(
 
 impl DenoiserRecipe {
     /// The clips it trains on: its folder's, or the world's from its seed in each of its
-    /// shapes.
+    /// shapes, its scenes drawn by its mix (checked here).
     pub fn clip_source(&self) -> Result<crate::data::ClipSource, TrainError> {
+        if let Some(mix) = &self.scenes {
+            mix.check().map_err(|reason| TrainError::Setting {
+                name: "scenes",
+                value: format!("{mix:?}"),
+                reason,
+            })?;
+        }
         match (&self.folder, self.more_shapes.is_empty()) {
             (Some(_), false) => Err(TrainError::Setting {
                 name: "more_shapes",

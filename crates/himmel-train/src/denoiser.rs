@@ -462,13 +462,6 @@ fn check_recipe(recipe: &DenoiserRecipe) -> Result<(), TrainError> {
             reason: "must be [lowest, highest] with 0 <= lowest < highest <= 1".into(),
         });
     }
-    if let Some(mix) = &recipe.scenes {
-        mix.check().map_err(|reason| TrainError::Setting {
-            name: "scenes",
-            value: format!("{mix:?}"),
-            reason,
-        })?;
-    }
     if !(recipe.last_frame_weight > 0.0 && recipe.last_frame_weight.is_finite()) {
         return Err(TrainError::Setting {
             name: "last_frame_weight",
