@@ -73,6 +73,16 @@ DEGRADATIONS = [(f"blur{s}", lambda v, s=s: blur(v, s)) for s in (0.35, 0.5, 0.7
 ]
 
 
+MEASURES = {
+    "colour": lambda r: r["scores"]["color"],
+    "shape": lambda r: r["scores"]["shape"],
+    "motion": lambda r: r["scores"]["motion"],
+    "count": lambda r: r["scores"]["count"],
+    "no faults": lambda r: r["fault_free"],
+    "as asked": lambda r: r["as_asked"],
+}
+
+
 def score(himmel, folder):
     """`himmel world score` of every clip in `folder`: the aggregate report."""
     result = subprocess.run(
@@ -107,15 +117,6 @@ def main():
         residual = report["physics_residual"] / rendered_residual
         print(f"{name:<10}{psnr:>6.1f}" + "".join(f"{v:>10.3f}" for v in values) + f"{residual:>9.2f}x")
 
-
-MEASURES = {
-    "colour": lambda r: r["scores"]["color"],
-    "shape": lambda r: r["scores"]["shape"],
-    "motion": lambda r: r["scores"]["motion"],
-    "count": lambda r: r["scores"]["count"],
-    "no faults": lambda r: r["fault_free"],
-    "as asked": lambda r: r["as_asked"],
-}
 
 if __name__ == "__main__":
     main()
