@@ -93,6 +93,20 @@ fn setting(name: &'static str, value: impl ToString, reason: &str) -> TrainError
     }
 }
 
+/// Whether `fewer` is `start` with some of its stages no longer halving time and nothing
+/// else changed: an autoencoder that compresses time less, learning from `start`'s weights.
+fn halves_time_less(start: &WanVaeConfig, fewer: &WanVaeConfig) -> bool {
+    let flags = (&start.temperal_downsample, &fewer.temperal_downsample);
+    let switched_off = flags.0.len() == flags.1.len()
+        && flags.0.iter().zip(flags.1).all(|(&was, &is)| was || !is)
+        && flags.0 != flags.1;
+    let rest = WanVaeConfig {
+        temperal_downsample: start.temperal_downsample.clone(),
+        ..fewer.unnormalised()
+    };
+    switched_off && rest == start.unnormalised()
+}
+
 /// Checks that the crop fits the clips and the autoencoder's factors.
 fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
     let crop = recipe.crop;
@@ -255,7 +269,8 @@ impl AutoencoderStage {
         config.latents_std = vec![1.0; config.z_dim];
         let mut weights = HashMap::new();
         if let Some(start) = start {
-            weights = if start.config == config {
+            weights = if start.config == config || halves_time_less(&start.config, &config) {
+                // Stages that no longer halve time leave their time convolutions unread.
                 start.weights
             } else if let Some(doubled) = Doubled::between(&start.config, &config) {
                 widen(&start.weights, doubled, recipe.run.seed)?
@@ -264,7 +279,8 @@ impl AutoencoderStage {
                     "autoencoder",
                     "the recipe's",
                     "differs from the architecture of the autoencoder to start from \
-                     (only base_dim or decoder_base_dim may differ, each twice the start's)",
+                     (only base_dim or decoder_base_dim may differ, each twice the start's, \
+                     or temperal_downsample switch stages off)",
                 ));
             };
         }

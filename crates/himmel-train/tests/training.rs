@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use himmel_models::mini::{Prediction, SamplingDefaults, VideoShape};
 use himmel_models::umt5::Umt5Config;
-use himmel_models::wan::{WanTransformerConfig, WanVaeConfig};
+use himmel_models::wan::{WanTransformerConfig, WanVae, WanVaeConfig};
 use himmel_train::TrainError;
 use himmel_train::autoencoder::{AutoencoderStage, read_trained};
 use himmel_train::config::{
@@ -395,6 +395,45 @@ fn a_widened_decoder_starts_where_it_was_and_drops_into_a_model() {
         panic!("a decoder three times as wide was accepted")
     };
     assert!(error.to_string().contains("twice"), "{error}");
+}
+
+#[test]
+fn an_autoencoder_learns_to_halve_time_less_from_one_that_halves_it_more() {
+    let device = Device::Cpu;
+    let start_dir = tiny_autoencoder(&device);
+    let start = || read_trained(start_dir.path()).expect("autoencoder export");
+    assert_eq!(start().config.temporal_factor(), 4);
+    let mut recipe = autoencoder_recipe(20);
+    recipe.autoencoder.temperal_downsample = vec![false, true, false];
+    let stage = AutoencoderStage::fine_tune(&recipe, start(), &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    assert_falls(&train(&stage, &options(dir.path(), 20, None, false)).rows);
+    let tuned = read_trained(dir.path()).expect("export");
+    assert_eq!(tuned.config.temporal_factor(), 2);
+    // The last stage's time convolutions are gone; everything else carried over.
+    let before = start().weights;
+    let dropped: Vec<&String> = before
+        .keys()
+        .filter(|name| !tuned.weights.contains_key(*name))
+        .collect();
+    assert!(
+        !dropped.is_empty() && dropped.iter().all(|name| name.contains("time_conv")),
+        "{dropped:?}"
+    );
+    assert!(tuned.weights.keys().all(|name| before.contains_key(name)));
+    let builder = candle_nn::VarBuilder::from_tensors(tuned.weights, DType::F32, &device);
+    let autoencoder = WanVae::new(&tuned.config, builder).expect("autoencoder");
+    let clip = Tensor::zeros((1, 3, 5, 16, 16), DType::F32, &device).expect("clip");
+    let latents = autoencoder.encode(&clip).expect("encoding");
+    assert_eq!(latents.dim(2).expect("frames"), 3);
+
+    // Switching a stage on is another architecture: the start has no weights for it.
+    let halved_less = read_trained(dir.path()).expect("export");
+    let Err(error) = AutoencoderStage::fine_tune(&autoencoder_recipe(20), halved_less, &device)
+    else {
+        panic!("an autoencoder halving time more was accepted")
+    };
+    assert!(error.to_string().contains("architecture"), "{error}");
 }
 
 #[test]
