@@ -134,6 +134,8 @@ struct Reconstruction {
     psnr: f64,
     /// PSNR over the pixels on and next to objects (`None`: the clip shows none).
     object_psnr: Option<f64>,
+    /// The same, frame by frame (`None` where a frame shows no object).
+    object_psnr_by_frame: Vec<Option<f64>>,
     /// The scorer's report on the reconstruction.
     reconstructed: Report,
     /// The scorer's report on the clip itself.
@@ -176,6 +178,34 @@ fn psnr(
     // Values span 2, so the peak's square is 4.
     let mse = f64::from(total / count) / 4.0;
     Ok(Some(-10.0 * mse.log10()))
+}
+
+/// [`psnr`] over the pixels on and next to objects, frame by frame.
+fn psnr_by_frame(
+    reconstruction: &Tensor,
+    original: &Tensor,
+    objects: &Tensor,
+) -> Result<Vec<Option<f64>>> {
+    (0..original.dim(2)?)
+        .map(|frame| {
+            let at = |clip: &Tensor| clip.narrow(2, frame, 1);
+            psnr(&at(reconstruction)?, &at(original)?, Some(&at(objects)?))
+        })
+        .collect()
+}
+
+/// The mean of each frame's PSNR over the clips that show objects in it.
+fn mean_by_frame(results: &[Reconstruction]) -> Vec<f64> {
+    let frames = results.iter().map(|r| r.object_psnr_by_frame.len()).max();
+    (0..frames.unwrap_or(0))
+        .map(|frame| {
+            let seen: Vec<f64> = results
+                .iter()
+                .filter_map(|r| r.object_psnr_by_frame.get(frame).copied().flatten())
+                .collect();
+            seen.iter().sum::<f64>() / seen.len().max(1) as f64
+        })
+        .collect()
 }
 
 /// The RMS of each latent frame of `latents` `[B, z, F, h, w]` normalised per channel over all
@@ -244,6 +274,10 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
             caption: batch.captions[0].detailed.clone(),
             psnr: psnr(&reconstruction, original, None)?.unwrap_or(f64::INFINITY),
             object_psnr: psnr(&reconstruction, original, objects.as_ref())?,
+            object_psnr_by_frame: match &objects {
+                Some(objects) => psnr_by_frame(&reconstruction, original, objects)?,
+                None => Vec::new(),
+            },
             reconstructed: score(&as_video(&reconstruction, shape.fps)?, spec)?,
             ground_truth: score(&as_video(original, shape.fps)?, spec)?,
         });
@@ -266,6 +300,27 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
          {object_mean:.2} dB on and next to objects ({} clips show objects)",
         dir.display(),
         objects.len()
+    );
+    let by_frame: Vec<String> = mean_by_frame(&results)
+        .iter()
+        .map(|p| format!("{p:.1}"))
+        .collect();
+    if !by_frame.is_empty() {
+        println!(
+            "PSNR on and next to objects by frame (dB): {}",
+            by_frame.join(" ")
+        );
+    }
+    let mut faults = vec![0usize; frames];
+    for fault in results.iter().flat_map(|r| &r.reconstructed.faults) {
+        if let Some(count) = fault.frame.and_then(|frame| faults.get_mut(frame)) {
+            *count += 1;
+        }
+    }
+    let faults: Vec<String> = faults.iter().map(usize::to_string).collect();
+    println!(
+        "reconstructions' faults by the frame they show from: {}",
+        faults.join(" ")
     );
     if !latents.is_empty() {
         let spread = latent_spread_by_frame(&Tensor::cat(&latents, 0)?)?;

@@ -276,9 +276,18 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
     assert!(
         summary.contains("mean PSNR")
             && summary.contains("colour agreement")
-            && summary.contains("latent spread by latent frame"),
+            && summary.contains("latent spread by latent frame")
+            && summary.contains("PSNR on and next to objects by frame")
+            && summary.contains("faults by the frame they show from"),
         "{summary}"
     );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let frames = &saved["size"][2];
+    for clip in saved["clips"].as_array().unwrap() {
+        let by_frame = clip["object_psnr_by_frame"].as_array().unwrap();
+        assert_eq!(by_frame.len() as u64, frames.as_u64().unwrap(), "{clip}");
+    }
     // Two autoencoders' reports compare clip against clip, as two models' do.
     let comparison = himmel_ok(&["eval", "--compare", report_arg, report_arg]);
     assert!(

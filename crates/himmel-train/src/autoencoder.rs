@@ -107,6 +107,16 @@ fn halves_time_less(start: &WanVaeConfig, fewer: &WanVaeConfig) -> bool {
     switched_off && rest == start.unnormalised()
 }
 
+/// The weight of each of a crop's `frames`: frame `1 + i` takes `weights[i % weights.len()]`,
+/// the first frame the last weight ([`AutoencoderRecipe::frame_weights`]).
+fn by_place_in_group(weights: &[f64], frames: usize) -> Vec<f32> {
+    let last = weights[weights.len() - 1];
+    std::iter::once(last)
+        .chain((1..frames).map(|frame| weights[(frame - 1) % weights.len()]))
+        .map(|w| w as f32)
+        .collect()
+}
+
 /// Checks that the crop fits the clips and the autoencoder's factors.
 fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
     let crop = recipe.crop;
@@ -130,6 +140,7 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
     let loss_weights = [
         ("object_weight", recipe.object_weight),
         ("gradient_weight", recipe.gradient_weight),
+        ("time_gradient_weight", recipe.time_gradient_weight),
         ("latent_noise", recipe.latent_noise),
         ("adversarial_weight", recipe.adversarial_weight),
     ];
@@ -147,6 +158,15 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
     }
     if recipe.run.batch_size == 0 {
         return Err(setting("loop.batch_size", 0, "must be at least 1"));
+    }
+    let frame_weights = &recipe.frame_weights;
+    let positive = frame_weights.iter().all(|w| w.is_finite() && *w > 0.0);
+    if !frame_weights.is_empty() && (frame_weights.len() != time || !positive) {
+        return Err(setting(
+            "frame_weights",
+            format!("{frame_weights:?}"),
+            &format!("must be {time} positive numbers, one per frame a latent frame stands for"),
+        ));
     }
     let denoised = recipe.denoised_latents;
     if !(0.0..=1.0).contains(&denoised) {
@@ -382,7 +402,17 @@ impl AutoencoderStage {
                 .transpose()?;
             candle_core::Result::Ok((video, weights))
         };
-        let (crops, crop_weights) = cut(&places, crop.frames)?;
+        let (crops, mut crop_weights) = cut(&places, crop.frames)?;
+        if !self.recipe.frame_weights.is_empty() {
+            let by_frame = by_place_in_group(&self.recipe.frame_weights, crop.frames);
+            let by_frame = Tensor::from_vec(by_frame, (1, 1, crop.frames, 1, 1), &self.device)?;
+            crop_weights = Some(match crop_weights {
+                Some(weights) => weights.broadcast_mul(&by_frame)?,
+                None => by_frame
+                    .broadcast_as((batch as usize, 1, crop.frames, crop.height, crop.width))?
+                    .contiguous()?,
+            });
+        }
         let stills = (!still_places.is_empty())
             .then(|| cut(&still_places, 1))
             .transpose()?;
@@ -438,8 +468,12 @@ impl AutoencoderStage {
             latents = (&latents + latent_noise(&mean, self.recipe.latent_noise, rng)?)?;
         }
         let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-        let fit =
-            reconstruction_loss(&reconstruction, video, weights, self.recipe.gradient_weight)?;
+        let fit = reconstruction_loss(
+            &reconstruction,
+            video,
+            weights,
+            self.recipe.gradient_weights(),
+        )?;
         let kl = (((mean.sqr()? + log_var.exp()?)? - 1.0)? - &log_var)?
             .sum(1)?
             .mean_all()?
@@ -516,8 +550,12 @@ impl Stage for AutoencoderStage {
         if let Some(predictor) = &self.predictor {
             let latents = self.predicted_latents(predictor, &crops, step)?;
             let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-            let fit =
-                reconstruction_loss(&reconstruction, video, weights, self.recipe.gradient_weight)?;
+            let fit = reconstruction_loss(
+                &reconstruction,
+                video,
+                weights,
+                self.recipe.gradient_weights(),
+            )?;
             return self.with_adversary(fit, &reconstruction, &crops, step);
         }
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
@@ -580,14 +618,14 @@ fn latent_noise(mean: &Tensor, most: f64, rng: &mut ChaCha8Rng) -> candle_core::
 
 /// The reconstruction loss of `reconstruction` against `video` (both `[B, 3, F, H, W]`): the
 /// mean absolute error, weighted by `weights` (`[B, 1, F, H, W]`) where given, plus
-/// `gradient_weight` times the same mean of the error's differences between neighbouring
-/// pixels along time, height and width (the reconstruction's edges and changes against the
-/// clip's; the weight of a pair is its first pixel's).
+/// `gradient_weights` (along time, height and width) times the same mean of the error's
+/// differences between neighbouring pixels along each (the reconstruction's edges and changes
+/// against the clip's; the weight of a pair is its first pixel's).
 pub fn reconstruction_loss(
     reconstruction: &Tensor,
     video: &Tensor,
     weights: Option<&Tensor>,
-    gradient_weight: f64,
+    gradient_weights: [f64; 3],
 ) -> candle_core::Result<Tensor> {
     // The weighted mean: the loss keeps its scale whatever the objects cover.
     let mean_abs = |error: &Tensor, weights: Option<&Tensor>| match weights {
@@ -600,16 +638,14 @@ pub fn reconstruction_loss(
     };
     let error = (reconstruction - video)?;
     let mut loss = mean_abs(&error, weights)?;
-    if gradient_weight > 0.0 {
-        for dim in 2..5 {
-            let pairs = error.dim(dim)? - 1;
-            if pairs == 0 {
-                continue;
-            }
-            let change = (error.narrow(dim, 1, pairs)? - error.narrow(dim, 0, pairs)?)?;
-            let weights = weights.map(|w| w.narrow(dim, 0, pairs)).transpose()?;
-            loss = (loss + (mean_abs(&change, weights.as_ref())? * gradient_weight)?)?;
+    for (dim, gradient_weight) in (2..5).zip(gradient_weights) {
+        let pairs = error.dim(dim)? - 1;
+        if pairs == 0 || gradient_weight == 0.0 {
+            continue;
         }
+        let change = (error.narrow(dim, 1, pairs)? - error.narrow(dim, 0, pairs)?)?;
+        let weights = weights.map(|w| w.narrow(dim, 0, pairs)).transpose()?;
+        loss = (loss + (mean_abs(&change, weights.as_ref())? * gradient_weight)?)?;
     }
     Ok(loss)
 }
@@ -706,35 +742,51 @@ mod tests {
     }
 
     #[test]
+    fn frames_are_weighed_by_their_place_in_a_latent_frames_group() {
+        let weights = by_place_in_group(&[3.0, 2.0, 1.5, 1.0], 9);
+        assert_eq!(weights, [1.0, 3.0, 2.0, 1.5, 1.0, 3.0, 2.0, 1.5, 1.0]);
+        assert_eq!(by_place_in_group(&[2.0], 1), [2.0]);
+    }
+
+    #[test]
     fn the_gradient_term_sees_edges_not_offsets() {
         let device = Device::Cpu;
         let shape = (1, 3, 3, 4, 4);
         let video = Tensor::zeros(shape, DType::F32, &device).unwrap();
         let offset = (&video + 0.5).unwrap();
-        assert!((scalar(reconstruction_loss(&offset, &video, None, 1.0)) - 0.5).abs() < 1e-6);
+        assert!((scalar(reconstruction_loss(&offset, &video, None, [1.0; 3])) - 0.5).abs() < 1e-6);
 
         // One pixel off by 1 (channel 0, frame 1, row 1, column 1): it is 1 of 144 values, and
         // 2 of each axis's pairs differ by 1 (96 pairs along time, 108 along rows and columns).
         let mut values = vec![0f32; 144];
         values[16 + 4 + 1] = 1.0;
         let spike = Tensor::from_vec(values, shape, &device).unwrap();
-        let plain = scalar(reconstruction_loss(&spike, &video, None, 0.0));
+        let plain = scalar(reconstruction_loss(&spike, &video, None, [0.0; 3]));
         assert!((plain - 1.0 / 144.0).abs() < 1e-6);
         let expected = 1.0 / 144.0 + 0.5 * (2.0 / 96.0 + 2.0 * 2.0 / 108.0);
-        let with_edges = scalar(reconstruction_loss(&spike, &video, None, 0.5));
+        let with_edges = scalar(reconstruction_loss(&spike, &video, None, [0.5; 3]));
         assert!(
             (with_edges - expected).abs() < 1e-6,
             "{with_edges} != {expected}"
         );
+        // Each axis has its own weight: along time alone, the 2 time pairs of 96 count.
+        let in_time = scalar(reconstruction_loss(&spike, &video, None, [2.0, 0.0, 0.0]));
+        let expected_in_time = 1.0 / 144.0 + 2.0 * 2.0 / 96.0;
+        assert!((in_time - expected_in_time).abs() < 1e-6, "{in_time}");
 
         // Uniform weights change nothing; a zero weight on the pixel removes its own term.
         let uniform = Tensor::full(2f32, (1, 1, 3, 4, 4), &device).unwrap();
-        let weighted = scalar(reconstruction_loss(&spike, &video, Some(&uniform), 0.5));
+        let weighted = scalar(reconstruction_loss(
+            &spike,
+            &video,
+            Some(&uniform),
+            [0.5; 3],
+        ));
         assert!((weighted - expected).abs() < 1e-6);
         let mut blind = vec![1f32; 48];
         blind[16 + 4 + 1] = 0.0;
         let blind = Tensor::from_vec(blind, (1, 1, 3, 4, 4), &device).unwrap();
-        assert!(scalar(reconstruction_loss(&spike, &video, Some(&blind), 0.0)).abs() < 1e-9);
+        assert!(scalar(reconstruction_loss(&spike, &video, Some(&blind), [0.0; 3])).abs() < 1e-9);
     }
 
     #[test]

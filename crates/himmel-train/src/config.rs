@@ -78,6 +78,12 @@ pub struct AutoencoderRecipe {
     /// clip's, which plain L1 lets blur. 0 leaves it out.
     #[serde(default)]
     pub gradient_weight: f64,
+    /// Weight added to `gradient_weight`'s on the differences from frame to frame alone: a
+    /// reconstruction whose objects jump, fade or change size between frames where the clip's
+    /// move smoothly pays for it more than for an edge it blurs. 0 leaves it at
+    /// `gradient_weight`.
+    #[serde(default)]
+    pub time_gradient_weight: f64,
     /// Weight of the adversarial term: the decoder is also judged by a patch discriminator
     /// trained beside it ([`crate::adversary`]), which keeps edges and corners that pixel
     /// losses blur. The discriminator's own loss is added to the step's loss (and its log).
@@ -114,6 +120,14 @@ pub struct AutoencoderRecipe {
     /// and trains the taps of every convolution that see the present frame. 0 leaves them out.
     #[serde(default)]
     pub stills: usize,
+    /// Loss weight of a crop's frame by its place among the frames one latent frame stands
+    /// for (one entry per frame of the autoencoder's `temporal_factor`, the earliest first; a
+    /// crop's first frame, a latent frame of its own, takes the last entry). An autoencoder
+    /// that halves time draws the later frames of each group best (the latent frame is
+    /// computed at the group's end); weighing the earlier ones more evens them out. Empty
+    /// weighs all frames alike.
+    #[serde(default)]
+    pub frame_weights: Vec<f64>,
     /// Train on the captioned clips of this folder instead of the world.
     #[serde(default)]
     pub folder: Option<PathBuf>,
@@ -125,6 +139,14 @@ pub struct AutoencoderRecipe {
     pub optimizer: OptimizerConfig,
     /// The architecture (`latents_mean`/`latents_std` are measured later, by the denoiser stage).
     pub autoencoder: WanVaeConfig,
+}
+
+impl AutoencoderRecipe {
+    /// Weights of the loss's gradient terms along time, height and width.
+    pub fn gradient_weights(&self) -> [f64; 3] {
+        let space = self.gradient_weight;
+        [space + self.time_gradient_weight, space, space]
+    }
 }
 
 /// How often each pattern of known latent frames is trained on; the rest is text only.

@@ -50,12 +50,14 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         kl_weight: 1e-4,
         object_weight: 4.0,
         gradient_weight: 0.5,
+        time_gradient_weight: 0.0,
         adversarial_weight: 0.0,
         adversarial_start: 0,
         decoder_only: false,
         latent_noise: 0.0,
         denoised_latents: 0.0,
         stills: 0,
+        frame_weights: Vec::new(),
         folder: None,
         video: VIDEO,
         crop: Crop {
@@ -229,6 +231,7 @@ fn an_autoencoder_learns_from_stills_beside_its_crops() {
     // The same first step without stills: the same crops and noise, less the stills' loss.
     let crops_alone = AutoencoderRecipe {
         stills: 0,
+        frame_weights: Vec::new(),
         ..recipe.clone()
     };
     let stage = AutoencoderStage::new(&crops_alone, &device).expect("stage");
@@ -426,6 +429,19 @@ fn an_autoencoder_learns_to_halve_time_less_from_one_that_halves_it_more() {
     let clip = Tensor::zeros((1, 3, 5, 16, 16), DType::F32, &device).expect("clip");
     let latents = autoencoder.encode(&clip).expect("encoding");
     assert_eq!(latents.dim(2).expect("frames"), 3);
+
+    // Frames weighed by their place in a latent frame's group: one weight per frame it
+    // stands for.
+    let mut weighed = recipe.clone();
+    weighed.frame_weights = vec![2.0, 1.0];
+    let stage = AutoencoderStage::fine_tune(&weighed, start(), &device).expect("stage");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    assert_falls(&train(&stage, &options(dir.path(), 20, None, false)).rows);
+    weighed.frame_weights = vec![2.0, 1.5, 1.0, 1.0];
+    let Err(error) = AutoencoderStage::fine_tune(&weighed, start(), &device) else {
+        panic!("four frame weights for two frames a latent frame were accepted")
+    };
+    assert!(error.to_string().contains("frame_weights"), "{error}");
 
     // Switching a stage on is another architecture: the start has no weights for it.
     let halved_less = read_trained(dir.path()).expect("export");
