@@ -194,8 +194,8 @@ fn psnr_by_frame(
         .collect()
 }
 
-/// The mean of each frame's PSNR over the clips that show objects in it.
-fn mean_by_frame(results: &[Reconstruction]) -> Vec<f64> {
+/// The mean of each frame's PSNR over the clips that show objects in it (`None`: none do).
+fn mean_by_frame(results: &[Reconstruction]) -> Vec<Option<f64>> {
     let frames = results.iter().map(|r| r.object_psnr_by_frame.len()).max();
     (0..frames.unwrap_or(0))
         .map(|frame| {
@@ -203,7 +203,7 @@ fn mean_by_frame(results: &[Reconstruction]) -> Vec<f64> {
                 .iter()
                 .filter_map(|r| r.object_psnr_by_frame.get(frame).copied().flatten())
                 .collect();
-            seen.iter().sum::<f64>() / seen.len().max(1) as f64
+            (!seen.is_empty()).then(|| seen.iter().sum::<f64>() / seen.len() as f64)
         })
         .collect()
 }
@@ -303,7 +303,7 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
     );
     let by_frame: Vec<String> = mean_by_frame(&results)
         .iter()
-        .map(|p| format!("{p:.1}"))
+        .map(|p| p.map_or("-".into(), |p| format!("{p:.1}")))
         .collect();
     if !by_frame.is_empty() {
         println!(
