@@ -451,6 +451,22 @@ impl AutoencoderStage {
         Ok(((fit + judge)? + (decoder * weight)?)?)
     }
 
+    /// The recipe's reconstruction loss of `reconstruction` against `video`.
+    fn fit(
+        &self,
+        reconstruction: &Tensor,
+        video: &Tensor,
+        weights: Option<&Tensor>,
+    ) -> Result<Tensor, TrainError> {
+        let gradient_weights = self.recipe.gradient_weights();
+        Ok(reconstruction_loss(
+            reconstruction,
+            video,
+            weights,
+            gradient_weights,
+        )?)
+    }
+
     /// `video` through the autoencoder, its latents drawn from the posterior (and noised, with
     /// [`AutoencoderRecipe::latent_noise`]): the reconstruction loss, the reconstruction and the
     /// latents' KL term.
@@ -468,12 +484,7 @@ impl AutoencoderStage {
             latents = (&latents + latent_noise(&mean, self.recipe.latent_noise, rng)?)?;
         }
         let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-        let fit = reconstruction_loss(
-            &reconstruction,
-            video,
-            weights,
-            self.recipe.gradient_weights(),
-        )?;
+        let fit = self.fit(&reconstruction, video, weights)?;
         let kl = (((mean.sqr()? + log_var.exp()?)? - 1.0)? - &log_var)?
             .sum(1)?
             .mean_all()?
@@ -550,12 +561,7 @@ impl Stage for AutoencoderStage {
         if let Some(predictor) = &self.predictor {
             let latents = self.predicted_latents(predictor, &crops, step)?;
             let reconstruction = self.autoencoder.decode_unclamped(&latents)?;
-            let fit = reconstruction_loss(
-                &reconstruction,
-                video,
-                weights,
-                self.recipe.gradient_weights(),
-            )?;
+            let fit = self.fit(&reconstruction, video, weights)?;
             return self.with_adversary(fit, &reconstruction, &crops, step);
         }
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Noise, step);
