@@ -194,18 +194,38 @@ fn psnr_by_frame(
         .collect()
 }
 
-/// The mean of each frame's PSNR over the clips that show objects in it (`None`: none do).
-fn mean_by_frame(results: &[Reconstruction]) -> Vec<Option<f64>> {
-    let frames = results.iter().map(|r| r.object_psnr_by_frame.len()).max();
-    (0..frames.unwrap_or(0))
+/// Prints, frame by frame over `frames`, the mean PSNR on and next to objects of the clips that
+/// show objects there (`-`: none do) and the reconstructions' faults by the frame they show
+/// from.
+fn print_by_frame(results: &[Reconstruction], frames: usize) {
+    let psnr: Vec<String> = (0..frames)
         .map(|frame| {
             let seen: Vec<f64> = results
                 .iter()
                 .filter_map(|r| r.object_psnr_by_frame.get(frame).copied().flatten())
                 .collect();
-            (!seen.is_empty()).then(|| seen.iter().sum::<f64>() / seen.len() as f64)
+            if seen.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.1}", seen.iter().sum::<f64>() / seen.len() as f64)
+            }
         })
-        .collect()
+        .collect();
+    println!(
+        "PSNR on and next to objects by frame (dB): {}",
+        psnr.join(" ")
+    );
+    let mut faults = vec![0usize; frames];
+    for fault in results.iter().flat_map(|r| &r.reconstructed.faults) {
+        if let Some(count) = fault.frame.and_then(|frame| faults.get_mut(frame)) {
+            *count += 1;
+        }
+    }
+    let faults: Vec<String> = faults.iter().map(usize::to_string).collect();
+    println!(
+        "reconstructions' faults by the frame they show from: {}",
+        faults.join(" ")
+    );
 }
 
 /// The RMS of each latent frame of `latents` `[B, z, F, h, w]` normalised per channel over all
@@ -301,27 +321,7 @@ fn run_autoencoder(args: &EvalArgs, dir: &std::path::Path, device: &Device) -> R
         dir.display(),
         objects.len()
     );
-    let by_frame: Vec<String> = mean_by_frame(&results)
-        .iter()
-        .map(|p| p.map_or("-".into(), |p| format!("{p:.1}")))
-        .collect();
-    if !by_frame.is_empty() {
-        println!(
-            "PSNR on and next to objects by frame (dB): {}",
-            by_frame.join(" ")
-        );
-    }
-    let mut faults = vec![0usize; frames];
-    for fault in results.iter().flat_map(|r| &r.reconstructed.faults) {
-        if let Some(count) = fault.frame.and_then(|frame| faults.get_mut(frame)) {
-            *count += 1;
-        }
-    }
-    let faults: Vec<String> = faults.iter().map(usize::to_string).collect();
-    println!(
-        "reconstructions' faults by the frame they show from: {}",
-        faults.join(" ")
-    );
+    print_by_frame(&results, frames);
     if !latents.is_empty() {
         let spread = latent_spread_by_frame(&Tensor::cat(&latents, 0)?)?;
         let spread: Vec<String> = spread.iter().map(|s| format!("{s:.2}")).collect();
