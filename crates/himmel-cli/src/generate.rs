@@ -289,9 +289,11 @@ struct Defaults {
     steps: usize,
     guidance: f64,
     skip_guidance: Option<SkipGuidance>,
+    /// Frame counts are `1 + tk` for this `t`.
+    temporal_factor: usize,
 }
 
-/// Wan 2.1's recommended settings (480p, 5 seconds).
+/// Wan 2.1's recommended settings (480p, 5 seconds) and its autoencoder's temporal factor.
 const WAN_DEFAULTS: Defaults = Defaults {
     width: 832,
     height: 480,
@@ -300,6 +302,7 @@ const WAN_DEFAULTS: Defaults = Defaults {
     steps: 50,
     guidance: 5.0,
     skip_guidance: None,
+    temporal_factor: 4,
 };
 
 /// The model a command line names.
@@ -355,12 +358,13 @@ fn build_request(
     let frames = match (args.seconds, &task, &source) {
         (_, Task::Extend { .. } | Task::Connect { .. }, _) => defaults.frames,
         (Some(seconds), ..) if seconds.is_finite() && seconds > 0.0 => {
-            frames_for_seconds(seconds, fps)
+            frames_for_seconds(seconds, fps, defaults.temporal_factor)
         }
         (Some(seconds), ..) => bail!("--seconds must be a positive number, got {seconds}"),
         // Video to video re-styles as much of the clip as one window holds.
         (None, _, Some(source)) => args.frames.unwrap_or_else(|| {
-            let whole = (source.video.num_frames() - 1) / 4 * 4 + 1;
+            let factor = defaults.temporal_factor;
+            let whole = (source.video.num_frames() - 1) / factor * factor + 1;
             whole.min(defaults.frames)
         }),
         (None, ..) => args.frames.unwrap_or(defaults.frames),
@@ -445,6 +449,7 @@ fn generate_mini(
         steps: sampling.steps,
         guidance: sampling.guidance,
         skip_guidance: sampling.skip_guidance,
+        temporal_factor: pipeline.limits().temporal_factor,
     };
     let windows = pipeline.windows();
     let (task, request) = build_request(args, &defaults, read_latents(args)?, inputs)?;

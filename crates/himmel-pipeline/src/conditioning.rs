@@ -3,13 +3,14 @@
 //! re-imposes the known latents at every step, noised to the step's level; models trained with
 //! masks (himmel-mini) also see them as input.
 //!
-//! Placement on the latent timeline of a causal autoencoder, where latent frame 0 holds pixel
-//! frame 0 and latent frame `k` holds pixel frames `4k-3..=4k`:
-//! - a [`Anchor::Start`] clip of `n` frames uses its first `1 + 4⌊(n-1)/4⌋` frames, which fill
-//!   the first `1 + ⌊(n-1)/4⌋` latent frames exactly;
-//! - an [`Anchor::At`] clip uses its first `4⌊n/4⌋` frames and an [`Anchor::End`] clip its last
-//!   (a clip shorter than 4 frames is padded with copies of its frames), encoded behind a copy
-//!   of their first frame as the causal context; they fill `⌊n/4⌋` whole latent frames.
+//! Placement on the latent timeline of a causal autoencoder that halves time `log2 t` times
+//! (`t`, its temporal factor, is 4 for Wan 2.1 and himmel-mini), where latent frame 0 holds
+//! pixel frame 0 and latent frame `k` holds pixel frames `tk-t+1..=tk`:
+//! - a [`Anchor::Start`] clip of `n` frames uses its first `1 + t⌊(n-1)/t⌋` frames, which fill
+//!   the first `1 + ⌊(n-1)/t⌋` latent frames exactly;
+//! - an [`Anchor::At`] clip uses its first `t⌊n/t⌋` frames and an [`Anchor::End`] clip its last
+//!   (a clip shorter than `t` frames is padded with copies of its frames), encoded behind a copy
+//!   of their first frame as the causal context; they fill `⌊n/t⌋` whole latent frames.
 //!
 //! Clips of another size are scaled to cover the output (keeping their aspect ratio, Lanczos)
 //! and cropped to it around the centre.
@@ -27,7 +28,7 @@ pub enum Anchor {
     /// The clip's first frame is the output's first frame.
     Start,
     /// The clip's first frame is output frame `p`, which must start a latent frame
-    /// (`p = 1 + 4j`): a keyframe or a clip in the middle.
+    /// (`p = 1 + tj` for temporal factor `t`): a keyframe or a clip in the middle.
     At(usize),
     /// The clip's last frame is the output's last frame.
     End,
@@ -43,33 +44,36 @@ pub struct KnownClip {
 }
 
 impl KnownClip {
-    /// Latent frames the clip fills.
-    pub fn latent_frames(&self) -> usize {
+    /// Latent frames the clip fills under an autoencoder of `temporal_factor`.
+    pub fn latent_frames(&self, temporal_factor: usize) -> usize {
         let frames = self.video.num_frames();
         match self.anchor {
-            Anchor::Start => 1 + (frames - 1) / 4,
-            Anchor::At(_) | Anchor::End => (frames / 4).max(1),
+            Anchor::Start => 1 + (frames - 1) / temporal_factor,
+            Anchor::At(_) | Anchor::End => (frames / temporal_factor).max(1),
         }
     }
 
-    /// The first latent frame the clip fills on a timeline of `total` latent frames; `None`
-    /// when it does not fit there.
-    pub fn first_latent_frame(&self, total: usize) -> Option<usize> {
-        let count = self.latent_frames();
+    /// The first latent frame the clip fills on a timeline of `total` latent frames of an
+    /// autoencoder of `temporal_factor`; `None` when it does not fit there.
+    pub fn first_latent_frame(&self, total: usize, temporal_factor: usize) -> Option<usize> {
+        let count = self.latent_frames(temporal_factor);
         let first = match self.anchor {
             Anchor::Start => 0,
-            Anchor::At(frame) if frame >= 1 && (frame - 1).is_multiple_of(4) => (frame - 1) / 4 + 1,
+            Anchor::At(frame) if frame >= 1 && (frame - 1).is_multiple_of(temporal_factor) => {
+                (frame - 1) / temporal_factor + 1
+            }
             Anchor::At(_) => return None,
             Anchor::End => total.checked_sub(count)?,
         };
         (first + count <= total).then_some(first)
     }
 
-    /// Pixel frames of the output the clip fills.
-    pub fn output_frames(&self) -> usize {
+    /// Pixel frames of the output the clip fills under an autoencoder of `temporal_factor`.
+    pub fn output_frames(&self, temporal_factor: usize) -> usize {
+        let latent_frames = self.latent_frames(temporal_factor);
         match self.anchor {
-            Anchor::Start => 1 + 4 * (self.latent_frames() - 1),
-            Anchor::At(_) | Anchor::End => 4 * self.latent_frames(),
+            Anchor::Start => 1 + temporal_factor * (latent_frames - 1),
+            Anchor::At(_) | Anchor::End => temporal_factor * latent_frames,
         }
     }
 }
@@ -119,8 +123,9 @@ fn autoencoder_input(
     )
 }
 
-/// Encodes the first frames of `video` that fill `latent_frames` latent frames (`1 + 4(k-1)`
-/// frames) into normalised latents `[1, z, k, h, w]`, fitted to `width`x`height`.
+/// Encodes the first frames of `video` that fill `latent_frames` latent frames (`1 + t(k-1)`
+/// frames for the autoencoder's temporal factor `t`) into normalised latents `[1, z, k, h, w]`,
+/// fitted to `width`x`height`.
 pub(crate) fn encode_start(
     vae: &WanVae,
     video: &Video,
@@ -128,7 +133,8 @@ pub(crate) fn encode_start(
     size: (usize, usize),
     device: &Device,
 ) -> Result<Tensor, PipelineError> {
-    let frames: Vec<usize> = (0..1 + 4 * (latent_frames - 1)).collect();
+    let frames: Vec<usize> =
+        (0..1 + vae.config().temporal_factor() * (latent_frames - 1)).collect();
     let input = autoencoder_input(video, &frames, size, device)?;
     Ok(vae.normalize(&vae.encode(&input)?)?)
 }
@@ -156,12 +162,13 @@ impl KnownLatents {
         };
         let factor = vae.config().spatial_factor();
         let size = (width * factor, height * factor);
+        let temporal_factor = vae.config().temporal_factor();
         let mut latents = Tensor::zeros(shape, DType::F32, device)?;
         let mut mask = vec![0f32; frames];
         for clip in clips {
-            let count = clip.latent_frames();
+            let count = clip.latent_frames(temporal_factor);
             let first = clip
-                .first_latent_frame(frames)
+                .first_latent_frame(frames, temporal_factor)
                 .expect("validation placed every clip on the timeline");
             let encoded = match clip.anchor {
                 Anchor::Start => encode_start(vae, &clip.video, count, size, device)?,
@@ -211,8 +218,9 @@ enum Part {
     Last,
 }
 
-/// Encodes the first or last `4k` frames of `video` (a shorter clip repeats its frames at the
-/// far end) behind a copy of their first frame into normalised latents `[1, z, k, h, w]`.
+/// Encodes the first or last `tk` frames of `video` (`t` the autoencoder's temporal factor; a
+/// shorter clip repeats its frames at the far end) behind a copy of their first frame into
+/// normalised latents `[1, z, k, h, w]`.
 fn encode_groups(
     vae: &WanVae,
     video: &Video,
@@ -222,7 +230,7 @@ fn encode_groups(
     device: &Device,
 ) -> Result<Tensor, PipelineError> {
     let count = video.num_frames() as isize;
-    let used = 4 * latent_frames as isize;
+    let used = (vae.config().temporal_factor() * latent_frames) as isize;
     let first = match part {
         Part::First => 0,
         Part::Last => count - used,
@@ -250,22 +258,41 @@ mod tests {
 
     #[test]
     fn clips_fill_whole_latent_frames() {
-        let counts = |anchor| {
+        let counts = |anchor, factor| {
             [1, 4, 5, 8, 9]
                 .map(|n| {
                     let clip = clip(n, anchor);
-                    (clip.latent_frames(), clip.output_frames())
+                    (clip.latent_frames(factor), clip.output_frames(factor))
                 })
                 .to_vec()
         };
         assert_eq!(
-            counts(Anchor::Start),
+            counts(Anchor::Start, 4),
             [(1, 1), (1, 1), (2, 5), (2, 5), (3, 9)]
         );
         assert_eq!(
-            counts(Anchor::End),
+            counts(Anchor::End, 4),
             [(1, 4), (1, 4), (1, 4), (2, 8), (2, 8)]
         );
+        // An autoencoder that halves time once: latent frames of two frames.
+        assert_eq!(
+            counts(Anchor::Start, 2),
+            [(1, 1), (2, 3), (3, 5), (4, 7), (5, 9)]
+        );
+        assert_eq!(
+            counts(Anchor::End, 2),
+            [(1, 2), (2, 4), (2, 4), (4, 8), (4, 8)]
+        );
+    }
+
+    #[test]
+    fn clips_in_the_middle_start_where_a_latent_frame_starts() {
+        let keyframe = clip(1, Anchor::At(5));
+        assert_eq!(keyframe.first_latent_frame(5, 4), Some(2));
+        assert_eq!(keyframe.first_latent_frame(5, 2), Some(3));
+        let between = clip(1, Anchor::At(3));
+        assert_eq!(between.first_latent_frame(5, 4), None);
+        assert_eq!(between.first_latent_frame(5, 2), Some(2));
     }
 
     #[test]
@@ -286,39 +313,64 @@ mod tests {
         assert_eq!((wide.width(), wide.height()), (4, 2));
     }
 
-    #[test]
-    fn clips_are_encoded_at_the_size_the_autoencoder_maps_to_the_timeline() {
-        // A 4x autoencoder (two downsamplings): a 16x8 output is a 4x2 latent grid.
+    /// A tiny autoencoder with untrained weights, 4x in space, halving time at `halves_time`.
+    fn autoencoder(halves_time: [bool; 2], device: &Device) -> WanVae {
         let config = himmel_models::wan::WanVaeConfig {
             base_dim: 4,
             decoder_base_dim: None,
             z_dim: 2,
             dim_mult: vec![1, 1, 1],
             num_res_blocks: 1,
-            temperal_downsample: vec![true, true],
+            temperal_downsample: halves_time.to_vec(),
             latents_mean: vec![0.0; 2],
             latents_std: vec![1.0; 2],
             ..himmel_models::wan::WanVaeConfig::default_wan21()
         };
         let weights = candle_nn::VarMap::new();
-        let device = Device::Cpu;
-        let vae = WanVae::new(
+        WanVae::new(
             &config,
-            candle_nn::VarBuilder::from_varmap(&weights, DType::F32, &device),
+            candle_nn::VarBuilder::from_varmap(&weights, DType::F32, device),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The latent frames `known` marks as known.
+    fn known_frames(known: &KnownLatents) -> Vec<bool> {
+        let by_frame = known
+            .mask()
+            .mean_keepdim(4)
+            .unwrap()
+            .mean_keepdim(3)
+            .unwrap();
+        let values = by_frame.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values.iter().map(|&v| v == 1.0).collect()
+    }
+
+    #[test]
+    fn clips_are_encoded_at_the_size_the_autoencoder_maps_to_the_timeline() {
+        // Two downsamplings: a 16x8 output is a 4x2 latent grid.
+        let device = Device::Cpu;
+        let vae = autoencoder([true, true], &device);
         let clips = [clip(5, Anchor::Start)];
         let known = KnownLatents::encode(&vae, &clips, &[1, 2, 3, 2, 4], &device)
             .unwrap()
             .unwrap();
         assert_eq!(known.latents().dims(), [1, 2, 3, 2, 4]);
-        let mask = known
-            .mask()
-            .flatten_all()
+        assert_eq!(known.mask().dims(), [1, 1, 3, 2, 4]);
+        assert_eq!(known_frames(&known), [true, true, false]);
+    }
+
+    #[test]
+    fn clips_fill_the_latent_frames_of_an_autoencoder_that_halves_time_once() {
+        // 9 output frames are 5 latent frames of two frames each after the first: 5 known at
+        // the start fill three, 2 known at the end the last one.
+        let device = Device::Cpu;
+        let vae = autoencoder([true, false], &device);
+        let clips = [clip(5, Anchor::Start), clip(2, Anchor::End)];
+        let known = KnownLatents::encode(&vae, &clips, &[1, 2, 5, 2, 4], &device)
             .unwrap()
-            .to_vec1::<f32>()
             .unwrap();
-        assert_eq!(mask, [[1f32; 8], [1.0; 8], [0.0; 8]].concat());
+        assert_eq!(known_frames(&known), [true, true, true, false, true]);
     }
 
     #[test]

@@ -168,11 +168,14 @@ impl MiniPipeline {
     }
 
     /// How tasks longer than one clip cut their work: windows of the trained length that
-    /// share 2 latent frames (5 frames known at a window's start).
+    /// share 2 latent frames (5 frames known at a window's start when a latent frame stands
+    /// for 4).
     pub fn windows(&self) -> Windows {
+        let limits = self.limits();
         Windows {
-            frames: self.limits().max_frames,
+            frames: limits.max_frames,
             overlap: 2,
+            temporal_factor: limits.temporal_factor,
         }
     }
 

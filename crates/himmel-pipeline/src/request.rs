@@ -76,9 +76,13 @@ impl GenerationRequest {
 /// Why a request cannot run; each names the field, the rule and the value.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ValidationError {
-    /// Frame counts must be 1 + 4k.
-    #[error("frames must be 1 + 4k for this model; got {given}, nearest valid: {lower} or {upper}")]
+    /// Frame counts must be `1 + tk` for the model's temporal factor `t`.
+    #[error(
+        "frames must be 1 + {factor}k for this model; got {given}, nearest valid: {lower} or {upper}"
+    )]
     Frames {
+        /// The model's temporal factor.
+        factor: usize,
         /// The value given.
         given: usize,
         /// The nearest valid value below.
@@ -106,7 +110,7 @@ pub enum ValidationError {
         /// The field.
         field: &'static str,
         /// The rule, in words.
-        rule: &'static str,
+        rule: String,
         /// The value given.
         given: String,
     },
@@ -146,7 +150,7 @@ pub enum ValidationError {
         /// The output's frames.
         total: usize,
         /// Why not.
-        reason: &'static str,
+        reason: String,
     },
     /// The known clips leave nothing to generate.
     #[error(
@@ -161,10 +165,11 @@ pub enum ValidationError {
     },
 }
 
-/// Frames of `seconds` at `fps`, rounded up to a valid count, `1 + 4k`.
-pub fn frames_for_seconds(seconds: f64, fps: f64) -> usize {
+/// Frames of `seconds` at `fps`, rounded up to a count a model of `temporal_factor` takes,
+/// `1 + tk`.
+pub fn frames_for_seconds(seconds: f64, fps: f64, temporal_factor: usize) -> usize {
     let wanted = (seconds * fps).ceil().max(1.0) as usize;
-    (wanted - 1).div_ceil(4) * 4 + 1
+    (wanted - 1).div_ceil(temporal_factor) * temporal_factor + 1
 }
 
 /// A request that passed validation for a model.
@@ -214,18 +219,23 @@ impl ModelLimits {
 
     /// Checks `request` against these limits.
     pub fn validate(&self, request: GenerationRequest) -> Result<ValidRequest, ValidationError> {
-        let range = |field, rule, given: String| ValidationError::Range { field, rule, given };
+        let range = |field, rule: &str, given: String| ValidationError::Range {
+            field,
+            rule: rule.into(),
+            given,
+        };
         let factor = self.temporal_factor;
         if request.frames == 0 || request.frames > self.max_frames {
             return Err(range(
                 "frames",
-                "between 1 and the model's maximum (1601)",
+                &format!("between 1 and the model's maximum ({})", self.max_frames),
                 request.frames.to_string(),
             ));
         }
         if !(request.frames - 1).is_multiple_of(factor) {
             let lower = (request.frames - 1) / factor * factor + 1;
             return Err(ValidationError::Frames {
+                factor,
                 given: request.frames,
                 lower,
                 upper: lower + factor,
@@ -244,7 +254,11 @@ impl ModelLimits {
                 });
             }
             if given > self.max_side {
-                return Err(range(field, "at most 4096 pixels", given.to_string()));
+                return Err(range(
+                    field,
+                    &format!("at most {} pixels", self.max_side),
+                    given.to_string(),
+                ));
             }
         }
         if request.steps == 0 || request.steps > 1000 {
@@ -340,7 +354,7 @@ impl ModelLimits {
             if !(0.0..=1.0).contains(&source.strength) {
                 return Err(ValidationError::Range {
                     field: "strength",
-                    rule: "between 0 and 1",
+                    rule: "between 0 and 1".into(),
                     given: source.strength.to_string(),
                 });
             }
@@ -352,7 +366,8 @@ impl ModelLimits {
                 });
             }
         }
-        let total = (request.frames - 1) / self.temporal_factor + 1;
+        let factor = self.temporal_factor;
+        let total = (request.frames - 1) / factor + 1;
         let mut taken = vec![false; total];
         for clip in &request.known {
             let placement = |reason| ValidationError::KnownPlacement {
@@ -365,12 +380,14 @@ impl ModelLimits {
                 total: request.frames,
                 reason,
             };
-            let first = clip.first_latent_frame(total).ok_or_else(|| {
-                placement("it must start at frame 1 + 4k and end within the output")
+            let first = clip.first_latent_frame(total, factor).ok_or_else(|| {
+                placement(format!(
+                    "it must start at frame 1 + {factor}k and end within the output"
+                ))
             })?;
-            for slot in &mut taken[first..first + clip.latent_frames()] {
+            for slot in &mut taken[first..first + clip.latent_frames(factor)] {
                 if std::mem::replace(slot, true) {
-                    return Err(placement("it overlaps another known clip"));
+                    return Err(placement("it overlaps another known clip".into()));
                 }
             }
         }
@@ -403,10 +420,11 @@ mod tests {
 
     #[test]
     fn seconds_round_up_to_valid_frame_counts() {
-        assert_eq!(frames_for_seconds(5.0, 16.0), 81);
-        assert_eq!(frames_for_seconds(1.0, 16.0), 17);
-        assert_eq!(frames_for_seconds(0.01, 16.0), 1);
-        assert_eq!(frames_for_seconds(1.1, 16.0), 21);
+        assert_eq!(frames_for_seconds(5.0, 16.0, 4), 81);
+        assert_eq!(frames_for_seconds(1.0, 16.0, 4), 17);
+        assert_eq!(frames_for_seconds(0.01, 16.0, 4), 1);
+        assert_eq!(frames_for_seconds(1.1, 16.0, 4), 21);
+        assert_eq!(frames_for_seconds(1.1, 16.0, 2), 19);
     }
 
     #[test]
@@ -421,11 +439,13 @@ mod tests {
         assert_eq!(
             frames,
             ValidationError::Frames {
+                factor: 4,
                 given: 80,
                 lower: 77,
                 upper: 81
             }
         );
+        assert!(frames.to_string().contains("1 + 4k"), "{frames}");
         assert!(frames.to_string().contains("77 or 81"));
         let width = WAN
             .validate(GenerationRequest {

@@ -36,11 +36,13 @@ pub fn collect(
 /// How a task cuts its work into windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {
-    /// Frames per window, `1 + 4k` (the model's longest clip or its usual length).
+    /// Frames per window, `1 + tk` (the model's longest clip or its usual length).
     pub frames: usize,
-    /// Latent frames a window shares with the one before: `1 + 4(o - 1)` pixel frames when
-    /// known at its start, `4o` at its end.
+    /// Latent frames a window shares with the one before: `1 + t(o - 1)` pixel frames when
+    /// known at its start, `to` at its end.
     pub overlap: usize,
+    /// Pixel frames per latent frame after the first, `t`: the model's temporal factor.
+    pub temporal_factor: usize,
 }
 
 /// Which way an extension grows.
@@ -141,13 +143,15 @@ pub fn run(
 pub enum TaskError {
     /// The windows do not fit together.
     #[error(
-        "windows of {frames} frames cannot share {overlap} latent frames; use windows of 1 + 4k frames and an overlap of at least 1 latent frame that leaves room for new frames"
+        "windows of {frames} frames cannot share {overlap} latent frames; use windows of 1 + {temporal_factor}k frames and an overlap of at least 1 latent frame that leaves room for new frames"
     )]
     Windows {
         /// Frames per window.
         frames: usize,
         /// Overlap in latent frames.
         overlap: usize,
+        /// Pixel frames per latent frame after the first.
+        temporal_factor: usize,
     },
     /// A clip is shorter than the overlap it must provide.
     #[error("{what} has {given} frames; it needs at least {needed} to overlap the new frames")]
@@ -183,19 +187,26 @@ pub enum TaskError {
 
 impl Windows {
     /// Pixel frames shared with the window before, known at the start of a window.
-    fn start_overlap(&self) -> usize {
-        1 + 4 * (self.overlap - 1)
+    pub fn start_overlap(&self) -> usize {
+        1 + self.temporal_factor * (self.overlap - 1)
     }
 
     /// Pixel frames shared with the window after, known at the end of a window.
     fn end_overlap(&self) -> usize {
-        4 * self.overlap
+        self.temporal_factor * self.overlap
     }
 
-    /// Checks that windows fit together: `1 + 4k` frames with room for new frames after the
+    /// `frames` rounded up to whole latent frames after the first: a multiple of `t`.
+    pub fn whole_groups(&self, frames: usize) -> usize {
+        frames.div_ceil(self.temporal_factor) * self.temporal_factor
+    }
+
+    /// Checks that windows fit together: `1 + tk` frames with room for new frames after the
     /// overlaps of both ends.
     pub fn check(&self) -> Result<(), TaskError> {
-        let fits = self.frames % 4 == 1
+        let fits = self.temporal_factor >= 1
+            && self.frames >= 1
+            && (self.frames - 1).is_multiple_of(self.temporal_factor)
             && self.overlap >= 1
             && self.start_overlap() + self.end_overlap() < self.frames;
         if fits {
@@ -204,6 +215,7 @@ impl Windows {
             Err(TaskError::Windows {
                 frames: self.frames,
                 overlap: self.overlap,
+                temporal_factor: self.temporal_factor,
             })
         }
     }
@@ -375,11 +387,6 @@ fn last_frames(video: &Video, count: usize) -> Result<Video, PipelineError> {
     )?)
 }
 
-/// Rounds `frames` up to a multiple of 4.
-fn whole_groups(frames: usize) -> usize {
-    frames.div_ceil(4) * 4
-}
-
 /// Extends `clip` by `new_frames` frames in `direction` under `base`'s prompt and settings
 /// (its size must be the clip's; its frame count is ignored) and hands the clip and the new
 /// frames to `sink` (forwards, window by window).
@@ -417,12 +424,13 @@ pub fn extend(
     let mut index = 0;
     while remaining > 0 {
         let fresh = match direction {
-            // Windows of 1 + 4k frames: overlap 1 + 4(o - 1) leaves multiples of 4.
-            Direction::Forward => whole_groups(remaining).min(windows.frames - overlap),
-            // Overlap 4o leaves 1 + 4j frames.
-            Direction::Backward => {
-                (1 + whole_groups(remaining.saturating_sub(1))).min(windows.frames - overlap)
-            }
+            // Windows of 1 + tk frames: overlap 1 + t(o - 1) leaves multiples of t.
+            Direction::Forward => windows
+                .whole_groups(remaining)
+                .min(windows.frames - overlap),
+            // Overlap to leaves 1 + tj frames.
+            Direction::Backward => (1 + windows.whole_groups(remaining.saturating_sub(1)))
+                .min(windows.frames - overlap),
         };
         let keep = fresh.min(remaining);
         match direction {
@@ -480,7 +488,7 @@ pub fn long_video(
     )
 }
 
-/// A transition of `new_frames` frames (rounded up to a multiple of 4) from the last frame of
+/// A transition of `new_frames` frames (rounded up to whole latent frames) from the last frame of
 /// `from` to the first frame of `to`; the result starts with the one and ends with the other.
 pub fn connect(
     generate: &mut Generate,
@@ -539,13 +547,13 @@ fn bridge(
             .into());
         }
     }
-    let new_frames = whole_groups(new_frames.max(1));
+    let new_frames = windows.whole_groups(new_frames.max(1));
     let mut timeline = Timeline::new(&last_frames(from, start)?)?;
     let mut remaining = new_frames;
     let mut index = 0;
     // Extend towards the second clip until one last window holds the rest and both ends.
     while start + remaining + end > windows.frames {
-        // Both multiples of 4; what is left still fills at least the room of the last window.
+        // Both multiples of t; what is left still fills at least the room of the last window.
         let fresh = (windows.frames - start).min(start + remaining + end - windows.frames);
         let known = KnownClip {
             video: timeline.tail(start)?,
@@ -586,19 +594,20 @@ pub fn seamless_loop(
 ) -> Result<Video, PipelineError> {
     windows.check()?;
     // The clip must provide both overlaps of the transition (the end one after its first
-    // frame); the transition takes 4 frames or more.
+    // frame); the transition takes a latent frame's t frames or more.
+    let group = windows.temporal_factor;
     let overlap = windows.start_overlap().max(windows.end_overlap() + 1);
-    let least_clip = 1 + whole_groups(overlap - 1);
-    if base.frames < least_clip + 4 {
+    let least_clip = 1 + windows.whole_groups(overlap - 1);
+    if base.frames < least_clip + group {
         return Err(TaskError::TooFew {
             what: "a loop",
-            least: least_clip + 4,
+            least: least_clip + group,
             given: base.frames,
         }
         .into());
     }
-    // About half the frames for the clip (1 + 4a), the rest for the transition.
-    let clip_frames = (1 + 4 * ((base.frames - 1) / 8)).max(least_clip);
+    // About half the frames for the clip (1 + ta), the rest for the transition.
+    let clip_frames = (1 + group * ((base.frames - 1) / (2 * group))).max(least_clip);
     let transition = base.frames - clip_frames;
     let first = GenerationRequest {
         frames: clip_frames,
@@ -629,11 +638,13 @@ pub fn seamless_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::ModelLimits;
 
     const SIZE: (usize, usize) = (2, 2);
     const WINDOWS: Windows = Windows {
         frames: 17,
         overlap: 2,
+        temporal_factor: 4,
     };
 
     /// A clip whose frame `i` is a flat grey of `first + i`.
@@ -649,10 +660,25 @@ mod tests {
         rgb.chunks(SIZE.0 * SIZE.1 * 3).map(|f| f[0]).collect()
     }
 
-    /// A model that shows its known clips exactly and numbers its other frames from
-    /// `100 + 10 * (seed mod 10)`; counts its calls.
-    fn fake(calls: &mut usize) -> impl FnMut(GenerationRequest) -> Result<Video, PipelineError> {
+    /// A model of `temporal_factor` that checks each request as a model does, shows its known
+    /// clips exactly and numbers its other frames from `100 + 10 * (seed mod 10)`; counts its
+    /// calls.
+    fn fake(
+        calls: &mut usize,
+        temporal_factor: usize,
+    ) -> impl FnMut(GenerationRequest) -> Result<Video, PipelineError> {
+        let limits = ModelLimits {
+            temporal_factor,
+            size_multiple: 1,
+            latent_channels: 1,
+            spatial_factor: 1,
+            max_side: 64,
+            max_frames: 1601,
+            high_noise_expert: false,
+            skip_guidance_layers: None,
+        };
         move |request| {
+            let request = limits.validate(request)?.get().clone();
             *calls += 1;
             let mut frames = values(&numbered(
                 100 + 10 * (request.seed % 10) as u8,
@@ -660,7 +686,7 @@ mod tests {
             ));
             for clip in &request.known {
                 let shown = values(&clip.video);
-                let count = clip.output_frames();
+                let count = clip.output_frames(temporal_factor);
                 match clip.anchor {
                     Anchor::Start => frames[..count].copy_from_slice(&shown[..count]),
                     Anchor::At(_) => unreachable!("tasks place clips at the ends"),
@@ -687,7 +713,7 @@ mod tests {
         let mut calls = 0;
         let clip = numbered(0, 9);
         let video = collect(|sink| {
-            let mut generate = fake(&mut calls);
+            let mut generate = fake(&mut calls, 4);
             let task = (Direction::Forward, 30);
             extend(&mut generate, &base(), &clip, task, WINDOWS, sink)
         })
@@ -706,7 +732,7 @@ mod tests {
         let mut calls = 0;
         let clip = numbered(0, 9);
         let video = collect(|sink| {
-            let mut generate = fake(&mut calls);
+            let mut generate = fake(&mut calls, 4);
             let task = (Direction::Backward, 10);
             extend(&mut generate, &base(), &clip, task, WINDOWS, sink)
         })
@@ -726,7 +752,7 @@ mod tests {
     fn a_connection_runs_from_the_last_frame_to_the_first() {
         let mut calls = 0;
         let (from, to) = (numbered(0, 9), numbered(50, 9));
-        let video = connect(&mut fake(&mut calls), &base(), &from, &to, 8, WINDOWS).unwrap();
+        let video = connect(&mut fake(&mut calls, 4), &base(), &from, &to, 8, WINDOWS).unwrap();
         let values = values(&video);
         assert_eq!(values.len(), 10);
         assert_eq!((values[0], values[9]), (8, 50));
@@ -736,7 +762,7 @@ mod tests {
     #[test]
     fn a_loop_has_the_asked_length_and_returns_to_its_start() {
         let mut calls = 0;
-        let video = seamless_loop(&mut fake(&mut calls), &base(), WINDOWS).unwrap();
+        let video = seamless_loop(&mut fake(&mut calls, 4), &base(), WINDOWS).unwrap();
         assert_eq!(video.num_frames(), 16);
         let values = values(&video);
         // A 9-frame clip less its first frame, then 8 transition frames back to its second.
@@ -752,7 +778,7 @@ mod tests {
             ..base()
         };
         let mut parts = Vec::new();
-        long_video(&mut fake(&mut calls), &request, WINDOWS, &mut |part| {
+        long_video(&mut fake(&mut calls, 4), &request, WINDOWS, &mut |part| {
             parts.push(part.num_frames());
             Ok(())
         })
@@ -768,7 +794,7 @@ mod tests {
         let mut calls = 0;
         let short = numbered(0, 3);
         let error = collect(|sink| {
-            let mut generate = fake(&mut calls);
+            let mut generate = fake(&mut calls, 4);
             let task = (Direction::Forward, 8);
             extend(&mut generate, &base(), &short, task, WINDOWS, sink)
         })
@@ -776,15 +802,50 @@ mod tests {
         assert!(error.to_string().contains("has 3 frames"), "{error}");
         let bad = Windows {
             frames: 16,
-            overlap: 2,
+            ..WINDOWS
         };
         let request = GenerationRequest {
             frames: 61,
             ..base()
         };
         let error =
-            collect(|sink| long_video(&mut fake(&mut calls), &request, bad, sink)).unwrap_err();
+            collect(|sink| long_video(&mut fake(&mut calls, 4), &request, bad, sink)).unwrap_err();
         assert!(error.to_string().contains("1 + 4k"), "{error}");
         assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn windows_follow_a_model_that_halves_time_once() {
+        // Latent frames of two frames: 9-frame windows share 3 frames at a start, 4 at an end.
+        let windows = Windows {
+            frames: 9,
+            overlap: 2,
+            temporal_factor: 2,
+        };
+        let mut calls = 0;
+        let video = collect(|sink| {
+            let mut generate = fake(&mut calls, 2);
+            let task = (Direction::Forward, 10);
+            extend(&mut generate, &base(), &numbered(0, 5), task, windows, sink)
+        })
+        .unwrap();
+        assert_eq!(video.num_frames(), 15);
+        assert_eq!(calls, 2);
+        assert_eq!(&values(&video)[..7], &[0, 1, 2, 3, 4, 103, 104]);
+        let mut calls = 0;
+        let looped = seamless_loop(&mut fake(&mut calls, 2), &base(), windows).unwrap();
+        assert_eq!(looped.num_frames(), 16);
+        assert_eq!(
+            &values(&looped)[..8],
+            &[101, 102, 103, 104, 105, 106, 107, 108]
+        );
+        assert_eq!(calls, 3);
+        // The same windows under a model of four frames a latent frame leave no new frames.
+        let four = Windows {
+            temporal_factor: 4,
+            ..windows
+        };
+        let error = seamless_loop(&mut fake(&mut calls, 4), &base(), four).unwrap_err();
+        assert!(error.to_string().contains("1 + 4k"), "{error}");
     }
 }

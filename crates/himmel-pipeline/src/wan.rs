@@ -305,6 +305,7 @@ impl WanPipeline {
         Windows {
             frames: 81,
             overlap: 4,
+            temporal_factor: self.limits().temporal_factor,
         }
     }
 

@@ -7,18 +7,13 @@ use candle_core::Device;
 use himmel_core::Video;
 use himmel_core::compare::psnr;
 use himmel_pipeline::mini::builtin_dir;
-use himmel_pipeline::tasks::{self, Direction, Task, Windows};
+use himmel_pipeline::tasks::{self, Direction, Task};
 use himmel_pipeline::{
     Anchor, GenerationRequest, KnownClip, MiniPipeline, PipelineError, SourceClip,
 };
 use himmel_world::fault::Fault;
 use himmel_world::render::{RenderSettings, render};
 use himmel_world::score::score;
-
-const WINDOWS: Windows = Windows {
-    frames: 17,
-    overlap: 2,
-};
 
 struct Scene {
     pipeline: MiniPipeline,
@@ -65,7 +60,8 @@ impl Scene {
 
     fn run(&self, task: &Task, base: &GenerationRequest) -> Video {
         let mut generate = |request| self.generate(request);
-        tasks::collect(|sink| tasks::run(task, &mut generate, base, WINDOWS, sink)).unwrap()
+        let windows = self.pipeline.windows();
+        tasks::collect(|sink| tasks::run(task, &mut generate, base, windows, sink)).unwrap()
     }
 }
 

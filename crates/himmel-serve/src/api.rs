@@ -1007,6 +1007,7 @@ mod tests {
             size_multiple: 16,
             max_side: 512,
             fps: 16.0,
+            temporal_factor: 4,
             seconds: 1.0,
             max_seconds: 20.0,
             high_noise_expert: true,

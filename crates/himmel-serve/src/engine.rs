@@ -39,6 +39,8 @@ pub struct ModelSpec {
     pub max_side: usize,
     /// Frames per second of its videos.
     pub fps: f64,
+    /// Frame counts are `1 + tk` for this `t`, the frames a latent frame stands for.
+    pub temporal_factor: usize,
     /// Default duration in seconds.
     pub seconds: f64,
     /// Longest duration the service accepts.
@@ -54,9 +56,9 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    /// Frames for `seconds` at the model's rate, rounded up to `1 + 4k`.
+    /// Frames for `seconds` at the model's rate, rounded up to `1 + tk`.
     pub fn frames(&self, seconds: f64) -> usize {
-        frames_for_seconds(seconds, self.fps)
+        frames_for_seconds(seconds, self.fps, self.temporal_factor)
     }
 }
 
@@ -147,7 +149,7 @@ impl Plan {
             Task::Extend { clip, .. } => {
                 (clip.num_frames() as f64 * spec.fps / clip.fps()).round() as usize + added
             }
-            Task::Connect { .. } => added.div_ceil(4) * 4 + 2,
+            Task::Connect { .. } => windows.whole_groups(added) + 2,
         };
         let base = GenerationRequest {
             negative_prompt: request.negative_prompt.clone(),
@@ -237,7 +239,7 @@ impl Plan {
 fn planned_steps(spec: &ModelSpec, request: &JobRequest, windows: Windows, steps: usize) -> u64 {
     let frames = spec.frames(request.seconds);
     // The first window, then windows that add `frames - start overlap` each.
-    let fresh = windows.frames - (1 + 4 * (windows.overlap - 1));
+    let fresh = windows.frames - windows.start_overlap();
     let count = 1 + frames.saturating_sub(windows.frames).div_ceil(fresh);
     (count * request.steps.unwrap_or(steps)) as u64
 }
@@ -260,6 +262,7 @@ impl MiniEngine {
             size_multiple: pipeline.limits().size_multiple,
             max_side: pipeline.limits().max_side,
             fps: video.fps,
+            temporal_factor: pipeline.limits().temporal_factor,
             seconds: (video.frames - 1) as f64 / video.fps,
             max_seconds,
             high_noise_expert: pipeline.limits().high_noise_expert,
@@ -350,6 +353,7 @@ impl WanEngine {
             size_multiple: limits.size_multiple,
             max_side: limits.max_side,
             fps: 16.0,
+            temporal_factor: limits.temporal_factor,
             seconds: 5.0,
             max_seconds,
             high_noise_expert: limits.high_noise_expert,

@@ -486,6 +486,7 @@ mod tests {
             size_multiple: 16,
             max_side: 64,
             fps: 16.0,
+            temporal_factor: 4,
             seconds: 1.0,
             max_seconds: 1.0,
             high_noise_expert: false,
