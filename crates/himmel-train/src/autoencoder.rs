@@ -168,6 +168,17 @@ fn check(recipe: &AutoencoderRecipe) -> Result<(), TrainError> {
             &format!("must be {time} positive numbers, one per frame a latent frame stands for"),
         ));
     }
+    let object_crops = recipe.object_crops;
+    if !(0.0..=1.0).contains(&object_crops) {
+        return Err(setting("object_crops", object_crops, "must be from 0 to 1"));
+    }
+    if object_crops > 0.0 && recipe.folder.is_some() {
+        return Err(setting(
+            "object_crops",
+            object_crops,
+            "must be 0 with a folder: only world clips know where their objects are",
+        ));
+    }
     let denoised = recipe.denoised_latents;
     if !(0.0..=1.0).contains(&denoised) {
         return Err(setting("denoised_latents", denoised, "must be from 0 to 1"));
@@ -360,15 +371,16 @@ impl AutoencoderStage {
         let batch = self.recipe.run.batch_size as u64;
         let first = step * batch;
         let clips = self.clips.batch(first..first + batch, &self.device)?;
-        let weight = self.recipe.object_weight;
-        let weights = if weight > 0.0 {
-            self.clips
-                .object_masks(&clips)?
-                .map(|masks| masks.affine(weight, 1.0))
-                .transpose()?
+        let (weight, object_crops) = (self.recipe.object_weight, self.recipe.object_crops);
+        let masks = if weight > 0.0 || object_crops > 0.0 {
+            self.clips.object_masks(&clips)?
         } else {
             None
         };
+        let weights = (masks.as_ref())
+            .filter(|_| weight > 0.0)
+            .map(|masks| masks.affine(weight, 1.0))
+            .transpose()?;
         let mut rng = step_rng(self.recipe.run.seed, Purpose::Choices, step);
         let (crop, video) = (self.recipe.crop, self.recipe.video);
         // Positions in steps of `grid` pixels.
@@ -378,22 +390,35 @@ impl AutoencoderStage {
             1
         };
         let position = |rng: &mut ChaCha8Rng, room: usize| rng.random_range(0..=room / grid) * grid;
+        let (rows, columns) = (video.height - crop.height, video.width - crop.width);
+        // Where in its frames `start..start + frames` a crop of clip `clip` lies.
+        let corner = |rng: &mut ChaCha8Rng, clip: usize, start: usize, frames: usize| {
+            if let Some(masks) = &masks
+                && object_crops > 0.0
+                && rng.random_bool(object_crops)
+                && let Some((y, x)) = object_pixel(masks, clip, start, frames, rng)?
+            {
+                let top = corner_holding(rng, y, crop.height, rows, grid);
+                let left = corner_holding(rng, x, crop.width, columns, grid);
+                return candle_core::Result::Ok((top, left));
+            }
+            Ok((position(rng, rows), position(rng, columns)))
+        };
         let places: Vec<Place> = (0..batch as usize)
             .map(|clip| {
                 let start = position(&mut rng, video.frames - crop.frames);
-                let top = position(&mut rng, video.height - crop.height);
-                let left = position(&mut rng, video.width - crop.width);
-                (clip, start, top, left)
+                let (top, left) = corner(&mut rng, clip, start, crop.frames)?;
+                Ok((clip, start, top, left))
             })
-            .collect();
+            .collect::<candle_core::Result<_>>()?;
         let still_places: Vec<Place> = (0..self.recipe.stills)
             .map(|i| {
                 let frame = rng.random_range(0..video.frames);
-                let top = position(&mut rng, video.height - crop.height);
-                let left = position(&mut rng, video.width - crop.width);
-                (i % places.len(), frame, top, left)
+                let clip = i % places.len();
+                let (top, left) = corner(&mut rng, clip, frame, 1)?;
+                Ok((clip, frame, top, left))
             })
-            .collect();
+            .collect::<candle_core::Result<_>>()?;
         // The crops and the stills, each with its pixels' weights where the recipe weighs them.
         let cut = |places: &[Place], frames: usize| {
             let video = cut_all(&clips.video, places, frames, crop)?;
@@ -524,6 +549,41 @@ impl AutoencoderStage {
 
 /// Where a cut lies: its clip in the batch, first frame, top row and left column.
 type Place = (usize, usize, usize, usize);
+
+/// A random pixel `(row, column)` on or next to an object in frames `start..start + frames` of
+/// clip `clip` of `masks` `[B, 1, F, H, W]`; `None` where those frames show no object.
+fn object_pixel(
+    masks: &Tensor,
+    clip: usize,
+    start: usize,
+    frames: usize,
+    rng: &mut ChaCha8Rng,
+) -> candle_core::Result<Option<(usize, usize)>> {
+    // [1, F, H, W] -> [H, W]: on an object in any of the frames.
+    let seen = masks
+        .get(clip)?
+        .narrow(1, start, frames)?
+        .max(1)?
+        .squeeze(0)?;
+    let width = seen.dim(1)?;
+    let on: Vec<usize> = (seen.flatten_all()?.to_vec1::<f32>()?.iter().enumerate())
+        .filter(|(_, value)| **value > 0.0)
+        .map(|(index, _)| index)
+        .collect();
+    if on.is_empty() {
+        return Ok(None);
+    }
+    let index = on[rng.random_range(0..on.len())];
+    Ok(Some((index / width, index % width)))
+}
+
+/// A random start, in steps of `grid` from 0 to `room`, of a span of `size` pixels that holds
+/// pixel `at` (`at` lies within `room + size`, and `size` is at least `grid`).
+fn corner_holding(rng: &mut ChaCha8Rng, at: usize, size: usize, room: usize, grid: usize) -> usize {
+    let lowest = (at + 1).saturating_sub(size).div_ceil(grid);
+    let highest = at.min(room) / grid;
+    rng.random_range(lowest..=highest.max(lowest)) * grid
+}
 
 /// The cuts of `tensor` (`[B, C, F, H, W]`) at `places`, each `frames` long and the crop's
 /// size, stacked.
@@ -742,9 +802,86 @@ pub fn channel_statistics(latents: &Tensor) -> candle_core::Result<(Vec<f64>, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     fn scalar(loss: candle_core::Result<Tensor>) -> f64 {
         f64::from(loss.unwrap().to_scalar::<f32>().unwrap())
+    }
+
+    #[test]
+    fn a_corner_holding_a_pixel_keeps_it_in_the_span() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (size, room, grid) in [(32, 32, 1), (32, 32, 4), (8, 56, 4), (64, 0, 1)] {
+            let mut starts = std::collections::BTreeSet::new();
+            for at in 0..room + size {
+                for _ in 0..8 {
+                    let start = corner_holding(&mut rng, at, size, room, grid);
+                    assert!(start <= at && at < start + size, "{at} in {start}+{size}");
+                    assert!(start <= room && start.is_multiple_of(grid));
+                    starts.insert(start);
+                }
+            }
+            // Every start on the grid is used.
+            assert_eq!(starts.len(), room / grid + 1);
+        }
+    }
+
+    #[test]
+    fn an_object_pixel_is_drawn_from_the_frames_asked() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        // Two clips of 3 frames of 4x5; clip 1 shows an object at row 2, column 3, frame 2.
+        let mut values = vec![0f32; 2 * 3 * 4 * 5];
+        values[60 + 2 * 20 + 2 * 5 + 3] = 1.0;
+        let masks = Tensor::from_vec(values, (2, 1, 3, 4, 5), &Device::Cpu).unwrap();
+        let pixel = |clip, start, frames, rng: &mut ChaCha8Rng| {
+            object_pixel(&masks, clip, start, frames, rng).unwrap()
+        };
+        assert_eq!(pixel(1, 0, 3, &mut rng), Some((2, 3)));
+        assert_eq!(pixel(1, 2, 1, &mut rng), Some((2, 3)));
+        assert_eq!(pixel(1, 0, 2, &mut rng), None);
+        assert_eq!(pixel(0, 0, 3, &mut rng), None);
+    }
+
+    /// A tiny recipe over world clips of 32x32x9, crops of 8x8x5.
+    fn tiny_recipe(object_crops: f64) -> AutoencoderRecipe {
+        let text = format!(
+            "kl_weight = 1e-6\nobject_weight = 4.0\nobject_crops = {object_crops}\n\
+             [loop]\nseed = 5\nsteps = 10\ncheckpoint_every = 10\nbatch_size = 2\n\
+             [video]\nwidth = 32\nheight = 32\nframes = 9\nfps = 16.0\n\
+             [crop]\nwidth = 8\nheight = 8\nframes = 5\n\
+             [optimizer]\nlearning_rate = 1e-3\nwarmup_steps = 1\n\
+             final_learning_rate_ratio = 0.1\nweight_decay = 0.0\nbetas = [0.9, 0.99]\n\
+             epsilon = 1e-8\ngradient_clip = 1.0\nema_decay = 0.9\n\
+             [autoencoder]\nbase_dim = 4\nz_dim = 2\ndim_mult = [1, 1, 1]\n\
+             num_res_blocks = 1\ntemperal_downsample = [true, true]\n"
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn object_crops_hold_objects_where_the_frames_show_any() {
+        // Share of crops over 20 steps that hold a pixel on or next to an object.
+        let holding = |object_crops| {
+            let stage = AutoencoderStage::new(&tiny_recipe(object_crops), &Device::Cpu).unwrap();
+            let (mut held, mut could) = (0, 0);
+            for step in 0..20 {
+                let crops = stage.crops(step).unwrap();
+                let masks = stage.clips.object_masks(&crops.clips).unwrap().unwrap();
+                let crop_masks = cut_all(&masks, &crops.places, 5, stage.recipe.crop).unwrap();
+                for (i, &(clip, start, _, _)) in crops.places.iter().enumerate() {
+                    let any = |mask: Tensor| mask.max_all().unwrap().to_scalar::<f32>().unwrap();
+                    let shows = any(masks.get(clip).unwrap().narrow(1, start, 5).unwrap()) > 0.0;
+                    let holds = any(crop_masks.get(i).unwrap()) > 0.0;
+                    could += usize::from(shows);
+                    held += usize::from(holds);
+                }
+            }
+            (held, could)
+        };
+        let (placed, could) = holding(1.0);
+        assert_eq!(placed, could);
+        let (random, _) = holding(0.0);
+        assert!(random < placed, "{random} of {could} crops at random");
     }
 
     #[test]

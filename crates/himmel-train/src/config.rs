@@ -120,6 +120,12 @@ pub struct AutoencoderRecipe {
     /// and trains the taps of every convolution that see the present frame. 0 leaves them out.
     #[serde(default)]
     pub stills: usize,
+    /// Share of the crops and stills (0 to 1) placed to hold an object (world clips only): a
+    /// pixel on or next to an object in the crop's frames is drawn, and the crop is placed
+    /// anywhere that holds it. Objects cover a few percent of a frame, so crops placed at
+    /// random show the bare backdrop much of the time; 0 places every crop at random.
+    #[serde(default)]
+    pub object_crops: f64,
     /// Loss weight of a crop's frame by its place among the frames one latent frame stands
     /// for (one entry per frame of the autoencoder's `temporal_factor`, the earliest first; a
     /// crop's first frame, a latent frame of its own, takes the last entry). An autoencoder

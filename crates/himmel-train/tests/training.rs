@@ -57,6 +57,7 @@ fn autoencoder_recipe(steps: u64) -> AutoencoderRecipe {
         latent_noise: 0.0,
         denoised_latents: 0.0,
         stills: 0,
+        object_crops: 0.0,
         frame_weights: Vec::new(),
         folder: None,
         video: VIDEO,
@@ -222,6 +223,8 @@ fn an_autoencoder_learns_from_stills_beside_its_crops() {
     let mut recipe = autoencoder_recipe(40);
     recipe.crop.width = 8;
     recipe.stills = 3;
+    // Half the crops and stills placed over objects.
+    recipe.object_crops = 0.5;
     let stage = || AutoencoderStage::new(&recipe, &device).expect("stage");
     let dir = tempfile::tempdir().expect("temporary folder");
     let whole = train(&stage(), &options(dir.path(), 40, None, false));
@@ -984,6 +987,11 @@ fn a_folder_of_captioned_clips_trains_and_bad_folders_are_named() {
     let autoencoder_dir = tempfile::tempdir().expect("temporary folder");
     let stage = AutoencoderStage::new(&recipe, &device).expect("stage");
     train(&stage, &options(autoencoder_dir.path(), 3, None, false));
+    recipe.object_crops = 0.5;
+    let Err(error) = AutoencoderStage::new(&recipe, &device) else {
+        panic!("object crops of clips that do not know their objects")
+    };
+    assert!(error.to_string().contains("object_crops"), "{error}");
 
     let mut recipe = denoiser_recipe(3);
     recipe.folder = Some(clips.path().to_path_buf());
