@@ -23,6 +23,10 @@ struct SavedClip {
     seed: u64,
     model: SavedScore,
     ground_truth: SavedScore,
+    /// An autoencoder's PSNR over the clip and on and next to its objects (dB); `None` for a
+    /// model's clips, a clip without objects and an exact reconstruction.
+    #[serde(skip)]
+    fidelity: [Option<f64>; 2],
 }
 
 /// One held-out clip of an autoencoder's report.
@@ -32,6 +36,9 @@ struct SavedReconstruction {
     index: u64,
     reconstructed: SavedScore,
     ground_truth: SavedScore,
+    /// Saved as `null` where infinite (an exact reconstruction).
+    psnr: Option<f64>,
+    object_psnr: Option<f64>,
 }
 
 impl From<SavedReconstruction> for SavedClip {
@@ -43,9 +50,13 @@ impl From<SavedReconstruction> for SavedClip {
             seed: clip.index,
             model: clip.reconstructed,
             ground_truth: clip.ground_truth,
+            fidelity: [clip.psnr, clip.object_psnr],
         }
     }
 }
+
+/// The PSNRs of autoencoders' reports, by their place in [`SavedClip::fidelity`].
+const FIDELITY: [&str; 2] = ["PSNR (dB)", "object PSNR (dB)"];
 
 /// The world scorer's report on one clip, as far as the measures need it.
 #[derive(Deserialize)]
@@ -160,21 +171,34 @@ pub fn run(base_path: &Path, new_path: &Path) -> Result<()> {
         let of = |clips: &[SavedClip], truth| -> Vec<f64> {
             clips.iter().map(|c| measure(&c.model, truth)).collect()
         };
-        let (base_values, new_values) = (of(&base, base_truth), of(&new, new_truth));
-        let differences: Vec<f64> = new_values
-            .iter()
-            .zip(&base_values)
-            .map(|(n, b)| n - b)
-            .collect();
-        let (difference, interval) = mean_and_interval(&differences);
-        println!(
-            "{name:<28}{:>8.4}{:>9.4}{difference:>+12.4}{:>15}",
-            mean_and_interval(&base_values).0,
-            mean_and_interval(&new_values).0,
-            format!("±{interval:.4}"),
-        );
+        print_row(name, &of(&base, base_truth), &of(&new, new_truth));
+    }
+    // Autoencoders' PSNRs, over the clips where both reports have a finite one.
+    for (place, name) in FIDELITY.iter().enumerate() {
+        let (base_values, new_values): (Vec<f64>, Vec<f64>) = (base.iter().zip(&new))
+            .filter_map(|(b, n)| Some((b.fidelity[place]?, n.fidelity[place]?)))
+            .unzip();
+        if !base_values.is_empty() {
+            print_row(name, &base_values, &new_values);
+        }
     }
     Ok(())
+}
+
+/// Prints one measure's means under both reports and their paired difference.
+fn print_row(name: &str, base_values: &[f64], new_values: &[f64]) {
+    let differences: Vec<f64> = new_values
+        .iter()
+        .zip(base_values)
+        .map(|(n, b)| n - b)
+        .collect();
+    let (difference, interval) = mean_and_interval(&differences);
+    println!(
+        "{name:<28}{:>8.4}{:>9.4}{difference:>+12.4}{:>15}",
+        mean_and_interval(base_values).0,
+        mean_and_interval(new_values).0,
+        format!("±{interval:.4}"),
+    );
 }
 
 #[cfg(test)]

@@ -294,6 +294,14 @@ fn a_trained_model_generates_evaluates_and_fails_clearly() {
         comparison.contains("2 clips in both") && comparison.contains("+0.0000"),
         "{comparison}"
     );
+    // Their PSNRs too, clip against clip.
+    let psnr = comparison
+        .lines()
+        .find(|line| line.starts_with("object PSNR (dB)"));
+    assert!(
+        psnr.is_some_and(|line| line.contains("+0.0000")),
+        "{comparison}"
+    );
 
     // Broken weights are named.
     let weights = model.join("model.safetensors");
