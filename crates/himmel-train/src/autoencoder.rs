@@ -391,7 +391,8 @@ impl AutoencoderStage {
         };
         let position = |rng: &mut ChaCha8Rng, room: usize| rng.random_range(0..=room / grid) * grid;
         let (rows, columns) = (video.height - crop.height, video.width - crop.width);
-        // Where in its frames `start..start + frames` a crop of clip `clip` lies.
+        // The top row and left column of a crop of clip `clip` over frames `start..start +
+        // frames`: holding an object for a share `object_crops` of crops, else at random.
         let corner = |rng: &mut ChaCha8Rng, clip: usize, start: usize, frames: usize| {
             if let Some(masks) = &masks
                 && object_crops > 0.0
