@@ -39,7 +39,7 @@ pub struct Windows {
     /// Frames per window, `1 + tk` (the model's longest clip or its usual length).
     pub frames: usize,
     /// Latent frames a window shares with the one before: `1 + t(o - 1)` pixel frames when
-    /// known at its start, `to` at its end.
+    /// known at its start, `t * o` at its end.
     pub overlap: usize,
     /// Pixel frames per latent frame after the first, `t`: the model's temporal factor.
     pub temporal_factor: usize,
@@ -428,7 +428,7 @@ pub fn extend(
             Direction::Forward => windows
                 .whole_groups(remaining)
                 .min(windows.frames - overlap),
-            // Overlap to leaves 1 + tj frames.
+            // Overlap t * o leaves 1 + tj frames.
             Direction::Backward => (1 + windows.whole_groups(remaining.saturating_sub(1)))
                 .min(windows.frames - overlap),
         };
